@@ -1,0 +1,241 @@
+//! The application: owns the shared state and every task, wires sources → sequencer →
+//! registry → SSE listener, and runs the shutdown sequence.
+//!
+//! `App::run(listener, admin_listener, shutdown)` is the testable entry point: tests bind
+//! `127.0.0.1:0` and pass any future as `shutdown`; `main` passes the signal future.
+
+use std::future::Future;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use bytes::Bytes;
+use tokio::net::TcpListener;
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::{info, warn};
+
+use crate::admin;
+use crate::client::CloseReason;
+use crate::config::Config;
+use crate::event::new_run_id;
+use crate::ingest::{LastSeq, Sequencer};
+use crate::metrics::Metrics;
+use crate::registry::Registry;
+use crate::sources::{self, IngestSender, SourceKind, SourceMessage, SourceStatus};
+use crate::sse::cors::Cors;
+use crate::sse::handler;
+use crate::sse::server::{self, Lifecycle};
+
+/// State shared by request handlers, the admin endpoints and tests.
+#[derive(Debug)]
+pub struct AppState {
+    pub config: Config,
+    pub registry: Arc<Registry>,
+    pub metrics: Arc<Metrics>,
+    /// The ingest path, for `/publish`.
+    pub ingest: IngestSender,
+    /// This process's run id: the first half of every event id it assigns.
+    pub run_id: u64,
+    pub last_seq: Arc<LastSeq>,
+    /// One entry per configured broker source.
+    pub sources: Vec<Arc<SourceStatus>>,
+    pub cors: Cors,
+    /// `: ok` comment plus `retry:`; sent first on every stream so headers and the reconnect
+    /// delay reach the client at once. Built once, shared by all streams.
+    pub opening_frame: Bytes,
+    ready: AtomicBool,
+    draining: AtomicBool,
+}
+
+impl AppState {
+    /// Whether shutdown has begun (new streams get 503, `/readyz` fails).
+    pub fn is_draining(&self) -> bool {
+        self.draining.load(Ordering::Acquire)
+    }
+
+    /// Whether the listeners run and the app is not draining.
+    pub fn is_ready(&self) -> bool {
+        self.ready.load(Ordering::Acquire) && !self.is_draining()
+    }
+}
+
+/// How `run` ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RunOutcome {
+    /// Every stream ended within the drain time.
+    Drained,
+    /// The drain time ran out and the remaining connections were cut.
+    DrainTimedOut,
+}
+
+/// A configured, not yet running bridge.
+#[derive(Debug)]
+pub struct App {
+    state: Arc<AppState>,
+    ingest_rx: mpsc::Receiver<SourceMessage>,
+}
+
+/// Heartbeat comment: the shortest valid SSE comment; keeps proxies and dead-peer detection busy.
+const HEARTBEAT: &[u8] = b":\n\n";
+
+impl App {
+    /// Builds the state from a validated configuration. Nothing runs until [`App::run`].
+    pub fn new(config: Config) -> App {
+        let (tx, rx) = mpsc::channel(config.fanout.ingest_queue);
+        let mut statuses = Vec::new();
+        if config.nats.is_some() {
+            statuses.push(Arc::new(SourceStatus::new(SourceKind::Nats)));
+        }
+        if config.redis.is_some() {
+            statuses.push(Arc::new(SourceStatus::new(SourceKind::Redis)));
+        }
+        let opening_frame = Bytes::from(format!(
+            ": ok\nretry: {}\n\n",
+            config.server.retry.as_millis()
+        ));
+        let state = AppState {
+            registry: Registry::new(config.fanout.shards),
+            metrics: Arc::new(Metrics::new()),
+            ingest: tx,
+            run_id: new_run_id(),
+            last_seq: Arc::new(LastSeq::default()),
+            sources: statuses,
+            cors: Cors::new(&config.server.cors_origins),
+            opening_frame,
+            ready: AtomicBool::new(false),
+            draining: AtomicBool::new(false),
+            config,
+        };
+        App {
+            state: Arc::new(state),
+            ingest_rx: rx,
+        }
+    }
+
+    /// The shared state (registry, metrics, …), for tests and embedding.
+    pub fn state(&self) -> Arc<AppState> {
+        self.state.clone()
+    }
+
+    /// Serves until `shutdown` completes, then drains: stop accepting, end every stream, stop
+    /// the sources, wait up to `server.drain_timeout`, then cut what is left.
+    pub async fn run(
+        self,
+        listener: TcpListener,
+        admin_listener: TcpListener,
+        shutdown: impl Future<Output = ()>,
+    ) -> RunOutcome {
+        let state = self.state;
+        let cfg = &state.config;
+        let tracker = TaskTracker::new();
+        let life = Lifecycle {
+            stop_accepting: CancellationToken::new(),
+            graceful: CancellationToken::new(),
+            hard_stop: CancellationToken::new(),
+            tracker: tracker.clone(),
+        };
+        let stop_sources = CancellationToken::new();
+        let stop_ingest = CancellationToken::new();
+
+        let sequencer = Sequencer::new(
+            state.run_id,
+            state.last_seq.clone(),
+            state.registry.clone(),
+            state.metrics.clone(),
+        );
+        tracker.spawn(sequencer.run(self.ingest_rx, stop_ingest.clone()));
+        for status in &state.sources {
+            let (tx, status, stop) = (state.ingest.clone(), status.clone(), stop_sources.clone());
+            match status.kind {
+                SourceKind::Nats => {
+                    tracker.spawn(sources::nats::run(
+                        cfg.nats.clone().expect("configured"),
+                        tx,
+                        status,
+                        stop,
+                    ));
+                }
+                SourceKind::Redis => {
+                    tracker.spawn(sources::redis::run(
+                        cfg.redis.clone().expect("configured"),
+                        tx,
+                        status,
+                        stop,
+                    ));
+                }
+                SourceKind::Publish => {}
+            }
+        }
+        tracker.spawn(heartbeat(
+            state.registry.clone(),
+            cfg.server.heartbeat_interval,
+            life.graceful.clone(),
+        ));
+
+        let builder = Arc::new(server::http_builder(
+            tracker.clone(),
+            cfg.server.header_read_timeout,
+        ));
+        let public_state = state.clone();
+        let public = move |req, kill| handler::handle(req, public_state.clone(), kill);
+        tracker.spawn(server::serve(
+            listener,
+            builder.clone(),
+            public,
+            life.clone(),
+            "public",
+        ));
+        let admin_state = state.clone();
+        let admin = move |req, _kill| admin::handle(req, admin_state.clone());
+        tracker.spawn(server::serve(
+            admin_listener,
+            builder,
+            admin,
+            life.clone(),
+            "admin",
+        ));
+        state.ready.store(true, Ordering::Release);
+
+        shutdown.await;
+        let open = state.registry.subscriber_count();
+        info!(open_streams = open, drain_timeout = ?cfg.server.drain_timeout, "Shutting down: ending streams.");
+        state.draining.store(true, Ordering::Release);
+        life.stop_accepting.cancel();
+        state.registry.close_all(CloseReason::Shutdown);
+        life.graceful.cancel();
+        stop_sources.cancel();
+        stop_ingest.cancel();
+        tracker.close();
+        let outcome = match tokio::time::timeout(cfg.server.drain_timeout, tracker.wait()).await {
+            Ok(()) => RunOutcome::Drained,
+            Err(_) => {
+                warn!(
+                    remaining_tasks = tracker.len(),
+                    "Drain time ran out; cutting remaining connections."
+                );
+                life.hard_stop.cancel();
+                // Every task selects on hard_stop or ends on its own; this returns promptly.
+                let _ = tokio::time::timeout(Duration::from_secs(5), tracker.wait()).await;
+                RunOutcome::DrainTimedOut
+            }
+        };
+        info!(?outcome, "Stopped.");
+        outcome
+    }
+}
+
+/// Offers a heartbeat to every stream once per interval; idle ones send it.
+async fn heartbeat(registry: Arc<Registry>, every: Duration, stop: CancellationToken) {
+    let frame = Bytes::from_static(HEARTBEAT);
+    let mut tick = tokio::time::interval(every);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    tick.reset();
+    loop {
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = tick.tick() => registry.heartbeat(&frame),
+        }
+    }
+}

@@ -1,0 +1,599 @@
+//! Configuration: documented structs, layered loading with figment, and validation.
+//!
+//! Layers, later wins: built-in defaults → the TOML file (`bridge.toml`, or `--config PATH`) →
+//! `SSE_BRIDGE_*` environment variables (`__` between nested keys) → command-line flags.
+//! Everything is checked before anything starts: unknown keys, unparsable values, bad broker
+//! URLs and bad subject patterns each fail with the key, the file (or variable) that set it,
+//! and the reason.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use figment::Figment;
+use figment::providers::{Env, Format, Serialized, Toml};
+use serde::{Deserialize, Serialize};
+
+use crate::topic::{DEFAULT_MAX_TOPIC_LEN, Pattern, TopicError};
+
+/// The whole daemon configuration. Every field has a default, so an empty file is valid.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+#[derive(Default)]
+pub struct Config {
+    pub server: ServerConfig,
+    pub admin: AdminConfig,
+    pub publish: PublishConfig,
+    /// NATS source; absent means NATS is off.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub nats: Option<NatsConfig>,
+    /// Redis pub/sub source; absent means Redis is off.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub redis: Option<RedisConfig>,
+    pub log: LogConfig,
+    pub fanout: FanoutConfig,
+}
+
+/// The SSE and `/publish` listener and per-stream behaviour.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct ServerConfig {
+    /// Address of the SSE and `/publish` listener.
+    pub listen: SocketAddr,
+    /// Origins allowed to read streams cross-origin (exact `scheme://host[:port]`, or `*` for
+    /// any origin without credentials). Empty: no cross-origin access.
+    pub cors_origins: Vec<String>,
+    /// Interval between heartbeat comments on an idle stream; keeps proxies from cutting quiet
+    /// streams and notices dead peers.
+    #[serde(with = "humantime_serde")]
+    pub heartbeat_interval: Duration,
+    /// Reconnect delay announced to clients with `retry:`.
+    #[serde(with = "humantime_serde")]
+    pub retry: Duration,
+    /// Events that may wait for one slow client before the slow-consumer policy applies.
+    pub queue_capacity: usize,
+    /// What happens to a client whose queue is full.
+    pub slow_consumer: SlowConsumerPolicy,
+    /// Topics (and patterns) one connection may ask for.
+    pub max_topics_per_connection: usize,
+    /// Longest accepted topic name, in bytes.
+    pub max_topic_length: usize,
+    /// Time a client has to send its request headers.
+    #[serde(with = "humantime_serde")]
+    pub header_read_timeout: Duration,
+    /// Time open streams get to end after SIGTERM/SIGINT before they are cut.
+    #[serde(with = "humantime_serde")]
+    pub drain_timeout: Duration,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        ServerConfig {
+            listen: ([127, 0, 0, 1], 8080).into(),
+            cors_origins: Vec::new(),
+            heartbeat_interval: Duration::from_secs(15),
+            retry: Duration::from_secs(2),
+            queue_capacity: 1024,
+            slow_consumer: SlowConsumerPolicy::Disconnect,
+            max_topics_per_connection: 64,
+            max_topic_length: DEFAULT_MAX_TOPIC_LEN,
+            header_read_timeout: Duration::from_secs(10),
+            drain_timeout: Duration::from_secs(10),
+        }
+    }
+}
+
+/// What happens to a client whose bounded queue is full.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "kebab-case")]
+pub enum SlowConsumerPolicy {
+    /// Close the connection at once and free its queue; the client reconnects and resumes with
+    /// `Last-Event-ID`. Nobody else waits for it, and its memory is bounded by the queue.
+    Disconnect,
+}
+
+/// The health and metrics listener.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct AdminConfig {
+    /// Address for `/healthz`, `/readyz` and `/metrics`; loopback so it is not public by accident.
+    pub listen: SocketAddr,
+}
+
+impl Default for AdminConfig {
+    fn default() -> Self {
+        AdminConfig {
+            listen: ([127, 0, 0, 1], 9090).into(),
+        }
+    }
+}
+
+/// `POST /publish`: publishing through the bridge itself, with no broker.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct PublishConfig {
+    /// Bearer token a publisher must send. None: `/publish` answers 403 (never open by default).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub token: Option<String>,
+    /// Largest accepted request body.
+    pub max_body_bytes: usize,
+}
+
+impl Default for PublishConfig {
+    fn default() -> Self {
+        PublishConfig {
+            token: None,
+            max_body_bytes: 1024 * 1024,
+        }
+    }
+}
+
+/// The NATS source.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct NatsConfig {
+    /// Server URL, or several separated by commas (`nats://a:4222,nats://b:4222`).
+    pub url: String,
+    /// Subjects to bridge; `*` and `>` wildcards allowed.
+    pub subjects: Vec<String>,
+    /// Message header whose value becomes the SSE `event:` type (matched case-insensitively).
+    pub event_header: String,
+    /// Client name shown in the NATS server's monitoring.
+    pub client_name: String,
+    /// Longest wait between reconnect attempts (the backoff doubles up to this).
+    #[serde(with = "humantime_serde")]
+    pub reconnect_max_delay: Duration,
+    /// Time one connection attempt may take.
+    #[serde(with = "humantime_serde")]
+    pub connect_timeout: Duration,
+}
+
+impl Default for NatsConfig {
+    fn default() -> Self {
+        NatsConfig {
+            url: "nats://127.0.0.1:4222".into(),
+            subjects: Vec::new(),
+            event_header: "Sse-Event".into(),
+            client_name: "sse-bridge".into(),
+            reconnect_max_delay: Duration::from_secs(5),
+            connect_timeout: Duration::from_secs(5),
+        }
+    }
+}
+
+/// The Redis pub/sub source.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct RedisConfig {
+    /// `redis://[user:pass@]host[:port][/db]` or `rediss://…`.
+    pub url: String,
+    /// Channels to `SUBSCRIBE`.
+    pub channels: Vec<String>,
+    /// Glob patterns to `PSUBSCRIBE` (Redis syntax: `chat:*`).
+    pub patterns: Vec<String>,
+    /// Read each message as a JSON envelope `{"event": "...", "data": ...}`, so Redis publishers
+    /// can name event types. Messages that are not a valid envelope are counted and dropped.
+    pub envelope: bool,
+    /// Longest wait between reconnect attempts (the backoff doubles up to this).
+    #[serde(with = "humantime_serde")]
+    pub reconnect_max_delay: Duration,
+    /// Time one connection attempt may take.
+    #[serde(with = "humantime_serde")]
+    pub connect_timeout: Duration,
+    /// Interval of the `PING` that detects a dead pub/sub connection.
+    #[serde(with = "humantime_serde")]
+    pub ping_interval: Duration,
+}
+
+impl Default for RedisConfig {
+    fn default() -> Self {
+        RedisConfig {
+            url: "redis://127.0.0.1:6379".into(),
+            channels: Vec::new(),
+            patterns: Vec::new(),
+            envelope: false,
+            reconnect_max_delay: Duration::from_secs(5),
+            connect_timeout: Duration::from_secs(5),
+            ping_interval: Duration::from_secs(15),
+        }
+    }
+}
+
+/// Logging.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct LogConfig {
+    /// `tracing` filter (`info`, `sse_bridge=debug`); `RUST_LOG` overrides it.
+    pub level: String,
+    /// `text` for people, `json` for log pipelines.
+    pub format: LogFormat,
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        LogConfig {
+            level: "info".into(),
+            format: LogFormat::Text,
+        }
+    }
+}
+
+/// Log line format.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+/// Ingest and fan-out sizing.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct FanoutConfig {
+    /// Registry shards; connects and disconnects lock one shard, so more shards mean less
+    /// contention with the fan-out.
+    pub shards: usize,
+    /// Messages that may wait between the sources and the sequencer. When full, sources wait
+    /// (backpressure reaches the broker client, whose own buffer then applies).
+    pub ingest_queue: usize,
+}
+
+impl Default for FanoutConfig {
+    fn default() -> Self {
+        FanoutConfig {
+            shards: 16,
+            ingest_queue: 4096,
+        }
+    }
+}
+
+/// A configuration error, formatted for an operator: key, where it came from, reason.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct ConfigError(String);
+
+impl ConfigError {
+    fn at(key: &str, source: &str, reason: impl std::fmt::Display) -> Self {
+        ConfigError(format!(
+            "invalid configuration: key `{key}` ({source}): {reason}"
+        ))
+    }
+}
+
+/// Command-line overrides, applied after the file and the environment.
+#[derive(Debug, Clone, Default)]
+pub struct Overrides {
+    /// `--listen`
+    pub listen: Option<SocketAddr>,
+    /// `--admin-listen`
+    pub admin_listen: Option<SocketAddr>,
+    /// `--log-level`
+    pub log_level: Option<String>,
+}
+
+/// Where the configuration file comes from.
+#[derive(Debug, Clone)]
+pub enum ConfigFile {
+    /// `--config PATH`: must exist.
+    Explicit(PathBuf),
+    /// No flag: `bridge.toml` in the working directory if it exists, else built-in defaults.
+    Default,
+}
+
+/// The default configuration file name.
+pub const DEFAULT_FILE: &str = "bridge.toml";
+/// Prefix of environment variables that override configuration keys.
+pub const ENV_PREFIX: &str = "SSE_BRIDGE_";
+
+impl Config {
+    /// Loads and validates the configuration from all layers.
+    pub fn load(
+        file: &ConfigFile,
+        overrides: &Overrides,
+    ) -> Result<(Config, Option<PathBuf>), ConfigError> {
+        Self::load_with_env(file, overrides, Env::prefixed(ENV_PREFIX).split("__"))
+    }
+
+    fn load_with_env(
+        file: &ConfigFile,
+        overrides: &Overrides,
+        env: Env,
+    ) -> Result<(Config, Option<PathBuf>), ConfigError> {
+        let path = match file {
+            ConfigFile::Explicit(p) => {
+                if !p.is_file() {
+                    return Err(ConfigError(format!(
+                        "invalid configuration: file {} given with --config: {}",
+                        p.display(),
+                        if p.exists() {
+                            "not a regular file"
+                        } else {
+                            "no such file"
+                        }
+                    )));
+                }
+                Some(p.clone())
+            }
+            ConfigFile::Default => Path::new(DEFAULT_FILE)
+                .is_file()
+                .then(|| PathBuf::from(DEFAULT_FILE)),
+        };
+        let mut fig = Figment::from(Serialized::defaults(Config::default()));
+        if let Some(p) = &path {
+            // `file_exact`: `Toml::file` would search parent folders for the name.
+            fig = fig.merge(Toml::file_exact(p));
+        }
+        fig = fig.merge(env);
+        if let Some(a) = overrides.listen {
+            fig = fig.merge(Serialized::default("server.listen", a));
+        }
+        if let Some(a) = overrides.admin_listen {
+            fig = fig.merge(Serialized::default("admin.listen", a));
+        }
+        if let Some(l) = &overrides.log_level {
+            fig = fig.merge(Serialized::default("log.level", l));
+        }
+        let config: Config = fig.extract().map_err(|e| figment_error(&fig, e))?;
+        config
+            .validate()
+            .map_err(|(key, reason)| ConfigError::at(&key, &describe_source(&fig, &key), reason))?;
+        Ok((config, path))
+    }
+
+    /// Checks what serde cannot: URLs, patterns, ranges. Returns the offending key and reason.
+    pub fn validate(&self) -> Result<(), (String, String)> {
+        let err = |k: &str, r: String| Err((k.to_string(), r));
+        let s = &self.server;
+        if s.queue_capacity == 0 {
+            return err("server.queue_capacity", "must be at least 1".into());
+        }
+        if s.max_topics_per_connection == 0 {
+            return err(
+                "server.max_topics_per_connection",
+                "must be at least 1".into(),
+            );
+        }
+        if s.max_topic_length == 0 {
+            return err("server.max_topic_length", "must be at least 1".into());
+        }
+        if s.heartbeat_interval < Duration::from_millis(100) {
+            return err("server.heartbeat_interval", "must be at least 100ms".into());
+        }
+        for (i, o) in s.cors_origins.iter().enumerate() {
+            if let Err(r) = validate_origin(o) {
+                return err(&format!("server.cors_origins[{i}]"), format!("{o:?}: {r}"));
+            }
+        }
+        if self.fanout.shards == 0 || self.fanout.shards > 1024 {
+            return err("fanout.shards", "must be between 1 and 1024".into());
+        }
+        if self.fanout.ingest_queue == 0 {
+            return err("fanout.ingest_queue", "must be at least 1".into());
+        }
+        if let Some(t) = &self.publish.token
+            && t.len() < 8
+        {
+            return err("publish.token", "must be at least 8 characters".into());
+        }
+        if let Some(n) = &self.nats {
+            for u in n.url.split(',') {
+                if let Err(r) = validate_url(u.trim(), &["nats", "tls", "ws", "wss"]) {
+                    return err("nats.url", format!("{u:?}: {r}"));
+                }
+            }
+            if n.subjects.is_empty() {
+                return err(
+                    "nats.subjects",
+                    "is empty: name at least one subject (e.g. \"events.>\")".into(),
+                );
+            }
+            for (i, subj) in n.subjects.iter().enumerate() {
+                if let Err(r) = Pattern::parse(subj, s.max_topic_length) {
+                    return err(
+                        &format!("nats.subjects[{i}]"),
+                        format!("{subj:?}: {}", topic_reason(r)),
+                    );
+                }
+            }
+            if n.event_header.is_empty() {
+                return err("nats.event_header", "must not be empty".into());
+            }
+        }
+        if let Some(r) = &self.redis {
+            if let Err(reason) = validate_url(&r.url, &["redis", "rediss", "unix", "redis+unix"]) {
+                return err("redis.url", format!("{:?}: {reason}", r.url));
+            }
+            if r.channels.is_empty() && r.patterns.is_empty() {
+                return err(
+                    "redis.channels",
+                    "and redis.patterns are both empty: name at least one".into(),
+                );
+            }
+            for (key, list) in [
+                ("redis.channels", &r.channels),
+                ("redis.patterns", &r.patterns),
+            ] {
+                for (i, c) in list.iter().enumerate() {
+                    if c.is_empty() || c.len() > s.max_topic_length {
+                        return err(
+                            &format!("{key}[{i}]"),
+                            format!("{c:?}: must be 1 to {} bytes", s.max_topic_length),
+                        );
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+fn topic_reason(e: TopicError) -> String {
+    e.to_string().replacen("topic", "subject", 1)
+}
+
+fn validate_url(u: &str, schemes: &[&str]) -> Result<(), String> {
+    let parsed = url::Url::parse(u).map_err(|e| format!("not a URL ({e})"))?;
+    if !schemes.contains(&parsed.scheme()) {
+        return Err(format!("scheme must be one of {}", schemes.join(", ")));
+    }
+    if parsed.scheme() != "unix"
+        && parsed.scheme() != "redis+unix"
+        && parsed.host_str().is_none_or(str::is_empty)
+    {
+        return Err("has no host".into());
+    }
+    Ok(())
+}
+
+fn validate_origin(o: &str) -> Result<(), String> {
+    if o == "*" {
+        return Ok(());
+    }
+    let u = url::Url::parse(o).map_err(|e| format!("not an origin ({e})"))?;
+    if !matches!(u.scheme(), "http" | "https") || u.host_str().is_none() {
+        return Err("must be http(s)://host[:port]".into());
+    }
+    if u.path() != "/" || o.ends_with('/') || u.query().is_some() {
+        return Err("an origin has no path (write https://app.example.com)".into());
+    }
+    Ok(())
+}
+
+/// Names where the value of `key` (or its nearest configured parent) came from.
+fn describe_source(fig: &Figment, key: &str) -> String {
+    let mut k = key.split('[').next().unwrap_or(key).to_string();
+    loop {
+        if let Some(md) = fig.find_metadata(&k) {
+            return match &md.source {
+                Some(src) => format!("from {} {}", md.name, src),
+                None => format!("from {}", md.name),
+            };
+        }
+        match k.rfind('.') {
+            Some(i) => k.truncate(i),
+            None => return "from defaults".into(),
+        }
+    }
+}
+
+fn figment_error(fig: &Figment, e: figment::Error) -> ConfigError {
+    let lines: Vec<String> = e
+        .into_iter()
+        .map(|e| {
+            let key = e.path.join(".");
+            let source = match (&e.metadata, e.path.is_empty()) {
+                (Some(md), _) => match &md.source {
+                    Some(src) => format!("from {} {}", md.name, src),
+                    None => format!("from {}", md.name),
+                },
+                (None, false) => describe_source(fig, &key),
+                (None, true) => "configuration".into(),
+            };
+            // For unknown fields figment's path already ends with the field itself.
+            let key = match &e.kind {
+                figment::error::Kind::UnknownField(f, _) if key.is_empty() => f.clone(),
+                _ if key.is_empty() => "(root)".into(),
+                _ => key,
+            };
+            format!("invalid configuration: key `{key}` ({source}): {}", e.kind)
+        })
+        .collect();
+    ConfigError(lines.join("\n"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn load_str(toml: &str) -> Result<Config, String> {
+        let dir = std::env::temp_dir().join(format!("sse-bridge-cfg-{}", rand::random::<u64>()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let p = dir.join("bridge.toml");
+        std::fs::write(&p, toml).unwrap();
+        let r = Config::load_with_env(
+            &ConfigFile::Explicit(p),
+            &Overrides::default(),
+            Env::prefixed("SSE_BRIDGE_TEST_NONE_"),
+        )
+        .map(|(c, _)| c)
+        .map_err(|e| e.to_string());
+        std::fs::remove_dir_all(&dir).ok();
+        r
+    }
+
+    #[test]
+    fn empty_file_gives_defaults() {
+        assert_eq!(load_str("").unwrap(), Config::default());
+    }
+
+    #[test]
+    fn unknown_key_is_named_with_file() {
+        let e = load_str("[server]\nlisten = \"127.0.0.1:1\"\nlisne = 3\n").unwrap_err();
+        assert!(e.contains("`server.lisne`"), "{e}");
+        assert!(e.contains("bridge.toml"), "{e}");
+        assert!(e.contains("unknown field"), "{e}");
+    }
+
+    #[test]
+    fn bad_url_is_named() {
+        let e = load_str("[nats]\nurl = \"http://x\"\nsubjects = [\"a\"]\n").unwrap_err();
+        assert!(
+            e.contains("`nats.url`") && e.contains("bridge.toml") && e.contains("scheme"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn bad_pattern_is_named() {
+        let e = load_str("[nats]\nsubjects = [\"a.>.b\"]\n").unwrap_err();
+        assert!(
+            e.contains("`nats.subjects[0]`") && e.contains("last token"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn bad_type_is_named() {
+        let e = load_str("[server]\nqueue_capacity = \"many\"\n").unwrap_err();
+        assert!(
+            e.contains("`server.queue_capacity`") && e.contains("bridge.toml"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn durations_are_human() {
+        let c = load_str("[server]\nheartbeat_interval = \"30s\"\n").unwrap();
+        assert_eq!(c.server.heartbeat_interval, Duration::from_secs(30));
+    }
+
+    #[test]
+    fn missing_explicit_file_fails() {
+        let e = Config::load(
+            &ConfigFile::Explicit("/nonexistent/x.toml".into()),
+            &Overrides::default(),
+        )
+        .unwrap_err();
+        assert!(
+            e.to_string().contains("/nonexistent/x.toml") && e.to_string().contains("no such file")
+        );
+    }
+
+    #[test]
+    #[allow(clippy::result_large_err)] // figment::Jail's signature
+    fn env_overrides_nested_keys() {
+        figment::Jail::expect_with(|jail| {
+            jail.set_env("SSE_BRIDGE_SERVER__LISTEN", "0.0.0.0:8081");
+            jail.set_env("SSE_BRIDGE_REDIS__PATTERNS", "[\"chat:*\"]");
+            let (c, _) = Config::load(&ConfigFile::Default, &Overrides::default()).unwrap();
+            assert_eq!(c.server.listen, "0.0.0.0:8081".parse().unwrap());
+            assert_eq!(c.redis.unwrap().patterns, vec!["chat:*".to_string()]);
+            jail.set_env("SSE_BRIDGE_SERVER__BOGUS", "1");
+            let e = Config::load(&ConfigFile::Default, &Overrides::default())
+                .unwrap_err()
+                .to_string();
+            assert!(e.contains("`server.bogus`"), "{e}");
+            Ok(())
+        });
+    }
+}

@@ -1,0 +1,45 @@
+//! # sse-bridge
+//!
+//! Streams every message published to NATS subjects and Redis channels to browsers over
+//! Server-Sent Events. Publishers keep publishing to their broker; browsers use `EventSource`.
+//!
+//! ## Architecture
+//!
+//! Modules in data-flow order; lower modules never import higher ones.
+//!
+//! - [`config`]: documented settings, layered with figment (file → `SSE_BRIDGE_*` env → flags)
+//!   and validated before anything starts, with errors that name key, file and reason.
+//! - [`topic`]: topic names and NATS-style patterns (`*`, `>`): parse, validate, match.
+//! - [`event`]: the bridge's [`event::EventId`] (`run-seq`) and the SSE framing, done once per
+//!   event into one refcounted `Bytes`.
+//! - [`sources`]: NATS, Redis pub/sub and `POST /publish`. Each source copies messages out of its
+//!   client, reconnects with capped backoff, and feeds one bounded ingest channel.
+//! - [`ingest`]: the single sequencer. It assigns ids in arrival order, frames the event,
+//!   publishes the last sequence, and hands the event to the registry's fan-out. One task,
+//!   one order: every client sees increasing ids, so one id is a resume cursor for all its topics.
+//! - [`registry`]: sharded topic/pattern → subscriber index and the fan-out, which puts a clone of
+//!   the event's `Bytes` into each matching client queue (no per-subscriber work beyond that).
+//! - [`client`]: one subscriber's bounded queue and the slow-consumer policy.
+//! - [`sse`]: hyper 1.x listener (HTTP/1.1 and h2c): routes, CORS, and the stream body that drains
+//!   a client queue into the socket.
+//! - [`admin`]: `/healthz`, `/readyz`, `/metrics` on a separate (loopback) listener.
+//! - [`metrics`]: Prometheus metrics of the daemon's own health.
+//! - [`app`]: owns the tasks and the shutdown sequence; `App::run(listener, admin, shutdown)`.
+//! - [`shutdown`], [`logging`]: signal future and log setup for `main`.
+
+pub mod admin;
+pub mod app;
+pub mod client;
+pub mod config;
+pub mod event;
+pub mod ingest;
+pub mod logging;
+pub mod metrics;
+pub mod registry;
+pub mod shutdown;
+pub mod sources;
+pub mod sse;
+pub mod topic;
+
+pub use app::{App, AppState, RunOutcome};
+pub use config::Config;

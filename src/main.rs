@@ -1,0 +1,99 @@
+//! The `sse-bridge` binary: flags → configuration → listeners → run until a signal → exit.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::Parser;
+use sse_bridge::config::{ConfigFile, Overrides};
+use sse_bridge::{App, Config, logging, shutdown};
+use tokio::net::TcpListener;
+use tracing::{error, info};
+
+/// Streams NATS subjects and Redis channels to browsers over Server-Sent Events.
+#[derive(Debug, Parser)]
+#[command(version, about)]
+struct Args {
+    /// Configuration file (default: ./bridge.toml if present, else built-in defaults).
+    #[arg(long, value_name = "PATH")]
+    config: Option<PathBuf>,
+    /// Validate the configuration and exit (0 valid, 2 invalid).
+    #[arg(long)]
+    check_config: bool,
+    /// Override server.listen.
+    #[arg(long, value_name = "ADDR")]
+    listen: Option<SocketAddr>,
+    /// Override admin.listen.
+    #[arg(long, value_name = "ADDR")]
+    admin_listen: Option<SocketAddr>,
+    /// Override log.level (e.g. debug, sse_bridge=trace).
+    #[arg(long, value_name = "FILTER")]
+    log_level: Option<String>,
+}
+
+fn main() -> ExitCode {
+    let args = Args::parse();
+    let file = match &args.config {
+        Some(p) => ConfigFile::Explicit(p.clone()),
+        None => ConfigFile::Default,
+    };
+    let overrides = Overrides {
+        listen: args.listen,
+        admin_listen: args.admin_listen,
+        log_level: args.log_level.clone(),
+    };
+    let (config, path) = match Config::load(&file, &overrides) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("sse-bridge: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let source = path
+        .as_ref()
+        .map_or("built-in defaults".to_string(), |p| p.display().to_string());
+    if args.check_config {
+        println!("configuration OK ({source})");
+        return ExitCode::SUCCESS;
+    }
+    logging::init(&config.log);
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("sse-bridge: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    runtime.block_on(async move {
+        let listener = match TcpListener::bind(config.server.listen).await {
+            Ok(l) => l,
+            Err(e) => {
+                error!(addr = %config.server.listen, error = %e, "Cannot bind server.listen.");
+                return ExitCode::FAILURE;
+            }
+        };
+        let admin = match TcpListener::bind(config.admin.listen).await {
+            Ok(l) => l,
+            Err(e) => {
+                error!(addr = %config.admin.listen, error = %e, "Cannot bind admin.listen.");
+                return ExitCode::FAILURE;
+            }
+        };
+        info!(
+            config = %source,
+            listen = %listener.local_addr().map_or(config.server.listen, |a| a),
+            admin = %admin.local_addr().map_or(config.admin.listen, |a| a),
+            nats = config.nats.is_some(),
+            redis = config.redis.is_some(),
+            publish = config.publish.token.is_some(),
+            "sse-bridge started."
+        );
+        App::new(config)
+            .run(listener, admin, shutdown::signal())
+            .await;
+        ExitCode::SUCCESS
+    })
+}

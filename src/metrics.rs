@@ -1,0 +1,216 @@
+//! The daemon's own health, in Prometheus text format (encoded by `prometheus-client`, the
+//! Prometheus project's own Rust client, rather than by hand).
+//!
+//! Counters are updated on the hot path through pre-resolved handles (no label hashing per
+//! event). Gauges that mirror state owned elsewhere (open streams, queue depth, tasks, RSS,
+//! broker state) are read when `/metrics` is scraped, so they cost nothing between scrapes.
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::registry::{Registry, Unit};
+
+use crate::client::CloseReason;
+use crate::sources::SourceKind;
+
+/// Label set with the source of an event.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct SourceLabel {
+    pub source: &'static str,
+}
+
+/// Label set with a reason (why a stream ended, why a message was dropped).
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ReasonLabel {
+    pub reason: &'static str,
+}
+
+/// All metrics of one bridge instance.
+#[derive(Debug)]
+pub struct Metrics {
+    registry: Registry,
+    pub events_received: Family<SourceLabel, Counter>,
+    pub events_malformed: Family<SourceLabel, Counter>,
+    pub events_non_utf8: Counter,
+    pub event_types_dropped: Counter,
+    pub deliveries: Counter,
+    pub streams_opened: Counter,
+    pub disconnects: Family<ReasonLabel, Counter>,
+    pub requests_rejected: Family<ReasonLabel, Counter>,
+    pub open_streams: Gauge,
+    pub subscription_filters: Gauge,
+    pub queued_frames: Gauge,
+    pub ingest_queue_depth: Gauge,
+    pub alive_tasks: Gauge,
+    pub resident_memory: Gauge,
+    pub broker_up: Family<SourceLabel, Gauge>,
+    pub broker_reconnects: Family<SourceLabel, Counter>,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Metrics {
+    /// Creates and registers every metric under the `sse_bridge_` prefix.
+    pub fn new() -> Self {
+        let mut registry = Registry::with_prefix("sse_bridge");
+        let m = Metrics {
+            events_received: Family::default(),
+            events_malformed: Family::default(),
+            events_non_utf8: Counter::default(),
+            event_types_dropped: Counter::default(),
+            deliveries: Counter::default(),
+            streams_opened: Counter::default(),
+            disconnects: Family::default(),
+            requests_rejected: Family::default(),
+            open_streams: Gauge::default(),
+            subscription_filters: Gauge::default(),
+            queued_frames: Gauge::default(),
+            ingest_queue_depth: Gauge::default(),
+            alive_tasks: Gauge::default(),
+            resident_memory: Gauge::default(),
+            broker_up: Family::default(),
+            broker_reconnects: Family::default(),
+            registry: Registry::default(),
+        };
+        let r = &mut registry;
+        r.register(
+            "events_received",
+            "Messages received from each source and sequenced",
+            m.events_received.clone(),
+        );
+        r.register(
+            "events_malformed",
+            "Broker messages dropped because they could not be read (e.g. invalid envelope)",
+            m.events_malformed.clone(),
+        );
+        r.register(
+            "events_non_utf8",
+            "Payloads that were not UTF-8 and were sent with U+FFFD replacements",
+            m.events_non_utf8.clone(),
+        );
+        r.register(
+            "event_types_dropped",
+            "Event types left out because they were unusable or reserved",
+            m.event_types_dropped.clone(),
+        );
+        r.register(
+            "deliveries",
+            "Events placed in a subscriber queue",
+            m.deliveries.clone(),
+        );
+        r.register(
+            "streams_opened",
+            "SSE streams opened",
+            m.streams_opened.clone(),
+        );
+        r.register(
+            "disconnects",
+            "SSE streams ended, by reason",
+            m.disconnects.clone(),
+        );
+        r.register(
+            "requests_rejected",
+            "Requests refused before a stream started, by reason",
+            m.requests_rejected.clone(),
+        );
+        r.register(
+            "open_streams",
+            "SSE streams open now",
+            m.open_streams.clone(),
+        );
+        r.register(
+            "subscription_filters",
+            "Distinct topics and patterns with subscribers, summed over registry shards",
+            m.subscription_filters.clone(),
+        );
+        r.register(
+            "queued_frames",
+            "Frames waiting in subscriber queues",
+            m.queued_frames.clone(),
+        );
+        r.register(
+            "ingest_queue_depth",
+            "Messages waiting between the sources and the sequencer",
+            m.ingest_queue_depth.clone(),
+        );
+        r.register(
+            "tokio_alive_tasks",
+            "Tasks alive in the runtime",
+            m.alive_tasks.clone(),
+        );
+        r.register_with_unit(
+            "resident_memory",
+            "Resident set size of the process",
+            Unit::Bytes,
+            m.resident_memory.clone(),
+        );
+        r.register(
+            "broker_up",
+            "1 while the source's broker connection is up",
+            m.broker_up.clone(),
+        );
+        r.register(
+            "broker_reconnects",
+            "Broker reconnections after the first connection",
+            m.broker_reconnects.clone(),
+        );
+        Metrics { registry, ..m }
+    }
+
+    /// The counter for events from `source`, resolved once and kept by the caller.
+    pub fn received_counter(&self, source: SourceKind) -> Counter {
+        self.events_received
+            .get_or_create(&SourceLabel {
+                source: source.as_str(),
+            })
+            .clone()
+    }
+
+    /// Counts a stream end.
+    pub fn count_disconnect(&self, reason: &'static str) {
+        self.disconnects
+            .get_or_create(&ReasonLabel { reason })
+            .inc();
+    }
+
+    /// Counts a stream end for a [`CloseReason`].
+    pub fn count_close(&self, reason: CloseReason) {
+        self.count_disconnect(reason.as_str());
+    }
+
+    /// Counts a refused request.
+    pub fn count_rejected(&self, reason: &'static str) {
+        self.requests_rejected
+            .get_or_create(&ReasonLabel { reason })
+            .inc();
+    }
+
+    /// Encodes everything in the Prometheus text format.
+    pub fn encode(&self) -> String {
+        let mut out = String::with_capacity(8192);
+        prometheus_client::encoding::text::encode(&mut out, &self.registry)
+            .expect("writing to a String cannot fail");
+        out
+    }
+}
+
+/// Resident set size of this process, from `/proc/self/statm` (Linux); 0 elsewhere.
+pub fn resident_memory_bytes() -> u64 {
+    let Ok(s) = std::fs::read_to_string("/proc/self/statm") else {
+        return 0;
+    };
+    let pages: u64 = s
+        .split_whitespace()
+        .nth(1)
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0);
+    pages * PAGE_SIZE
+}
+
+/// The page size of the Linux targets we build for (x86_64, aarch64 with 4 KiB pages).
+const PAGE_SIZE: u64 = 4096;

@@ -1,0 +1,298 @@
+//! Who listens to what, and the fan-out of one event into every matching client queue.
+//!
+//! The registry is split into shards; each connection lives in one shard (round-robin), so a
+//! connect or disconnect write-locks only its shard while the fan-out reads the others. Within
+//! a shard, exact topics are a hash lookup and patterns are grouped by their text, so each
+//! distinct pattern is matched once per event however many connections share it.
+//!
+//! Fan-out is called by the single ingest sequencer, one event at a time, in id order; every
+//! queue therefore receives its events in increasing id order, whatever the shard layout. A
+//! connection that matches an event through several filters (`orders.1` and `orders.*`) gets it
+//! once: each subscriber remembers the last sequence it was given.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+
+use bytes::Bytes;
+use parking_lot::RwLock;
+use slab::Slab;
+
+use crate::client::{ClientQueue, CloseReason, PushOutcome};
+use crate::event::Event;
+use crate::topic::{Pattern, TopicFilter};
+
+/// The sharded topic → subscriber index.
+#[derive(Debug)]
+pub struct Registry {
+    shards: Box<[RwLock<Shard>]>,
+    next_shard: AtomicUsize,
+    closed: AtomicBool,
+}
+
+#[derive(Debug, Default)]
+struct Shard {
+    subs: Slab<Sub>,
+    exact: HashMap<Arc<str>, Vec<usize>>,
+    patterns: HashMap<Pattern, Vec<usize>>,
+}
+
+#[derive(Debug)]
+struct Sub {
+    queue: Arc<ClientQueue>,
+    filters: Box<[TopicFilter]>,
+    /// Sequence of the last event queued for this subscriber; suppresses duplicates when
+    /// several of its filters match one event.
+    last_seq: AtomicU64,
+}
+
+/// What one fan-out did, for metrics and traces.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct FanoutStats {
+    /// Queues the event was placed in.
+    pub delivered: usize,
+    /// Subscribers that overflowed on this event and were disconnected.
+    pub overflowed: usize,
+}
+
+/// A registered subscriber; dropping it removes every registry entry of the connection.
+#[derive(Debug)]
+pub struct Subscription {
+    registry: Arc<Registry>,
+    shard: usize,
+    key: usize,
+}
+
+impl Drop for Subscription {
+    fn drop(&mut self) {
+        self.registry.remove(self.shard, self.key);
+    }
+}
+
+impl Registry {
+    /// A registry with `shards` shards (at least one).
+    pub fn new(shards: usize) -> Arc<Self> {
+        Arc::new(Registry {
+            shards: (0..shards.max(1))
+                .map(|_| RwLock::new(Shard::default()))
+                .collect(),
+            next_shard: AtomicUsize::new(0),
+            closed: AtomicBool::new(false),
+        })
+    }
+
+    /// Registers a queue under its filters. After [`Registry::close_all`] the queue is closed at
+    /// once, so a connection accepted during shutdown cannot linger.
+    pub fn subscribe(
+        self: &Arc<Self>,
+        filters: Vec<TopicFilter>,
+        queue: Arc<ClientQueue>,
+    ) -> Subscription {
+        let shard = self.next_shard.fetch_add(1, Ordering::Relaxed) % self.shards.len();
+        let mut g = self.shards[shard].write();
+        if self.closed.load(Ordering::Acquire) {
+            queue.close(CloseReason::Shutdown);
+        }
+        let entry = g.subs.vacant_entry();
+        let key = entry.key();
+        let filters: Box<[TopicFilter]> = filters.into_boxed_slice();
+        for f in filters.iter() {
+            let list = match f {
+                TopicFilter::Exact(t) => g.exact.entry(t.clone()).or_default(),
+                TopicFilter::Pattern(p) => g.patterns.entry(p.clone()).or_default(),
+            };
+            if !list.contains(&key) {
+                list.push(key);
+            }
+        }
+        g.subs.insert(Sub {
+            queue,
+            filters,
+            last_seq: AtomicU64::new(0),
+        });
+        Subscription {
+            registry: self.clone(),
+            shard,
+            key,
+        }
+    }
+
+    fn remove(&self, shard: usize, key: usize) {
+        let mut g = self.shards[shard].write();
+        let Some(sub) = g.subs.try_remove(key) else {
+            return;
+        };
+        for f in sub.filters.iter() {
+            match f {
+                TopicFilter::Exact(t) => remove_key(&mut g.exact, t, key),
+                TopicFilter::Pattern(p) => remove_key(&mut g.patterns, p, key),
+            }
+        }
+        // Give back the slab's and maps' memory after a connection storm has passed.
+        if g.subs.is_empty() {
+            g.subs.shrink_to_fit();
+            g.exact.shrink_to_fit();
+            g.patterns.shrink_to_fit();
+        }
+    }
+
+    /// Queues `event` for every subscriber whose filters match its topic.
+    pub fn fan_out(&self, event: &Event) -> FanoutStats {
+        let mut stats = FanoutStats::default();
+        let topic: &str = &event.topic;
+        for shard in self.shards.iter() {
+            let g = shard.read();
+            if g.subs.is_empty() {
+                continue;
+            }
+            if let Some(keys) = g.exact.get(topic) {
+                for &k in keys {
+                    deliver(&g.subs[k], event.id.seq, &event.frame, &mut stats);
+                }
+            }
+            for (pattern, keys) in &g.patterns {
+                if pattern.matches(topic) {
+                    for &k in keys {
+                        deliver(&g.subs[k], event.id.seq, &event.frame, &mut stats);
+                    }
+                }
+            }
+        }
+        stats
+    }
+
+    /// Offers a heartbeat frame to every subscriber (each queue sends it only if idle).
+    pub fn heartbeat(&self, frame: &Bytes) {
+        for shard in self.shards.iter() {
+            for (_, sub) in shard.read().subs.iter() {
+                sub.queue.push_heartbeat(frame);
+            }
+        }
+    }
+
+    /// Ends every stream cleanly and closes streams subscribed from now on.
+    pub fn close_all(&self, reason: CloseReason) {
+        self.closed.store(true, Ordering::Release);
+        for shard in self.shards.iter() {
+            for (_, sub) in shard.write().subs.iter() {
+                sub.queue.close(reason);
+            }
+        }
+    }
+
+    /// Registered subscribers (one per open stream).
+    pub fn subscriber_count(&self) -> usize {
+        self.shards.iter().map(|s| s.read().subs.len()).sum()
+    }
+
+    /// Distinct exact topics and patterns with at least one subscriber.
+    pub fn filter_count(&self) -> usize {
+        self.shards
+            .iter()
+            .map(|s| {
+                let g = s.read();
+                g.exact.len() + g.patterns.len()
+            })
+            .sum()
+    }
+
+    /// Frames waiting in all subscriber queues together.
+    pub fn queued_frames(&self) -> usize {
+        self.shards
+            .iter()
+            .map(|s| {
+                s.read()
+                    .subs
+                    .iter()
+                    .map(|(_, sub)| sub.queue.len())
+                    .sum::<usize>()
+            })
+            .sum()
+    }
+}
+
+fn deliver(sub: &Sub, seq: u64, frame: &Bytes, stats: &mut FanoutStats) {
+    if sub.last_seq.swap(seq, Ordering::Relaxed) == seq {
+        return;
+    }
+    match sub.queue.push(frame.clone()) {
+        PushOutcome::Queued => stats.delivered += 1,
+        PushOutcome::Overflowed => stats.overflowed += 1,
+        PushOutcome::Closed => {}
+    }
+}
+
+fn remove_key<K: std::hash::Hash + Eq>(map: &mut HashMap<K, Vec<usize>>, k: &K, key: usize) {
+    if let Some(list) = map.get_mut(k) {
+        list.retain(|&x| x != key);
+        if list.is_empty() {
+            map.remove(k);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::SlowConsumerPolicy;
+    use crate::event::{EventId, frame_event};
+    use std::time::Instant;
+    use tokio_util::sync::CancellationToken;
+
+    fn ev(seq: u64, topic: &str) -> Event {
+        let id = EventId { run: 1, seq };
+        Event {
+            id,
+            topic: topic.into(),
+            frame: frame_event(id, None, b"x").0,
+            received_at: Instant::now(),
+        }
+    }
+
+    fn q() -> Arc<ClientQueue> {
+        Arc::new(ClientQueue::new(
+            16,
+            SlowConsumerPolicy::Disconnect,
+            CancellationToken::new(),
+        ))
+    }
+
+    fn f(s: &str) -> TopicFilter {
+        TopicFilter::parse(s, 256).unwrap()
+    }
+
+    #[test]
+    fn exact_and_pattern_deliver_once() {
+        let r = Registry::new(4);
+        let a = q();
+        let _s = r.subscribe(vec![f("orders.1"), f("orders.*"), f("orders.>")], a.clone());
+        let st = r.fan_out(&ev(1, "orders.1"));
+        assert_eq!(st.delivered, 1);
+        assert_eq!(a.len(), 1);
+        r.fan_out(&ev(2, "orders.2"));
+        r.fan_out(&ev(3, "other"));
+        assert_eq!(a.len(), 2);
+    }
+
+    #[test]
+    fn drop_releases_every_entry() {
+        let r = Registry::new(2);
+        let subs: Vec<_> = (0..10)
+            .map(|i| r.subscribe(vec![f(&format!("t.{i}")), f("t.*")], q()))
+            .collect();
+        assert_eq!(r.subscriber_count(), 10);
+        assert_eq!(r.filter_count(), 10 + 2); // 10 exact topics, "t.*" once per shard
+        drop(subs);
+        assert_eq!(r.subscriber_count(), 0);
+        assert_eq!(r.filter_count(), 0);
+    }
+
+    #[test]
+    fn subscribe_after_close_all_is_closed() {
+        let r = Registry::new(2);
+        r.close_all(CloseReason::Shutdown);
+        let a = q();
+        let _s = r.subscribe(vec![f("x")], a.clone());
+        assert_eq!(a.push(Bytes::from_static(b"y")), PushOutcome::Closed);
+    }
+}

@@ -1,0 +1,163 @@
+//! NATS source: subscribes to the configured subjects and forwards every message.
+//!
+//! async-nats reconnects and re-subscribes by itself; this source configures it to do so
+//! forever with our capped, jittered backoff, and to connect in the background so the bridge
+//! starts and serves while NATS is down. Connection changes arrive through the client's event
+//! callback and are logged once each and reflected in [`SourceStatus`].
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Instant;
+
+use async_nats::{ConnectOptions, Event as NatsEvent, HeaderMap};
+use bytes::Bytes;
+use futures_util::StreamExt;
+use futures_util::stream::select_all;
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, info, warn};
+
+use super::{
+    IngestSender, SessionEnd, SourceKind, SourceMessage, SourceStatus, TraceContext, backoff_delay,
+};
+use crate::config::NatsConfig;
+
+/// Messages async-nats may buffer per subscription before it reports a slow consumer and
+/// drops; the bound between the broker and our ingest channel.
+const SUBSCRIPTION_CAPACITY: usize = 8192;
+
+/// Runs the NATS source until `shutdown`; returns why it ended.
+pub async fn run(
+    cfg: NatsConfig,
+    tx: IngestSender,
+    status: Arc<SourceStatus>,
+    shutdown: CancellationToken,
+) -> SessionEnd {
+    let url = cfg.url.clone();
+    let first = Arc::new(AtomicBool::new(true));
+    let cb_status = status.clone();
+    let cb_url = url.clone();
+    let max_delay = cfg.reconnect_max_delay;
+    let options = ConnectOptions::new()
+        .name(&cfg.client_name)
+        .retry_on_initial_connect()
+        .max_reconnects(None)
+        .connection_timeout(cfg.connect_timeout)
+        .subscription_capacity(SUBSCRIPTION_CAPACITY)
+        .reconnect_delay_callback(move |attempt| backoff_delay(attempt, max_delay))
+        .event_callback(move |event| {
+            let status = cb_status.clone();
+            let first = first.clone();
+            let url = cb_url.clone();
+            async move {
+                match event {
+                    NatsEvent::Connected => {
+                        let was_first = first.swap(false, Ordering::AcqRel);
+                        status.set_connected(was_first);
+                        info!(source = "nats", %url, reconnect = !was_first, "Broker connected.");
+                    }
+                    NatsEvent::Disconnected => {
+                        status.set_disconnected();
+                        warn!(source = "nats", %url, "Broker disconnected; reconnecting with backoff.");
+                    }
+                    NatsEvent::SlowConsumer(sid) => {
+                        warn!(source = "nats", sid, "Subscription buffer full; NATS client dropped messages.");
+                    }
+                    other => debug!(source = "nats", event = %other, "Client event."),
+                }
+            }
+        });
+    let client = match options.connect(url.as_str()).await {
+        Ok(c) => c,
+        Err(e) => {
+            // With retry_on_initial_connect this only fails on unusable options (bad URL).
+            warn!(source = "nats", %url, error = %e, "Cannot start NATS client.");
+            return SessionEnd::Disconnected(e.to_string());
+        }
+    };
+    let mut subs = Vec::with_capacity(cfg.subjects.len());
+    for subject in &cfg.subjects {
+        match client.subscribe(subject.clone()).await {
+            Ok(s) => subs.push(s),
+            Err(e) => {
+                warn!(source = "nats", %subject, error = %e, "Subscribe failed.");
+                return SessionEnd::Disconnected(e.to_string());
+            }
+        }
+    }
+    info!(source = "nats", %url, subjects = ?cfg.subjects, "Subscribed; messages flow once connected.");
+    let mut messages = select_all(subs);
+    let end = loop {
+        let msg = tokio::select! {
+            biased;
+            _ = shutdown.cancelled() => break SessionEnd::Shutdown,
+            m = messages.next() => m,
+        };
+        let Some(msg) = msg else {
+            break SessionEnd::Disconnected("subscription closed by the client".into());
+        };
+        let (event_type, trace) = read_headers(msg.headers.as_ref(), &cfg.event_header);
+        let out = SourceMessage {
+            source: SourceKind::Nats,
+            topic: msg.subject.to_string(),
+            // Copy: the client's payload is a slice of its 64 KiB read buffer.
+            payload: Bytes::copy_from_slice(&msg.payload),
+            event_type,
+            trace,
+            received_at: Instant::now(),
+            reply: None,
+        };
+        tokio::select! {
+            biased;
+            _ = shutdown.cancelled() => break SessionEnd::Shutdown,
+            r = tx.send(out) => if r.is_err() { break SessionEnd::DownstreamClosed },
+        }
+    };
+    status.set_disconnected();
+    // Unsubscribes and closes the connection; bounded so a dead server cannot stall shutdown.
+    drop(messages);
+    let _ = tokio::time::timeout(std::time::Duration::from_secs(1), client.drain()).await;
+    info!(source = "nats", reason = %end, "Source stopped.");
+    end
+}
+
+/// Finds the event type and trace context in the headers; names are compared
+/// case-insensitively because publishers differ (Go sends `Traceparent`).
+fn read_headers(headers: Option<&HeaderMap>, event_header: &str) -> (Option<String>, TraceContext) {
+    let mut event_type = None;
+    let mut trace = TraceContext::default();
+    let Some(h) = headers else {
+        return (event_type, trace);
+    };
+    for (name, values) in h.iter() {
+        let name: &str = name.as_ref();
+        let Some(value) = values.first() else {
+            continue;
+        };
+        if name.eq_ignore_ascii_case(event_header) {
+            event_type = Some(value.as_str().to_owned());
+        } else if name.eq_ignore_ascii_case("traceparent") {
+            trace.traceparent = Some(value.as_str().to_owned());
+        } else if name.eq_ignore_ascii_case("tracestate") {
+            trace.tracestate = Some(value.as_str().to_owned());
+        }
+    }
+    (event_type, trace)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn headers_are_case_insensitive() {
+        let mut h = HeaderMap::new();
+        h.insert("sse-event", "greeting");
+        h.insert(
+            "Traceparent",
+            "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01",
+        );
+        let (t, tr) = read_headers(Some(&h), "Sse-Event");
+        assert_eq!(t.as_deref(), Some("greeting"));
+        assert!(tr.traceparent.is_some());
+    }
+}

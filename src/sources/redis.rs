@@ -1,0 +1,206 @@
+//! Redis pub/sub source: `SUBSCRIBE`s channels and `PSUBSCRIBE`s patterns on a dedicated
+//! connection and forwards every message.
+//!
+//! The redis crate does not reconnect a pub/sub connection, so this source does: each session
+//! connects (bounded by `connect_timeout`), subscribes, then reads until the connection drops,
+//! a periodic `PING` goes unanswered, or shutdown. Then it waits a capped, jittered backoff and
+//! starts a new session with the same subscriptions. Messages published while the connection
+//! is down are lost by Redis pub/sub's own design (it keeps no history).
+//!
+//! Envelope mode reads `{"event": "...", "data": ..., "traceparent": "..."}`: a string `data`
+//! is the payload verbatim, any other JSON value is the payload as compact JSON. A message that
+//! is not such an envelope is counted and dropped (logged at the first and every 1000th).
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use futures_util::StreamExt;
+use serde::Deserialize;
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, info, warn};
+
+use super::{
+    Backoff, IngestSender, SessionEnd, SourceKind, SourceMessage, SourceStatus, TraceContext,
+    should_log_malformed,
+};
+use crate::config::RedisConfig;
+
+/// Runs the Redis source until `shutdown`.
+pub async fn run(
+    cfg: RedisConfig,
+    tx: IngestSender,
+    status: Arc<SourceStatus>,
+    shutdown: CancellationToken,
+) -> SessionEnd {
+    let client = match redis::Client::open(cfg.url.as_str()) {
+        Ok(c) => c,
+        Err(e) => {
+            warn!(source = "redis", error = %e, "Cannot create Redis client.");
+            return SessionEnd::Disconnected(e.to_string());
+        }
+    };
+    let mut backoff = Backoff::new(cfg.reconnect_max_delay);
+    let mut first = true;
+    // One warn line per outage; retries while it lasts go to debug.
+    let mut logged_down = false;
+    loop {
+        let end = session(
+            &client,
+            &cfg,
+            &tx,
+            &status,
+            &shutdown,
+            &mut first,
+            &mut backoff,
+        )
+        .await;
+        let was_connected = status.is_connected();
+        status.set_disconnected();
+        match &end {
+            SessionEnd::Shutdown | SessionEnd::DownstreamClosed => {
+                info!(source = "redis", reason = %end, "Source stopped.");
+                return end;
+            }
+            SessionEnd::Disconnected(why) if was_connected || !logged_down => {
+                warn!(source = "redis", url = %redacted(&cfg.url), reason = %why, "Broker unavailable; reconnecting with backoff.");
+                logged_down = true;
+            }
+            SessionEnd::Disconnected(why) => {
+                debug!(source = "redis", reason = %why, "Reconnect attempt failed.")
+            }
+        }
+        let delay = backoff.next_delay();
+        tokio::select! {
+            _ = shutdown.cancelled() => return SessionEnd::Shutdown,
+            _ = tokio::time::sleep(delay) => {}
+        }
+    }
+}
+
+async fn session(
+    client: &redis::Client,
+    cfg: &RedisConfig,
+    tx: &IngestSender,
+    status: &SourceStatus,
+    shutdown: &CancellationToken,
+    first: &mut bool,
+    backoff: &mut Backoff,
+) -> SessionEnd {
+    let connect = async {
+        let mut pubsub = client.get_async_pubsub().await?;
+        for c in &cfg.channels {
+            pubsub.subscribe(c).await?;
+        }
+        for p in &cfg.patterns {
+            pubsub.psubscribe(p).await?;
+        }
+        Ok::<_, redis::RedisError>(pubsub)
+    };
+    let pubsub = tokio::select! {
+        _ = shutdown.cancelled() => return SessionEnd::Shutdown,
+        r = tokio::time::timeout(cfg.connect_timeout, connect) => match r {
+            Ok(Ok(p)) => p,
+            Ok(Err(e)) => return SessionEnd::Disconnected(e.to_string()),
+            Err(_) => return SessionEnd::Disconnected(format!("connect timed out after {:?}", cfg.connect_timeout)),
+        },
+    };
+    status.set_connected(*first);
+    info!(source = "redis", url = %redacted(&cfg.url), reconnect = !*first, channels = ?cfg.channels, patterns = ?cfg.patterns, "Broker connected and subscribed.");
+    *first = false;
+    backoff.reset();
+
+    let (mut sink, mut stream) = pubsub.split();
+    let mut ping = tokio::time::interval(cfg.ping_interval);
+    ping.reset();
+    loop {
+        tokio::select! {
+            biased;
+            _ = shutdown.cancelled() => return SessionEnd::Shutdown,
+            msg = stream.next() => {
+                let Some(msg) = msg else {
+                    return SessionEnd::Disconnected("connection closed".into());
+                };
+                let Some(out) = to_source_message(&msg, cfg.envelope, status) else { continue };
+                tokio::select! {
+                    biased;
+                    _ = shutdown.cancelled() => return SessionEnd::Shutdown,
+                    r = tx.send(out) => if r.is_err() { return SessionEnd::DownstreamClosed },
+                }
+            }
+            _ = ping.tick() => {
+                let timeout = cfg.ping_interval.min(Duration::from_secs(5));
+                match tokio::time::timeout(timeout, sink.ping::<String>()).await {
+                    Ok(Ok(_)) => {}
+                    Ok(Err(e)) => return SessionEnd::Disconnected(format!("ping failed: {e}")),
+                    Err(_) => return SessionEnd::Disconnected("ping unanswered".into()),
+                }
+            }
+        }
+    }
+}
+
+#[derive(Deserialize)]
+struct Envelope {
+    #[serde(default)]
+    event: Option<String>,
+    data: serde_json::Value,
+    #[serde(default)]
+    traceparent: Option<String>,
+    #[serde(default)]
+    tracestate: Option<String>,
+}
+
+fn to_source_message(
+    msg: &redis::Msg,
+    envelope: bool,
+    status: &SourceStatus,
+) -> Option<SourceMessage> {
+    let topic = msg.get_channel_name().to_owned();
+    let raw = msg.get_payload_bytes();
+    if !envelope {
+        return Some(SourceMessage::new(
+            SourceKind::Redis,
+            topic,
+            Bytes::copy_from_slice(raw),
+        ));
+    }
+    match serde_json::from_slice::<Envelope>(raw) {
+        Ok(env) => {
+            let payload = match env.data {
+                serde_json::Value::String(s) => Bytes::from(s),
+                other => Bytes::from(other.to_string()),
+            };
+            Some(SourceMessage {
+                source: SourceKind::Redis,
+                topic,
+                payload,
+                event_type: env.event,
+                trace: TraceContext {
+                    traceparent: env.traceparent,
+                    tracestate: env.tracestate,
+                },
+                received_at: Instant::now(),
+                reply: None,
+            })
+        }
+        Err(e) => {
+            let n = status.count_malformed();
+            if should_log_malformed(n) {
+                warn!(source = "redis", %topic, error = %e, dropped_total = n, "Message is not a valid envelope; dropped.");
+            }
+            None
+        }
+    }
+}
+
+/// The URL without its password, for logs.
+fn redacted(u: &str) -> String {
+    match url::Url::parse(u) {
+        Ok(mut parsed) if parsed.password().is_some() => {
+            let _ = parsed.set_password(Some("***"));
+            parsed.to_string()
+        }
+        _ => u.to_string(),
+    }
+}

@@ -1,0 +1,6 @@
+//! The public listener: accept loop, routes, CORS and the SSE stream body.
+
+pub mod body;
+pub mod cors;
+pub mod handler;
+pub mod server;
