@@ -40,6 +40,8 @@ const POLL_INTERVAL: Duration = Duration::from_millis(20);
 const PROBE_TIMEOUT: Duration = Duration::from_millis(500);
 /// Pause before relaunching after the server exited early (e.g. bind failed).
 const RELAUNCH_BACKOFF: Duration = Duration::from_millis(100);
+/// `start` gives up after this many launches that exit before ready.
+const MAX_EARLY_EXITS_ON_START: usize = 5;
 /// How much of each log file to include in a failure message.
 const LOG_TAIL_BYTES: u64 = 4096;
 
@@ -185,7 +187,10 @@ pub async fn redis_publish(
 /// it. Racy by nature (see module docs); callers verify server identity.
 pub fn free_port() -> u16 {
     let listener = TcpListener::bind(("127.0.0.1", 0)).expect("binding 127.0.0.1:0");
-    listener.local_addr().expect("local_addr of probe listener").port()
+    listener
+        .local_addr()
+        .expect("local_addr of probe listener")
+        .port()
 }
 
 // ---------------------------------------------------------------------------
@@ -205,6 +210,7 @@ impl Kind {
         std::env::var(var).unwrap_or_else(|_| default.to_owned())
     }
 
+    #[rustfmt::skip] // keep flag/value pairs on one line
     fn args(self, port: u16, dir: &Path, name: &str) -> Vec<String> {
         let port = port.to_string();
         let dir = dir.to_string_lossy().into_owned();
@@ -213,7 +219,10 @@ impl Kind {
             // looks for in `INFO`, proving the port is served by our child.
             Kind::Nats => &["-a", "127.0.0.1", "-p", &port, "-js", "-sd", &dir, "-n", name],
             Kind::Redis => &[
-                "--port", &port, "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
+                "--port", &port,
+                "--bind", "127.0.0.1",
+                "--save", "",
+                "--appendonly", "no",
                 "--dir", &dir,
             ],
         };
@@ -256,9 +265,18 @@ impl ServerProcess {
             dir,
         };
         let deadline = Instant::now() + STARTUP_DEADLINE;
-        while p.launch_and_wait(deadline).await.is_err() {
+        let mut early_exits = 0;
+        while let Err(status) = p.launch_and_wait(deadline).await {
             // Most likely someone took the port between free_port() and the
             // server's bind. The port is not published yet, so pick another.
+            // A server that keeps dying is broken: fail fast, not at the
+            // deadline.
+            early_exits += 1;
+            if early_exits >= MAX_EARLY_EXITS_ON_START {
+                p.fail(&format!(
+                    "exited with {status} on {early_exits} launches in a row"
+                ));
+            }
             p.port = free_port();
             tokio::time::sleep(RELAUNCH_BACKOFF).await;
         }
@@ -326,7 +344,6 @@ impl ServerProcess {
         let pid = child.id();
         self.child = Some(child);
 
-        let mut last_probe_err = String::from("no probe attempted");
         loop {
             let child = self.child.as_mut().expect("child just spawned");
             if let Some(status) = child.try_wait().expect("try_wait on server child") {
@@ -336,11 +353,11 @@ impl ServerProcess {
                 }
                 return Err(status);
             }
-            match tokio::time::timeout(PROBE_TIMEOUT, self.probe(pid)).await {
+            let last_probe_err = match tokio::time::timeout(PROBE_TIMEOUT, self.probe(pid)).await {
                 Ok(Ok(())) => return Ok(()),
-                Ok(Err(e)) => last_probe_err = e,
-                Err(_) => last_probe_err = format!("probe timed out after {PROBE_TIMEOUT:?}"),
-            }
+                Ok(Err(e)) => e,
+                Err(_) => format!("probe timed out after {PROBE_TIMEOUT:?}"),
+            };
             if Instant::now() >= deadline {
                 self.kill9();
                 self.fail(&format!(
