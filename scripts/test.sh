@@ -1,0 +1,30 @@
+#!/usr/bin/env bash
+# Runs the whole test suite. On a fresh Debian machine it first installs what the tests need
+# and the machine lacks: nats-server and redis-server (tests start their own on free ports),
+# Chromium and Node.js (the real-browser EventSource test), and the harness's npm package.
+# Extra arguments go to `cargo test` (e.g. scripts/test.sh --test delivery).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+missing=()
+command -v nats-server >/dev/null || [ -x /usr/sbin/nats-server ] || missing+=(nats-server)
+command -v redis-server >/dev/null || missing+=(redis-server)
+[ -x /usr/bin/chromium ] || missing+=(chromium)
+{ command -v node >/dev/null && command -v npm >/dev/null; } || missing+=(nodejs npm)
+if [ ${#missing[@]} -gt 0 ]; then
+  echo "== installing: ${missing[*]}"
+  sudo=""
+  [ "$(id -u)" = 0 ] || sudo="sudo"
+  $sudo apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends "${missing[@]}"
+fi
+# Debian installs nats-server in /usr/sbin, which is not on every user's PATH.
+export PATH="$PATH:/usr/sbin"
+
+if [ ! -d tests/browser/node_modules/playwright-core ]; then
+  echo "== installing the browser test harness (npm ci)"
+  npm ci --prefix tests/browser --no-audit --no-fund --loglevel=error
+fi
+
+echo "== cargo test"
+cargo test --workspace "$@"
