@@ -20,24 +20,15 @@ use crate::sse::body::ResponseBody;
 use crate::sse::handler::{json, text};
 
 /// Answers one admin request.
-pub async fn handle(
-    req: Request<Incoming>,
-    state: Arc<AppState>,
-) -> Result<Response<ResponseBody>, Infallible> {
+pub async fn handle(req: Request<Incoming>, state: Arc<AppState>) -> Result<Response<ResponseBody>, Infallible> {
     if req.method() != Method::GET {
-        return Ok(text(
-            StatusCode::METHOD_NOT_ALLOWED,
-            "admin endpoints take GET",
-        ));
+        return Ok(text(StatusCode::METHOD_NOT_ALLOWED, "admin endpoints take GET"));
     }
     Ok(match req.uri().path() {
         "/healthz" => text(StatusCode::OK, "ok"),
         "/readyz" => readyz(&state),
         "/metrics" => metrics(&state),
-        _ => text(
-            StatusCode::NOT_FOUND,
-            "no such endpoint: /healthz, /readyz, /metrics",
-        ),
+        _ => text(StatusCode::NOT_FOUND, "no such endpoint: /healthz, /readyz, /metrics"),
     })
 }
 
@@ -45,61 +36,36 @@ fn readyz(state: &AppState) -> Response<ResponseBody> {
     let sources: serde_json::Map<String, serde_json::Value> = state
         .sources
         .iter()
-        .map(|s| {
-            (
-                s.kind.as_str().to_owned(),
-                (if s.is_connected() {
-                    "connected"
-                } else {
-                    "disconnected"
-                })
-                .into(),
-            )
-        })
+        .map(|s| (s.kind.as_str().to_owned(), (if s.is_connected() { "connected" } else { "disconnected" }).into()))
         .collect();
     let ready = state.is_ready();
-    let status = if ready {
-        StatusCode::OK
-    } else {
-        StatusCode::SERVICE_UNAVAILABLE
-    };
-    json(
-        status,
-        &serde_json::json!({ "ready": ready, "draining": state.is_draining(), "sources": sources }),
-    )
+    let status = if ready { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
+    json(status, &serde_json::json!({ "ready": ready, "draining": state.is_draining(), "sources": sources }))
 }
 
 fn metrics(state: &AppState) -> Response<ResponseBody> {
     let m = &state.metrics;
     let streams = state.registry.subscriber_count();
     m.open_streams.set(streams as i64);
-    m.subscription_filters
-        .set(state.registry.filter_count() as i64);
+    m.subscription_filters.set(state.registry.filter_count() as i64);
     m.queued_frames.set(state.registry.queued_frames() as i64);
-    m.ingest_queue_depth
-        .set((state.ingest.max_capacity() - state.ingest.capacity()) as i64);
-    m.alive_tasks.set(
-        tokio::runtime::Handle::current()
-            .metrics()
-            .num_alive_tasks() as i64,
-    );
+    m.ingest_queue_depth.set((state.ingest.max_capacity() - state.ingest.capacity()) as i64);
+    m.alive_tasks.set(tokio::runtime::Handle::current().metrics().num_alive_tasks() as i64);
+    let replay = state.replay.stats();
+    m.replay_events.set(replay.events as i64);
+    m.replay_bytes.set(replay.bytes as i64);
+    m.replay_topics.set(replay.topics as i64);
     m.resident_memory.set(resident_memory_bytes() as i64);
     for s in &state.sources {
-        let label = SourceLabel {
-            source: s.kind.as_str(),
-        };
-        m.broker_up
-            .get_or_create(&label)
-            .set(s.is_connected() as i64);
+        let label = SourceLabel { source: s.kind.as_str() };
+        m.broker_up.get_or_create(&label).set(s.is_connected() as i64);
         let c = m.broker_reconnects.get_or_create(&label);
         c.inc_by(s.reconnects().saturating_sub(c.get()));
         let c = m.events_malformed.get_or_create(&label);
         c.inc_by(s.malformed().saturating_sub(c.get()));
     }
     let mut r = Response::new(ResponseBody::full(m.encode()));
-    r.headers_mut().insert(
-        CONTENT_TYPE,
-        HeaderValue::from_static("application/openmetrics-text; version=1.0.0; charset=utf-8"),
-    );
+    r.headers_mut()
+        .insert(CONTENT_TYPE, HeaderValue::from_static("application/openmetrics-text; version=1.0.0; charset=utf-8"));
     r
 }

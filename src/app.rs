@@ -23,6 +23,7 @@ use crate::event::new_run_id;
 use crate::ingest::{LastSeq, Sequencer};
 use crate::metrics::Metrics;
 use crate::registry::Registry;
+use crate::replay::ReplayStore;
 use crate::sources::{self, IngestSender, SourceKind, SourceMessage, SourceStatus};
 use crate::sse::cors::Cors;
 use crate::sse::handler;
@@ -39,6 +40,7 @@ pub struct AppState {
     /// This process's run id: the first half of every event id it assigns.
     pub run_id: u64,
     pub last_seq: Arc<LastSeq>,
+    pub replay: Arc<ReplayStore>,
     /// One entry per configured broker source.
     pub sources: Vec<Arc<SourceStatus>>,
     pub cors: Cors,
@@ -91,16 +93,14 @@ impl App {
         if config.redis.is_some() {
             statuses.push(Arc::new(SourceStatus::new(SourceKind::Redis)));
         }
-        let opening_frame = Bytes::from(format!(
-            ": ok\nretry: {}\n\n",
-            config.server.retry.as_millis()
-        ));
+        let opening_frame = Bytes::from(format!(": ok\nretry: {}\n\n", config.server.retry.as_millis()));
         let state = AppState {
             registry: Registry::new(config.fanout.shards),
             metrics: Arc::new(Metrics::new()),
             ingest: tx,
             run_id: new_run_id(),
             last_seq: Arc::new(LastSeq::default()),
+            replay: Arc::new(ReplayStore::new(config.replay.clone())),
             sources: statuses,
             cors: Cors::new(&config.server.cors_origins),
             opening_frame,
@@ -108,10 +108,7 @@ impl App {
             draining: AtomicBool::new(false),
             config,
         };
-        App {
-            state: Arc::new(state),
-            ingest_rx: rx,
-        }
+        App { state: Arc::new(state), ingest_rx: rx }
     }
 
     /// The shared state (registry, metrics, …), for tests and embedding.
@@ -143,6 +140,7 @@ impl App {
             state.run_id,
             state.last_seq.clone(),
             state.registry.clone(),
+            state.replay.clone(),
             state.metrics.clone(),
         );
         tracker.spawn(sequencer.run(self.ingest_rx, stop_ingest.clone()));
@@ -150,52 +148,23 @@ impl App {
             let (tx, status, stop) = (state.ingest.clone(), status.clone(), stop_sources.clone());
             match status.kind {
                 SourceKind::Nats => {
-                    tracker.spawn(sources::nats::run(
-                        cfg.nats.clone().expect("configured"),
-                        tx,
-                        status,
-                        stop,
-                    ));
+                    tracker.spawn(sources::nats::run(cfg.nats.clone().expect("configured"), tx, status, stop));
                 }
                 SourceKind::Redis => {
-                    tracker.spawn(sources::redis::run(
-                        cfg.redis.clone().expect("configured"),
-                        tx,
-                        status,
-                        stop,
-                    ));
+                    tracker.spawn(sources::redis::run(cfg.redis.clone().expect("configured"), tx, status, stop));
                 }
                 SourceKind::Publish => {}
             }
         }
-        tracker.spawn(heartbeat(
-            state.registry.clone(),
-            cfg.server.heartbeat_interval,
-            life.graceful.clone(),
-        ));
+        tracker.spawn(heartbeat(state.registry.clone(), cfg.server.heartbeat_interval, life.graceful.clone()));
 
-        let builder = Arc::new(server::http_builder(
-            tracker.clone(),
-            cfg.server.header_read_timeout,
-        ));
+        let builder = Arc::new(server::http_builder(tracker.clone(), cfg.server.header_read_timeout));
         let public_state = state.clone();
         let public = move |req, kill| handler::handle(req, public_state.clone(), kill);
-        tracker.spawn(server::serve(
-            listener,
-            builder.clone(),
-            public,
-            life.clone(),
-            "public",
-        ));
+        tracker.spawn(server::serve(listener, builder.clone(), public, life.clone(), "public"));
         let admin_state = state.clone();
         let admin = move |req, _kill| admin::handle(req, admin_state.clone());
-        tracker.spawn(server::serve(
-            admin_listener,
-            builder,
-            admin,
-            life.clone(),
-            "admin",
-        ));
+        tracker.spawn(server::serve(admin_listener, builder, admin, life.clone(), "admin"));
         state.ready.store(true, Ordering::Release);
 
         shutdown.await;
@@ -211,10 +180,7 @@ impl App {
         let outcome = match tokio::time::timeout(cfg.server.drain_timeout, tracker.wait()).await {
             Ok(()) => RunOutcome::Drained,
             Err(_) => {
-                warn!(
-                    remaining_tasks = tracker.len(),
-                    "Drain time ran out; cutting remaining connections."
-                );
+                warn!(remaining_tasks = tracker.len(), "Drain time ran out; cutting remaining connections.");
                 life.hard_stop.cancel();
                 // Every task selects on hard_stop or ends on its own; this returns promptly.
                 let _ = tokio::time::timeout(Duration::from_secs(5), tracker.wait()).await;

@@ -71,6 +71,9 @@ struct State {
     waker: Option<Waker>,
     /// Something was queued since the last heartbeat tick, so the stream is not idle.
     active: bool,
+    /// Frames at the front queued by [`ClientQueue::push_backlog`] (opening, gap, replay); they
+    /// do not count against the capacity, which bounds only live frames.
+    backlog: usize,
 }
 
 /// Frames buffered beyond this are given back to the allocator once the queue drains, so a
@@ -81,12 +84,7 @@ impl ClientQueue {
     /// A new, open, empty queue; allocates no frame storage until the first push.
     pub fn new(capacity: usize, policy: SlowConsumerPolicy, kill: CancellationToken) -> Self {
         ClientQueue {
-            state: Mutex::new(State {
-                frames: VecDeque::new(),
-                closed: None,
-                waker: None,
-                active: false,
-            }),
+            state: Mutex::new(State { frames: VecDeque::new(), closed: None, waker: None, active: false, backlog: 0 }),
             capacity,
             policy,
             kill,
@@ -105,7 +103,7 @@ impl ClientQueue {
             if st.closed.is_some() {
                 return PushOutcome::Closed;
             }
-            if st.frames.len() >= self.capacity {
+            if st.frames.len() - st.backlog >= self.capacity {
                 match self.policy {
                     SlowConsumerPolicy::Disconnect => {
                         st.closed = Some(CloseReason::SlowConsumer);
@@ -128,6 +126,17 @@ impl ClientQueue {
             w.wake();
         }
         PushOutcome::Queued
+    }
+
+    /// Queues a frame that precedes all live frames (the opening comment, the gap signal,
+    /// replayed events), outside the capacity: its size is bounded by the replay store.
+    /// Must be called before the queue is registered for fan-out or under the registry lock.
+    pub fn push_backlog(&self, frame: Bytes) {
+        let mut st = self.state.lock();
+        if st.closed.is_none() {
+            st.frames.push_back(frame);
+            st.backlog += 1;
+        }
     }
 
     /// Queues `frame` only if nothing was queued since the previous call; used by the global
@@ -165,6 +174,7 @@ impl ClientQueue {
     pub fn poll_next(&self, cx: &mut Context<'_>) -> Poll<Next> {
         let mut st = self.state.lock();
         if let Some(f) = st.frames.pop_front() {
+            st.backlog = st.backlog.saturating_sub(1);
             if st.frames.is_empty() && st.frames.capacity() > SHRINK_ABOVE {
                 st.frames = VecDeque::new();
             }
@@ -178,6 +188,11 @@ impl ClientQueue {
             _ => st.waker = Some(cx.waker().clone()),
         }
         Poll::Pending
+    }
+
+    /// Why the queue was closed, if it was.
+    pub fn closed_reason(&self) -> Option<CloseReason> {
+        self.state.lock().closed
     }
 
     /// Frames waiting to be written.
@@ -209,11 +224,18 @@ mod tests {
         assert_eq!(q.push(Bytes::from_static(b"c")), PushOutcome::Overflowed);
         assert!(kill.is_cancelled());
         assert_eq!(q.len(), 0);
-        assert!(matches!(
-            poll(&q),
-            Poll::Ready(Next::Closed(CloseReason::SlowConsumer))
-        ));
+        assert!(matches!(poll(&q), Poll::Ready(Next::Closed(CloseReason::SlowConsumer))));
         assert_eq!(q.push(Bytes::from_static(b"d")), PushOutcome::Closed);
+    }
+
+    #[test]
+    fn backlog_does_not_count_against_capacity() {
+        let q = ClientQueue::new(1, SlowConsumerPolicy::Disconnect, CancellationToken::new());
+        for _ in 0..5 {
+            q.push_backlog(Bytes::from_static(b"r"));
+        }
+        assert_eq!(q.push(Bytes::from_static(b"live")), PushOutcome::Queued);
+        assert_eq!(q.push(Bytes::from_static(b"live2")), PushOutcome::Overflowed);
     }
 
     #[test]
@@ -222,10 +244,7 @@ mod tests {
         q.push(Bytes::from_static(b"a"));
         q.close(CloseReason::Shutdown);
         assert!(matches!(poll(&q), Poll::Ready(Next::Frame(_))));
-        assert!(matches!(
-            poll(&q),
-            Poll::Ready(Next::Closed(CloseReason::Shutdown))
-        ));
+        assert!(matches!(poll(&q), Poll::Ready(Next::Closed(CloseReason::Shutdown))));
     }
 
     #[test]

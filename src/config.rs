@@ -32,6 +32,7 @@ pub struct Config {
     pub redis: Option<RedisConfig>,
     pub log: LogConfig,
     pub fanout: FanoutConfig,
+    pub replay: ReplayConfig,
 }
 
 /// The SSE and `/publish` listener and per-stream behaviour.
@@ -102,9 +103,7 @@ pub struct AdminConfig {
 
 impl Default for AdminConfig {
     fn default() -> Self {
-        AdminConfig {
-            listen: ([127, 0, 0, 1], 9090).into(),
-        }
+        AdminConfig { listen: ([127, 0, 0, 1], 9090).into() }
     }
 }
 
@@ -121,10 +120,7 @@ pub struct PublishConfig {
 
 impl Default for PublishConfig {
     fn default() -> Self {
-        PublishConfig {
-            token: None,
-            max_body_bytes: 1024 * 1024,
-        }
+        PublishConfig { token: None, max_body_bytes: 1024 * 1024 }
     }
 }
 
@@ -211,10 +207,7 @@ pub struct LogConfig {
 
 impl Default for LogConfig {
     fn default() -> Self {
-        LogConfig {
-            level: "info".into(),
-            format: LogFormat::Text,
-        }
+        LogConfig { level: "info".into(), format: LogFormat::Text }
     }
 }
 
@@ -240,9 +233,31 @@ pub struct FanoutConfig {
 
 impl Default for FanoutConfig {
     fn default() -> Self {
-        FanoutConfig {
-            shards: 16,
-            ingest_queue: 4096,
+        FanoutConfig { shards: 16, ingest_queue: 4096 }
+    }
+}
+
+/// The replay store: recent events of every bridged topic, for `Last-Event-ID` resume.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct ReplayConfig {
+    /// Events kept per topic (0 turns replay off).
+    pub max_events_per_topic: usize,
+    /// Bytes kept per topic (frames plus bookkeeping); the newest event is always kept.
+    pub max_bytes_per_topic: usize,
+    /// Bytes kept across all topics; beyond it the globally oldest events go first.
+    pub max_total_bytes: usize,
+    /// Topics with a ring; beyond it the topic whose newest event is oldest is forgotten.
+    pub max_topics: usize,
+}
+
+impl Default for ReplayConfig {
+    fn default() -> Self {
+        ReplayConfig {
+            max_events_per_topic: 1000,
+            max_bytes_per_topic: 1024 * 1024,
+            max_total_bytes: 64 * 1024 * 1024,
+            max_topics: 100_000,
         }
     }
 }
@@ -254,9 +269,7 @@ pub struct ConfigError(String);
 
 impl ConfigError {
     fn at(key: &str, source: &str, reason: impl std::fmt::Display) -> Self {
-        ConfigError(format!(
-            "invalid configuration: key `{key}` ({source}): {reason}"
-        ))
+        ConfigError(format!("invalid configuration: key `{key}` ({source}): {reason}"))
     }
 }
 
@@ -287,10 +300,7 @@ pub const ENV_PREFIX: &str = "SSE_BRIDGE_";
 
 impl Config {
     /// Loads and validates the configuration from all layers.
-    pub fn load(
-        file: &ConfigFile,
-        overrides: &Overrides,
-    ) -> Result<(Config, Option<PathBuf>), ConfigError> {
+    pub fn load(file: &ConfigFile, overrides: &Overrides) -> Result<(Config, Option<PathBuf>), ConfigError> {
         Self::load_with_env(file, overrides, Env::prefixed(ENV_PREFIX).split("__"))
     }
 
@@ -305,18 +315,12 @@ impl Config {
                     return Err(ConfigError(format!(
                         "invalid configuration: file {} given with --config: {}",
                         p.display(),
-                        if p.exists() {
-                            "not a regular file"
-                        } else {
-                            "no such file"
-                        }
+                        if p.exists() { "not a regular file" } else { "no such file" }
                     )));
                 }
                 Some(p.clone())
             }
-            ConfigFile::Default => Path::new(DEFAULT_FILE)
-                .is_file()
-                .then(|| PathBuf::from(DEFAULT_FILE)),
+            ConfigFile::Default => Path::new(DEFAULT_FILE).is_file().then(|| PathBuf::from(DEFAULT_FILE)),
         };
         let mut fig = Figment::from(Serialized::defaults(Config::default()));
         if let Some(p) = &path {
@@ -334,9 +338,7 @@ impl Config {
             fig = fig.merge(Serialized::default("log.level", l));
         }
         let config: Config = fig.extract().map_err(|e| figment_error(&fig, e))?;
-        config
-            .validate()
-            .map_err(|(key, reason)| ConfigError::at(&key, &describe_source(&fig, &key), reason))?;
+        config.validate().map_err(|(key, reason)| ConfigError::at(&key, &describe_source(&fig, &key), reason))?;
         Ok((config, path))
     }
 
@@ -348,10 +350,7 @@ impl Config {
             return err("server.queue_capacity", "must be at least 1".into());
         }
         if s.max_topics_per_connection == 0 {
-            return err(
-                "server.max_topics_per_connection",
-                "must be at least 1".into(),
-            );
+            return err("server.max_topics_per_connection", "must be at least 1".into());
         }
         if s.max_topic_length == 0 {
             return err("server.max_topic_length", "must be at least 1".into());
@@ -366,6 +365,9 @@ impl Config {
         }
         if self.fanout.shards == 0 || self.fanout.shards > 1024 {
             return err("fanout.shards", "must be between 1 and 1024".into());
+        }
+        if self.replay.max_topics == 0 {
+            return err("replay.max_topics", "must be at least 1".into());
         }
         if self.fanout.ingest_queue == 0 {
             return err("fanout.ingest_queue", "must be at least 1".into());
@@ -382,17 +384,11 @@ impl Config {
                 }
             }
             if n.subjects.is_empty() {
-                return err(
-                    "nats.subjects",
-                    "is empty: name at least one subject (e.g. \"events.>\")".into(),
-                );
+                return err("nats.subjects", "is empty: name at least one subject (e.g. \"events.>\")".into());
             }
             for (i, subj) in n.subjects.iter().enumerate() {
                 if let Err(r) = Pattern::parse(subj, s.max_topic_length) {
-                    return err(
-                        &format!("nats.subjects[{i}]"),
-                        format!("{subj:?}: {}", topic_reason(r)),
-                    );
+                    return err(&format!("nats.subjects[{i}]"), format!("{subj:?}: {}", topic_reason(r)));
                 }
             }
             if n.event_header.is_empty() {
@@ -404,15 +400,9 @@ impl Config {
                 return err("redis.url", format!("{:?}: {reason}", r.url));
             }
             if r.channels.is_empty() && r.patterns.is_empty() {
-                return err(
-                    "redis.channels",
-                    "and redis.patterns are both empty: name at least one".into(),
-                );
+                return err("redis.channels", "and redis.patterns are both empty: name at least one".into());
             }
-            for (key, list) in [
-                ("redis.channels", &r.channels),
-                ("redis.patterns", &r.patterns),
-            ] {
+            for (key, list) in [("redis.channels", &r.channels), ("redis.patterns", &r.patterns)] {
                 for (i, c) in list.iter().enumerate() {
                     if c.is_empty() || c.len() > s.max_topic_length {
                         return err(
@@ -436,10 +426,7 @@ fn validate_url(u: &str, schemes: &[&str]) -> Result<(), String> {
     if !schemes.contains(&parsed.scheme()) {
         return Err(format!("scheme must be one of {}", schemes.join(", ")));
     }
-    if parsed.scheme() != "unix"
-        && parsed.scheme() != "redis+unix"
-        && parsed.host_str().is_none_or(str::is_empty)
-    {
+    if parsed.scheme() != "unix" && parsed.scheme() != "redis+unix" && parsed.host_str().is_none_or(str::is_empty) {
         return Err("has no host".into());
     }
     Ok(())
@@ -459,15 +446,24 @@ fn validate_origin(o: &str) -> Result<(), String> {
     Ok(())
 }
 
+/// `from <provider> <source>`. A file is named by the path as given (`--config PATH` or
+/// `bridge.toml`): figment's own `Display` rewrites it relative to the working directory, which
+/// under a service manager (cwd `/`) turns `/etc/sse-bridge/bridge.toml` into
+/// `etc/sse-bridge/bridge.toml`.
+fn source_of(md: &figment::Metadata) -> String {
+    match &md.source {
+        Some(figment::Source::File(p)) => format!("from {} {}", md.name, p.display()),
+        Some(src) => format!("from {} {}", md.name, src),
+        None => format!("from {}", md.name),
+    }
+}
+
 /// Names where the value of `key` (or its nearest configured parent) came from.
 fn describe_source(fig: &Figment, key: &str) -> String {
     let mut k = key.split('[').next().unwrap_or(key).to_string();
     loop {
         if let Some(md) = fig.find_metadata(&k) {
-            return match &md.source {
-                Some(src) => format!("from {} {}", md.name, src),
-                None => format!("from {}", md.name),
-            };
+            return source_of(md);
         }
         match k.rfind('.') {
             Some(i) => k.truncate(i),
@@ -482,10 +478,7 @@ fn figment_error(fig: &Figment, e: figment::Error) -> ConfigError {
         .map(|e| {
             let key = e.path.join(".");
             let source = match (&e.metadata, e.path.is_empty()) {
-                (Some(md), _) => match &md.source {
-                    Some(src) => format!("from {} {}", md.name, src),
-                    None => format!("from {}", md.name),
-                },
+                (Some(md), _) => source_of(md),
                 (None, false) => describe_source(fig, &key),
                 (None, true) => "configuration".into(),
             };
@@ -537,28 +530,19 @@ mod tests {
     #[test]
     fn bad_url_is_named() {
         let e = load_str("[nats]\nurl = \"http://x\"\nsubjects = [\"a\"]\n").unwrap_err();
-        assert!(
-            e.contains("`nats.url`") && e.contains("bridge.toml") && e.contains("scheme"),
-            "{e}"
-        );
+        assert!(e.contains("`nats.url`") && e.contains("bridge.toml") && e.contains("scheme"), "{e}");
     }
 
     #[test]
     fn bad_pattern_is_named() {
         let e = load_str("[nats]\nsubjects = [\"a.>.b\"]\n").unwrap_err();
-        assert!(
-            e.contains("`nats.subjects[0]`") && e.contains("last token"),
-            "{e}"
-        );
+        assert!(e.contains("`nats.subjects[0]`") && e.contains("last token"), "{e}");
     }
 
     #[test]
     fn bad_type_is_named() {
         let e = load_str("[server]\nqueue_capacity = \"many\"\n").unwrap_err();
-        assert!(
-            e.contains("`server.queue_capacity`") && e.contains("bridge.toml"),
-            "{e}"
-        );
+        assert!(e.contains("`server.queue_capacity`") && e.contains("bridge.toml"), "{e}");
     }
 
     #[test]
@@ -569,14 +553,8 @@ mod tests {
 
     #[test]
     fn missing_explicit_file_fails() {
-        let e = Config::load(
-            &ConfigFile::Explicit("/nonexistent/x.toml".into()),
-            &Overrides::default(),
-        )
-        .unwrap_err();
-        assert!(
-            e.to_string().contains("/nonexistent/x.toml") && e.to_string().contains("no such file")
-        );
+        let e = Config::load(&ConfigFile::Explicit("/nonexistent/x.toml".into()), &Overrides::default()).unwrap_err();
+        assert!(e.to_string().contains("/nonexistent/x.toml") && e.to_string().contains("no such file"));
     }
 
     #[test]
@@ -589,9 +567,7 @@ mod tests {
             assert_eq!(c.server.listen, "0.0.0.0:8081".parse().unwrap());
             assert_eq!(c.redis.unwrap().patterns, vec!["chat:*".to_string()]);
             jail.set_env("SSE_BRIDGE_SERVER__BOGUS", "1");
-            let e = Config::load(&ConfigFile::Default, &Overrides::default())
-                .unwrap_err()
-                .to_string();
+            let e = Config::load(&ConfigFile::Default, &Overrides::default()).unwrap_err().to_string();
             assert!(e.contains("`server.bogus`"), "{e}");
             Ok(())
         });

@@ -94,8 +94,7 @@ pub fn frame_event(id: EventId, event_type: Option<&str>, payload: &[u8]) -> (By
     let text = String::from_utf8_lossy(payload);
     notes.replaced_invalid_utf8 = matches!(text, std::borrow::Cow::Owned(_));
     let event_type = event_type.filter(|t| {
-        let ok =
-            !t.is_empty() && !t.contains(['\r', '\n']) && !t.starts_with(RESERVED_EVENT_PREFIX);
+        let ok = !t.is_empty() && !t.contains(['\r', '\n']) && !t.starts_with(RESERVED_EVENT_PREFIX);
         notes.dropped_event_type = !ok;
         ok
     });
@@ -197,18 +196,9 @@ mod tests {
 
     #[test]
     fn frames_every_line_ending() {
-        assert_eq!(
-            frame(None, b"a\nb\r\nc\rd"),
-            "id: 000000000abc-7\ndata: a\ndata: b\ndata: c\ndata: d\n\n"
-        );
-        assert_eq!(
-            frame(None, b"x\n"),
-            "id: 000000000abc-7\ndata: x\ndata: \n\n"
-        );
-        assert_eq!(
-            frame(Some("greet"), b""),
-            "id: 000000000abc-7\nevent: greet\ndata: \n\n"
-        );
+        assert_eq!(frame(None, b"a\nb\r\nc\rd"), "id: 000000000abc-7\ndata: a\ndata: b\ndata: c\ndata: d\n\n");
+        assert_eq!(frame(None, b"x\n"), "id: 000000000abc-7\ndata: x\ndata: \n\n");
+        assert_eq!(frame(Some("greet"), b""), "id: 000000000abc-7\nevent: greet\ndata: \n\n");
     }
 
     #[test]
@@ -224,23 +214,13 @@ mod tests {
     fn replaces_invalid_utf8() {
         let (f, n) = frame_event(ID, None, b"a\xffb");
         assert!(n.replaced_invalid_utf8);
-        assert_eq!(
-            String::from_utf8(f.to_vec()).unwrap(),
-            "id: 000000000abc-7\ndata: a\u{fffd}b\n\n"
-        );
+        assert_eq!(String::from_utf8(f.to_vec()).unwrap(), "id: 000000000abc-7\ndata: a\u{fffd}b\n\n");
     }
 
     #[test]
     fn capacity_estimate_avoids_regrowth() {
         let payload = "line\n".repeat(100);
-        let (f, _) = frame_event(
-            EventId {
-                run: u64::MAX >> 16,
-                seq: u64::MAX,
-            },
-            Some("t"),
-            payload.as_bytes(),
-        );
+        let (f, _) = frame_event(EventId { run: u64::MAX >> 16, seq: u64::MAX }, Some("t"), payload.as_bytes());
         assert!(f.len() <= 38 + 9 + payload.len() + 101 * 7 + 1);
     }
 }

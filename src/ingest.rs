@@ -1,7 +1,7 @@
 //! The one sequencer: every message from every source passes here, one at a time.
 //!
-//! For each message it assigns the next id of this run, builds the SSE frame once, publishes
-//! the new "last sequence" and then fans the event out. Because one task does all of this in
+//! For each message it assigns the next id of this run, builds the SSE frame once, retains the
+//! event in the replay store, publishes the new "last sequence" and then fans the event out. Because one task does all of this in
 //! order, every subscriber queue receives events in strictly increasing id order, and a single
 //! id is a complete resume cursor for any set of topics (see `docs/architecture.md`).
 
@@ -16,6 +16,7 @@ use tracing::{debug, trace};
 use crate::event::{Event, EventId, frame_event};
 use crate::metrics::Metrics;
 use crate::registry::Registry;
+use crate::replay::ReplayStore;
 use crate::sources::{SourceKind, SourceMessage};
 
 /// The highest sequence number assigned so far in this run, published by the sequencer
@@ -37,6 +38,7 @@ pub struct Sequencer {
     next_seq: u64,
     last_seq: Arc<LastSeq>,
     registry: Arc<Registry>,
+    replay: Arc<ReplayStore>,
     metrics: Arc<Metrics>,
     received: [Counter; 3],
 }
@@ -47,18 +49,11 @@ impl Sequencer {
         run: u64,
         last_seq: Arc<LastSeq>,
         registry: Arc<Registry>,
+        replay: Arc<ReplayStore>,
         metrics: Arc<Metrics>,
     ) -> Self {
-        let received = [SourceKind::Nats, SourceKind::Redis, SourceKind::Publish]
-            .map(|k| metrics.received_counter(k));
-        Sequencer {
-            run,
-            next_seq: 1,
-            last_seq,
-            registry,
-            metrics,
-            received,
-        }
+        let received = [SourceKind::Nats, SourceKind::Redis, SourceKind::Publish].map(|k| metrics.received_counter(k));
+        Sequencer { run, next_seq: 1, last_seq, registry, replay, metrics, received }
     }
 
     /// Consumes messages until every sender is gone or `shutdown` fires.
@@ -77,10 +72,7 @@ impl Sequencer {
 
     /// Sequences, frames and fans out one message; returns the event.
     pub fn ingest(&mut self, msg: SourceMessage) -> Arc<Event> {
-        let id = EventId {
-            run: self.run,
-            seq: self.next_seq,
-        };
+        let id = EventId { run: self.run, seq: self.next_seq };
         self.next_seq += 1;
         let (frame, notes) = frame_event(id, msg.event_type.as_deref(), &msg.payload);
         if notes.replaced_invalid_utf8 {
@@ -90,13 +82,10 @@ impl Sequencer {
             self.metrics.event_types_dropped.inc();
         }
         self.received[msg.source as usize].inc();
-        let event = Arc::new(Event {
-            id,
-            topic: Arc::from(msg.topic),
-            frame,
-            received_at: msg.received_at,
-        });
-        // Publish before fan-out: a subscriber registered after this store sees it (see LastSeq).
+        let event = Arc::new(Event { id, topic: Arc::from(msg.topic), frame, received_at: msg.received_at });
+        // Retain, then publish, then fan out: a subscriber that registers after the store sees
+        // the sequence and finds the event in the replay store (see docs/architecture.md).
+        self.replay.append(&event);
         self.last_seq.0.store(id.seq, Ordering::Release);
         let stats = self.registry.fan_out(&event);
         self.metrics.deliveries.inc_by(stats.delivered as u64);

@@ -15,8 +15,10 @@
 //! - [`sources`]: NATS, Redis pub/sub and `POST /publish`. Each source copies messages out of its
 //!   client, reconnects with capped backoff, and feeds one bounded ingest channel.
 //! - [`ingest`]: the single sequencer. It assigns ids in arrival order, frames the event,
-//!   publishes the last sequence, and hands the event to the registry's fan-out. One task,
+//!   retains it for replay, publishes the last sequence, and hands the event to the registry's fan-out. One task,
 //!   one order: every client sees increasing ids, so one id is a resume cursor for all its topics.
+//! - [`replay`]: per-topic rings of recent events (count, bytes, global budget) that serve
+//!   `Last-Event-ID` resume and prove when a resume is complete.
 //! - [`registry`]: sharded topic/pattern → subscriber index and the fan-out, which puts a clone of
 //!   the event's `Bytes` into each matching client queue (no per-subscriber work beyond that).
 //! - [`client`]: one subscriber's bounded queue and the slow-consumer policy.
@@ -36,6 +38,7 @@ pub mod ingest;
 pub mod logging;
 pub mod metrics;
 pub mod registry;
+pub mod replay;
 pub mod shutdown;
 pub mod sources;
 pub mod sse;

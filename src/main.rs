@@ -37,11 +37,8 @@ fn main() -> ExitCode {
         Some(p) => ConfigFile::Explicit(p.clone()),
         None => ConfigFile::Default,
     };
-    let overrides = Overrides {
-        listen: args.listen,
-        admin_listen: args.admin_listen,
-        log_level: args.log_level.clone(),
-    };
+    let overrides =
+        Overrides { listen: args.listen, admin_listen: args.admin_listen, log_level: args.log_level.clone() };
     let (config, path) = match Config::load(&file, &overrides) {
         Ok(c) => c,
         Err(e) => {
@@ -49,18 +46,13 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    let source = path
-        .as_ref()
-        .map_or("built-in defaults".to_string(), |p| p.display().to_string());
+    let source = path.as_ref().map_or("built-in defaults".to_string(), |p| p.display().to_string());
     if args.check_config {
         println!("configuration OK ({source})");
         return ExitCode::SUCCESS;
     }
     logging::init(&config.log);
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(r) => r,
         Err(e) => {
             eprintln!("sse-bridge: cannot start the runtime: {e}");
@@ -91,9 +83,7 @@ fn main() -> ExitCode {
             publish = config.publish.token.is_some(),
             "sse-bridge started."
         );
-        App::new(config)
-            .run(listener, admin, shutdown::signal())
-            .await;
+        App::new(config).run(listener, admin, shutdown::signal()).await;
         ExitCode::SUCCESS
     })
 }

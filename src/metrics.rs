@@ -38,6 +38,11 @@ pub struct Metrics {
     pub streams_opened: Counter,
     pub disconnects: Family<ReasonLabel, Counter>,
     pub requests_rejected: Family<ReasonLabel, Counter>,
+    pub replayed_events: Counter,
+    pub gap_events: Family<ReasonLabel, Counter>,
+    pub replay_events: Gauge,
+    pub replay_bytes: Gauge,
+    pub replay_topics: Gauge,
     pub open_streams: Gauge,
     pub subscription_filters: Gauge,
     pub queued_frames: Gauge,
@@ -67,6 +72,11 @@ impl Metrics {
             streams_opened: Counter::default(),
             disconnects: Family::default(),
             requests_rejected: Family::default(),
+            replayed_events: Counter::default(),
+            gap_events: Family::default(),
+            replay_events: Gauge::default(),
+            replay_bytes: Gauge::default(),
+            replay_topics: Gauge::default(),
             open_streams: Gauge::default(),
             subscription_filters: Gauge::default(),
             queued_frames: Gauge::default(),
@@ -78,11 +88,7 @@ impl Metrics {
             registry: Registry::default(),
         };
         let r = &mut registry;
-        r.register(
-            "events_received",
-            "Messages received from each source and sequenced",
-            m.events_received.clone(),
-        );
+        r.register("events_received", "Messages received from each source and sequenced", m.events_received.clone());
         r.register(
             "events_malformed",
             "Broker messages dropped because they could not be read (e.g. invalid envelope)",
@@ -98,84 +104,60 @@ impl Metrics {
             "Event types left out because they were unusable or reserved",
             m.event_types_dropped.clone(),
         );
-        r.register(
-            "deliveries",
-            "Events placed in a subscriber queue",
-            m.deliveries.clone(),
-        );
-        r.register(
-            "streams_opened",
-            "SSE streams opened",
-            m.streams_opened.clone(),
-        );
-        r.register(
-            "disconnects",
-            "SSE streams ended, by reason",
-            m.disconnects.clone(),
-        );
+        r.register("deliveries", "Events placed in a subscriber queue", m.deliveries.clone());
+        r.register("streams_opened", "SSE streams opened", m.streams_opened.clone());
+        r.register("disconnects", "SSE streams ended, by reason", m.disconnects.clone());
         r.register(
             "requests_rejected",
             "Requests refused before a stream started, by reason",
             m.requests_rejected.clone(),
         );
         r.register(
-            "open_streams",
-            "SSE streams open now",
-            m.open_streams.clone(),
+            "replayed_events",
+            "Events sent from the replay store to resuming streams",
+            m.replayed_events.clone(),
         );
+        r.register("gap_events", "sse-bridge.gap signals sent, by reason", m.gap_events.clone());
+        r.register("replay_retained_events", "Events held in the replay store", m.replay_events.clone());
+        r.register_with_unit(
+            "replay_retained",
+            "Bytes held in the replay store (frames and bookkeeping)",
+            Unit::Bytes,
+            m.replay_bytes.clone(),
+        );
+        r.register("replay_topics", "Topics with a replay ring", m.replay_topics.clone());
+        r.register("open_streams", "SSE streams open now", m.open_streams.clone());
         r.register(
             "subscription_filters",
             "Distinct topics and patterns with subscribers, summed over registry shards",
             m.subscription_filters.clone(),
         );
-        r.register(
-            "queued_frames",
-            "Frames waiting in subscriber queues",
-            m.queued_frames.clone(),
-        );
+        r.register("queued_frames", "Frames waiting in subscriber queues", m.queued_frames.clone());
         r.register(
             "ingest_queue_depth",
             "Messages waiting between the sources and the sequencer",
             m.ingest_queue_depth.clone(),
         );
-        r.register(
-            "tokio_alive_tasks",
-            "Tasks alive in the runtime",
-            m.alive_tasks.clone(),
-        );
+        r.register("tokio_alive_tasks", "Tasks alive in the runtime", m.alive_tasks.clone());
         r.register_with_unit(
             "resident_memory",
             "Resident set size of the process",
             Unit::Bytes,
             m.resident_memory.clone(),
         );
-        r.register(
-            "broker_up",
-            "1 while the source's broker connection is up",
-            m.broker_up.clone(),
-        );
-        r.register(
-            "broker_reconnects",
-            "Broker reconnections after the first connection",
-            m.broker_reconnects.clone(),
-        );
+        r.register("broker_up", "1 while the source's broker connection is up", m.broker_up.clone());
+        r.register("broker_reconnects", "Broker reconnections after the first connection", m.broker_reconnects.clone());
         Metrics { registry, ..m }
     }
 
     /// The counter for events from `source`, resolved once and kept by the caller.
     pub fn received_counter(&self, source: SourceKind) -> Counter {
-        self.events_received
-            .get_or_create(&SourceLabel {
-                source: source.as_str(),
-            })
-            .clone()
+        self.events_received.get_or_create(&SourceLabel { source: source.as_str() }).clone()
     }
 
     /// Counts a stream end.
     pub fn count_disconnect(&self, reason: &'static str) {
-        self.disconnects
-            .get_or_create(&ReasonLabel { reason })
-            .inc();
+        self.disconnects.get_or_create(&ReasonLabel { reason }).inc();
     }
 
     /// Counts a stream end for a [`CloseReason`].
@@ -183,18 +165,20 @@ impl Metrics {
         self.count_disconnect(reason.as_str());
     }
 
+    /// Counts a gap signal.
+    pub fn count_gap(&self, reason: &'static str) {
+        self.gap_events.get_or_create(&ReasonLabel { reason }).inc();
+    }
+
     /// Counts a refused request.
     pub fn count_rejected(&self, reason: &'static str) {
-        self.requests_rejected
-            .get_or_create(&ReasonLabel { reason })
-            .inc();
+        self.requests_rejected.get_or_create(&ReasonLabel { reason }).inc();
     }
 
     /// Encodes everything in the Prometheus text format.
     pub fn encode(&self) -> String {
         let mut out = String::with_capacity(8192);
-        prometheus_client::encoding::text::encode(&mut out, &self.registry)
-            .expect("writing to a String cannot fail");
+        prometheus_client::encoding::text::encode(&mut out, &self.registry).expect("writing to a String cannot fail");
         out
     }
 }
@@ -204,11 +188,7 @@ pub fn resident_memory_bytes() -> u64 {
     let Ok(s) = std::fs::read_to_string("/proc/self/statm") else {
         return 0;
     };
-    let pages: u64 = s
-        .split_whitespace()
-        .nth(1)
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(0);
+    let pages: u64 = s.split_whitespace().nth(1).and_then(|v| v.parse().ok()).unwrap_or(0);
     pages * PAGE_SIZE
 }
 

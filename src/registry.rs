@@ -41,8 +41,8 @@ struct Shard {
 struct Sub {
     queue: Arc<ClientQueue>,
     filters: Box<[TopicFilter]>,
-    /// Sequence of the last event queued for this subscriber; suppresses duplicates when
-    /// several of its filters match one event.
+    /// Sequence of the last event queued for this subscriber (or covered by its replay);
+    /// suppresses duplicates when several filters match one event and at the replay seam.
     last_seq: AtomicU64,
 }
 
@@ -73,9 +73,7 @@ impl Registry {
     /// A registry with `shards` shards (at least one).
     pub fn new(shards: usize) -> Arc<Self> {
         Arc::new(Registry {
-            shards: (0..shards.max(1))
-                .map(|_| RwLock::new(Shard::default()))
-                .collect(),
+            shards: (0..shards.max(1)).map(|_| RwLock::new(Shard::default())).collect(),
             next_shard: AtomicUsize::new(0),
             closed: AtomicBool::new(false),
         })
@@ -83,10 +81,21 @@ impl Registry {
 
     /// Registers a queue under its filters. After [`Registry::close_all`] the queue is closed at
     /// once, so a connection accepted during shutdown cannot linger.
-    pub fn subscribe(
+    pub fn subscribe(self: &Arc<Self>, filters: Vec<TopicFilter>, queue: Arc<ClientQueue>) -> Subscription {
+        self.subscribe_from(filters, queue, |_, _| 0)
+    }
+
+    /// Registers a queue and, atomically with the registration, runs `start`, which may queue
+    /// a backlog (replay) and returns the highest sequence it covered. Fan-out skips events up
+    /// to that sequence for this subscriber, so the seam between backlog and live has no gap
+    /// (whatever the fan-out had not yet delivered here is covered by `start`'s source) and no
+    /// duplicate (whatever `start` covered is skipped live). `start` runs under the shard's
+    /// write lock: keep it short and never take a registry lock inside it.
+    pub fn subscribe_from(
         self: &Arc<Self>,
         filters: Vec<TopicFilter>,
         queue: Arc<ClientQueue>,
+        start: impl FnOnce(&[TopicFilter], &ClientQueue) -> u64,
     ) -> Subscription {
         let shard = self.next_shard.fetch_add(1, Ordering::Relaxed) % self.shards.len();
         let mut g = self.shards[shard].write();
@@ -105,16 +114,9 @@ impl Registry {
                 list.push(key);
             }
         }
-        g.subs.insert(Sub {
-            queue,
-            filters,
-            last_seq: AtomicU64::new(0),
-        });
-        Subscription {
-            registry: self.clone(),
-            shard,
-            key,
-        }
+        let covered = start(&filters, &queue);
+        g.subs.insert(Sub { queue, filters, last_seq: AtomicU64::new(covered) });
+        Subscription { registry: self.clone(), shard, key }
     }
 
     fn remove(&self, shard: usize, key: usize) {
@@ -198,21 +200,12 @@ impl Registry {
 
     /// Frames waiting in all subscriber queues together.
     pub fn queued_frames(&self) -> usize {
-        self.shards
-            .iter()
-            .map(|s| {
-                s.read()
-                    .subs
-                    .iter()
-                    .map(|(_, sub)| sub.queue.len())
-                    .sum::<usize>()
-            })
-            .sum()
+        self.shards.iter().map(|s| s.read().subs.iter().map(|(_, sub)| sub.queue.len()).sum::<usize>()).sum()
     }
 }
 
 fn deliver(sub: &Sub, seq: u64, frame: &Bytes, stats: &mut FanoutStats) {
-    if sub.last_seq.swap(seq, Ordering::Relaxed) == seq {
+    if sub.last_seq.fetch_max(seq, Ordering::Relaxed) >= seq {
         return;
     }
     match sub.queue.push(frame.clone()) {
@@ -241,20 +234,11 @@ mod tests {
 
     fn ev(seq: u64, topic: &str) -> Event {
         let id = EventId { run: 1, seq };
-        Event {
-            id,
-            topic: topic.into(),
-            frame: frame_event(id, None, b"x").0,
-            received_at: Instant::now(),
-        }
+        Event { id, topic: topic.into(), frame: frame_event(id, None, b"x").0, received_at: Instant::now() }
     }
 
     fn q() -> Arc<ClientQueue> {
-        Arc::new(ClientQueue::new(
-            16,
-            SlowConsumerPolicy::Disconnect,
-            CancellationToken::new(),
-        ))
+        Arc::new(ClientQueue::new(16, SlowConsumerPolicy::Disconnect, CancellationToken::new()))
     }
 
     fn f(s: &str) -> TopicFilter {
@@ -277,9 +261,7 @@ mod tests {
     #[test]
     fn drop_releases_every_entry() {
         let r = Registry::new(2);
-        let subs: Vec<_> = (0..10)
-            .map(|i| r.subscribe(vec![f(&format!("t.{i}")), f("t.*")], q()))
-            .collect();
+        let subs: Vec<_> = (0..10).map(|i| r.subscribe(vec![f(&format!("t.{i}")), f("t.*")], q())).collect();
         assert_eq!(r.subscriber_count(), 10);
         assert_eq!(r.filter_count(), 10 + 2); // 10 exact topics, "t.*" once per shard
         drop(subs);

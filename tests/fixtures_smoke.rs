@@ -26,9 +26,7 @@ fn process_exists(pid: u32) -> bool {
 }
 
 async fn port_refuses(port: u16) -> bool {
-    tokio::net::TcpStream::connect(("127.0.0.1", port))
-        .await
-        .is_err()
+    tokio::net::TcpStream::connect(("127.0.0.1", port)).await.is_err()
 }
 
 async fn nats_round_trip(url: &str, subject: &str, payload: &'static str) {
@@ -36,14 +34,9 @@ async fn nats_round_trip(url: &str, subject: &str, payload: &'static str) {
     let mut sub = client.subscribe(subject.to_owned()).await.unwrap();
     // Make sure the server has registered the subscription before publishing.
     client.flush().await.unwrap();
-    client
-        .publish(subject.to_owned(), payload.into())
-        .await
-        .unwrap();
-    let msg = tokio::time::timeout(T, sub.next())
-        .await
-        .expect("NATS message within timeout")
-        .expect("subscription open");
+    client.publish(subject.to_owned(), payload.into()).await.unwrap();
+    let msg =
+        tokio::time::timeout(T, sub.next()).await.expect("NATS message within timeout").expect("subscription open");
     assert_eq!(msg.subject.as_str(), subject);
     assert_eq!(&msg.payload[..], payload.as_bytes());
 }
@@ -104,10 +97,8 @@ async fn nats_kill9_and_restart_on_same_port() {
     let mut sub = early.subscribe("smoke.early").await.unwrap();
     early.flush().await.unwrap();
     early.publish("smoke.early", "again".into()).await.unwrap();
-    let msg = tokio::time::timeout(Duration::from_secs(10), sub.next())
-        .await
-        .expect("reconnected client receives")
-        .unwrap();
+    let msg =
+        tokio::time::timeout(Duration::from_secs(10), sub.next()).await.expect("reconnected client receives").unwrap();
     assert_eq!(&msg.payload[..], b"again");
 
     // restart() on a running server is kill + start.
@@ -148,14 +139,8 @@ async fn drop_kills_process_and_removes_dir() {
     drop(nats);
     drop(redis);
 
-    assert!(
-        !process_exists(nats_pid),
-        "nats-server {nats_pid} still alive"
-    );
-    assert!(
-        !process_exists(redis_pid),
-        "redis-server {redis_pid} still alive"
-    );
+    assert!(!process_exists(nats_pid), "nats-server {nats_pid} still alive");
+    assert!(!process_exists(redis_pid), "redis-server {redis_pid} still alive");
     assert!(!nats_dir.exists() && !redis_dir.exists());
     assert!(port_refuses(nats_port).await && port_refuses(redis_port).await);
 }

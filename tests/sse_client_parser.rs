@@ -14,10 +14,7 @@ use tokio::net::TcpListener;
 const T: Duration = Duration::from_secs(5);
 
 fn ev(data: &str) -> SseEvent {
-    SseEvent {
-        data: data.to_owned(),
-        ..SseEvent::default()
-    }
+    SseEvent { data: data.to_owned(), ..SseEvent::default() }
 }
 
 /// Feeds `input` split at every possible pair of cut points (three chunks)
@@ -45,12 +42,7 @@ fn simple_event_with_all_fields() {
     let got = parse_all_splits(b"id: 7\nevent: greet\nretry: 1500\ndata: hello\n\n");
     assert_eq!(
         got,
-        vec![SseEvent {
-            id: Some("7".into()),
-            event: Some("greet".into()),
-            data: "hello".into(),
-            retry: Some(1500),
-        }]
+        vec![SseEvent { id: Some("7".into()), event: Some("greet".into()), data: "hello".into(), retry: Some(1500) }]
     );
 }
 
@@ -152,14 +144,7 @@ fn retry_rules_and_unknown_fields() {
 #[test]
 fn value_colons_and_bom() {
     let got = parse_all_splits(b"\xEF\xBB\xBFdata: a: b:c\nevent:x:y\n\n");
-    assert_eq!(
-        got,
-        vec![SseEvent {
-            event: Some("x:y".into()),
-            data: "a: b:c".into(),
-            ..SseEvent::default()
-        }]
-    );
+    assert_eq!(got, vec![SseEvent { event: Some("x:y".into()), data: "a: b:c".into(), ..SseEvent::default() }]);
 }
 
 #[test]
@@ -174,10 +159,7 @@ fn unterminated_event_discarded_at_end() {
     assert!(p.feed(b"id: 9\ndata: partial\n").is_empty());
     p.finish();
     assert_eq!(p.last_event_id(), None);
-    assert!(
-        p.feed(b"\n").is_empty(),
-        "finish() must drop the pending data"
-    );
+    assert!(p.feed(b"\n").is_empty(), "finish() must drop the pending data");
 }
 
 // ---------------------------------------------------------------------------
@@ -186,10 +168,7 @@ fn unterminated_event_discarded_at_end() {
 /// Serves one connection: reads the request head, returns it, writes
 /// `head` and then each of `body_parts` with a short pause (so they arrive
 /// as separate chunks), then closes.
-async fn serve_once(
-    head: &'static str,
-    body_parts: Vec<&'static [u8]>,
-) -> (String, tokio::task::JoinHandle<String>) {
+async fn serve_once(head: &'static str, body_parts: Vec<&'static [u8]>) -> (String, tokio::task::JoinHandle<String>) {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let url = format!("http://{}/events", listener.local_addr().unwrap());
     let task = tokio::spawn(async move {
@@ -215,18 +194,10 @@ async fn serve_once(
 async fn http_stream_events_comments_and_end() {
     let (url, server) = serve_once(
         "HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\nconnection: close\r\n\r\n",
-        vec![
-            b": hi\n\n",
-            b"id: 1\ndata: a\r",
-            b"\n\r\ndata: b",
-            b"\n\n:hb\n\n",
-            b"data: lost",
-        ],
+        vec![b": hi\n\n", b"id: 1\ndata: a\r", b"\n\r\ndata: b", b"\n\n:hb\n\n", b"data: lost"],
     )
     .await;
-    let mut s = sse_client::connect(&url, &[("Last-Event-ID", "0")])
-        .await
-        .unwrap();
+    let mut s = sse_client::connect(&url, &[("Last-Event-ID", "0")]).await.unwrap();
     assert_eq!(s.status(), 200);
     assert_eq!(s.headers()["content-type"], "text/event-stream");
     s.wait_for_comments(1, T).await;

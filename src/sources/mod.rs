@@ -176,10 +176,7 @@ pub struct Backoff {
 impl Backoff {
     /// Starts at 100 ms (or `max` if smaller).
     pub fn new(max: Duration) -> Self {
-        Backoff {
-            next: Duration::from_millis(100).min(max),
-            max,
-        }
+        Backoff { next: Duration::from_millis(100).min(max), max }
     }
 
     /// The delay before the next attempt.

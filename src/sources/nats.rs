@@ -16,9 +16,7 @@ use futures_util::stream::select_all;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
-use super::{
-    IngestSender, SessionEnd, SourceKind, SourceMessage, SourceStatus, TraceContext, backoff_delay,
-};
+use super::{IngestSender, SessionEnd, SourceKind, SourceMessage, SourceStatus, TraceContext, backoff_delay};
 use crate::config::NatsConfig;
 
 /// Messages async-nats may buffer per subscription before it reports a slow consumer and
@@ -152,10 +150,7 @@ mod tests {
     fn headers_are_case_insensitive() {
         let mut h = HeaderMap::new();
         h.insert("sse-event", "greeting");
-        h.insert(
-            "Traceparent",
-            "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01",
-        );
+        h.insert("Traceparent", "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01");
         let (t, tr) = read_headers(Some(&h), "Sse-Event");
         assert_eq!(t.as_deref(), Some("greeting"));
         assert!(tr.traceparent.is_some());

@@ -21,8 +21,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
 use super::{
-    Backoff, IngestSender, SessionEnd, SourceKind, SourceMessage, SourceStatus, TraceContext,
-    should_log_malformed,
+    Backoff, IngestSender, SessionEnd, SourceKind, SourceMessage, SourceStatus, TraceContext, should_log_malformed,
 };
 use crate::config::RedisConfig;
 
@@ -45,16 +44,7 @@ pub async fn run(
     // One warn line per outage; retries while it lasts go to debug.
     let mut logged_down = false;
     loop {
-        let end = session(
-            &client,
-            &cfg,
-            &tx,
-            &status,
-            &shutdown,
-            &mut first,
-            &mut backoff,
-        )
-        .await;
+        let end = session(&client, &cfg, &tx, &status, &shutdown, &mut first, &mut backoff).await;
         let was_connected = status.is_connected();
         status.set_disconnected();
         match &end {
@@ -151,19 +141,11 @@ struct Envelope {
     tracestate: Option<String>,
 }
 
-fn to_source_message(
-    msg: &redis::Msg,
-    envelope: bool,
-    status: &SourceStatus,
-) -> Option<SourceMessage> {
+fn to_source_message(msg: &redis::Msg, envelope: bool, status: &SourceStatus) -> Option<SourceMessage> {
     let topic = msg.get_channel_name().to_owned();
     let raw = msg.get_payload_bytes();
     if !envelope {
-        return Some(SourceMessage::new(
-            SourceKind::Redis,
-            topic,
-            Bytes::copy_from_slice(raw),
-        ));
+        return Some(SourceMessage::new(SourceKind::Redis, topic, Bytes::copy_from_slice(raw)));
     }
     match serde_json::from_slice::<Envelope>(raw) {
         Ok(env) => {
@@ -176,10 +158,7 @@ fn to_source_message(
                 topic,
                 payload,
                 event_type: env.event,
-                trace: TraceContext {
-                    traceparent: env.traceparent,
-                    tracestate: env.tracestate,
-                },
+                trace: TraceContext { traceparent: env.traceparent, tracestate: env.tracestate },
                 received_at: Instant::now(),
                 reply: None,
             })

@@ -39,13 +39,7 @@ impl SseBody {
     /// A stream that delivers what `queue` receives while `subscription` is registered.
     pub fn new(queue: Arc<ClientQueue>, subscription: Subscription, metrics: Arc<Metrics>) -> Self {
         metrics.streams_opened.inc();
-        SseBody {
-            queue,
-            _subscription: subscription,
-            metrics,
-            opened: Instant::now(),
-            ended: None,
-        }
+        SseBody { queue, _subscription: subscription, metrics, opened: Instant::now(), ended: None }
     }
 }
 
@@ -53,10 +47,7 @@ impl Body for SseBody {
     type Data = Bytes;
     type Error = StreamAborted;
 
-    fn poll_frame(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, StreamAborted>>> {
+    fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, StreamAborted>>> {
         if self.ended.is_some() {
             return Poll::Ready(None);
         }
@@ -67,9 +58,7 @@ impl Body for SseBody {
                 self.ended = Some(reason.as_str());
                 match reason {
                     CloseReason::Shutdown => Poll::Ready(None),
-                    CloseReason::SlowConsumer => {
-                        Poll::Ready(Some(Err(StreamAborted(reason.as_str()))))
-                    }
+                    CloseReason::SlowConsumer => Poll::Ready(Some(Err(StreamAborted(reason.as_str())))),
                 }
             }
         }
@@ -86,13 +75,14 @@ impl Body for SseBody {
 
 impl Drop for SseBody {
     fn drop(&mut self) {
-        let reason = self.ended.unwrap_or("client_closed");
+        // A slow consumer is usually cut while hyper is blocked writing to its full socket, so
+        // the body never polls the close itself; the queue still knows why it was closed.
+        let reason = self.ended.unwrap_or_else(|| match self.queue.closed_reason() {
+            Some(CloseReason::SlowConsumer) => CloseReason::SlowConsumer.as_str(),
+            _ => "client_closed",
+        });
         self.metrics.count_disconnect(reason);
-        debug!(
-            reason,
-            duration_ms = self.opened.elapsed().as_millis() as u64,
-            "Stream ended."
-        );
+        debug!(reason, duration_ms = self.opened.elapsed().as_millis() as u64, "Stream ended.");
     }
 }
 
@@ -120,10 +110,7 @@ impl Body for ResponseBody {
     type Data = Bytes;
     type Error = StreamAborted;
 
-    fn poll_frame(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, StreamAborted>>> {
+    fn poll_frame(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, StreamAborted>>> {
         match self.get_mut() {
             ResponseBody::Sse(b) => Pin::new(b).poll_frame(cx),
             ResponseBody::Full(b) => Pin::new(b).poll_frame(cx).map_err(|never| match never {}),

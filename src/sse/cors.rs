@@ -17,11 +17,7 @@ impl Cors {
     pub fn new(origins: &[String]) -> Self {
         Cors {
             any: origins.iter().any(|o| o == "*"),
-            origins: origins
-                .iter()
-                .filter(|o| *o != "*")
-                .filter_map(|o| HeaderValue::from_str(o).ok())
-                .collect(),
+            origins: origins.iter().filter(|o| *o != "*").filter_map(|o| HeaderValue::from_str(o).ok()).collect(),
         }
     }
 
@@ -32,11 +28,7 @@ impl Cors {
         }
         headers.append(header::VARY, HeaderValue::from_static("Origin"));
         let Some(origin) = origin else { return };
-        let allow = if self
-            .origins
-            .iter()
-            .any(|o| o.as_bytes().eq_ignore_ascii_case(origin.as_bytes()))
-        {
+        let allow = if self.origins.iter().any(|o| o.as_bytes().eq_ignore_ascii_case(origin.as_bytes())) {
             origin.clone()
         } else if self.any {
             HeaderValue::from_static("*")
@@ -45,20 +37,12 @@ impl Cors {
         };
         headers.insert(header::ACCESS_CONTROL_ALLOW_ORIGIN, allow);
         if preflight {
-            headers.insert(
-                header::ACCESS_CONTROL_ALLOW_METHODS,
-                HeaderValue::from_static("GET, POST, OPTIONS"),
-            );
+            headers.insert(header::ACCESS_CONTROL_ALLOW_METHODS, HeaderValue::from_static("GET, POST, OPTIONS"));
             headers.insert(
                 header::ACCESS_CONTROL_ALLOW_HEADERS,
-                HeaderValue::from_static(
-                    "Last-Event-ID, Authorization, Content-Type, traceparent, tracestate",
-                ),
+                HeaderValue::from_static("Last-Event-ID, Authorization, Content-Type, traceparent, tracestate"),
             );
-            headers.insert(
-                header::ACCESS_CONTROL_MAX_AGE,
-                HeaderValue::from_static("600"),
-            );
+            headers.insert(header::ACCESS_CONTROL_MAX_AGE, HeaderValue::from_static("600"));
         }
     }
 }
@@ -76,24 +60,14 @@ mod tests {
     #[test]
     fn only_listed_origins_are_echoed() {
         let c = Cors::new(&["https://app.example".into()]);
-        assert_eq!(
-            run(&c, "https://app.example")[header::ACCESS_CONTROL_ALLOW_ORIGIN],
-            "https://app.example"
-        );
-        assert!(
-            run(&c, "https://evil.example")
-                .get(header::ACCESS_CONTROL_ALLOW_ORIGIN)
-                .is_none()
-        );
+        assert_eq!(run(&c, "https://app.example")[header::ACCESS_CONTROL_ALLOW_ORIGIN], "https://app.example");
+        assert!(run(&c, "https://evil.example").get(header::ACCESS_CONTROL_ALLOW_ORIGIN).is_none());
         assert!(run(&Cors::new(&[]), "https://app.example").is_empty());
     }
 
     #[test]
     fn star_never_reflects() {
         let c = Cors::new(&["*".into()]);
-        assert_eq!(
-            run(&c, "https://any.example")[header::ACCESS_CONTROL_ALLOW_ORIGIN],
-            "*"
-        );
+        assert_eq!(run(&c, "https://any.example")[header::ACCESS_CONTROL_ALLOW_ORIGIN], "*");
     }
 }

@@ -16,15 +16,14 @@ use tracing::debug;
 use super::body::{ResponseBody, SseBody};
 use crate::app::AppState;
 use crate::client::ClientQueue;
-use crate::event::{EventId, RESERVED_EVENT_PREFIX, frame_control};
+use crate::event::{RESERVED_EVENT_PREFIX, frame_control};
+use crate::replay::{Cursor, MAX_CURSOR_LEN};
 use crate::sources::TraceContext;
 use crate::sources::publish::{PublishError, publish};
 use crate::topic::TopicFilter;
 
 /// Longest query string accepted; far above any sane list of topics, far below abuse.
 const MAX_QUERY_BYTES: usize = 16 * 1024;
-/// Longest `Last-Event-ID` looked at; a bridge id is at most 33 bytes.
-const MAX_LAST_EVENT_ID: usize = 128;
 /// The event type of the in-band gap signal (SPEC.md).
 pub const GAP_EVENT: &str = "sse-bridge.gap";
 
@@ -42,40 +41,23 @@ pub async fn handle(
         (&Method::OPTIONS, "/events" | "/publish") => preflight(),
         (_, "/events") => method_not_allowed("GET, OPTIONS"),
         (_, "/publish") => method_not_allowed("POST, OPTIONS"),
-        _ => text(
-            StatusCode::NOT_FOUND,
-            "no such endpoint: use GET /events?topic=NAME or POST /publish?topic=NAME",
-        ),
+        _ => text(StatusCode::NOT_FOUND, "no such endpoint: use GET /events?topic=NAME or POST /publish?topic=NAME"),
     };
-    state
-        .cors
-        .apply(origin.as_ref(), preflight_req, resp.headers_mut());
+    state.cors.apply(origin.as_ref(), preflight_req, resp.headers_mut());
     Ok(resp)
 }
 
-fn events(
-    req: &Request<Incoming>,
-    state: &Arc<AppState>,
-    kill: CancellationToken,
-) -> Response<ResponseBody> {
+fn events(req: &Request<Incoming>, state: &Arc<AppState>, kill: CancellationToken) -> Response<ResponseBody> {
     let cfg = &state.config.server;
     if state.is_draining() {
         state.metrics.count_rejected("draining");
-        let mut r = text(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "the bridge is shutting down; reconnect",
-        );
-        r.headers_mut()
-            .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+        let mut r = text(StatusCode::SERVICE_UNAVAILABLE, "the bridge is shutting down; reconnect");
+        r.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
         return r;
     }
     let query = req.uri().query().unwrap_or("");
     if query.len() > MAX_QUERY_BYTES {
-        return bad_request(
-            state,
-            "query_too_long",
-            &format!("query string is longer than {MAX_QUERY_BYTES} bytes"),
-        );
+        return bad_request(state, "query_too_long", &format!("query string is longer than {MAX_QUERY_BYTES} bytes"));
     }
     let mut filters: Vec<TopicFilter> = Vec::new();
     let mut query_last_id = None;
@@ -86,21 +68,14 @@ fn events(
                     return bad_request(
                         state,
                         "too_many_topics",
-                        &format!(
-                            "too many topics: at most {} per connection",
-                            cfg.max_topics_per_connection
-                        ),
+                        &format!("too many topics: at most {} per connection", cfg.max_topics_per_connection),
                     );
                 }
                 match TopicFilter::parse(&v, cfg.max_topic_length) {
                     Ok(f) if !filters.contains(&f) => filters.push(f),
                     Ok(_) => {}
                     Err(e) => {
-                        return bad_request(
-                            state,
-                            "bad_topic",
-                            &format!("topic {:?}: {e}", truncate(&v, 64)),
-                        );
+                        return bad_request(state, "bad_topic", &format!("topic {:?}: {e}", truncate(&v, 64)));
                     }
                 }
             }
@@ -122,73 +97,49 @@ fn events(
     }
     .filter(|s| !s.is_empty());
 
-    let queue = Arc::new(ClientQueue::new(
-        cfg.queue_capacity,
-        cfg.slow_consumer,
-        kill,
-    ));
-    queue.push(state.opening_frame.clone());
+    let queue = Arc::new(ClientQueue::new(cfg.queue_capacity, cfg.slow_consumer, kill));
+    queue.push_backlog(state.opening_frame.clone());
     let topics: Vec<String> = filters.iter().map(|f| f.as_str().to_owned()).collect();
-    let subscription = state.registry.subscribe(filters, queue.clone());
-    // Read after subscribing: see LastSeq for why this order makes the check race-free.
-    if let Some(id) = &last_event_id
-        && let Some(reason) = resume_gap(id, state.run_id, state.last_seq.get())
-    {
-        let data = serde_json::json!({ "reason": reason, "topics": topics, "last_event_id": truncate(id, MAX_LAST_EVENT_ID) });
-        queue.push(frame_control(GAP_EVENT, &data.to_string()));
-        debug!(
-            reason,
-            ?topics,
-            "Resume cannot be proven complete; gap event sent."
-        );
-    }
-    debug!(?topics, resume = last_event_id.is_some(), "Stream opened.");
+    // The resume runs atomically with the registration; see Registry::subscribe_from.
+    let subscription = state.registry.subscribe_from(filters, queue.clone(), |filters, q| {
+        let upto = state.last_seq.get();
+        let Some(id) = &last_event_id else { return upto };
+        let plan = state.replay.resume(filters, Cursor::parse(id, state.run_id, upto), upto);
+        if let Some((reason, gap_topics)) = &plan.gap {
+            let data = serde_json::json!({
+                "reason": reason.as_str(),
+                "topics": gap_topics,
+                "last_event_id": truncate(id, MAX_CURSOR_LEN),
+            });
+            q.push_backlog(frame_control(GAP_EVENT, &data.to_string()));
+            state.metrics.count_gap(reason.as_str());
+        }
+        state.metrics.replayed_events.inc_by(plan.events.len() as u64);
+        for e in plan.events {
+            q.push_backlog(e.frame.clone());
+        }
+        upto
+    });
+    debug!(?topics, resume = last_event_id.is_some(), backlog = queue.len(), "Stream opened.");
     Response::builder()
         .status(StatusCode::OK)
         .header(header::CONTENT_TYPE, "text/event-stream")
         .header(header::CACHE_CONTROL, "no-cache")
         .header("x-accel-buffering", "no")
-        .body(ResponseBody::Sse(SseBody::new(
-            queue,
-            subscription,
-            state.metrics.clone(),
-        )))
+        .body(ResponseBody::Sse(SseBody::new(queue, subscription, state.metrics.clone())))
         .expect("static headers are valid")
-}
-
-/// Why a resume from `id` cannot be proven complete, if it cannot.
-///
-/// Until the replay ring exists, the bridge can only prove completeness when the client saw the
-/// newest event of this run; anything older may have missed events on its topics.
-fn resume_gap(id: &str, run: u64, last_seq: u64) -> Option<&'static str> {
-    if id.len() > MAX_LAST_EVENT_ID {
-        return Some("malformed-id");
-    }
-    match id.parse::<EventId>() {
-        Err(_) => Some("malformed-id"),
-        Ok(EventId { run: r, .. }) if r != run => Some("unknown-run"),
-        Ok(EventId { seq, .. }) if seq > last_seq => Some("malformed-id"),
-        Ok(EventId { seq, .. }) if seq < last_seq => Some("not-retained"),
-        Ok(_) => None,
-    }
 }
 
 async fn publish_handler(req: Request<Incoming>, state: &Arc<AppState>) -> Response<ResponseBody> {
     let cfg = &state.config.publish;
     let Some(token) = &cfg.token else {
         state.metrics.count_rejected("publish_disabled");
-        return text(
-            StatusCode::FORBIDDEN,
-            "publishing is disabled: set publish.token in the configuration",
-        );
+        return text(StatusCode::FORBIDDEN, "publishing is disabled: set publish.token in the configuration");
     };
     if !bearer_matches(req.headers(), token) {
         state.metrics.count_rejected("unauthorized");
         let mut r = text(StatusCode::UNAUTHORIZED, "missing or wrong bearer token");
-        r.headers_mut().insert(
-            header::WWW_AUTHENTICATE,
-            HeaderValue::from_static("Bearer realm=\"sse-bridge\""),
-        );
+        r.headers_mut().insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer realm=\"sse-bridge\""));
         return r;
     }
     let mut topic = None;
@@ -209,18 +160,10 @@ async fn publish_handler(req: Request<Incoming>, state: &Arc<AppState>) -> Respo
     match TopicFilter::parse(&topic, state.config.server.max_topic_length) {
         Ok(TopicFilter::Exact(_)) => {}
         Ok(TopicFilter::Pattern(_)) => {
-            return bad_request(
-                state,
-                "bad_topic",
-                "cannot publish to a pattern: name one topic",
-            );
+            return bad_request(state, "bad_topic", "cannot publish to a pattern: name one topic");
         }
         Err(e) => {
-            return bad_request(
-                state,
-                "bad_topic",
-                &format!("topic {:?}: {e}", truncate(&topic, 64)),
-            );
+            return bad_request(state, "bad_topic", &format!("topic {:?}: {e}", truncate(&topic, 64)));
         }
     }
     if let Some(t) = &event_type
@@ -236,37 +179,22 @@ async fn publish_handler(req: Request<Incoming>, state: &Arc<AppState>) -> Respo
         traceparent: header_string(req.headers(), "traceparent"),
         tracestate: header_string(req.headers(), "tracestate"),
     };
-    let body = match Limited::new(req.into_body(), cfg.max_body_bytes)
-        .collect()
-        .await
-    {
+    let body = match Limited::new(req.into_body(), cfg.max_body_bytes).collect().await {
         Ok(b) => b.to_bytes(),
-        Err(e)
-            if e.downcast_ref::<http_body_util::LengthLimitError>()
-                .is_some() =>
-        {
+        Err(e) if e.downcast_ref::<http_body_util::LengthLimitError>().is_some() => {
             state.metrics.count_rejected("body_too_large");
             return text(
                 StatusCode::PAYLOAD_TOO_LARGE,
-                &format!(
-                    "body is larger than publish.max_body_bytes ({})",
-                    cfg.max_body_bytes
-                ),
+                &format!("body is larger than publish.max_body_bytes ({})", cfg.max_body_bytes),
             );
         }
         Err(e) => {
-            return text(
-                StatusCode::BAD_REQUEST,
-                &format!("could not read body: {e}"),
-            );
+            return text(StatusCode::BAD_REQUEST, &format!("could not read body: {e}"));
         }
     };
     match publish(&state.ingest, topic, event_type, body, trace).await {
         Ok(id) => json(StatusCode::OK, &serde_json::json!({ "id": id.to_string() })),
-        Err(PublishError::ShuttingDown) => text(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "the bridge is shutting down",
-        ),
+        Err(PublishError::ShuttingDown) => text(StatusCode::SERVICE_UNAVAILABLE, "the bridge is shutting down"),
     }
 }
 
@@ -291,12 +219,8 @@ fn preflight() -> Response<ResponseBody> {
 }
 
 fn method_not_allowed(allow: &'static str) -> Response<ResponseBody> {
-    let mut r = text(
-        StatusCode::METHOD_NOT_ALLOWED,
-        &format!("method not allowed: use {allow}"),
-    );
-    r.headers_mut()
-        .insert(header::ALLOW, HeaderValue::from_static(allow));
+    let mut r = text(StatusCode::METHOD_NOT_ALLOWED, &format!("method not allowed: use {allow}"));
+    r.headers_mut().insert(header::ALLOW, HeaderValue::from_static(allow));
     r
 }
 
@@ -309,10 +233,7 @@ fn bad_request(state: &AppState, reason: &'static str, msg: &str) -> Response<Re
 pub fn text(status: StatusCode, msg: &str) -> Response<ResponseBody> {
     let mut r = Response::new(ResponseBody::full(Bytes::from(format!("{msg}\n"))));
     *r.status_mut() = status;
-    r.headers_mut().insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("text/plain; charset=utf-8"),
-    );
+    r.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain; charset=utf-8"));
     r
 }
 
@@ -320,10 +241,7 @@ pub fn text(status: StatusCode, msg: &str) -> Response<ResponseBody> {
 pub fn json(status: StatusCode, v: &serde_json::Value) -> Response<ResponseBody> {
     let mut r = Response::new(ResponseBody::full(Bytes::from(format!("{v}\n"))));
     *r.status_mut() = status;
-    r.headers_mut().insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("application/json"),
-    );
+    r.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
     r
 }
 
@@ -341,19 +259,4 @@ fn truncate(s: &str, max: usize) -> &str {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn resume_gap_reasons() {
-        let run = 0xabc;
-        let id = |seq| EventId { run, seq }.to_string();
-        assert_eq!(resume_gap(&id(10), run, 10), None);
-        assert_eq!(resume_gap(&id(9), run, 10), Some("not-retained"));
-        assert_eq!(resume_gap(&id(11), run, 10), Some("malformed-id"));
-        assert_eq!(
-            resume_gap(&EventId { run: 1, seq: 10 }.to_string(), run, 10),
-            Some("unknown-run")
-        );
-        assert_eq!(resume_gap("nonsense", run, 10), Some("malformed-id"));
-        assert_eq!(resume_gap(&"9".repeat(500), run, 10), Some("malformed-id"));
-    }
 }

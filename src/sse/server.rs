@@ -53,19 +53,11 @@ where
 }
 
 /// HTTP/1.1 and h2c (prior knowledge) on one port, with a header read timeout.
-pub fn http_builder(
-    tracker: TaskTracker,
-    header_read_timeout: Duration,
-) -> auto::Builder<TrackedExecutor> {
+pub fn http_builder(tracker: TaskTracker, header_read_timeout: Duration) -> auto::Builder<TrackedExecutor> {
     let mut b = auto::Builder::new(TrackedExecutor(tracker));
     // hyper needs a timer whenever a timeout is set.
-    b.http1()
-        .timer(TokioTimer::new())
-        .header_read_timeout(header_read_timeout)
-        .half_close(false);
-    b.http2()
-        .timer(TokioTimer::new())
-        .keep_alive_interval(Some(Duration::from_secs(30)));
+    b.http1().timer(TokioTimer::new()).header_read_timeout(header_read_timeout).half_close(false);
+    b.http2().timer(TokioTimer::new()).keep_alive_interval(Some(Duration::from_secs(30)));
     b
 }
 

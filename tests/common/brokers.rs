@@ -55,9 +55,7 @@ impl NatsServer {
     /// Launches the server and waits until it answers with its `INFO` line.
     /// Panics (with the server's output) if it is not ready within 10s.
     pub async fn start() -> NatsServer {
-        NatsServer {
-            inner: ServerProcess::start(Kind::Nats).await,
-        }
+        NatsServer { inner: ServerProcess::start(Kind::Nats).await }
     }
 
     /// `nats://127.0.0.1:PORT`
@@ -104,9 +102,7 @@ impl RedisServer {
     /// Launches the server and waits until it answers `PING` with `+PONG`.
     /// Panics (with the server's output) if it is not ready within 10s.
     pub async fn start() -> RedisServer {
-        RedisServer {
-            inner: ServerProcess::start(Kind::Redis).await,
-        }
+        RedisServer { inner: ServerProcess::start(Kind::Redis).await }
     }
 
     /// `redis://127.0.0.1:PORT`
@@ -143,9 +139,7 @@ impl RedisServer {
 
 /// Connects an `async_nats` client, panicking with the URL on failure.
 pub async fn nats_client(url: &str) -> async_nats::Client {
-    async_nats::connect(url)
-        .await
-        .unwrap_or_else(|e| panic!("connecting to NATS at {url}: {e}"))
+    async_nats::connect(url).await.unwrap_or_else(|e| panic!("connecting to NATS at {url}: {e}"))
 }
 
 /// Opens a multiplexed Redis connection (the kind used for commands such as
@@ -187,10 +181,7 @@ pub async fn redis_publish(
 /// it. Racy by nature (see module docs); callers verify server identity.
 pub fn free_port() -> u16 {
     let listener = TcpListener::bind(("127.0.0.1", 0)).expect("binding 127.0.0.1:0");
-    listener
-        .local_addr()
-        .expect("local_addr of probe listener")
-        .port()
+    listener.local_addr().expect("local_addr of probe listener").port()
 }
 
 // ---------------------------------------------------------------------------
@@ -247,23 +238,12 @@ struct ServerProcess {
 impl ServerProcess {
     async fn start(kind: Kind) -> ServerProcess {
         static COUNTER: AtomicUsize = AtomicUsize::new(0);
-        let name = format!(
-            "sse-bridge-test-{}-{}",
-            std::process::id(),
-            COUNTER.fetch_add(1, Ordering::Relaxed)
-        );
+        let name = format!("sse-bridge-test-{}-{}", std::process::id(), COUNTER.fetch_add(1, Ordering::Relaxed));
         let dir = tempfile::Builder::new()
             .prefix(&format!("sse-bridge-{kind:?}-").to_lowercase())
             .tempdir()
             .expect("creating fixture temp dir");
-        let mut p = ServerProcess {
-            kind,
-            port: free_port(),
-            name,
-            child: None,
-            launches: 0,
-            dir,
-        };
+        let mut p = ServerProcess { kind, port: free_port(), name, child: None, launches: 0, dir };
         let deadline = Instant::now() + STARTUP_DEADLINE;
         let mut early_exits = 0;
         while let Err(status) = p.launch_and_wait(deadline).await {
@@ -273,9 +253,7 @@ impl ServerProcess {
             // deadline.
             early_exits += 1;
             if early_exits >= MAX_EARLY_EXITS_ON_START {
-                p.fail(&format!(
-                    "exited with {status} on {early_exits} launches in a row"
-                ));
+                p.fail(&format!("exited with {status} on {early_exits} launches in a row"));
             }
             p.port = free_port();
             tokio::time::sleep(RELAUNCH_BACKOFF).await;
@@ -338,9 +316,7 @@ impl ServerProcess {
             .stdout(self.open_log("stdout", &header))
             .stderr(self.open_log("stderr", &header))
             .spawn()
-            .unwrap_or_else(|e| {
-                panic!("failed to spawn `{binary}` (is it installed and on PATH?): {e}")
-            });
+            .unwrap_or_else(|e| panic!("failed to spawn `{binary}` (is it installed and on PATH?): {e}"));
         let pid = child.id();
         self.child = Some(child);
 
@@ -360,18 +336,14 @@ impl ServerProcess {
             };
             if Instant::now() >= deadline {
                 self.kill9();
-                self.fail(&format!(
-                    "not ready within {STARTUP_DEADLINE:?} (last probe: {last_probe_err})"
-                ));
+                self.fail(&format!("not ready within {STARTUP_DEADLINE:?} (last probe: {last_probe_err})"));
             }
             tokio::time::sleep(POLL_INTERVAL).await;
         }
     }
 
     async fn probe(&self, pid: u32) -> Result<(), String> {
-        let stream = TcpStream::connect(("127.0.0.1", self.port))
-            .await
-            .map_err(|e| format!("connect: {e}"))?;
+        let stream = TcpStream::connect(("127.0.0.1", self.port)).await.map_err(|e| format!("connect: {e}"))?;
         let mut stream = BufReader::new(stream);
         match self.kind {
             Kind::Nats => {
@@ -420,19 +392,12 @@ impl Drop for ServerProcess {
 }
 
 async fn send(stream: &mut BufReader<TcpStream>, bytes: &[u8]) -> Result<(), String> {
-    stream
-        .get_mut()
-        .write_all(bytes)
-        .await
-        .map_err(|e| format!("write: {e}"))
+    stream.get_mut().write_all(bytes).await.map_err(|e| format!("write: {e}"))
 }
 
 async fn read_line(stream: &mut BufReader<TcpStream>) -> Result<String, String> {
     let mut line = Vec::new();
-    let n = stream
-        .read_until(b'\n', &mut line)
-        .await
-        .map_err(|e| format!("read: {e}"))?;
+    let n = stream.read_until(b'\n', &mut line).await.map_err(|e| format!("read: {e}"))?;
     if n == 0 {
         return Err("connection closed before a reply".to_owned());
     }
@@ -447,10 +412,7 @@ async fn read_bulk(stream: &mut BufReader<TcpStream>) -> Result<String, String> 
         .and_then(|s| s.trim_end().parse().ok())
         .ok_or_else(|| format!("expected bulk string, got {header:?}"))?;
     let mut body = vec![0; len + 2];
-    stream
-        .read_exact(&mut body)
-        .await
-        .map_err(|e| format!("read bulk: {e}"))?;
+    stream.read_exact(&mut body).await.map_err(|e| format!("read bulk: {e}"))?;
     Ok(String::from_utf8_lossy(&body).into_owned())
 }
 

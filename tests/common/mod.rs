@@ -73,13 +73,7 @@ pub async fn start_app(config: Config) -> TestApp {
     let handle = tokio::spawn(app.run(listener, admin, async move {
         let _ = rx.await;
     }));
-    TestApp {
-        addr,
-        admin: admin_addr,
-        state,
-        stop: Some(tx),
-        handle: Some(handle),
-    }
+    TestApp { addr, admin: admin_addr, state, stop: Some(tx), handle: Some(handle) }
 }
 
 impl TestApp {
@@ -101,24 +95,15 @@ impl TestApp {
 
     /// Like [`TestApp::subscribe`] with extra request headers.
     pub async fn subscribe_with(&self, topics: &[&str], headers: &[(&str, &str)]) -> SseStream {
-        let q: Vec<String> = topics
-            .iter()
-            .map(|t| format!("topic={}", urlencode(t)))
-            .collect();
-        let mut s = sse_client::connect(&self.url(&format!("/events?{}", q.join("&"))), headers)
-            .await
-            .expect("stream opens");
+        let q: Vec<String> = topics.iter().map(|t| format!("topic={}", urlencode(t))).collect();
+        let mut s =
+            sse_client::connect(&self.url(&format!("/events?{}", q.join("&"))), headers).await.expect("stream opens");
         s.wait_for_comments(1, EVENT_TIMEOUT).await;
         s
     }
 
     /// Publishes through `POST /publish`; returns the assigned id.
-    pub async fn publish(
-        &self,
-        topic: &str,
-        event: Option<&str>,
-        body: impl Into<reqwest::Body>,
-    ) -> String {
+    pub async fn publish(&self, topic: &str, event: Option<&str>, body: impl Into<reqwest::Body>) -> String {
         let mut url = format!("/publish?topic={}", urlencode(topic));
         if let Some(e) = event {
             url.push_str(&format!("&event={}", urlencode(e)));
@@ -137,10 +122,7 @@ impl TestApp {
 
     /// Waits until every configured broker source reports connected.
     pub async fn wait_sources_connected(&self) {
-        wait_until("sources connected", || {
-            self.state.sources.iter().all(|s| s.is_connected())
-        })
-        .await;
+        wait_until("sources connected", || self.state.sources.iter().all(|s| s.is_connected())).await;
     }
 
     /// Stops the bridge like a signal would and returns how the drain went.
@@ -162,10 +144,7 @@ impl Drop for TestApp {
 pub async fn wait_until(what: &str, mut cond: impl FnMut() -> bool) {
     let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
     while !cond() {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "timed out waiting for: {what}"
-        );
+        assert!(tokio::time::Instant::now() < deadline, "timed out waiting for: {what}");
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
 }
@@ -183,10 +162,7 @@ where
         match stream.next_event_or_end(Duration::from_millis(200)).await {
             Ok(Some(ev)) => return vec![ev],
             Ok(None) => panic!("stream ended while waiting for a probe"),
-            Err(_) => assert!(
-                tokio::time::Instant::now() < deadline,
-                "no probe arrived within 20s"
-            ),
+            Err(_) => assert!(tokio::time::Instant::now() < deadline, "no probe arrived within 20s"),
         }
     }
 }

@@ -54,11 +54,7 @@ pub enum SseError {
     /// No response headers within [`HEADERS_TIMEOUT`].
     HeadersTimeout,
     /// The server answered with something other than `200 OK`.
-    Status {
-        status: StatusCode,
-        headers: HeaderMap,
-        body: String,
-    },
+    Status { status: StatusCode, headers: HeaderMap, body: String },
 }
 
 impl SseError {
@@ -99,20 +95,13 @@ impl std::error::Error for SseError {}
 /// variables (reqwest honours them by default, which would route loopback
 /// test traffic to a proxy) and speaks HTTP/1.1 over plain `http://`.
 pub fn test_client() -> reqwest::Client {
-    reqwest::Client::builder()
-        .no_proxy()
-        .build()
-        .expect("building reqwest client")
+    reqwest::Client::builder().no_proxy().build().expect("building reqwest client")
 }
 
 /// Like [`test_client`] but speaks HTTP/2 without upgrade (h2c prior
 /// knowledge), for testing the server's HTTP/2 path.
 pub fn test_client_h2() -> reqwest::Client {
-    reqwest::Client::builder()
-        .no_proxy()
-        .http2_prior_knowledge()
-        .build()
-        .expect("building reqwest h2c client")
+    reqwest::Client::builder().no_proxy().http2_prior_knowledge().build().expect("building reqwest h2c client")
 }
 
 /// `GET url` with the given extra headers using a fresh [`test_client`];
@@ -131,10 +120,7 @@ pub async fn connect_with(
 ) -> Result<SseStream, SseError> {
     let mut req = client.get(url);
     // reqwest *appends* headers, so only add the default when not overridden.
-    if !headers
-        .iter()
-        .any(|(k, _)| k.eq_ignore_ascii_case("accept"))
-    {
+    if !headers.iter().any(|(k, _)| k.eq_ignore_ascii_case("accept")) {
         req = req.header(ACCEPT, "text/event-stream");
     }
     for (k, v) in headers {
@@ -148,15 +134,8 @@ pub async fn connect_with(
     let status = resp.status();
     let headers = resp.headers().clone();
     if status != StatusCode::OK {
-        let body = resp
-            .text()
-            .await
-            .unwrap_or_else(|e| format!("<failed to read body: {e}>"));
-        return Err(SseError::Status {
-            status,
-            headers,
-            body,
-        });
+        let body = resp.text().await.unwrap_or_else(|e| format!("<failed to read body: {e}>"));
+        return Err(SseError::Status { status, headers, body });
     }
     Ok(SseStream {
         status,
@@ -209,10 +188,7 @@ impl SseStream {
     /// Non-panicking [`next_event`](Self::next_event): `Err(Elapsed)` on
     /// timeout, which is how a test asserts that *no* event arrives. Safe to
     /// call again after a timeout: no bytes or events are lost.
-    pub async fn next_event_or_end(
-        &mut self,
-        timeout: Duration,
-    ) -> Result<Option<SseEvent>, Elapsed> {
+    pub async fn next_event_or_end(&mut self, timeout: Duration) -> Result<Option<SseEvent>, Elapsed> {
         tokio::time::timeout(timeout, async {
             loop {
                 if let Some(ev) = self.queue.pop_front() {
@@ -234,11 +210,9 @@ impl SseStream {
         while out.len() < n {
             match self.next_event(timeout_each).await {
                 Some(ev) => out.push(ev),
-                None => panic!(
-                    "SSE stream ended after {} of {n} events (error: {:?}); got {out:#?}",
-                    out.len(),
-                    self.error
-                ),
+                None => {
+                    panic!("SSE stream ended after {} of {n} events (error: {:?}); got {out:#?}", out.len(), self.error)
+                }
             }
         }
         out
@@ -457,11 +431,6 @@ impl SseParser {
             data.pop();
         }
         let event_type = std::mem::take(&mut self.event_type);
-        out.push(SseEvent {
-            id,
-            event: (!event_type.is_empty()).then_some(event_type),
-            data,
-            retry,
-        });
+        out.push(SseEvent { id, event: (!event_type.is_empty()).then_some(event_type), data, retry });
     }
 }

@@ -1,0 +1,380 @@
+//! A real browser's `EventSource` against the bridge: headless Chromium (driven by
+//! `tests/browser/eventsource.mjs`) on a page served from another origin, so the request is
+//! cross-origin and the bridge's CORS answer is what the browser really checks.
+//!
+//! Messages come from private NATS and Redis servers, through the bridge, into the page; the
+//! test asserts what the page's listeners saw: event types, data byte-for-byte (line endings
+//! normalised to `\n`) and increasing `lastEventId`s.
+//!
+//! Requirements (CI installs them; the tests fail, never skip, without them):
+//! `node` (20+) on PATH, Chromium at `/usr/bin/chromium` (or `CHROMIUM_PATH`), and
+//! `npm ci --prefix tests/browser`.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::{ExitStatus, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use common::brokers::{self, NatsServer, RedisServer};
+use common::{EVENT_TIMEOUT, TestApp, nats_config, redis_config, start_app, sync_on_probe, test_config};
+use serde_json::Value;
+use sse_bridge::event::EventId;
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, BufReader, Lines};
+use tokio::process::{Child, ChildStdout, Command};
+
+/// Chromium launch plus page load take 1–2 s; allow for a loaded CI machine.
+const OPEN_TIMEOUT: Duration = Duration::from_secs(20);
+/// The harness's own overall timeout; it exits 1 (and prints a `timeout` line) after this.
+const HARNESS_TIMEOUT_MS: u64 = 25_000;
+
+fn crate_root() -> &'static Path {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// Checks that node, Chromium and playwright-core are installed; fails with how to install.
+fn require_browser_tooling() {
+    let install = "install the browser test tooling (CI does this):\n  \
+                   apt-get install -y nodejs chromium\n  \
+                   npm ci --prefix tests/browser\n\
+                   see tests/browser/README.md";
+    match std::process::Command::new("node").arg("--version").output() {
+        Ok(o) if o.status.success() => {}
+        Ok(o) => panic!("`node --version` failed ({}); {install}", o.status),
+        Err(e) => panic!("`node` not found on PATH ({e}); {install}"),
+    }
+    let chromium =
+        std::env::var_os("CHROMIUM_PATH").map(PathBuf::from).unwrap_or_else(|| PathBuf::from("/usr/bin/chromium"));
+    assert!(
+        chromium.is_file(),
+        "Chromium not found at {} (set CHROMIUM_PATH to use another); {install}",
+        chromium.display()
+    );
+    let playwright = crate_root().join("tests/browser/node_modules/playwright-core");
+    assert!(playwright.is_dir(), "{} is missing; {install}", playwright.display());
+}
+
+/// One `eventsource.mjs` run: a headless Chromium page with an `EventSource`.
+struct Browser {
+    child: Child,
+    lines: Lines<BufReader<ChildStdout>>,
+    stderr: Arc<Mutex<String>>,
+    stderr_reader: Option<tokio::task::JoinHandle<()>>,
+}
+
+/// An event as the page's listener saw it.
+#[derive(Debug)]
+struct PageEvent {
+    event: String,
+    data: String,
+    last_event_id: String,
+}
+
+impl Browser {
+    fn launch(url: &str, page_port: u16, count: usize, event_types: &[&str], exit_on_closed: bool) -> Browser {
+        require_browser_tooling();
+        let mut cmd = Command::new("node");
+        cmd.current_dir(crate_root())
+            .arg("tests/browser/eventsource.mjs")
+            .args(["--url", url])
+            .args(["--page-port", &page_port.to_string()])
+            .args(["--count", &count.to_string()])
+            .args(["--timeout-ms", &HARNESS_TIMEOUT_MS.to_string()])
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .kill_on_drop(true);
+        if !event_types.is_empty() {
+            cmd.args(["--event-types", &event_types.join(",")]);
+        }
+        if exit_on_closed {
+            cmd.arg("--exit-on-closed");
+        }
+        let mut child = cmd.spawn().unwrap_or_else(|e| panic!("spawning node tests/browser/eventsource.mjs: {e}"));
+        let lines = BufReader::new(child.stdout.take().unwrap()).lines();
+        let stderr = Arc::new(Mutex::new(String::new()));
+        let mut err_pipe = child.stderr.take().unwrap();
+        let sink = stderr.clone();
+        let stderr_reader = tokio::spawn(async move {
+            let mut buf = [0u8; 4096];
+            while let Ok(n) = err_pipe.read(&mut buf).await {
+                if n == 0 {
+                    break;
+                }
+                sink.lock().unwrap().push_str(&String::from_utf8_lossy(&buf[..n]));
+            }
+        });
+        Browser { child, lines, stderr, stderr_reader: Some(stderr_reader) }
+    }
+
+    fn stderr(&self) -> String {
+        self.stderr.lock().unwrap().clone()
+    }
+
+    /// The next JSON line, `None` at end of output; panics after `timeout`.
+    async fn next_line(&mut self, timeout: Duration) -> Option<Value> {
+        let line = tokio::time::timeout(timeout, self.lines.next_line())
+            .await
+            .unwrap_or_else(|_| panic!("no output from the browser within {timeout:?}; stderr:\n{}", self.stderr()))
+            .expect("reading harness stdout")?;
+        Some(serde_json::from_str(&line).unwrap_or_else(|e| panic!("harness printed non-JSON {line:?}: {e}")))
+    }
+
+    /// Like `next_line`, but the harness must still be running.
+    async fn expect_line(&mut self, timeout: Duration, what: &str) -> Value {
+        match self.next_line(timeout).await {
+            Some(v) => v,
+            None => panic!("harness ended while waiting for {what}; stderr:\n{}", self.stderr()),
+        }
+    }
+
+    /// Waits for the `EventSource` to open; any other line first is a failure.
+    async fn expect_open(&mut self) {
+        let v = self.expect_line(OPEN_TIMEOUT, "open").await;
+        assert_eq!(v["type"], "open", "expected the EventSource to open, got {v}; stderr:\n{}", self.stderr());
+    }
+
+    /// The next event the page received; errors, reopens and timeouts are failures.
+    async fn expect_event(&mut self) -> PageEvent {
+        let v = self.expect_line(EVENT_TIMEOUT, "an event").await;
+        assert_eq!(v["type"], "event", "expected an event, got {v}; stderr:\n{}", self.stderr());
+        let s = |k: &str| v[k].as_str().unwrap_or_else(|| panic!("{k} missing in {v}")).to_owned();
+        PageEvent { event: s("event"), data: s("data"), last_event_id: s("lastEventId") }
+    }
+
+    /// Waits for the harness to exit; returns its status and the lines it printed meanwhile.
+    async fn finish(&mut self) -> (ExitStatus, Vec<Value>) {
+        let mut rest = Vec::new();
+        while let Some(v) = self.next_line(OPEN_TIMEOUT).await {
+            rest.push(v);
+        }
+        let status = tokio::time::timeout(Duration::from_secs(15), self.child.wait())
+            .await
+            .unwrap_or_else(|_| panic!("harness did not exit; stderr:\n{}", self.stderr()))
+            .unwrap();
+        // All of stderr, so assertions on diagnostics see the last lines too.
+        if let Some(r) = self.stderr_reader.take() {
+            let _ = tokio::time::timeout(Duration::from_secs(5), r).await;
+        }
+        (status, rest)
+    }
+}
+
+/// Checks the ids a page saw: non-empty, from this bridge run, strictly increasing.
+fn assert_increasing_ids(app: &TestApp, events: &[PageEvent]) {
+    let mut prev: Option<EventId> = None;
+    for e in events {
+        assert!(!e.last_event_id.is_empty(), "empty lastEventId: {e:?}");
+        let id: EventId = e.last_event_id.parse().unwrap_or_else(|_| panic!("lastEventId is not a bridge id: {e:?}"));
+        assert_eq!(id.run, app.state.run_id, "id from another run: {e:?}");
+        if let Some(p) = prev {
+            assert!(id.seq > p.seq, "ids not increasing: {p} then {id}");
+        }
+        prev = Some(id);
+    }
+}
+
+fn page_origin(port: u16) -> String {
+    format!("http://127.0.0.1:{port}")
+}
+
+async fn nats_publish(nc: &async_nats::Client, subject: &str, headers: Option<(&str, &str)>, payload: &str) {
+    let subject = subject.to_owned();
+    let payload = payload.to_owned().into();
+    match headers {
+        Some((k, v)) => {
+            let mut h = async_nats::HeaderMap::new();
+            h.insert(k, v);
+            nc.publish_with_headers(subject, h, payload).await.unwrap();
+        }
+        None => nc.publish(subject, payload).await.unwrap(),
+    }
+    nc.flush().await.unwrap();
+}
+
+/// Proves the bridge's NATS subscription is live end to end before the browser starts:
+/// probes on a bridged subject the page does not subscribe to, read by a Rust SSE stream.
+async fn sync_nats(app: &TestApp, nc: &async_nats::Client) {
+    let mut probe = app.subscribe(&["web.probe.nats"]).await;
+    sync_on_probe(&mut probe, || {
+        let nc = nc.clone();
+        async move { nats_publish(&nc, "web.probe.nats", None, "probe").await }
+    })
+    .await;
+}
+
+/// Same for Redis, on the bridged channel `web.probe.redis`.
+async fn sync_redis(app: &TestApp, conn: &redis::aio::MultiplexedConnection, payload: &'static str) {
+    let mut probe = app.subscribe(&["web.probe.redis"]).await;
+    sync_on_probe(&mut probe, || {
+        let mut c = conn.clone();
+        async move {
+            brokers::redis_publish(&mut c, "web.probe.redis", payload).await;
+        }
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn browser_receives_nats_and_redis_events() {
+    require_browser_tooling();
+    let (nats, redis) = tokio::join!(NatsServer::start(), RedisServer::start());
+    let page_port = brokers::free_port();
+    let mut config = test_config();
+    config.server.cors_origins = vec![page_origin(page_port)];
+    config.nats = Some(nats_config(&nats.url(), &["web.>"]));
+    config.redis = Some(redis_config(&redis.url(), &["web.redis", "web.probe.redis"], &[]));
+    let app = start_app(config).await;
+
+    let nc = brokers::nats_client(&nats.url()).await;
+    let mut rc = brokers::redis_conn(&redis.url()).await;
+    sync_nats(&app, &nc).await;
+    sync_redis(&app, &rc, "probe").await;
+
+    let url = app.url("/events?topic=web.nats&topic=web.redis");
+    let mut browser = Browser::launch(&url, page_port, 5, &["greeting"], false);
+    browser.expect_open().await;
+
+    // NATS: a typed event (header), then a multi-line payload with every line ending, a blank
+    // line, leading spaces, a colon and non-ASCII text.
+    nats_publish(&nc, "web.nats", Some(("Sse-Event", "greeting")), "hello from nats").await;
+    let multi = "line one\nline two\r\nline three\rline four\n\n  indented: yes ✓ ünïcödé";
+    nats_publish(&nc, "web.nats", None, multi).await;
+    let mut got = vec![browser.expect_event().await, browser.expect_event().await];
+
+    // Redis (after the NATS events arrived, so the order across sources is fixed): plain text,
+    // and JSON that must stay verbatim because envelope mode is off.
+    assert!(brokers::redis_publish(&mut rc, "web.redis", "hello from redis").await >= 1);
+    let json = r#"{"event":"greeting","data":"not an envelope here"}"#;
+    assert!(brokers::redis_publish(&mut rc, "web.redis", json).await >= 1);
+    // A message on a bridged channel the page did not subscribe to must not reach it.
+    brokers::redis_publish(&mut rc, "web.probe.redis", "not for the page").await;
+    for _ in 0..2 {
+        got.push(browser.expect_event().await);
+    }
+    // Back to NATS only once Redis's events arrived (sources are independent: a publish
+    // returning does not mean the bridge has sequenced it). Header name in lower case.
+    nats_publish(&nc, "web.nats", Some(("sse-event", "greeting")), "bye").await;
+    got.push(browser.expect_event().await);
+
+    let seen: Vec<(&str, &str)> = got.iter().map(|e| (e.event.as_str(), e.data.as_str())).collect();
+    assert_eq!(
+        seen,
+        [
+            ("greeting", "hello from nats"),
+            ("message", "line one\nline two\nline three\nline four\n\n  indented: yes ✓ ünïcödé"),
+            ("message", "hello from redis"),
+            ("message", json),
+            ("greeting", "bye"),
+        ]
+    );
+    assert_increasing_ids(&app, &got);
+
+    let (status, rest) = browser.finish().await;
+    assert!(status.success(), "harness exited {status}; stderr:\n{}", browser.stderr());
+    assert!(rest.is_empty(), "harness printed more after {} events: {rest:?}", got.len());
+    app.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn browser_receives_redis_envelopes() {
+    require_browser_tooling();
+    let redis = RedisServer::start().await;
+    let page_port = brokers::free_port();
+    let mut config = test_config();
+    config.server.cors_origins = vec![page_origin(page_port)];
+    let mut rcfg = redis_config(&redis.url(), &["web.redis", "web.probe.redis"], &[]);
+    rcfg.envelope = true;
+    config.redis = Some(rcfg);
+    let app = start_app(config).await;
+
+    let mut rc = brokers::redis_conn(&redis.url()).await;
+    sync_redis(&app, &rc, r#"{"data":"probe"}"#).await;
+
+    let mut browser = Browser::launch(&app.url("/events?topic=web.redis"), page_port, 3, &["greeting"], false);
+    browser.expect_open().await;
+
+    let malformed_before = app.state.sources[0].malformed();
+    // Not an envelope: counted and dropped, never shown to the page.
+    assert!(brokers::redis_publish(&mut rc, "web.redis", "plain text").await >= 1);
+    assert!(
+        brokers::redis_publish(&mut rc, "web.redis", r#"{"event":"greeting","data":"hi\nthere\r\nall"}"#).await >= 1
+    );
+    assert!(brokers::redis_publish(&mut rc, "web.redis", r#"{"data":{"n":[1,true,null]}}"#).await >= 1);
+    assert!(brokers::redis_publish(&mut rc, "web.redis", r#"{"data":"untyped"}"#).await >= 1);
+    let got = vec![browser.expect_event().await, browser.expect_event().await, browser.expect_event().await];
+    let seen: Vec<(&str, &str)> = got.iter().map(|e| (e.event.as_str(), e.data.as_str())).collect();
+    assert_eq!(
+        seen,
+        [
+            ("greeting", "hi\nthere\nall"),
+            // A non-string `data` is sent as compact JSON.
+            ("message", r#"{"n":[1,true,null]}"#),
+            ("message", "untyped"),
+        ]
+    );
+    assert_increasing_ids(&app, &got);
+    assert_eq!(app.state.sources[0].malformed(), malformed_before + 1);
+
+    let (status, rest) = browser.finish().await;
+    assert!(status.success(), "harness exited {status}; stderr:\n{}", browser.stderr());
+    assert!(rest.is_empty(), "harness printed more: {rest:?}");
+    app.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn origin_not_in_cors_origins_gets_no_events() {
+    require_browser_tooling();
+    let page_port = brokers::free_port();
+    let allowed_port = loop {
+        let p = brokers::free_port();
+        if p != page_port {
+            break p;
+        }
+    };
+    let mut config = test_config();
+    config.server.cors_origins = vec![page_origin(allowed_port)];
+    let app = start_app(config).await;
+    let opened_before = app.state.metrics.streams_opened.get();
+
+    let mut browser = Browser::launch(&app.url("/events?topic=web.cors"), page_port, 1, &[], true);
+    // Keep events flowing on the page's topic while the browser tries, so "no events" is
+    // the browser refusing them, not an empty topic.
+    let mut published = 0u32;
+    let traffic = async {
+        let mut every = tokio::time::interval(Duration::from_millis(50));
+        loop {
+            every.tick().await;
+            app.publish("web.cors", None, "must not be seen").await;
+            published += 1;
+        }
+    };
+    let (status, lines) = tokio::select! {
+        r = browser.finish() => r,
+        _ = traffic => unreachable!(),
+    };
+    let stderr = browser.stderr();
+    assert_eq!(
+        status.code(),
+        Some(3),
+        "expected exit 3 (EventSource CLOSED by the CORS failure); lines {lines:?}; stderr:\n{stderr}"
+    );
+    assert!(
+        !lines.iter().any(|v| v["type"] == "event" || v["type"] == "open"),
+        "a page from a disallowed origin opened or got events: {lines:?}"
+    );
+    assert!(
+        lines.iter().any(|v| v["type"] == "error" && v["readyState"] == 2),
+        "expected an error with readyState 2: {lines:?}"
+    );
+    // The bridge did answer the request: the browser refused the response for want of an
+    // Access-Control-Allow-Origin header (not a network error, not a bad status).
+    assert!(stderr.contains("blocked by CORS policy"), "no CORS error from the page; stderr:\n{stderr}");
+    assert!(
+        app.state.metrics.streams_opened.get() > opened_before,
+        "the request never reached the bridge; stderr:\n{stderr}"
+    );
+    println!("CORS negative: {published} events published while the page was refused");
+    app.stop().await;
+}

@@ -1,0 +1,301 @@
+//! Broker outages: the bridge keeps its SSE streams open and serving while NATS or Redis is
+//! killed (SIGKILL, no goodbye), reconnects when the broker returns on the same port, and the
+//! already-open streams carry the broker's messages again, in order, with increasing ids.
+//! Also: the bridge starts and serves with both brokers down and picks them up later.
+//!
+//! Real brokers (private `nats-server` / `redis-server` per test), real HTTP over TCP. Nothing
+//! waits a fixed time: every step waits for a signal (an event or heartbeat arrived, a source
+//! status changed).
+
+mod common;
+
+use std::future::Future;
+use std::time::Duration;
+
+use common::brokers::{self, NatsServer, RedisServer};
+use common::sse_client::{SseEvent, SseStream, test_client};
+use common::{EVENT_TIMEOUT, TestApp, nats_config, redis_config, start_app, test_config, wait_until};
+use sse_bridge::event::EventId;
+
+/// Numbered events published after the broker came back.
+const N: usize = 50;
+/// Time between probe publishes while waiting for a (re)subscription to become live.
+const PROBE_EVERY: Duration = Duration::from_millis(200);
+/// Overall budget for a probe to get through.
+const PROBE_DEADLINE: Duration = Duration::from_secs(20);
+
+fn event_id(ev: &SseEvent) -> EventId {
+    ev.id
+        .as_deref()
+        .unwrap_or_else(|| panic!("event without id: {ev:?}"))
+        .parse()
+        .unwrap_or_else(|_| panic!("event id is not a bridge id: {ev:?}"))
+}
+
+/// Whether `ev` is a probe (possibly a late duplicate from an earlier sync).
+fn is_probe(ev: &SseEvent) -> bool {
+    ev.data.ends_with("probe")
+}
+
+/// Publishes `want` with `publish` every 200 ms until an event with data `want` arrives on
+/// `stream`; proves the broker → bridge path is live end to end. Late duplicates of earlier
+/// probes are skipped; anything else is a failure. Returns the probe event.
+async fn await_probe<F, Fut>(stream: &mut SseStream, want: &str, mut publish: F) -> SseEvent
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = ()>,
+{
+    let deadline = tokio::time::Instant::now() + PROBE_DEADLINE;
+    loop {
+        assert!(tokio::time::Instant::now() < deadline, "no {want:?} arrived within {PROBE_DEADLINE:?}");
+        publish().await;
+        // Read until this round's wait is over; several stale probes may be queued.
+        let round_end = tokio::time::Instant::now() + PROBE_EVERY;
+        loop {
+            let left = round_end.saturating_duration_since(tokio::time::Instant::now());
+            match stream.next_event_or_end(left).await {
+                Ok(Some(ev)) if ev.data == want => return ev,
+                Ok(Some(ev)) if is_probe(&ev) => continue,
+                Ok(Some(ev)) => panic!("unexpected event while waiting for {want:?}: {ev:?}"),
+                Ok(None) => panic!("stream ended while waiting for {want:?} (error: {:?})", stream.error()),
+                Err(_) => break,
+            }
+        }
+    }
+}
+
+/// Reads `n` events `"{prefix}-0"` … `"{prefix}-{n-1}"` from `stream`, skipping late probes
+/// before the first one, and checks order and ids: same run as `after`, strictly increasing
+/// sequence, nothing else in between.
+async fn expect_numbered(stream: &mut SseStream, prefix: &str, n: usize, after: EventId) {
+    let mut last = after;
+    let mut got = 0;
+    while got < n {
+        let ev = stream
+            .next_event(EVENT_TIMEOUT)
+            .await
+            .unwrap_or_else(|| panic!("stream ended after {got} of {n} numbered events (error: {:?})", stream.error()));
+        let id = event_id(&ev);
+        assert_eq!(id.run, last.run, "event from another run: {ev:?}");
+        assert!(id.seq > last.seq, "ids not strictly increasing: {last} then {id}");
+        last = id;
+        if got == 0 && is_probe(&ev) {
+            continue;
+        }
+        assert_eq!(ev.data, format!("{prefix}-{got}"), "event {got} of {n} is wrong or out of order");
+        got += 1;
+    }
+}
+
+async fn get_json(url: &str) -> (u16, serde_json::Value) {
+    let r = test_client().get(url).send().await.expect("GET");
+    let status = r.status().as_u16();
+    (status, r.json().await.expect("JSON body"))
+}
+
+/// While a broker is down: the open stream keeps getting heartbeats, `/publish` still reaches
+/// it, and `/readyz` stays 200 while naming the broker disconnected.
+async fn assert_serving_during_outage(app: &TestApp, stream: &mut SseStream, topic: &str, source: &str) -> EventId {
+    let seen = stream.comments_seen();
+    stream.wait_for_comments(seen + 2, EVENT_TIMEOUT).await;
+    assert!(!stream.is_ended(), "stream ended during the outage");
+
+    let id = app.publish(topic, None, "during-outage").await;
+    let ev = loop {
+        let ev = stream.next_event(EVENT_TIMEOUT).await.expect("stream open during the outage");
+        if !is_probe(&ev) {
+            break ev;
+        }
+    };
+    assert_eq!(ev.data, "during-outage");
+    assert_eq!(ev.id.as_deref(), Some(id.as_str()));
+
+    let (status, body) = get_json(&app.admin_url("/readyz")).await;
+    assert_eq!(status, 200, "/readyz during a broker outage: {body}");
+    assert_eq!(body["sources"][source], "disconnected", "{body}");
+    event_id(&ev)
+}
+
+fn outage_config() -> sse_bridge::Config {
+    let mut cfg = test_config();
+    // Heartbeats are the "stream is alive" signal during the outage.
+    cfg.server.heartbeat_interval = Duration::from_millis(100);
+    cfg
+}
+
+#[tokio::test]
+async fn nats_kill9_and_restart_resumes_on_the_open_stream() {
+    let mut nats = NatsServer::start().await;
+    let mut cfg = outage_config();
+    cfg.nats = Some(nats_config(&nats.url(), &["t.>"]));
+    let app = start_app(cfg).await;
+    app.wait_sources_connected().await;
+    let mut stream = app.subscribe(&["t.a"]).await;
+
+    {
+        let client = brokers::nats_client(&nats.url()).await;
+        let before = await_probe(&mut stream, "nats-probe", || {
+            let c = client.clone();
+            async move {
+                c.publish("t.a", "nats-probe".into()).await.unwrap();
+                c.flush().await.unwrap();
+            }
+        })
+        .await;
+        event_id(&before);
+        // The client goes before the crash so nothing it buffered can be replayed later.
+    }
+
+    nats.kill9();
+    wait_until("NATS source reports disconnected", || !app.state.sources[0].is_connected()).await;
+    let during = assert_serving_during_outage(&app, &mut stream, "t.a", "nats").await;
+
+    nats.restart().await;
+    let client = brokers::nats_client(&nats.url()).await;
+    let probe = await_probe(&mut stream, "nats-probe", || {
+        let c = client.clone();
+        async move {
+            c.publish("t.a", "nats-probe".into()).await.unwrap();
+            c.flush().await.unwrap();
+        }
+    })
+    .await;
+    let probe_id = event_id(&probe);
+    assert_eq!(probe_id.run, during.run);
+    assert!(probe_id.seq > during.seq);
+    assert!(app.state.sources[0].is_connected());
+    assert_eq!(app.state.sources[0].reconnects(), 1);
+
+    for i in 0..N {
+        client.publish("t.a", format!("nats-{i}").into()).await.unwrap();
+    }
+    client.flush().await.unwrap();
+    expect_numbered(&mut stream, "nats", N, probe_id).await;
+
+    // The same HTTP stream carried everything: it never ended and was never replaced.
+    assert!(!stream.is_ended(), "error: {:?}", stream.error());
+    assert_eq!(app.state.metrics.streams_opened.get(), 1);
+    assert_eq!(app.state.registry.subscriber_count(), 1);
+}
+
+#[tokio::test]
+async fn redis_kill9_and_restart_resumes_on_the_open_stream() {
+    let mut redis = RedisServer::start().await;
+    let mut cfg = outage_config();
+    cfg.redis = Some(redis_config(&redis.url(), &["t.a"], &[]));
+    let app = start_app(cfg).await;
+    app.wait_sources_connected().await;
+    let mut stream = app.subscribe(&["t.a"]).await;
+
+    {
+        let conn = brokers::redis_conn(&redis.url()).await;
+        await_probe(&mut stream, "redis-probe", || {
+            let mut c = conn.clone();
+            async move {
+                brokers::redis_publish(&mut c, "t.a", "redis-probe").await;
+            }
+        })
+        .await;
+    }
+
+    redis.kill9();
+    wait_until("Redis source reports disconnected", || !app.state.sources[0].is_connected()).await;
+    let during = assert_serving_during_outage(&app, &mut stream, "t.a", "redis").await;
+
+    // Redis pub/sub keeps nothing for absent subscribers: probes sent before the bridge has
+    // re-subscribed are lost, so probe until one gets through.
+    redis.restart().await;
+    let mut conn = brokers::redis_conn(&redis.url()).await;
+    let probe = await_probe(&mut stream, "redis-probe", || {
+        let mut c = conn.clone();
+        async move {
+            brokers::redis_publish(&mut c, "t.a", "redis-probe").await;
+        }
+    })
+    .await;
+    let probe_id = event_id(&probe);
+    assert_eq!(probe_id.run, during.run);
+    assert!(probe_id.seq > during.seq);
+    assert!(app.state.sources[0].is_connected());
+    assert_eq!(app.state.sources[0].reconnects(), 1);
+
+    for i in 0..N {
+        let receivers = brokers::redis_publish(&mut conn, "t.a", format!("redis-{i}")).await;
+        assert_eq!(receivers, 1, "the bridge is the one subscriber of t.a");
+    }
+    expect_numbered(&mut stream, "redis", N, probe_id).await;
+
+    assert!(!stream.is_ended(), "error: {:?}", stream.error());
+    assert_eq!(app.state.metrics.streams_opened.get(), 1);
+    assert_eq!(app.state.registry.subscriber_count(), 1);
+}
+
+#[tokio::test]
+async fn starts_and_serves_with_brokers_down_then_picks_them_up() {
+    // Ports that are certainly ours and certainly closed: start each fixture, then kill it.
+    // `restart()` later brings the broker up on exactly that port.
+    let mut nats = NatsServer::start().await;
+    nats.kill9();
+    let mut redis = RedisServer::start().await;
+    redis.kill9();
+    for port in [nats.port(), redis.port()] {
+        assert!(
+            tokio::net::TcpStream::connect(("127.0.0.1", port)).await.is_err(),
+            "port {port} should have no listener"
+        );
+    }
+
+    let mut cfg = test_config();
+    cfg.nats = Some(nats_config(&nats.url(), &["n.>"]));
+    cfg.redis = Some(redis_config(&redis.url(), &[], &["r.*"]));
+    let app = start_app(cfg).await;
+
+    // Serves at once: /readyz, a stream, /publish — with both brokers unreachable.
+    let (status, body) = get_json(&app.admin_url("/readyz")).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["ready"], true);
+    assert_eq!(body["sources"]["nats"], "disconnected", "{body}");
+    assert_eq!(body["sources"]["redis"], "disconnected", "{body}");
+
+    let mut stream = app.subscribe(&["n.a", "r.a", "p.a"]).await;
+    assert_eq!(stream.status(), 200);
+    let id = app.publish("p.a", None, "via-publish").await;
+    let ev = stream.next_event(EVENT_TIMEOUT).await.expect("stream open");
+    assert_eq!(ev.data, "via-publish");
+    assert_eq!(ev.id.as_deref(), Some(id.as_str()));
+    assert!(app.state.sources.iter().all(|s| !s.is_connected()));
+
+    // The brokers come up on the configured ports; the bridge finds them by itself.
+    nats.restart().await;
+    redis.restart().await;
+    app.wait_sources_connected().await;
+
+    let client = brokers::nats_client(&nats.url()).await;
+    let n = await_probe(&mut stream, "nats-probe", || {
+        let c = client.clone();
+        async move {
+            c.publish("n.a", "nats-probe".into()).await.unwrap();
+            c.flush().await.unwrap();
+        }
+    })
+    .await;
+    let conn = brokers::redis_conn(&redis.url()).await;
+    let r = await_probe(&mut stream, "redis-probe", || {
+        let mut c = conn.clone();
+        async move {
+            brokers::redis_publish(&mut c, "r.a", "redis-probe").await;
+        }
+    })
+    .await;
+    let (first, n, r) = (event_id(&ev), event_id(&n), event_id(&r));
+    assert!(first.seq < n.seq && n.seq < r.seq, "{first} {n} {r}");
+    assert!(first.run == n.run && n.run == r.run);
+
+    let (status, body) = get_json(&app.admin_url("/readyz")).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["sources"]["nats"], "connected", "{body}");
+    assert_eq!(body["sources"]["redis"], "connected", "{body}");
+    // First connections, not reconnections.
+    assert!(app.state.sources.iter().all(|s| s.reconnects() == 0));
+    assert!(!stream.is_ended());
+}

@@ -1,0 +1,181 @@
+//! Graceful shutdown of the real binary: SIGTERM/SIGINT end every open stream and the process
+//! exits 0 within the drain time (SPEC.md, Operations).
+
+mod common;
+#[path = "common/daemon.rs"]
+mod daemon;
+
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use common::sse_client::{self, SseStream};
+use common::{EVENT_TIMEOUT, TOKEN, brokers};
+use daemon::Daemon;
+use nix::sys::signal::Signal;
+use tokio::task::JoinSet;
+
+/// `server.drain_timeout` in the test config.
+const DRAIN: Duration = Duration::from_secs(5);
+/// Slack on top of the drain time for process teardown on a loaded machine.
+const MARGIN: Duration = Duration::from_secs(2);
+
+/// The binary, serving a temp config on free loopback ports.
+struct Bridge {
+    daemon: Daemon,
+    addr: SocketAddr,
+    _dir: tempfile::TempDir,
+}
+
+impl Bridge {
+    /// Starts `sse-bridge --config <temp>/bridge.toml` (no brokers, publish enabled) and
+    /// returns once its public listener accepts connections.
+    fn start() -> Bridge {
+        let dir = tempfile::Builder::new().prefix("sse-bridge-shutdown-").tempdir().unwrap();
+        // Free ports are reserved by bind-and-release, which is racy; retry on a lost race.
+        for attempt in 1..=3 {
+            let addr: SocketAddr = ([127, 0, 0, 1], brokers::free_port()).into();
+            let admin: SocketAddr = ([127, 0, 0, 1], brokers::free_port()).into();
+            let config = dir.path().join("bridge.toml");
+            std::fs::write(
+                &config,
+                format!(
+                    "[server]\nlisten = \"{addr}\"\ndrain_timeout = \"{}s\"\n\n\
+                     [admin]\nlisten = \"{admin}\"\n\n\
+                     [publish]\ntoken = \"{TOKEN}\"\n",
+                    DRAIN.as_secs()
+                ),
+            )
+            .unwrap();
+            let mut daemon = Daemon::spawn(daemon::bridge_command(dir.path()).arg("--config").arg(&config));
+            match daemon.wait_listening(addr, Duration::from_secs(15)) {
+                Ok(()) => return Bridge { daemon, addr, _dir: dir },
+                Err(status) => {
+                    let err = daemon.stderr();
+                    if err.contains("Cannot bind") && attempt < 3 {
+                        continue;
+                    }
+                    panic!("sse-bridge exited with {status} before listening:\n{err}");
+                }
+            }
+        }
+        unreachable!()
+    }
+
+    fn url(&self, path_and_query: &str) -> String {
+        format!("http://{}{}", self.addr, path_and_query)
+    }
+
+    /// Opens `n` streams on topic `t`, each on its own connection, all concurrently; returns
+    /// once every one has received its opening comment (so it is registered).
+    async fn open_streams(&self, n: usize) -> Vec<SseStream> {
+        let mut set = JoinSet::new();
+        for _ in 0..n {
+            let url = self.url("/events?topic=t");
+            set.spawn(async move {
+                let mut s = sse_client::connect(&url, &[]).await.unwrap_or_else(|e| panic!("opening a stream: {e}"));
+                s.wait_for_comments(1, EVENT_TIMEOUT).await;
+                s
+            });
+        }
+        let streams: Vec<SseStream> = set.join_all().await;
+        assert_eq!(streams.len(), n);
+        streams
+    }
+
+    /// `POST /publish?topic=t`; returns the assigned id.
+    async fn publish(&self, body: &'static str) -> String {
+        let r = sse_client::test_client()
+            .post(self.url("/publish?topic=t"))
+            .bearer_auth(TOKEN)
+            .body(body)
+            .send()
+            .await
+            .expect("publish request");
+        let status = r.status();
+        let text = r.text().await.unwrap();
+        assert_eq!(status, 200, "publish answered {status}: {text}");
+        let v: serde_json::Value = serde_json::from_str(&text).unwrap();
+        v["id"].as_str().expect("publish returns an id").to_owned()
+    }
+}
+
+/// Publishes one event and checks that every stream got exactly it.
+async fn publish_and_check_all(bridge: &Bridge, streams: &mut [SseStream]) {
+    let id = bridge.publish("before shutdown").await;
+    for (i, s) in streams.iter_mut().enumerate() {
+        let ev = s.next_event(EVENT_TIMEOUT).await.unwrap_or_else(|| panic!("stream {i} ended before the event"));
+        assert_eq!(ev.data, "before shutdown", "stream {i}");
+        assert_eq!(ev.id.as_deref(), Some(id.as_str()), "stream {i}");
+    }
+}
+
+/// Sends `sig`, then checks that every stream ends cleanly and the process exits 0 within the
+/// drain time. Returns (time from signal to exit, time from signal to the last stream's end).
+async fn signal_and_check(bridge: Bridge, streams: Vec<SseStream>, sig: Signal) -> (Duration, Duration, String) {
+    let Bridge { mut daemon, _dir, .. } = bridge;
+    let n = streams.len();
+    let sent = Instant::now();
+    daemon.signal(sig);
+
+    // Read every stream to its end while the process shuts down.
+    let mut ends = JoinSet::new();
+    for (i, mut s) in streams.into_iter().enumerate() {
+        ends.spawn(async move {
+            match s.next_event_or_end(DRAIN + MARGIN).await {
+                Ok(None) => {}
+                Ok(Some(ev)) => panic!("stream {i}: unexpected event after {sig}: {ev:?}"),
+                Err(_) => panic!("stream {i} still open {:?} after {sig}", DRAIN + MARGIN),
+            }
+            // A clean end of the body (the final chunk), not a reset or a cut connection.
+            assert_eq!(s.error(), None, "stream {i} ended with a transport error");
+            Instant::now()
+        });
+    }
+    let exit = tokio::task::spawn_blocking(move || {
+        let status = daemon.wait_exit(DRAIN + MARGIN);
+        (status, daemon)
+    });
+    let last_end = ends.join_all().await.into_iter().max().expect("at least one stream");
+    let (status, mut daemon) = exit.await.unwrap();
+    let status = status
+        .unwrap_or_else(|| panic!("sse-bridge still running {:?} after {sig}:\n{}", DRAIN + MARGIN, daemon.stderr()));
+    let to_exit = daemon.exited_at().unwrap() - sent;
+    let out = daemon.output(status);
+    assert_eq!(out.code(), 0, "exit status after {sig}; stderr:\n{}", out.stderr);
+    assert!(to_exit <= DRAIN + MARGIN, "exit took {to_exit:?} after {sig} (drain_timeout {DRAIN:?})");
+    // Every stream ended on its own: nothing had to be cut when the drain time ran out.
+    assert!(
+        out.stderr.contains(&format!("open_streams={n}")) && out.stderr.contains("outcome=Drained"),
+        "expected a full drain of {n} streams; stderr:\n{}",
+        out.stderr
+    );
+    (to_exit, last_end - sent, out.stderr)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn sigterm_ends_100_streams_and_exits_zero_within_drain_time() {
+    let bridge = Bridge::start();
+    let mut streams = bridge.open_streams(100).await;
+    publish_and_check_all(&bridge, &mut streams).await;
+
+    let (to_exit, to_last_end, stderr) = signal_and_check(bridge, streams, Signal::SIGTERM).await;
+    assert!(stderr.contains("signal=\"SIGTERM\""), "stderr:\n{stderr}");
+    println!(
+        "SIGTERM with 100 open streams: last stream ended after {to_last_end:?}, \
+         process exited after {to_exit:?} (drain_timeout {DRAIN:?})"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn sigint_also_exits_zero() {
+    let bridge = Bridge::start();
+    let mut streams = bridge.open_streams(3).await;
+    publish_and_check_all(&bridge, &mut streams).await;
+
+    let (to_exit, to_last_end, stderr) = signal_and_check(bridge, streams, Signal::SIGINT).await;
+    assert!(stderr.contains("signal=\"SIGINT\""), "stderr:\n{stderr}");
+    println!(
+        "SIGINT with 3 open streams: last stream ended after {to_last_end:?}, \
+         process exited after {to_exit:?}"
+    );
+}
