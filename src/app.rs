@@ -17,11 +17,13 @@ use tokio_util::task::TaskTracker;
 use tracing::{info, warn};
 
 use crate::admin;
-use crate::client::CloseReason;
+use crate::client::{CloseReason, now_ms};
 use crate::config::Config;
 use crate::event::new_run_id;
 use crate::ingest::{LastSeq, Sequencer};
+use crate::limits::Limits;
 use crate::metrics::Metrics;
+use crate::policy::DeliveryRules;
 use crate::registry::Registry;
 use crate::replay::ReplayStore;
 use crate::sources::{self, IngestSender, SourceKind, SourceMessage, SourceStatus};
@@ -44,6 +46,8 @@ pub struct AppState {
     /// One entry per configured broker source.
     pub sources: Vec<Arc<SourceStatus>>,
     pub cors: Cors,
+    pub limits: Arc<Limits>,
+    pub rules: DeliveryRules,
     /// `: ok` comment plus `retry:`; sent first on every stream so headers and the reconnect
     /// delay reach the client at once. Built once, shared by all streams.
     pub opening_frame: Bytes,
@@ -103,6 +107,8 @@ impl App {
             replay: Arc::new(ReplayStore::new(config.replay.clone())),
             sources: statuses,
             cors: Cors::new(&config.server.cors_origins),
+            limits: Limits::new(config.limits.clone()),
+            rules: DeliveryRules::new(&config.delivery, config.server.slow_consumer),
             opening_frame,
             ready: AtomicBool::new(false),
             draining: AtomicBool::new(false),
@@ -141,6 +147,7 @@ impl App {
             state.last_seq.clone(),
             state.registry.clone(),
             state.replay.clone(),
+            state.rules.clone(),
             state.metrics.clone(),
         );
         tracker.spawn(sequencer.run(self.ingest_rx, stop_ingest.clone()));
@@ -156,7 +163,7 @@ impl App {
                 SourceKind::Publish => {}
             }
         }
-        tracker.spawn(heartbeat(state.registry.clone(), cfg.server.heartbeat_interval, life.graceful.clone()));
+        tracker.spawn(housekeeping(state.clone(), life.graceful.clone()));
 
         let builder = Arc::new(server::http_builder(tracker.clone(), cfg.server.header_read_timeout));
         let public_state = state.clone();
@@ -192,16 +199,32 @@ impl App {
     }
 }
 
-/// Offers a heartbeat to every stream once per interval; idle ones send it.
-async fn heartbeat(registry: Arc<Registry>, every: Duration, stop: CancellationToken) {
+/// One app-wide pass over every stream, instead of a timer per connection: heartbeats for idle
+/// streams every `heartbeat_interval`, and every tick the write timeout and the maximum stream
+/// age; then the connect-rate limiter forgets idle keys. Ticks at most once a second.
+async fn housekeeping(state: Arc<AppState>, stop: CancellationToken) {
+    let cfg = &state.config.server;
     let frame = Bytes::from_static(HEARTBEAT);
-    let mut tick = tokio::time::interval(every);
+    let period = cfg.heartbeat_interval.min(Duration::from_secs(1));
+    let mut tick = tokio::time::interval(period);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     tick.reset();
+    let mut last_heartbeat = tokio::time::Instant::now();
     loop {
         tokio::select! {
             _ = stop.cancelled() => return,
-            _ = tick.tick() => registry.heartbeat(&frame),
+            _ = tick.tick() => {}
         }
+        let heartbeat_due = last_heartbeat.elapsed() >= cfg.heartbeat_interval;
+        if heartbeat_due {
+            last_heartbeat = tokio::time::Instant::now();
+        }
+        let now = now_ms();
+        state.registry.for_each_queue(|q| {
+            if q.enforce_deadlines(now, cfg.write_timeout).is_none() && heartbeat_due {
+                q.offer_heartbeat(&frame);
+            }
+        });
+        state.limits.prune();
     }
 }

@@ -1,27 +1,48 @@
-//! One subscriber's bounded queue: where fan-out leaves frames and the stream body takes them.
+//! One subscriber's bounded queue: where fan-out leaves events and the stream body takes them.
 //!
-//! The queue holds refcounted frames (`Bytes` clones of the one frame built at ingest), so a
-//! full queue costs pointers, not copies. It is bounded by `server.queue_capacity`; when a push
-//! finds it full, the [`SlowConsumerPolicy`] decides: today `Disconnect`, which empties the
-//! queue, marks it closed and fires the connection's kill switch, so a stalled socket is
-//! dropped even if hyper is blocked writing to it and never polls the body again.
+//! The queue holds `Arc<Event>`s (the one event built at ingest, shared by every queue and the
+//! replay ring), so a full queue costs pointers, not copies. It is bounded by
+//! `server.queue_capacity` live events; what happens when a push finds it full is the event's
+//! [`SlowConsumerPolicy`] (per topic, from the `[[delivery]]` rules):
+//!
+//! - `disconnect`: empty the queue, mark it closed and fire the connection's kill switch, so a
+//!   stalled socket is dropped even while hyper is blocked writing to it. The client reconnects
+//!   and resumes from the replay ring, losing nothing if it catches up within the ring.
+//! - `drop-oldest`: drop the oldest queued event and keep going; before the next event the
+//!   client gets an `sse-bridge.gap` event (reason `dropped`) naming the topics that lost events.
+//! - `latest`: conflate: drop the oldest queued event *of the same topic* (tickers and
+//!   dashboards only need the newest value); if there is none, behave like `drop-oldest`.
+//!
+//! Frames queued with [`ClientQueue::push_backlog`] (opening comment, gap, replay) precede live
+//! events and do not count against the capacity; the replay store bounds them.
 
 use std::collections::VecDeque;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::task::{Context, Poll, Waker};
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use parking_lot::Mutex;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::SlowConsumerPolicy;
+use crate::event::{Event, frame_control};
+
+/// The event type of the in-band gap signal (SPEC.md).
+pub const GAP_EVENT: &str = "sse-bridge.gap";
 
 /// Why a stream ended, for logs and metrics.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum CloseReason {
     /// The bridge is shutting down; the client should reconnect (elsewhere).
     Shutdown,
-    /// The client fell `queue_capacity` events behind and was disconnected.
+    /// The client fell `queue_capacity` events behind under the `disconnect` policy.
     SlowConsumer,
+    /// A socket write stayed blocked longer than `server.write_timeout`.
+    WriteTimeout,
+    /// The stream reached `server.max_stream_age`; the client reconnects and resumes.
+    MaxAge,
 }
 
 impl CloseReason {
@@ -30,137 +51,227 @@ impl CloseReason {
         match self {
             CloseReason::Shutdown => "shutdown",
             CloseReason::SlowConsumer => "slow_consumer",
+            CloseReason::WriteTimeout => "write_timeout",
+            CloseReason::MaxAge => "max_age",
         }
+    }
+
+    /// Whether the stream ends cleanly (queued frames first, then the end of the body) rather
+    /// than by dropping the connection.
+    pub fn is_clean(self) -> bool {
+        matches!(self, CloseReason::Shutdown | CloseReason::MaxAge)
     }
 }
 
 /// What a push did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum PushOutcome {
-    /// The frame is queued.
+    /// The event is queued.
     Queued,
-    /// The queue is (now) closed; the frame was not queued.
+    /// The queue is (now) closed; the event was not queued.
     Closed,
-    /// This push found the queue full and closed it under the slow-consumer policy.
+    /// This push found the queue full and closed it (`disconnect`).
     Overflowed,
+    /// The event is queued; an older one was dropped (`drop-oldest`, or `latest` without a
+    /// same-topic event to replace) and the client will get a gap event.
+    DroppedOldest,
+    /// The event is queued; an older event of its topic was replaced (`latest`).
+    Conflated,
 }
 
 /// What the stream body gets from [`ClientQueue::poll_next`].
 #[derive(Debug)]
 pub enum Next {
-    /// A frame to write.
-    Frame(Bytes),
+    /// A frame to write; `live` is false for backlog frames (opening, gap, replay).
+    Frame { frame: Bytes, live: bool },
     /// The stream is over.
     Closed(CloseReason),
 }
 
-/// A bounded frame queue shared by the fan-out (producer) and one stream body (consumer).
+/// Milliseconds on a process-wide monotonic clock; 0 is reserved for "never".
+pub fn now_ms() -> u64 {
+    static START: std::sync::OnceLock<Instant> = std::sync::OnceLock::new();
+    START.get_or_init(Instant::now).elapsed().as_millis() as u64 + 1
+}
+
+/// Tracks whether a connection's socket writes are blocked, and since when. Updated by the
+/// connection's I/O wrapper; read by the housekeeping sweep that enforces the write timeout.
+#[derive(Debug, Default)]
+pub struct WriteWatch {
+    blocked_since_ms: AtomicU64,
+}
+
+impl WriteWatch {
+    /// The socket refused more bytes (the kernel buffer is full).
+    pub fn blocked(&self) {
+        if self.blocked_since_ms.load(Ordering::Relaxed) == 0 {
+            self.blocked_since_ms.store(now_ms(), Ordering::Relaxed);
+        }
+    }
+
+    /// The socket accepted bytes.
+    pub fn progressed(&self) {
+        if self.blocked_since_ms.load(Ordering::Relaxed) != 0 {
+            self.blocked_since_ms.store(0, Ordering::Relaxed);
+        }
+    }
+
+    /// How long writes have been blocked, if they are.
+    pub fn blocked_for(&self, now_ms: u64) -> Option<Duration> {
+        match self.blocked_since_ms.load(Ordering::Relaxed) {
+            0 => None,
+            since => Some(Duration::from_millis(now_ms.saturating_sub(since))),
+        }
+    }
+}
+
+/// The connection a stream runs on: its kill switch and its write watch.
+#[derive(Debug, Clone, Default)]
+pub struct ConnHandle {
+    /// Cancelling drops the connection at once.
+    pub kill: CancellationToken,
+    pub write: Arc<WriteWatch>,
+}
+
+/// A bounded event queue shared by the fan-out (producer) and one stream body (consumer).
 #[derive(Debug)]
 pub struct ClientQueue {
     state: Mutex<State>,
     capacity: usize,
-    policy: SlowConsumerPolicy,
-    /// Cancelling drops the client's connection; see the module docs.
-    kill: CancellationToken,
+    conn: ConnHandle,
+    /// When the stream should end cleanly (max stream age), in [`now_ms`] time; 0: never.
+    expires_ms: u64,
+}
+
+#[derive(Debug)]
+enum Item {
+    Event(Arc<Event>),
+    Control(Bytes),
 }
 
 #[derive(Debug)]
 struct State {
-    frames: VecDeque<Bytes>,
+    items: VecDeque<Item>,
     closed: Option<CloseReason>,
     waker: Option<Waker>,
-    /// Something was queued since the last heartbeat tick, so the stream is not idle.
+    /// Something was queued since the last heartbeat offer, so the stream is not idle.
     active: bool,
-    /// Frames at the front queued by [`ClientQueue::push_backlog`] (opening, gap, replay); they
-    /// do not count against the capacity, which bounds only live frames.
+    /// Items at the front queued by [`ClientQueue::push_backlog`]; not counted by the capacity.
     backlog: usize,
+    /// Events dropped by `drop-oldest`/`latest` and not yet reported in a gap event.
+    dropped: Option<Dropped>,
 }
 
-/// Frames buffered beyond this are given back to the allocator once the queue drains, so a
-/// burst does not leave every connection holding its high-water mark forever.
+#[derive(Debug, Default)]
+struct Dropped {
+    count: u64,
+    /// Topics that lost events (at most [`MAX_GAP_TOPICS`] named).
+    topics: Vec<Arc<str>>,
+}
+
+/// Topics named in one `dropped` gap event; more are summarised by the count.
+const MAX_GAP_TOPICS: usize = 16;
+
+/// Queue storage beyond this is given back to the allocator once the queue drains, so a burst
+/// does not leave every connection holding its high-water mark forever.
 const SHRINK_ABOVE: usize = 64;
 
 impl ClientQueue {
-    /// A new, open, empty queue; allocates no frame storage until the first push.
-    pub fn new(capacity: usize, policy: SlowConsumerPolicy, kill: CancellationToken) -> Self {
+    /// A new, open, empty queue; allocates no storage until the first push.
+    pub fn new(capacity: usize, conn: ConnHandle, max_age: Option<Duration>) -> Self {
         ClientQueue {
-            state: Mutex::new(State { frames: VecDeque::new(), closed: None, waker: None, active: false, backlog: 0 }),
+            state: Mutex::new(State {
+                items: VecDeque::new(),
+                closed: None,
+                waker: None,
+                active: false,
+                backlog: 0,
+                dropped: None,
+            }),
             capacity,
-            policy,
-            kill,
+            conn,
+            expires_ms: max_age.map_or(0, |a| now_ms() + a.as_millis() as u64),
         }
     }
 
-    /// Queues a frame for the client, applying the slow-consumer policy when full.
-    pub fn push(&self, frame: Bytes) -> PushOutcome {
-        self.push_inner(frame, true)
-    }
-
-    fn push_inner(&self, frame: Bytes, mark_active: bool) -> PushOutcome {
-        let waker;
-        {
-            let mut st = self.state.lock();
-            if st.closed.is_some() {
-                return PushOutcome::Closed;
-            }
-            if st.frames.len() - st.backlog >= self.capacity {
-                match self.policy {
-                    SlowConsumerPolicy::Disconnect => {
-                        st.closed = Some(CloseReason::SlowConsumer);
-                        st.frames = VecDeque::new();
-                        waker = st.waker.take();
-                        drop(st);
-                        self.kill.cancel();
-                        if let Some(w) = waker {
-                            w.wake();
+    /// Queues a live event, applying its slow-consumer policy when the queue is full.
+    pub fn push(&self, event: &Arc<Event>) -> PushOutcome {
+        let mut st = self.state.lock();
+        if st.closed.is_some() {
+            return PushOutcome::Closed;
+        }
+        let mut outcome = PushOutcome::Queued;
+        if st.items.len() - st.backlog >= self.capacity {
+            outcome = match event.policy {
+                SlowConsumerPolicy::Disconnect => {
+                    st.closed = Some(CloseReason::SlowConsumer);
+                    st.items = VecDeque::new();
+                    st.backlog = 0;
+                    let waker = st.waker.take();
+                    drop(st);
+                    self.conn.kill.cancel();
+                    if let Some(w) = waker {
+                        w.wake();
+                    }
+                    return PushOutcome::Overflowed;
+                }
+                SlowConsumerPolicy::Latest => {
+                    let first_live = st.backlog;
+                    let same = st
+                        .items
+                        .iter()
+                        .skip(first_live)
+                        .position(|i| matches!(i, Item::Event(e) if e.topic == event.topic));
+                    match same {
+                        Some(pos) => {
+                            st.items.remove(first_live + pos);
+                            PushOutcome::Conflated
                         }
-                        return PushOutcome::Overflowed;
+                        None => {
+                            drop_oldest_live(&mut st);
+                            PushOutcome::DroppedOldest
+                        }
                     }
                 }
-            }
-            st.frames.push_back(frame);
-            st.active |= mark_active;
-            waker = st.waker.take();
+                SlowConsumerPolicy::DropOldest => {
+                    drop_oldest_live(&mut st);
+                    PushOutcome::DroppedOldest
+                }
+            };
         }
+        st.items.push_back(Item::Event(event.clone()));
+        st.active = true;
+        let waker = st.waker.take();
+        drop(st);
         if let Some(w) = waker {
             w.wake();
         }
-        PushOutcome::Queued
+        outcome
     }
 
-    /// Queues a frame that precedes all live frames (the opening comment, the gap signal,
-    /// replayed events), outside the capacity: its size is bounded by the replay store.
-    /// Must be called before the queue is registered for fan-out or under the registry lock.
+    /// Queues a frame that precedes all live events (the opening comment, the gap signal,
+    /// replayed events), outside the capacity: the replay store bounds it. Call it before the
+    /// queue is registered for fan-out, or from `Registry::subscribe_from`'s `start`.
     pub fn push_backlog(&self, frame: Bytes) {
         let mut st = self.state.lock();
         if st.closed.is_none() {
-            st.frames.push_back(frame);
+            st.items.push_back(Item::Control(frame));
             st.backlog += 1;
         }
     }
 
-    /// Queues `frame` only if nothing was queued since the previous call; used by the global
-    /// heartbeat so busy streams carry no heartbeats and idle ones get one per interval.
-    pub fn push_heartbeat(&self, frame: &Bytes) {
-        let idle = {
-            let mut st = self.state.lock();
-            let idle = !st.active && st.frames.is_empty();
-            st.active = false;
-            idle
-        };
-        if idle {
-            self.push_inner(frame.clone(), false);
-        }
-    }
-
-    /// Ends the stream once the queued frames are written (a clean end, e.g. on shutdown).
-    pub fn close(&self, reason: CloseReason) {
+    /// Queues `frame` if nothing was queued since the previous offer (busy streams carry no
+    /// heartbeats; idle ones get one per interval). A heartbeat does not count as activity.
+    pub fn offer_heartbeat(&self, frame: &Bytes) {
         let waker = {
             let mut st = self.state.lock();
-            if st.closed.is_some() {
+            let idle = !st.active && st.items.is_empty() && st.closed.is_none();
+            st.active = false;
+            if !idle {
                 return;
             }
-            st.closed = Some(reason);
+            st.items.push_back(Item::Control(frame.clone()));
+            st.backlog += 1;
             st.waker.take()
         };
         if let Some(w) = waker {
@@ -168,17 +279,65 @@ impl ClientQueue {
         }
     }
 
+    /// Ends the stream: cleanly (queued frames first) for `Shutdown`/`MaxAge`, at once (the
+    /// connection is dropped) otherwise.
+    pub fn close(&self, reason: CloseReason) {
+        let waker = {
+            let mut st = self.state.lock();
+            if st.closed.is_some() {
+                return;
+            }
+            st.closed = Some(reason);
+            if !reason.is_clean() {
+                st.items = VecDeque::new();
+                st.backlog = 0;
+            }
+            st.waker.take()
+        };
+        if !reason.is_clean() {
+            self.conn.kill.cancel();
+        }
+        if let Some(w) = waker {
+            w.wake();
+        }
+    }
+
+    /// Ends the stream if its write has been blocked longer than `timeout` or its age is over;
+    /// called by the housekeeping sweep. Returns the reason if it closed the stream.
+    pub fn enforce_deadlines(&self, now_ms: u64, write_timeout: Duration) -> Option<CloseReason> {
+        if self.conn.write.blocked_for(now_ms).is_some_and(|b| b > write_timeout) {
+            self.close(CloseReason::WriteTimeout);
+            return Some(CloseReason::WriteTimeout);
+        }
+        if self.expires_ms != 0 && now_ms >= self.expires_ms && self.closed_reason().is_none() {
+            self.close(CloseReason::MaxAge);
+            return Some(CloseReason::MaxAge);
+        }
+        None
+    }
+
     /// Takes the next frame, or registers the task to be woken by the next push or close.
     ///
-    /// A clean close still delivers what was queued before it; an overflow already dropped it.
+    /// A clean close still delivers what was queued before it; other closes dropped it.
     pub fn poll_next(&self, cx: &mut Context<'_>) -> Poll<Next> {
         let mut st = self.state.lock();
-        if let Some(f) = st.frames.pop_front() {
+        if st.backlog == 0
+            && !st.items.is_empty()
+            && let Some(d) = st.dropped.take()
+        {
+            return Poll::Ready(Next::Frame { frame: dropped_gap(&d), live: false });
+        }
+        if let Some(item) = st.items.pop_front() {
+            let live = st.backlog == 0;
             st.backlog = st.backlog.saturating_sub(1);
-            if st.frames.is_empty() && st.frames.capacity() > SHRINK_ABOVE {
-                st.frames = VecDeque::new();
+            if st.items.is_empty() && st.items.capacity() > SHRINK_ABOVE {
+                st.items = VecDeque::new();
             }
-            return Poll::Ready(Next::Frame(f));
+            let frame = match item {
+                Item::Event(e) => e.frame.clone(),
+                Item::Control(b) => b,
+            };
+            return Poll::Ready(Next::Frame { frame, live });
         }
         if let Some(reason) = st.closed {
             return Poll::Ready(Next::Closed(reason));
@@ -190,75 +349,159 @@ impl ClientQueue {
         Poll::Pending
     }
 
-    /// Why the queue was closed, if it was.
-    pub fn closed_reason(&self) -> Option<CloseReason> {
-        self.state.lock().closed
-    }
-
-    /// Frames waiting to be written.
+    /// Items waiting to be written.
     pub fn len(&self) -> usize {
-        self.state.lock().frames.len()
+        self.state.lock().items.len()
     }
 
-    /// Whether no frame is waiting.
+    /// Whether nothing is waiting.
     pub fn is_empty(&self) -> bool {
         self.len() == 0
     }
+
+    /// Why the queue was closed, if it was. Lets the stream body name the reason of a stream
+    /// that was cut while hyper was blocked writing (and so never saw the close).
+    pub fn closed_reason(&self) -> Option<CloseReason> {
+        self.state.lock().closed
+    }
+}
+
+fn drop_oldest_live(st: &mut State) {
+    let first_live = st.backlog;
+    if let Some(Item::Event(e)) = st.items.remove(first_live) {
+        let d = st.dropped.get_or_insert_with(Dropped::default);
+        d.count += 1;
+        if d.topics.len() < MAX_GAP_TOPICS && !d.topics.contains(&e.topic) {
+            d.topics.push(e.topic.clone());
+        }
+    }
+}
+
+fn dropped_gap(d: &Dropped) -> Bytes {
+    let topics: Vec<&str> = d.topics.iter().map(|t| &**t).collect();
+    let data = serde_json::json!({ "reason": "dropped", "topics": topics, "dropped": d.count });
+    frame_control(GAP_EVENT, &data.to_string())
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::event::{EventId, frame_event};
     use std::task::Waker;
 
     fn poll(q: &ClientQueue) -> Poll<Next> {
         q.poll_next(&mut Context::from_waker(Waker::noop()))
     }
 
+    fn frame(q: &ClientQueue) -> String {
+        match poll(q) {
+            Poll::Ready(Next::Frame { frame, .. }) => String::from_utf8(frame.to_vec()).unwrap(),
+            other => panic!("expected a frame, got {other:?}"),
+        }
+    }
+
+    fn ev(seq: u64, topic: &str, policy: SlowConsumerPolicy) -> Arc<Event> {
+        let id = EventId { run: 1, seq };
+        let frame = frame_event(id, None, seq.to_string().as_bytes()).0;
+        Arc::new(Event { id, topic: topic.into(), frame, received_at: Instant::now(), policy })
+    }
+
+    fn q(cap: usize) -> (ClientQueue, ConnHandle) {
+        let conn = ConnHandle::default();
+        (ClientQueue::new(cap, conn.clone(), None), conn)
+    }
+
     #[test]
     fn overflow_disconnects_and_frees() {
-        let kill = CancellationToken::new();
-        let q = ClientQueue::new(2, SlowConsumerPolicy::Disconnect, kill.clone());
-        assert_eq!(q.push(Bytes::from_static(b"a")), PushOutcome::Queued);
-        assert_eq!(q.push(Bytes::from_static(b"b")), PushOutcome::Queued);
-        assert_eq!(q.push(Bytes::from_static(b"c")), PushOutcome::Overflowed);
-        assert!(kill.is_cancelled());
+        let (q, conn) = q(2);
+        let p = SlowConsumerPolicy::Disconnect;
+        assert_eq!(q.push(&ev(1, "t", p)), PushOutcome::Queued);
+        assert_eq!(q.push(&ev(2, "t", p)), PushOutcome::Queued);
+        assert_eq!(q.push(&ev(3, "t", p)), PushOutcome::Overflowed);
+        assert!(conn.kill.is_cancelled());
         assert_eq!(q.len(), 0);
         assert!(matches!(poll(&q), Poll::Ready(Next::Closed(CloseReason::SlowConsumer))));
-        assert_eq!(q.push(Bytes::from_static(b"d")), PushOutcome::Closed);
+        assert_eq!(q.push(&ev(4, "t", p)), PushOutcome::Closed);
+    }
+
+    #[test]
+    fn drop_oldest_reports_a_gap_before_the_next_event() {
+        let (q, conn) = q(2);
+        let p = SlowConsumerPolicy::DropOldest;
+        q.push(&ev(1, "a", p));
+        q.push(&ev(2, "b", p));
+        assert_eq!(q.push(&ev(3, "b", p)), PushOutcome::DroppedOldest);
+        assert!(!conn.kill.is_cancelled());
+        let gap = frame(&q);
+        assert!(gap.starts_with("event: sse-bridge.gap\n"), "{gap}");
+        assert!(gap.contains(r#""reason":"dropped""#) && gap.contains(r#""topics":["a"]"#), "{gap}");
+        assert!(frame(&q).contains("data: 2"));
+        assert!(frame(&q).contains("data: 3"));
+    }
+
+    #[test]
+    fn latest_replaces_the_same_topic_and_keeps_order() {
+        let (q, _) = q(2);
+        let p = SlowConsumerPolicy::Latest;
+        q.push(&ev(1, "price", p));
+        q.push(&ev(2, "volume", p));
+        assert_eq!(q.push(&ev(3, "price", p)), PushOutcome::Conflated);
+        assert!(frame(&q).contains("data: 2"));
+        assert!(frame(&q).contains("data: 3"), "no gap event: conflation is the point");
     }
 
     #[test]
     fn backlog_does_not_count_against_capacity() {
-        let q = ClientQueue::new(1, SlowConsumerPolicy::Disconnect, CancellationToken::new());
+        let (q, _) = q(1);
         for _ in 0..5 {
             q.push_backlog(Bytes::from_static(b"r"));
         }
-        assert_eq!(q.push(Bytes::from_static(b"live")), PushOutcome::Queued);
-        assert_eq!(q.push(Bytes::from_static(b"live2")), PushOutcome::Overflowed);
+        assert_eq!(q.push(&ev(1, "t", SlowConsumerPolicy::Disconnect)), PushOutcome::Queued);
+        assert_eq!(q.push(&ev(2, "t", SlowConsumerPolicy::Disconnect)), PushOutcome::Overflowed);
     }
 
     #[test]
     fn clean_close_drains_first() {
-        let q = ClientQueue::new(4, SlowConsumerPolicy::Disconnect, CancellationToken::new());
-        q.push(Bytes::from_static(b"a"));
+        let (q, conn) = q(4);
+        q.push(&ev(1, "t", SlowConsumerPolicy::Disconnect));
         q.close(CloseReason::Shutdown);
-        assert!(matches!(poll(&q), Poll::Ready(Next::Frame(_))));
+        assert!(!conn.kill.is_cancelled());
+        assert!(matches!(poll(&q), Poll::Ready(Next::Frame { live: true, .. })));
         assert!(matches!(poll(&q), Poll::Ready(Next::Closed(CloseReason::Shutdown))));
     }
 
     #[test]
     fn heartbeat_only_when_idle() {
-        let q = ClientQueue::new(4, SlowConsumerPolicy::Disconnect, CancellationToken::new());
+        let (q, _) = q(4);
         let hb = Bytes::from_static(b":\n\n");
-        q.push(Bytes::from_static(b"a"));
+        q.push(&ev(1, "t", SlowConsumerPolicy::Disconnect));
         let _ = poll(&q);
-        q.push_heartbeat(&hb); // active since last tick: skipped
+        q.offer_heartbeat(&hb); // active since last offer: skipped
         assert_eq!(q.len(), 0);
-        q.push_heartbeat(&hb); // idle for a whole tick: sent
+        q.offer_heartbeat(&hb); // idle for a whole interval: sent
         assert_eq!(q.len(), 1);
         let _ = poll(&q);
-        q.push_heartbeat(&hb); // a heartbeat does not count as activity
+        q.offer_heartbeat(&hb); // a heartbeat does not count as activity
         assert_eq!(q.len(), 1);
+    }
+
+    #[test]
+    fn deadlines() {
+        let conn = ConnHandle::default();
+        let q = ClientQueue::new(4, conn.clone(), Some(Duration::from_millis(50)));
+        let now = now_ms();
+        assert_eq!(q.enforce_deadlines(now, Duration::from_secs(1)), None);
+        assert_eq!(q.enforce_deadlines(now + 60, Duration::from_secs(1)), Some(CloseReason::MaxAge));
+        assert!(!conn.kill.is_cancelled(), "max age ends the stream cleanly");
+
+        let conn = ConnHandle::default();
+        let q = ClientQueue::new(4, conn.clone(), None);
+        conn.write.blocked();
+        let now = now_ms();
+        assert_eq!(q.enforce_deadlines(now + 500, Duration::from_secs(1)), None);
+        assert_eq!(q.enforce_deadlines(now + 1500, Duration::from_secs(1)), Some(CloseReason::WriteTimeout));
+        assert!(conn.kill.is_cancelled());
+        conn.write.progressed();
+        assert_eq!(conn.write.blocked_for(now + 2000), None);
     }
 }

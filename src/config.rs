@@ -33,6 +33,9 @@ pub struct Config {
     pub log: LogConfig,
     pub fanout: FanoutConfig,
     pub replay: ReplayConfig,
+    pub limits: LimitsConfig,
+    /// Per-topic delivery rules, first match wins: slow-consumer policy and delivery rate.
+    pub delivery: Vec<DeliveryRule>,
 }
 
 /// The SSE and `/publish` listener and per-stream behaviour.
@@ -65,6 +68,14 @@ pub struct ServerConfig {
     /// Time open streams get to end after SIGTERM/SIGINT before they are cut.
     #[serde(with = "humantime_serde")]
     pub drain_timeout: Duration,
+    /// A socket write blocked this long ends the connection (a quiet, healthy stream is never
+    /// affected: only a client that stopped reading while data waits for it).
+    #[serde(with = "humantime_serde")]
+    pub write_timeout: Duration,
+    /// Streams are closed cleanly after this age (±10 % jitter, so reconnects spread out); the
+    /// client reconnects and resumes without loss. `0s`: never.
+    #[serde(with = "humantime_serde")]
+    pub max_stream_age: Duration,
 }
 
 impl Default for ServerConfig {
@@ -80,6 +91,8 @@ impl Default for ServerConfig {
             max_topic_length: DEFAULT_MAX_TOPIC_LEN,
             header_read_timeout: Duration::from_secs(10),
             drain_timeout: Duration::from_secs(10),
+            write_timeout: Duration::from_secs(30),
+            max_stream_age: Duration::from_secs(3600),
         }
     }
 }
@@ -91,6 +104,56 @@ pub enum SlowConsumerPolicy {
     /// Close the connection at once and free its queue; the client reconnects and resumes with
     /// `Last-Event-ID`. Nobody else waits for it, and its memory is bounded by the queue.
     Disconnect,
+    /// Drop the oldest queued event and keep going; the client gets an `sse-bridge.gap` event
+    /// (reason `dropped`) before the next event.
+    DropOldest,
+    /// Keep only the newest event per topic (conflation), for tickers and dashboards.
+    Latest,
+}
+
+/// Delivery settings for the topics a pattern matches.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct DeliveryRule {
+    /// NATS-style pattern of the topics this rule covers (`ticker.>`, `orders.*`).
+    pub topics: String,
+    /// Slow-consumer policy for events on these topics (default: `server.slow_consumer`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub slow_consumer: Option<SlowConsumerPolicy>,
+    /// Events per second delivered to one connection subscribed to these topics; events over
+    /// the rate wait in the queue, then the slow-consumer policy applies. A connection covered
+    /// by several rules gets the lowest rate. Absent: unlimited.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_rate: Option<u32>,
+    /// Events that may be delivered at once above the rate (default: `max_rate`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub burst: Option<u32>,
+}
+
+/// Admission limits: how many streams, how fast they may be opened.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct LimitsConfig {
+    /// Open streams across all clients; beyond it new streams get `503`. 0: unlimited.
+    pub max_streams: usize,
+    /// Open streams per client IP; beyond it new streams get `429`. 0: unlimited.
+    pub max_streams_per_ip: usize,
+    /// New streams per second per client IP (token bucket; survives reconnect storms after a
+    /// deploy by spreading them). 0: unlimited.
+    pub connect_rate_per_ip: u32,
+    /// New streams a client IP may open at once above the rate.
+    pub connect_burst_per_ip: u32,
+}
+
+impl Default for LimitsConfig {
+    fn default() -> Self {
+        LimitsConfig {
+            max_streams: 100_000,
+            max_streams_per_ip: 1_000,
+            connect_rate_per_ip: 20,
+            connect_burst_per_ip: 100,
+        }
+    }
 }
 
 /// The health and metrics listener.
@@ -365,6 +428,17 @@ impl Config {
         }
         if self.fanout.shards == 0 || self.fanout.shards > 1024 {
             return err("fanout.shards", "must be between 1 and 1024".into());
+        }
+        for (i, r) in self.delivery.iter().enumerate() {
+            if let Err(e) = Pattern::parse(&r.topics, s.max_topic_length) {
+                return err(&format!("delivery[{i}].topics"), format!("{:?}: {e}", r.topics));
+            }
+            if r.max_rate == Some(0) || r.burst == Some(0) {
+                return err(&format!("delivery[{i}]"), "max_rate and burst must be at least 1".into());
+            }
+        }
+        if self.limits.connect_rate_per_ip > 0 && self.limits.connect_burst_per_ip == 0 {
+            return err("limits.connect_burst_per_ip", "must be at least 1 when connect_rate_per_ip is set".into());
         }
         if self.replay.max_topics == 0 {
             return err("replay.max_topics", "must be at least 1".into());

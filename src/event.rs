@@ -13,6 +13,8 @@ use std::time::Instant;
 
 use bytes::{BufMut, Bytes, BytesMut};
 
+use crate::config::SlowConsumerPolicy;
+
 /// A bridge-assigned event id: the run that assigned it and a sequence number.
 ///
 /// One global sequence per bridge run, assigned by a single sequencer in arrival order, makes a
@@ -68,6 +70,8 @@ pub struct Event {
     pub frame: Bytes,
     /// When the source handed the message to the bridge; the start of delivery latency.
     pub received_at: Instant,
+    /// What a full subscriber queue does with this event (from the topic's delivery rule).
+    pub policy: SlowConsumerPolicy,
 }
 
 /// Event types that publishers may not use, because the bridge itself speaks with them

@@ -15,6 +15,7 @@ use tracing::{debug, trace};
 
 use crate::event::{Event, EventId, frame_event};
 use crate::metrics::Metrics;
+use crate::policy::DeliveryRules;
 use crate::registry::Registry;
 use crate::replay::ReplayStore;
 use crate::sources::{SourceKind, SourceMessage};
@@ -39,6 +40,7 @@ pub struct Sequencer {
     last_seq: Arc<LastSeq>,
     registry: Arc<Registry>,
     replay: Arc<ReplayStore>,
+    rules: DeliveryRules,
     metrics: Arc<Metrics>,
     received: [Counter; 3],
 }
@@ -50,10 +52,11 @@ impl Sequencer {
         last_seq: Arc<LastSeq>,
         registry: Arc<Registry>,
         replay: Arc<ReplayStore>,
+        rules: DeliveryRules,
         metrics: Arc<Metrics>,
     ) -> Self {
         let received = [SourceKind::Nats, SourceKind::Redis, SourceKind::Publish].map(|k| metrics.received_counter(k));
-        Sequencer { run, next_seq: 1, last_seq, registry, replay, metrics, received }
+        Sequencer { run, next_seq: 1, last_seq, registry, replay, rules, metrics, received }
     }
 
     /// Consumes messages until every sender is gone or `shutdown` fires.
@@ -82,13 +85,20 @@ impl Sequencer {
             self.metrics.event_types_dropped.inc();
         }
         self.received[msg.source as usize].inc();
-        let event = Arc::new(Event { id, topic: Arc::from(msg.topic), frame, received_at: msg.received_at });
+        let policy = self.rules.policy_for(&msg.topic);
+        let event = Arc::new(Event { id, topic: Arc::from(msg.topic), frame, received_at: msg.received_at, policy });
         // Retain, then publish, then fan out: a subscriber that registers after the store sees
         // the sequence and finds the event in the replay store (see docs/architecture.md).
         self.replay.append(&event);
         self.last_seq.0.store(id.seq, Ordering::Release);
         let stats = self.registry.fan_out(&event);
         self.metrics.deliveries.inc_by(stats.delivered as u64);
+        if stats.dropped > 0 {
+            self.metrics.count_drops("drop_oldest", stats.dropped as u64);
+        }
+        if stats.conflated > 0 {
+            self.metrics.count_drops("conflated", stats.conflated as u64);
+        }
         trace!(topic = %event.topic, %id, delivered = stats.delivered, overflowed = stats.overflowed, "Event fanned out.");
         if let Some(reply) = msg.reply {
             let _ = reply.send(id);

@@ -21,7 +21,9 @@
 //!   `Last-Event-ID` resume and prove when a resume is complete.
 //! - [`registry`]: sharded topic/pattern → subscriber index and the fan-out, which puts a clone of
 //!   the event's `Bytes` into each matching client queue (no per-subscriber work beyond that).
-//! - [`client`]: one subscriber's bounded queue and the slow-consumer policy.
+//! - [`policy`]: per-topic delivery rules (slow-consumer policy, delivery rate).
+//! - [`client`]: one subscriber's bounded queue and the slow-consumer policies.
+//! - [`limits`]: admission: stream caps (global, per IP) and the per-IP connect rate.
 //! - [`sse`]: hyper 1.x listener (HTTP/1.1 and h2c): routes, CORS, and the stream body that drains
 //!   a client queue into the socket.
 //! - [`admin`]: `/healthz`, `/readyz`, `/metrics` on a separate (loopback) listener.
@@ -35,8 +37,10 @@ pub mod client;
 pub mod config;
 pub mod event;
 pub mod ingest;
+pub mod limits;
 pub mod logging;
 pub mod metrics;
+pub mod policy;
 pub mod registry;
 pub mod replay;
 pub mod shutdown;

@@ -60,6 +60,8 @@ fn main() -> ExitCode {
         }
     };
     runtime.block_on(async move {
+        // Before binding: a signal must never find the port open and the handlers missing.
+        let stop = shutdown::signal();
         let listener = match TcpListener::bind(config.server.listen).await {
             Ok(l) => l,
             Err(e) => {
@@ -83,7 +85,7 @@ fn main() -> ExitCode {
             publish = config.publish.token.is_some(),
             "sse-bridge started."
         );
-        App::new(config).run(listener, admin, shutdown::signal()).await;
+        App::new(config).run(listener, admin, stop).await;
         ExitCode::SUCCESS
     })
 }

@@ -35,6 +35,7 @@ pub struct Metrics {
     pub events_non_utf8: Counter,
     pub event_types_dropped: Counter,
     pub deliveries: Counter,
+    pub drops: Family<ReasonLabel, Counter>,
     pub streams_opened: Counter,
     pub disconnects: Family<ReasonLabel, Counter>,
     pub requests_rejected: Family<ReasonLabel, Counter>,
@@ -69,6 +70,7 @@ impl Metrics {
             events_non_utf8: Counter::default(),
             event_types_dropped: Counter::default(),
             deliveries: Counter::default(),
+            drops: Family::default(),
             streams_opened: Counter::default(),
             disconnects: Family::default(),
             requests_rejected: Family::default(),
@@ -105,6 +107,11 @@ impl Metrics {
             m.event_types_dropped.clone(),
         );
         r.register("deliveries", "Events placed in a subscriber queue", m.deliveries.clone());
+        r.register(
+            "dropped_events",
+            "Queued events dropped by drop-oldest or replaced by latest, by reason",
+            m.drops.clone(),
+        );
         r.register("streams_opened", "SSE streams opened", m.streams_opened.clone());
         r.register("disconnects", "SSE streams ended, by reason", m.disconnects.clone());
         r.register(
@@ -163,6 +170,11 @@ impl Metrics {
     /// Counts a stream end for a [`CloseReason`].
     pub fn count_close(&self, reason: CloseReason) {
         self.count_disconnect(reason.as_str());
+    }
+
+    /// Counts events a slow-consumer policy dropped or conflated.
+    pub fn count_drops(&self, reason: &'static str, n: u64) {
+        self.drops.get_or_create(&ReasonLabel { reason }).inc_by(n);
     }
 
     /// Counts a gap signal.

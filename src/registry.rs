@@ -14,7 +14,6 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 
-use bytes::Bytes;
 use parking_lot::RwLock;
 use slab::Slab;
 
@@ -53,6 +52,10 @@ pub struct FanoutStats {
     pub delivered: usize,
     /// Subscribers that overflowed on this event and were disconnected.
     pub overflowed: usize,
+    /// Older queued events dropped to make room (`drop-oldest`, `latest` without a match).
+    pub dropped: usize,
+    /// Older queued events of the same topic replaced (`latest`).
+    pub conflated: usize,
 }
 
 /// A registered subscriber; dropping it removes every registry entry of the connection.
@@ -139,7 +142,7 @@ impl Registry {
     }
 
     /// Queues `event` for every subscriber whose filters match its topic.
-    pub fn fan_out(&self, event: &Event) -> FanoutStats {
+    pub fn fan_out(&self, event: &Arc<Event>) -> FanoutStats {
         let mut stats = FanoutStats::default();
         let topic: &str = &event.topic;
         for shard in self.shards.iter() {
@@ -149,13 +152,13 @@ impl Registry {
             }
             if let Some(keys) = g.exact.get(topic) {
                 for &k in keys {
-                    deliver(&g.subs[k], event.id.seq, &event.frame, &mut stats);
+                    deliver(&g.subs[k], event, &mut stats);
                 }
             }
             for (pattern, keys) in &g.patterns {
                 if pattern.matches(topic) {
                     for &k in keys {
-                        deliver(&g.subs[k], event.id.seq, &event.frame, &mut stats);
+                        deliver(&g.subs[k], event, &mut stats);
                     }
                 }
             }
@@ -163,11 +166,12 @@ impl Registry {
         stats
     }
 
-    /// Offers a heartbeat frame to every subscriber (each queue sends it only if idle).
-    pub fn heartbeat(&self, frame: &Bytes) {
+    /// Calls `f` with every subscriber's queue (housekeeping: heartbeats, deadlines). Holds one
+    /// shard's read lock at a time, so fan-out to other shards proceeds meanwhile.
+    pub fn for_each_queue(&self, mut f: impl FnMut(&ClientQueue)) {
         for shard in self.shards.iter() {
             for (_, sub) in shard.read().subs.iter() {
-                sub.queue.push_heartbeat(frame);
+                f(&sub.queue);
             }
         }
     }
@@ -204,13 +208,22 @@ impl Registry {
     }
 }
 
-fn deliver(sub: &Sub, seq: u64, frame: &Bytes, stats: &mut FanoutStats) {
+fn deliver(sub: &Sub, event: &Arc<Event>, stats: &mut FanoutStats) {
+    let seq = event.id.seq;
     if sub.last_seq.fetch_max(seq, Ordering::Relaxed) >= seq {
         return;
     }
-    match sub.queue.push(frame.clone()) {
+    match sub.queue.push(event) {
         PushOutcome::Queued => stats.delivered += 1,
         PushOutcome::Overflowed => stats.overflowed += 1,
+        PushOutcome::DroppedOldest => {
+            stats.delivered += 1;
+            stats.dropped += 1;
+        }
+        PushOutcome::Conflated => {
+            stats.delivered += 1;
+            stats.conflated += 1;
+        }
         PushOutcome::Closed => {}
     }
 }
@@ -227,18 +240,25 @@ fn remove_key<K: std::hash::Hash + Eq>(map: &mut HashMap<K, Vec<usize>>, k: &K, 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::client::ConnHandle;
     use crate::config::SlowConsumerPolicy;
     use crate::event::{EventId, frame_event};
     use std::time::Instant;
-    use tokio_util::sync::CancellationToken;
 
-    fn ev(seq: u64, topic: &str) -> Event {
+    fn ev(seq: u64, topic: &str) -> Arc<Event> {
         let id = EventId { run: 1, seq };
-        Event { id, topic: topic.into(), frame: frame_event(id, None, b"x").0, received_at: Instant::now() }
+        let frame = frame_event(id, None, b"x").0;
+        Arc::new(Event {
+            id,
+            topic: topic.into(),
+            frame,
+            received_at: Instant::now(),
+            policy: SlowConsumerPolicy::Disconnect,
+        })
     }
 
     fn q() -> Arc<ClientQueue> {
-        Arc::new(ClientQueue::new(16, SlowConsumerPolicy::Disconnect, CancellationToken::new()))
+        Arc::new(ClientQueue::new(16, ConnHandle::default(), None))
     }
 
     fn f(s: &str) -> TopicFilter {
@@ -275,6 +295,6 @@ mod tests {
         r.close_all(CloseReason::Shutdown);
         let a = q();
         let _s = r.subscribe(vec![f("x")], a.clone());
-        assert_eq!(a.push(Bytes::from_static(b"y")), PushOutcome::Closed);
+        assert_eq!(a.push(&ev(1, "x")), PushOutcome::Closed);
     }
 }

@@ -313,6 +313,7 @@ mod tests {
             topic: topic.into(),
             frame: frame_event(id, None, payload).0,
             received_at: Instant::now(),
+            policy: crate::config::SlowConsumerPolicy::Disconnect,
         })
     }
 

@@ -179,3 +179,25 @@ async fn sigint_also_exits_zero() {
          process exited after {to_exit:?}"
     );
 }
+
+/// A SIGTERM that arrives the moment the port accepts connections still drains and exits 0:
+/// the handlers must be installed before the listener is bound, not when the app first polls
+/// its shutdown future (a window that used to kill about one early SIGTERM in eight).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn sigterm_right_after_the_port_opens_exits_zero() {
+    for round in 0..25 {
+        let Bridge { mut daemon, _dir, .. } = Bridge::start();
+        daemon.signal(Signal::SIGTERM);
+        let status = daemon
+            .wait_exit(DRAIN + MARGIN)
+            .unwrap_or_else(|| panic!("round {round}: still running after SIGTERM:\n{}", daemon.stderr()));
+        let out = daemon.output(status);
+        assert_eq!(
+            out.status.code(),
+            Some(0),
+            "round {round}: SIGTERM right after startup ended the process with {}; stderr:\n{}",
+            out.status,
+            out.stderr
+        );
+    }
+}

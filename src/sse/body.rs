@@ -16,7 +16,11 @@ use http_body::{Body, Frame, SizeHint};
 use http_body_util::Full;
 use tracing::debug;
 
-use crate::client::{ClientQueue, CloseReason, Next};
+use governor::clock::{Clock, DefaultClock};
+use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
+
+use crate::client::{ClientQueue, Next};
+use crate::limits::StreamPermit;
 use crate::metrics::Metrics;
 use crate::registry::Subscription;
 
@@ -26,20 +30,85 @@ use crate::registry::Subscription;
 pub struct StreamAborted(&'static str);
 
 /// An open SSE stream.
-#[derive(Debug)]
 pub struct SseBody {
     queue: Arc<ClientQueue>,
     _subscription: Subscription,
+    _permit: StreamPermit,
+    /// Per-connection delivery rate (`[[delivery]] max_rate`); live events over it wait here
+    /// and in the queue, where the slow-consumer policy applies.
+    throttle: Option<Box<Throttle>>,
     metrics: Arc<Metrics>,
     opened: Instant,
     ended: Option<&'static str>,
 }
 
+struct Throttle {
+    limiter: DefaultDirectRateLimiter,
+    held: Option<Bytes>,
+    sleep: Option<Pin<Box<tokio::time::Sleep>>>,
+}
+
+impl std::fmt::Debug for SseBody {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SseBody").field("queue", &self.queue).field("ended", &self.ended).finish_non_exhaustive()
+    }
+}
+
 impl SseBody {
     /// A stream that delivers what `queue` receives while `subscription` is registered.
-    pub fn new(queue: Arc<ClientQueue>, subscription: Subscription, metrics: Arc<Metrics>) -> Self {
+    pub fn new(
+        queue: Arc<ClientQueue>,
+        subscription: Subscription,
+        permit: StreamPermit,
+        rate: Option<Quota>,
+        metrics: Arc<Metrics>,
+    ) -> Self {
         metrics.streams_opened.inc();
-        SseBody { queue, _subscription: subscription, metrics, opened: Instant::now(), ended: None }
+        let throttle = rate.map(|q| Box::new(Throttle { limiter: RateLimiter::direct(q), held: None, sleep: None }));
+        SseBody {
+            queue,
+            _subscription: subscription,
+            _permit: permit,
+            throttle,
+            metrics,
+            opened: Instant::now(),
+            ended: None,
+        }
+    }
+}
+
+impl Throttle {
+    /// Lets `frame` through if the rate allows, else holds it and arms the timer.
+    fn admit(&mut self, frame: Bytes, cx: &mut Context<'_>) -> Option<Bytes> {
+        match self.limiter.check() {
+            Ok(()) => Some(frame),
+            Err(not_until) => {
+                let wait = not_until.wait_time_from(DefaultClock::default().now());
+                self.held = Some(frame);
+                let mut sleep = Box::pin(tokio::time::sleep(wait));
+                // Registers the waker; a zero wait is ready at once and retried below.
+                if sleep.as_mut().poll(cx).is_ready() {
+                    cx.waker().wake_by_ref();
+                } else {
+                    self.sleep = Some(sleep);
+                }
+                None
+            }
+        }
+    }
+
+    /// A held frame whose time has come, or Pending while its timer runs.
+    fn poll_held(&mut self, cx: &mut Context<'_>) -> Poll<Option<Bytes>> {
+        if let Some(sleep) = &mut self.sleep {
+            if sleep.as_mut().poll(cx).is_pending() {
+                return Poll::Pending;
+            }
+            self.sleep = None;
+        }
+        match self.held.take() {
+            Some(f) => Poll::Ready(self.admit(f, cx)),
+            None => Poll::Ready(None),
+        }
     }
 }
 
@@ -51,16 +120,36 @@ impl Body for SseBody {
         if self.ended.is_some() {
             return Poll::Ready(None);
         }
-        match self.queue.poll_next(cx) {
-            Poll::Pending => Poll::Pending,
-            Poll::Ready(Next::Frame(f)) => Poll::Ready(Some(Ok(Frame::data(f)))),
-            Poll::Ready(Next::Closed(reason)) => {
-                self.ended = Some(reason.as_str());
-                match reason {
-                    CloseReason::Shutdown => Poll::Ready(None),
-                    CloseReason::SlowConsumer => Poll::Ready(Some(Err(StreamAborted(reason.as_str())))),
+        let this = &mut *self;
+        loop {
+            if let Some(t) = &mut this.throttle
+                && (t.held.is_some() || t.sleep.is_some())
+            {
+                match t.poll_held(cx) {
+                    Poll::Pending => return Poll::Pending,
+                    Poll::Ready(Some(f)) => return Poll::Ready(Some(Ok(Frame::data(f)))),
+                    Poll::Ready(None) if t.held.is_some() => return Poll::Pending,
+                    Poll::Ready(None) => {}
                 }
             }
+            return match this.queue.poll_next(cx) {
+                Poll::Pending => Poll::Pending,
+                Poll::Ready(Next::Frame { frame, live }) => match (&mut this.throttle, live) {
+                    (Some(t), true) => match t.admit(frame, cx) {
+                        Some(f) => Poll::Ready(Some(Ok(Frame::data(f)))),
+                        None => continue,
+                    },
+                    _ => Poll::Ready(Some(Ok(Frame::data(frame)))),
+                },
+                Poll::Ready(Next::Closed(reason)) => {
+                    this.ended = Some(reason.as_str());
+                    if reason.is_clean() {
+                        Poll::Ready(None)
+                    } else {
+                        Poll::Ready(Some(Err(StreamAborted(reason.as_str()))))
+                    }
+                }
+            };
         }
     }
 
@@ -78,7 +167,7 @@ impl Drop for SseBody {
         // A slow consumer is usually cut while hyper is blocked writing to its full socket, so
         // the body never polls the close itself; the queue still knows why it was closed.
         let reason = self.ended.unwrap_or_else(|| match self.queue.closed_reason() {
-            Some(CloseReason::SlowConsumer) => CloseReason::SlowConsumer.as_str(),
+            Some(r) if !r.is_clean() => r.as_str(),
             _ => "client_closed",
         });
         self.metrics.count_disconnect(reason);

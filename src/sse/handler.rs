@@ -10,13 +10,14 @@ use http::{Method, Request, Response, StatusCode};
 use http_body_util::{BodyExt, Limited};
 use hyper::body::Incoming;
 use subtle::ConstantTimeEq;
-use tokio_util::sync::CancellationToken;
 use tracing::debug;
 
 use super::body::{ResponseBody, SseBody};
+use super::server::Conn;
 use crate::app::AppState;
-use crate::client::ClientQueue;
+use crate::client::{ClientQueue, GAP_EVENT};
 use crate::event::{RESERVED_EVENT_PREFIX, frame_control};
+use crate::limits::Refusal;
 use crate::replay::{Cursor, MAX_CURSOR_LEN};
 use crate::sources::TraceContext;
 use crate::sources::publish::{PublishError, publish};
@@ -24,19 +25,17 @@ use crate::topic::TopicFilter;
 
 /// Longest query string accepted; far above any sane list of topics, far below abuse.
 const MAX_QUERY_BYTES: usize = 16 * 1024;
-/// The event type of the in-band gap signal (SPEC.md).
-pub const GAP_EVENT: &str = "sse-bridge.gap";
 
-/// Answers one request. `kill` drops the whole connection (used by the slow-consumer policy).
+/// Answers one request that arrived on `conn`.
 pub async fn handle(
     req: Request<Incoming>,
     state: Arc<AppState>,
-    kill: CancellationToken,
+    conn: Conn,
 ) -> Result<Response<ResponseBody>, Infallible> {
     let origin = req.headers().get(header::ORIGIN).cloned();
     let preflight_req = req.method() == Method::OPTIONS;
     let mut resp = match (req.method(), req.uri().path()) {
-        (&Method::GET, "/events") => events(&req, &state, kill),
+        (&Method::GET, "/events") => events(&req, &state, conn),
         (&Method::POST, "/publish") => publish_handler(req, &state).await,
         (&Method::OPTIONS, "/events" | "/publish") => preflight(),
         (_, "/events") => method_not_allowed("GET, OPTIONS"),
@@ -47,7 +46,7 @@ pub async fn handle(
     Ok(resp)
 }
 
-fn events(req: &Request<Incoming>, state: &Arc<AppState>, kill: CancellationToken) -> Response<ResponseBody> {
+fn events(req: &Request<Incoming>, state: &Arc<AppState>, conn: Conn) -> Response<ResponseBody> {
     let cfg = &state.config.server;
     if state.is_draining() {
         state.metrics.count_rejected("draining");
@@ -97,7 +96,22 @@ fn events(req: &Request<Incoming>, state: &Arc<AppState>, kill: CancellationToke
     }
     .filter(|s| !s.is_empty());
 
-    let queue = Arc::new(ClientQueue::new(cfg.queue_capacity, cfg.slow_consumer, kill));
+    // Admission last: a malformed request never consumes a connect token or a stream slot.
+    let permit = match state.limits.admit(conn.peer.ip()) {
+        Ok(p) => p,
+        Err(refusal) => {
+            state.metrics.count_rejected(refusal.label());
+            let status = match refusal {
+                Refusal::AtCapacity(_) => StatusCode::SERVICE_UNAVAILABLE,
+                _ => StatusCode::TOO_MANY_REQUESTS,
+            };
+            let mut r = text(status, &refusal.to_string());
+            r.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(refusal.retry_after_secs()));
+            return r;
+        }
+    };
+    let rate = state.rules.rate_for(&filters);
+    let queue = Arc::new(ClientQueue::new(cfg.queue_capacity, conn.handle, jittered(cfg.max_stream_age)));
     queue.push_backlog(state.opening_frame.clone());
     let topics: Vec<String> = filters.iter().map(|f| f.as_str().to_owned()).collect();
     // The resume runs atomically with the registration; see Registry::subscribe_from.
@@ -126,8 +140,13 @@ fn events(req: &Request<Incoming>, state: &Arc<AppState>, kill: CancellationToke
         .header(header::CONTENT_TYPE, "text/event-stream")
         .header(header::CACHE_CONTROL, "no-cache")
         .header("x-accel-buffering", "no")
-        .body(ResponseBody::Sse(SseBody::new(queue, subscription, state.metrics.clone())))
+        .body(ResponseBody::Sse(SseBody::new(queue, subscription, permit, rate, state.metrics.clone())))
         .expect("static headers are valid")
+}
+
+/// `age` ±10 %, so streams opened together (after a deploy) do not all end together.
+fn jittered(age: std::time::Duration) -> Option<std::time::Duration> {
+    (!age.is_zero()).then(|| age.mul_f64(rand::random_range(0.9..1.1)))
 }
 
 async fn publish_handler(req: Request<Incoming>, state: &Arc<AppState>) -> Response<ResponseBody> {

@@ -9,7 +9,11 @@
 
 use std::convert::Infallible;
 use std::future::Future;
+use std::io;
+use std::net::SocketAddr;
+use std::pin::Pin;
 use std::sync::Arc;
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use http::{Request, Response};
@@ -17,12 +21,14 @@ use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{debug, warn};
 
 use super::body::ResponseBody;
+use crate::client::{ConnHandle, WriteWatch};
 
 /// The signals that end connections, shared by every listener of one app.
 #[derive(Debug, Clone)]
@@ -61,9 +67,71 @@ pub fn http_builder(tracker: TaskTracker, header_read_timeout: Duration) -> auto
     b
 }
 
+/// What a request handler knows about the connection it arrived on.
+#[derive(Debug, Clone)]
+pub struct Conn {
+    /// Kill switch and write watch, handed to the streams on this connection.
+    pub handle: ConnHandle,
+    pub peer: SocketAddr,
+}
+
+/// The connection's socket, reporting to a [`WriteWatch`] whether writes are blocked, so a
+/// client that stopped reading can be cut after `server.write_timeout` while a quiet, healthy
+/// stream (nothing to write) is never affected.
+#[derive(Debug)]
+pub struct WatchedIo<S> {
+    inner: S,
+    watch: Arc<WriteWatch>,
+}
+
+impl<S: AsyncRead + Unpin> AsyncRead for WatchedIo<S> {
+    fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_read(cx, buf)
+    }
+}
+
+impl<S: AsyncWrite + Unpin> WatchedIo<S> {
+    fn track<T>(&self, r: Poll<io::Result<T>>) -> Poll<io::Result<T>> {
+        match &r {
+            Poll::Pending => self.watch.blocked(),
+            Poll::Ready(_) => self.watch.progressed(),
+        }
+        r
+    }
+}
+
+impl<S: AsyncWrite + Unpin> AsyncWrite for WatchedIo<S> {
+    fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+        let r = Pin::new(&mut self.inner).poll_write(cx, buf);
+        self.track(r)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        let r = Pin::new(&mut self.inner).poll_write_vectored(cx, bufs);
+        self.track(r)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        let r = Pin::new(&mut self.inner).poll_flush(cx);
+        self.track(r)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+}
+
 /// Accepts connections until `stop_accepting`, serving each with `handler`.
 ///
-/// `handler` gets each request and the connection's kill switch.
+/// `handler` gets each request and the connection it arrived on.
 pub async fn serve<H, Fut>(
     listener: TcpListener,
     builder: Arc<auto::Builder<TrackedExecutor>>,
@@ -71,7 +139,7 @@ pub async fn serve<H, Fut>(
     life: Lifecycle,
     name: &'static str,
 ) where
-    H: Fn(Request<Incoming>, CancellationToken) -> Fut + Clone + Send + Sync + 'static,
+    H: Fn(Request<Incoming>, Conn) -> Fut + Clone + Send + Sync + 'static,
     Fut: Future<Output = Result<Response<ResponseBody>, Infallible>> + Send + 'static,
 {
     loop {
@@ -95,20 +163,22 @@ pub async fn serve<H, Fut>(
         let handler = handler.clone();
         let life2 = life.clone();
         life.tracker.spawn(async move {
-            let kill = CancellationToken::new();
-            let conn_kill = kill.clone();
-            let svc = service_fn(move |req| handler(req, conn_kill.clone()));
-            let conn = builder.serve_connection(TokioIo::new(stream), svc);
+            let handle = ConnHandle::default();
+            let kill = handle.kill.clone();
+            let io = WatchedIo { inner: stream, watch: handle.write.clone() };
+            let info = Conn { handle, peer };
+            let svc = service_fn(move |req| handler(req, info.clone()));
+            let conn = builder.serve_connection(TokioIo::new(io), svc);
             tokio::pin!(conn);
             let outcome = tokio::select! {
                 r = conn.as_mut() => r.err().map(|e| e.to_string()),
-                _ = kill.cancelled() => Some("killed by slow-consumer policy".into()),
+                _ = kill.cancelled() => Some("cut by the bridge (slow consumer or write timeout)".into()),
                 _ = life2.hard_stop.cancelled() => Some("drain time over".into()),
                 _ = life2.graceful.cancelled() => {
                     conn.as_mut().graceful_shutdown();
                     tokio::select! {
                         r = conn.as_mut() => r.err().map(|e| e.to_string()),
-                        _ = kill.cancelled() => Some("killed by slow-consumer policy".into()),
+                        _ = kill.cancelled() => Some("cut by the bridge (slow consumer or write timeout)".into()),
                         _ = life2.hard_stop.cancelled() => Some("drain time over".into()),
                     }
                 }
