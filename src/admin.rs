@@ -55,6 +55,8 @@ fn metrics(state: &AppState) -> Response<ResponseBody> {
     m.replay_events.set(replay.events as i64);
     m.replay_bytes.set(replay.bytes as i64);
     m.replay_topics.set(replay.topics as i64);
+    m.heap.set(crate::memory::heap_bytes().unwrap_or(0) as i64);
+    m.memory_limit.set(state.memory.limit().unwrap_or(0) as i64);
     m.resident_memory.set(resident_memory_bytes() as i64);
     for s in &state.sources {
         let label = SourceLabel { source: s.kind.as_str() };

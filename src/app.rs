@@ -18,10 +18,11 @@ use tracing::{info, warn};
 
 use crate::admin;
 use crate::client::{CloseReason, now_ms};
-use crate::config::Config;
+use crate::config::{Config, ReplayConfig};
 use crate::event::new_run_id;
 use crate::ingest::{LastSeq, Sequencer};
 use crate::limits::Limits;
+use crate::memory::MemoryBudget;
 use crate::metrics::Metrics;
 use crate::policy::DeliveryRules;
 use crate::registry::Registry;
@@ -43,6 +44,7 @@ pub struct AppState {
     pub run_id: u64,
     pub last_seq: Arc<LastSeq>,
     pub replay: Arc<ReplayStore>,
+    pub memory: Arc<MemoryBudget>,
     /// One entry per configured broker source.
     pub sources: Vec<Arc<SourceStatus>>,
     pub cors: Cors,
@@ -97,6 +99,7 @@ impl App {
         if config.redis.is_some() {
             statuses.push(Arc::new(SourceStatus::new(SourceKind::Redis)));
         }
+        let memory = Arc::new(MemoryBudget::from_config(&config.memory));
         let opening_frame = Bytes::from(format!(": ok\nretry: {}\n\n", config.server.retry.as_millis()));
         let state = AppState {
             registry: Registry::new(config.fanout.shards),
@@ -104,7 +107,8 @@ impl App {
             ingest: tx,
             run_id: new_run_id(),
             last_seq: Arc::new(LastSeq::default()),
-            replay: Arc::new(ReplayStore::new(config.replay.clone())),
+            replay: Arc::new(ReplayStore::new(ring_config(&config, &memory))),
+            memory,
             sources: statuses,
             cors: Cors::new(&config.server.cors_origins),
             limits: Limits::new(config.limits.clone()),
@@ -148,6 +152,7 @@ impl App {
             state.registry.clone(),
             state.replay.clone(),
             state.rules.clone(),
+            state.memory.clone(),
             state.metrics.clone(),
         );
         tracker.spawn(sequencer.run(self.ingest_rx, stop_ingest.clone()));
@@ -226,5 +231,21 @@ async fn housekeeping(state: Arc<AppState>, stop: CancellationToken) {
             }
         });
         state.limits.prune();
+        if let Some(shed) = state.memory.check(&state.replay, &state.registry) {
+            state.metrics.count_shed(shed);
+        }
     }
+}
+
+/// The replay store's bounds, with its global budget capped at half the memory budget so the
+/// rings alone never push the process over it.
+fn ring_config(config: &Config, memory: &MemoryBudget) -> ReplayConfig {
+    let mut ring = config.replay.clone();
+    if let Some(limit) = memory.limit()
+        && ring.max_total_bytes > limit / 2
+    {
+        info!(configured = ring.max_total_bytes, capped = limit / 2, "Replay budget capped at half the memory budget.");
+        ring.max_total_bytes = limit / 2;
+    }
+    ring
 }

@@ -349,6 +349,17 @@ impl ClientQueue {
         Poll::Pending
     }
 
+    /// Live events waiting (backlog not counted): what the capacity bounds.
+    pub fn live_len(&self) -> usize {
+        let st = self.state.lock();
+        st.items.len() - st.backlog
+    }
+
+    /// The queue's capacity in live events.
+    pub fn capacity(&self) -> usize {
+        self.capacity
+    }
+
     /// Items waiting to be written.
     pub fn len(&self) -> usize {
         self.state.lock().items.len()

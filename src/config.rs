@@ -34,6 +34,7 @@ pub struct Config {
     pub fanout: FanoutConfig,
     pub replay: ReplayConfig,
     pub limits: LimitsConfig,
+    pub memory: MemoryConfig,
     /// Per-topic delivery rules, first match wins: slow-consumer policy and delivery rate.
     pub delivery: Vec<DeliveryRule>,
 }
@@ -128,6 +129,15 @@ pub struct DeliveryRule {
     /// Events that may be delivered at once above the rate (default: `max_rate`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub burst: Option<u32>,
+}
+
+/// The process memory budget.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Default)]
+#[serde(deny_unknown_fields, default)]
+pub struct MemoryConfig {
+    /// Bytes of live heap the bridge may use before it sheds (oldest replay entries first,
+    /// then the slowest streams). 0: 75 % of the cgroup memory limit if there is one, else none.
+    pub limit: usize,
 }
 
 /// Admission limits: how many streams, how fast they may be opened.

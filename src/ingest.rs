@@ -14,6 +14,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, trace};
 
 use crate::event::{Event, EventId, frame_event};
+use crate::memory::{CHECK_EVERY, MemoryBudget};
 use crate::metrics::Metrics;
 use crate::policy::DeliveryRules;
 use crate::registry::Registry;
@@ -41,6 +42,7 @@ pub struct Sequencer {
     registry: Arc<Registry>,
     replay: Arc<ReplayStore>,
     rules: DeliveryRules,
+    memory: Arc<MemoryBudget>,
     metrics: Arc<Metrics>,
     received: [Counter; 3],
 }
@@ -53,10 +55,11 @@ impl Sequencer {
         registry: Arc<Registry>,
         replay: Arc<ReplayStore>,
         rules: DeliveryRules,
+        memory: Arc<MemoryBudget>,
         metrics: Arc<Metrics>,
     ) -> Self {
         let received = [SourceKind::Nats, SourceKind::Redis, SourceKind::Publish].map(|k| metrics.received_counter(k));
-        Sequencer { run, next_seq: 1, last_seq, registry, replay, rules, metrics, received }
+        Sequencer { run, next_seq: 1, last_seq, registry, replay, rules, memory, metrics, received }
     }
 
     /// Consumes messages until every sender is gone or `shutdown` fires.
@@ -85,6 +88,11 @@ impl Sequencer {
             self.metrics.event_types_dropped.inc();
         }
         self.received[msg.source as usize].inc();
+        if id.seq % CHECK_EVERY == 0 && self.memory.limit().is_some() {
+            if let Some(shed) = self.memory.check(&self.replay, &self.registry) {
+                self.metrics.count_shed(shed);
+            }
+        }
         let policy = self.rules.policy_for(&msg.topic);
         let event = Arc::new(Event { id, topic: Arc::from(msg.topic), frame, received_at: msg.received_at, policy });
         // Retain, then publish, then fan out: a subscriber that registers after the store sees

@@ -27,6 +27,7 @@
 //! - [`sse`]: hyper 1.x listener (HTTP/1.1 and h2c): routes, CORS, and the stream body that drains
 //!   a client queue into the socket.
 //! - [`admin`]: `/healthz`, `/readyz`, `/metrics` on a separate (loopback) listener.
+//! - [`memory`]: the process memory budget and what is shed when it is reached.
 //! - [`metrics`]: Prometheus metrics of the daemon's own health.
 //! - [`app`]: owns the tasks and the shutdown sequence; `App::run(listener, admin, shutdown)`.
 //! - [`shutdown`], [`logging`]: signal future and log setup for `main`.
@@ -39,6 +40,7 @@ pub mod event;
 pub mod ingest;
 pub mod limits;
 pub mod logging;
+pub mod memory;
 pub mod metrics;
 pub mod policy;
 pub mod registry;

@@ -10,6 +10,12 @@ use sse_bridge::{App, Config, logging, shutdown};
 use tokio::net::TcpListener;
 use tracing::{error, info};
 
+/// jemalloc: steadier fragmentation under many small, short-lived buffers than glibc malloc,
+/// returns memory to the OS on a timer, and reports the live heap that the memory budget and
+/// `sse_bridge_heap_allocated_bytes` use.
+#[global_allocator]
+static ALLOC: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
 /// Streams NATS subjects and Redis channels to browsers over Server-Sent Events.
 #[derive(Debug, Parser)]
 #[command(version, about)]

@@ -50,6 +50,10 @@ pub struct Metrics {
     pub ingest_queue_depth: Gauge,
     pub alive_tasks: Gauge,
     pub resident_memory: Gauge,
+    pub heap: Gauge,
+    pub memory_limit: Gauge,
+    pub memory_shed_ring: Counter,
+    pub memory_shed_streams: Counter,
     pub broker_up: Family<SourceLabel, Gauge>,
     pub broker_reconnects: Family<SourceLabel, Counter>,
 }
@@ -85,6 +89,10 @@ impl Metrics {
             ingest_queue_depth: Gauge::default(),
             alive_tasks: Gauge::default(),
             resident_memory: Gauge::default(),
+            heap: Gauge::default(),
+            memory_limit: Gauge::default(),
+            memory_shed_ring: Counter::default(),
+            memory_shed_streams: Counter::default(),
             broker_up: Family::default(),
             broker_reconnects: Family::default(),
             registry: Registry::default(),
@@ -152,6 +160,19 @@ impl Metrics {
             Unit::Bytes,
             m.resident_memory.clone(),
         );
+        r.register_with_unit("heap_allocated", "Live heap (jemalloc stats.allocated)", Unit::Bytes, m.heap.clone());
+        r.register_with_unit("memory_limit", "The memory budget (0: none)", Unit::Bytes, m.memory_limit.clone());
+        r.register_with_unit(
+            "memory_shed_ring",
+            "Replay bytes evicted because the memory budget was reached",
+            Unit::Bytes,
+            m.memory_shed_ring.clone(),
+        );
+        r.register(
+            "memory_shed_streams",
+            "Streams closed because the memory budget was reached",
+            m.memory_shed_streams.clone(),
+        );
         r.register("broker_up", "1 while the source's broker connection is up", m.broker_up.clone());
         r.register("broker_reconnects", "Broker reconnections after the first connection", m.broker_reconnects.clone());
         Metrics { registry, ..m }
@@ -175,6 +196,12 @@ impl Metrics {
     /// Counts events a slow-consumer policy dropped or conflated.
     pub fn count_drops(&self, reason: &'static str, n: u64) {
         self.drops.get_or_create(&ReasonLabel { reason }).inc_by(n);
+    }
+
+    /// Counts what a memory-budget pass shed.
+    pub fn count_shed(&self, shed: crate::memory::Shed) {
+        self.memory_shed_ring.inc_by(shed.ring_bytes as u64);
+        self.memory_shed_streams.inc_by(shed.streams_closed as u64);
     }
 
     /// Counts a gap signal.

@@ -256,6 +256,15 @@ impl ReplayStore {
         }
     }
 
+    /// Evicts the globally oldest events until `bytes` are freed or nothing is left (memory
+    /// pressure). Returns the bytes freed.
+    pub fn shed(&self, bytes: usize) -> usize {
+        let mut g = self.inner.lock();
+        let before = g.total_bytes;
+        while before - g.total_bytes < bytes && g.evict_oldest() {}
+        before - g.total_bytes
+    }
+
     /// Current totals.
     pub fn stats(&self) -> ReplayStats {
         let g = self.inner.lock();
@@ -381,6 +390,19 @@ mod tests {
         let r = s.collect(&[f("a"), f("b"), f("c")], 0, 5);
         assert_eq!(seqs(&r), [3, 4, 5]);
         assert_eq!(r.incomplete, ["a", "b"]);
+    }
+
+    #[test]
+    fn shed_frees_oldest_first() {
+        let one = cost(&ev(1, "a", b"x"));
+        let s = ReplayStore::new(cfg(100, 1 << 20, 1 << 20));
+        for seq in 1..=4 {
+            s.append(&ev(seq, if seq % 2 == 0 { "a" } else { "b" }, b"x"));
+        }
+        assert_eq!(s.shed(one + 1), 2 * one);
+        assert_eq!(seqs(&s.collect(&[f("a"), f("b")], 0, 4)), [3, 4]);
+        assert_eq!(s.shed(usize::MAX), 2 * one);
+        assert_eq!(s.stats(), ReplayStats { topics: 2, events: 0, bytes: 0 }, "rings stay to remember evictions");
     }
 
     #[test]

@@ -41,7 +41,9 @@ impl Bridge {
                 format!(
                     "[server]\nlisten = \"{addr}\"\ndrain_timeout = \"{}s\"\n\n\
                      [admin]\nlisten = \"{admin}\"\n\n\
-                     [publish]\ntoken = \"{TOKEN}\"\n",
+                     [publish]\ntoken = \"{TOKEN}\"\n\n\
+                     # 100 streams from 127.0.0.1 in one burst; the limits have their own tests.\n\
+                     [limits]\nconnect_rate_per_ip = 0\nmax_streams_per_ip = 0\n",
                     DRAIN.as_secs()
                 ),
             )

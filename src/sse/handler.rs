@@ -97,6 +97,9 @@ fn events(req: &Request<Incoming>, state: &Arc<AppState>, conn: Conn) -> Respons
     .filter(|s| !s.is_empty());
 
     // Admission last: a malformed request never consumes a connect token or a stream slot.
+    if state.memory.is_over() {
+        return over_budget(state);
+    }
     let permit = match state.limits.admit(conn.peer.ip()) {
         Ok(p) => p,
         Err(refusal) => {
@@ -151,6 +154,9 @@ fn jittered(age: std::time::Duration) -> Option<std::time::Duration> {
 
 async fn publish_handler(req: Request<Incoming>, state: &Arc<AppState>) -> Response<ResponseBody> {
     let cfg = &state.config.publish;
+    if state.memory.is_over() {
+        return over_budget(state);
+    }
     let Some(token) = &cfg.token else {
         state.metrics.count_rejected("publish_disabled");
         return text(StatusCode::FORBIDDEN, "publishing is disabled: set publish.token in the configuration");
@@ -234,6 +240,13 @@ fn header_string(h: &HeaderMap, name: &str) -> Option<String> {
 fn preflight() -> Response<ResponseBody> {
     let mut r = Response::new(ResponseBody::empty());
     *r.status_mut() = StatusCode::NO_CONTENT;
+    r
+}
+
+fn over_budget(state: &AppState) -> Response<ResponseBody> {
+    state.metrics.count_rejected("memory_budget");
+    let mut r = text(StatusCode::SERVICE_UNAVAILABLE, "over the memory budget; retry shortly");
+    r.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
     r
 }
 

@@ -1,0 +1,129 @@
+//! The process memory budget (`memory.limit`): what the bridge does instead of being OOM-killed.
+//!
+//! The budget is checked against the live heap as jemalloc reports it (the binary runs on
+//! jemalloc; see `main.rs`), falling back to the resident set size when jemalloc is not the
+//! allocator (e.g. in-process tests). The sequencer checks it every [`CHECK_EVERY`] events and
+//! the housekeeping sweep every tick. When over budget, the bridge sheds, in this order:
+//!
+//! 1. the oldest replay-ring entries, enough to cover the overshoot (clients resuming from
+//!    before them get a gap event, as with any eviction);
+//! 2. then, if the heap is still over (ring entries still queued for slow clients are not
+//!    freed by the ring alone), the slow streams (64 or more events queued, or half their
+//!    capacity) are closed as under the `disconnect` policy; their clients reconnect and resume.
+//!
+//! While over budget, new streams and `/publish` get `503`. The ring's own budget is capped at
+//! half the memory budget at startup, so in steady state rings alone never trip it.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use tracing::warn;
+
+use crate::client::CloseReason;
+use crate::config::MemoryConfig;
+use crate::registry::Registry;
+use crate::replay::ReplayStore;
+
+/// Events between two budget checks on the ingest path.
+pub const CHECK_EVERY: u64 = 64;
+
+/// Share of a cgroup memory limit used as the default budget; the rest covers code, stacks,
+/// socket buffers and allocator fragmentation.
+const CGROUP_SHARE: f64 = 0.75;
+
+/// The memory budget and whether it is exceeded now.
+#[derive(Debug)]
+pub struct MemoryBudget {
+    limit: Option<usize>,
+    over: AtomicBool,
+}
+
+/// What one shedding pass did.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Shed {
+    pub ring_bytes: usize,
+    pub streams_closed: usize,
+}
+
+impl MemoryBudget {
+    /// The configured limit, or by default a share of the cgroup's memory limit, or none.
+    pub fn from_config(cfg: &MemoryConfig) -> Self {
+        let limit =
+            if cfg.limit > 0 { Some(cfg.limit) } else { cgroup_limit().map(|l| (l as f64 * CGROUP_SHARE) as usize) };
+        MemoryBudget { limit, over: AtomicBool::new(false) }
+    }
+
+    /// The budget in bytes, if there is one.
+    pub fn limit(&self) -> Option<usize> {
+        self.limit
+    }
+
+    /// Whether the process is over budget. Once a check found it over, this re-measures (a
+    /// few microseconds with jemalloc) so admission reopens as soon as shedding took effect.
+    pub fn is_over(&self) -> bool {
+        if !self.over.load(Ordering::Acquire) {
+            return false;
+        }
+        let over = self.limit.is_some_and(|l| used_bytes() > l);
+        self.over.store(over, Ordering::Release);
+        over
+    }
+
+    /// Measures memory and, when over budget, sheds (see the module docs).
+    pub fn check(&self, replay: &ReplayStore, registry: &Registry) -> Option<Shed> {
+        let limit = self.limit?;
+        let used = used_bytes();
+        if used <= limit {
+            self.over.store(false, Ordering::Release);
+            return None;
+        }
+        // Shed a little more than the overshoot, so the next check does not shed again at once.
+        let overshoot = used - limit + limit / 20;
+        let mut shed = Shed { ring_bytes: replay.shed(overshoot), streams_closed: 0 };
+        // Ring entries still queued for slow clients are not freed by the ring alone.
+        if used_bytes() > limit {
+            registry.for_each_queue(|q| {
+                if q.live_len() >= SLOW_QUEUE.min(q.capacity() / 2).max(1) {
+                    q.close(CloseReason::SlowConsumer);
+                    shed.streams_closed += 1;
+                }
+            });
+        }
+        let still_over = used_bytes() > limit;
+        self.over.store(still_over, Ordering::Release);
+        warn!(
+            used,
+            limit,
+            ring_bytes_shed = shed.ring_bytes,
+            streams_closed = shed.streams_closed,
+            still_over,
+            "Over the memory budget; shed."
+        );
+        Some(shed)
+    }
+}
+
+/// Queued live events at which a stream counts as slow when shedding for memory (or half its
+/// capacity, if smaller). A reader that keeps up has next to nothing queued.
+const SLOW_QUEUE: usize = 64;
+
+/// Live heap bytes from jemalloc when it is the allocator; else the resident set size.
+pub fn used_bytes() -> usize {
+    match heap_bytes() {
+        Some(b) if b > 0 => b,
+        _ => crate::metrics::resident_memory_bytes() as usize,
+    }
+}
+
+/// Bytes allocated and not yet freed, as jemalloc counts them (None if unavailable).
+pub fn heap_bytes() -> Option<usize> {
+    tikv_jemalloc_ctl::epoch::advance().ok()?;
+    tikv_jemalloc_ctl::stats::allocated::read().ok()
+}
+
+/// The memory limit of this process's cgroup (v2 `memory.max`, or v1 `memory.limit_in_bytes`).
+pub fn cgroup_limit() -> Option<usize> {
+    let read = |p: &str| std::fs::read_to_string(p).ok()?.trim().parse::<u64>().ok();
+    let v = read("/sys/fs/cgroup/memory.max").or_else(|| read("/sys/fs/cgroup/memory/memory.limit_in_bytes"))?;
+    // v1 reports "unlimited" as a number near i64::MAX.
+    (v < (1 << 60)).then_some(v as usize)
+}
