@@ -24,18 +24,20 @@ use std::time::Instant;
 
 use bytes::Bytes;
 use divan::AllocProfiler;
-use sse_bridge::client::{ClientQueue, Next};
-use sse_bridge::config::SlowConsumerPolicy;
+use sse_bridge::client::{ClientQueue, ConnHandle, Next};
+use sse_bridge::config::{MemoryConfig, ReplayConfig, SlowConsumerPolicy};
 use sse_bridge::event::{Event, EventId};
 use sse_bridge::ingest::{LastSeq, Sequencer};
+use sse_bridge::memory::MemoryBudget;
 use sse_bridge::metrics::Metrics;
+use sse_bridge::policy::DeliveryRules;
 use sse_bridge::registry::{Registry, Subscription};
+use sse_bridge::replay::ReplayStore;
 use sse_bridge::sources::{SourceKind, SourceMessage};
 use sse_bridge::topic::TopicFilter;
-use tokio_util::sync::CancellationToken;
 
 // ---------------------------------------------------------------------------------------------
-// Counting allocator: a thin wrapper around divan's profiler (itself around `System`), so the
+// Counting allocator: a thin wrapper around divan's profiler (itself around jemalloc), so the
 // divan tables show allocations too and the report below can read exact totals.
 
 struct Counting<A>(A);
@@ -69,8 +71,10 @@ unsafe impl<A: GlobalAlloc> GlobalAlloc for Counting<A> {
     }
 }
 
+/// jemalloc, as in the daemon (`src/main.rs`), so timings include the allocator it really uses.
 #[global_allocator]
-static ALLOC: Counting<AllocProfiler> = Counting(AllocProfiler::system());
+static ALLOC: Counting<AllocProfiler<tikv_jemallocator::Jemalloc>> =
+    Counting(AllocProfiler::new(tikv_jemallocator::Jemalloc));
 
 #[derive(Debug, Clone, Copy, Default)]
 struct Counts {
@@ -127,17 +131,63 @@ struct Fixture {
     frame: Bytes,
 }
 
-/// The one place that calls `Registry::subscribe`, so a signature change is a one-line fix.
+// The library calls are gathered here, so an API change in src/ is fixed in one place.
+
+/// Registers one subscriber on `filter`.
 fn subscribe(registry: &Arc<Registry>, filter: &str, queue: Arc<ClientQueue>) -> Subscription {
     let f = TopicFilter::parse(filter, 256).expect("valid filter");
     registry.subscribe(vec![f], queue)
 }
 
+/// A subscriber queue as the daemon makes one (default capacity, no max age).
+fn new_queue() -> Arc<ClientQueue> {
+    Arc::new(ClientQueue::new(QUEUE_CAPACITY, ConnHandle::default(), None))
+}
+
+/// The sequencer with the daemon's default replay store, no delivery rules and a memory budget.
+fn new_sequencer(registry: &Arc<Registry>) -> Sequencer {
+    Sequencer::new(
+        0x5eed_0000_0001,
+        Arc::new(LastSeq::default()),
+        registry.clone(),
+        Arc::new(ReplayStore::new(ReplayConfig::default())),
+        DeliveryRules::new(&[], SlowConsumerPolicy::Disconnect),
+        // A limit far above use, set explicitly so the periodic budget check runs on every
+        // machine (with or without a cgroup limit) and the counts stay deterministic.
+        Arc::new(MemoryBudget::from_config(&MemoryConfig { limit: 1 << 40 })),
+        Arc::new(Metrics::new()),
+    )
+}
+
+/// An already sequenced and framed event, for the fan-out-only benchmark.
+fn prebuilt_event(seq: u64, topic: &Arc<str>, frame: &Bytes) -> Arc<Event> {
+    Arc::new(Event {
+        id: EventId { run: 0x5eed_0000_0002, seq },
+        topic: topic.clone(),
+        frame: frame.clone(),
+        received_at: Instant::now(),
+        policy: SlowConsumerPolicy::Disconnect,
+    })
+}
+
+/// Takes one frame from a queue, if one is ready.
+fn take(q: &ClientQueue, cx: &mut Context<'_>) -> Option<Bytes> {
+    match q.poll_next(cx) {
+        Poll::Ready(Next::Frame { frame, .. }) => Some(frame),
+        _ => None,
+    }
+}
+
+/// Events the default replay store keeps per topic: warm-up fills the ring, so the measured
+/// events see its steady state (append one, evict one) rather than its growth.
+fn replay_ring_len() -> u64 {
+    ReplayConfig::default().max_events_per_topic as u64
+}
+
 impl Fixture {
     fn new(n: usize, filter: Filter) -> Self {
         let registry = Registry::new(SHARDS);
-        let metrics = Arc::new(Metrics::new());
-        let sequencer = Sequencer::new(0x5eed_0000_0001, Arc::new(LastSeq::default()), registry.clone(), metrics);
+        let sequencer = new_sequencer(&registry);
         let filter = match filter {
             Filter::Exact => TOPIC,
             Filter::Pattern => PATTERN,
@@ -145,8 +195,7 @@ impl Fixture {
         let mut queues = Vec::with_capacity(n);
         let mut subs = Vec::with_capacity(n);
         for _ in 0..n {
-            let q =
-                Arc::new(ClientQueue::new(QUEUE_CAPACITY, SlowConsumerPolicy::Disconnect, CancellationToken::new()));
+            let q = new_queue();
             subs.push(subscribe(&registry, filter, q.clone()));
             queues.push(q);
         }
@@ -159,13 +208,16 @@ impl Fixture {
             queues,
             _subs: subs,
             payload,
-            next_seq: 1,
+            // Above anything the sequencer assigns here: the fan-out skips sequences a
+            // subscriber has already seen.
+            next_seq: 1 << 40,
             topic_arc: Arc::from(TOPIC),
             frame,
         };
         // Warm up: each queue's storage is allocated on its first push and then kept (it is
-        // only given back above 64 frames), so steady state starts after one event.
-        for _ in 0..4 {
+        // only given back above 64 frames), and the replay ring reaches its steady state once
+        // it is full, so measuring starts after that.
+        for _ in 0..replay_ring_len() + 8 {
             fx.publish_one();
             fx.drain();
         }
@@ -186,12 +238,7 @@ impl Fixture {
     /// The fan-out alone, for an already framed event.
     fn fan_out_prebuilt(&mut self) -> usize {
         self.next_seq += 1;
-        let ev = Event {
-            id: EventId { run: 0x5eed_0000_0002, seq: self.next_seq },
-            topic: self.topic_arc.clone(),
-            frame: self.frame.clone(),
-            received_at: Instant::now(),
-        };
+        let ev = prebuilt_event(self.next_seq, &self.topic_arc, &self.frame);
         self.registry.fan_out(&ev).delivered
     }
 
@@ -200,7 +247,7 @@ impl Fixture {
         let mut cx = Context::from_waker(Waker::noop());
         let mut n = 0;
         for q in &self.queues {
-            while let Poll::Ready(Next::Frame(f)) = q.poll_next(&mut cx) {
+            while let Some(f) = take(q, &mut cx) {
                 divan::black_box(f);
                 n += 1;
             }
@@ -353,6 +400,8 @@ fn alloc_report() -> Vec<String> {
 #[divan::bench(args = SIZES)]
 fn ingest_fanout_drain(bencher: divan::Bencher, n: usize) {
     let fx = RefCell::new(Fixture::new(n, Filter::Exact));
+    fx.borrow_mut().publish_one();
+    assert_eq!(fx.borrow().drain(), n, "every subscriber gets the event");
     bencher.counter(divan::counter::ItemsCount::new(n)).bench_local(|| {
         let mut fx = fx.borrow_mut();
         fx.publish_one();
@@ -364,6 +413,8 @@ fn ingest_fanout_drain(bencher: divan::Bencher, n: usize) {
 #[divan::bench(args = SIZES)]
 fn ingest_fanout_drain_pattern(bencher: divan::Bencher, n: usize) {
     let fx = RefCell::new(Fixture::new(n, Filter::Pattern));
+    fx.borrow_mut().publish_one();
+    assert_eq!(fx.borrow().drain(), n, "every subscriber gets the event");
     bencher.counter(divan::counter::ItemsCount::new(n)).bench_local(|| {
         let mut fx = fx.borrow_mut();
         fx.publish_one();
@@ -375,6 +426,9 @@ fn ingest_fanout_drain_pattern(bencher: divan::Bencher, n: usize) {
 #[divan::bench(args = SIZES)]
 fn fanout_drain_prebuilt(bencher: divan::Bencher, n: usize) {
     let fx = RefCell::new(Fixture::new(n, Filter::Exact));
+    // A benchmark that delivers nothing would measure nothing: check once, untimed.
+    assert_eq!(fx.borrow_mut().fan_out_prebuilt(), n, "every subscriber gets the prebuilt event");
+    fx.borrow().drain();
     bencher.counter(divan::counter::ItemsCount::new(n)).bench_local(|| {
         let mut fx = fx.borrow_mut();
         fx.fan_out_prebuilt();

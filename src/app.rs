@@ -14,13 +14,14 @@ use tokio::net::TcpListener;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
-use tracing::{info, warn};
+use tracing::{error, info, warn};
 
 use crate::admin;
+use crate::auth::Auth;
 use crate::client::{CloseReason, now_ms};
 use crate::config::{Config, ReplayConfig};
 use crate::event::new_run_id;
-use crate::ingest::{LastSeq, Sequencer};
+use crate::ingest::{LastSeq, Pipeline, Sequencer};
 use crate::limits::Limits;
 use crate::memory::MemoryBudget;
 use crate::metrics::Metrics;
@@ -31,6 +32,7 @@ use crate::sources::{self, IngestSender, SourceKind, SourceMessage, SourceStatus
 use crate::sse::cors::Cors;
 use crate::sse::handler;
 use crate::sse::server::{self, Lifecycle};
+use crate::telemetry::Telemetry;
 
 /// State shared by request handlers, the admin endpoints and tests.
 #[derive(Debug)]
@@ -45,9 +47,13 @@ pub struct AppState {
     pub last_seq: Arc<LastSeq>,
     pub replay: Arc<ReplayStore>,
     pub memory: Arc<MemoryBudget>,
+    /// Traces; `Telemetry::off()` unless `telemetry.traces` is on.
+    pub telemetry: Arc<Telemetry>,
     /// One entry per configured broker source.
     pub sources: Vec<Arc<SourceStatus>>,
     pub cors: Cors,
+    /// Topic authorization (`[auth]`); without it every topic is public.
+    pub auth: Auth,
     pub limits: Arc<Limits>,
     pub rules: DeliveryRules,
     /// `: ok` comment plus `retry:`; sent first on every stream so headers and the reconnect
@@ -91,6 +97,15 @@ const HEARTBEAT: &[u8] = b":\n\n";
 impl App {
     /// Builds the state from a validated configuration. Nothing runs until [`App::run`].
     pub fn new(config: Config) -> App {
+        let telemetry = Telemetry::from_config(&config.telemetry).unwrap_or_else(|e| {
+            error!(error = %e, "Tracing stays off.");
+            Telemetry::off()
+        });
+        Self::with_telemetry(config, telemetry)
+    }
+
+    /// Like [`App::new`] with a given tracer (tests export to memory).
+    pub fn with_telemetry(config: Config, telemetry: Telemetry) -> App {
         let (tx, rx) = mpsc::channel(config.fanout.ingest_queue);
         let mut statuses = Vec::new();
         if config.nats.is_some() {
@@ -109,8 +124,10 @@ impl App {
             last_seq: Arc::new(LastSeq::default()),
             replay: Arc::new(ReplayStore::new(ring_config(&config, &memory))),
             memory,
+            telemetry: Arc::new(telemetry),
             sources: statuses,
             cors: Cors::new(&config.server.cors_origins),
+            auth: Auth::new(config.auth.as_ref(), config.server.max_topic_length),
             limits: Limits::new(config.limits.clone()),
             rules: DeliveryRules::new(&config.delivery, config.server.slow_consumer),
             opening_frame,
@@ -148,12 +165,15 @@ impl App {
 
         let sequencer = Sequencer::new(
             state.run_id,
-            state.last_seq.clone(),
-            state.registry.clone(),
-            state.replay.clone(),
-            state.rules.clone(),
-            state.memory.clone(),
-            state.metrics.clone(),
+            Pipeline {
+                last_seq: state.last_seq.clone(),
+                registry: state.registry.clone(),
+                replay: state.replay.clone(),
+                rules: state.rules.clone(),
+                memory: state.memory.clone(),
+                telemetry: state.telemetry.clone(),
+                metrics: state.metrics.clone(),
+            },
         );
         tracker.spawn(sequencer.run(self.ingest_rx, stop_ingest.clone()));
         for status in &state.sources {
@@ -199,6 +219,8 @@ impl App {
                 RunOutcome::DrainTimedOut
             }
         };
+        let telemetry = state.telemetry.clone();
+        let _ = tokio::task::spawn_blocking(move || telemetry.shutdown()).await;
         info!(?outcome, "Stopped.");
         outcome
     }
@@ -220,7 +242,10 @@ async fn housekeeping(state: Arc<AppState>, stop: CancellationToken) {
             _ = stop.cancelled() => return,
             _ = tick.tick() => {}
         }
-        let heartbeat_due = last_heartbeat.elapsed() >= cfg.heartbeat_interval;
+        // Half a tick of slack: ticks wake with jitter, and a tick that lands a hair short of
+        // the interval must not push the heartbeat a whole tick late (for intervals up to 1s,
+        // that doubled the gap between heartbeats).
+        let heartbeat_due = last_heartbeat.elapsed() + period / 2 >= cfg.heartbeat_interval;
         if heartbeat_due {
             last_heartbeat = tokio::time::Instant::now();
         }

@@ -82,8 +82,9 @@ pub enum PushOutcome {
 /// What the stream body gets from [`ClientQueue::poll_next`].
 #[derive(Debug)]
 pub enum Next {
-    /// A frame to write; `live` is false for backlog frames (opening, gap, replay).
-    Frame { frame: Bytes, live: bool },
+    /// A frame to write, with its event when it is a live event (not a backlog frame such as
+    /// the opening comment, a gap signal, a heartbeat or a replayed event).
+    Frame { frame: Bytes, event: Option<Arc<Event>> },
     /// The stream is over.
     Closed(CloseReason),
 }
@@ -205,8 +206,7 @@ impl ClientQueue {
             outcome = match event.policy {
                 SlowConsumerPolicy::Disconnect => {
                     st.closed = Some(CloseReason::SlowConsumer);
-                    st.items = VecDeque::new();
-                    st.backlog = 0;
+                    discard_all(&mut st);
                     let waker = st.waker.take();
                     drop(st);
                     self.conn.kill.cancel();
@@ -224,7 +224,9 @@ impl ClientQueue {
                         .position(|i| matches!(i, Item::Event(e) if e.topic == event.topic));
                     match same {
                         Some(pos) => {
-                            st.items.remove(first_live + pos);
+                            if let Some(old) = st.items.remove(first_live + pos) {
+                                discard(old);
+                            }
                             PushOutcome::Conflated
                         }
                         None => {
@@ -289,8 +291,7 @@ impl ClientQueue {
             }
             st.closed = Some(reason);
             if !reason.is_clean() {
-                st.items = VecDeque::new();
-                st.backlog = 0;
+                discard_all(&mut st);
             }
             st.waker.take()
         };
@@ -325,19 +326,17 @@ impl ClientQueue {
             && !st.items.is_empty()
             && let Some(d) = st.dropped.take()
         {
-            return Poll::Ready(Next::Frame { frame: dropped_gap(&d), live: false });
+            return Poll::Ready(Next::Frame { frame: dropped_gap(&d), event: None });
         }
         if let Some(item) = st.items.pop_front() {
-            let live = st.backlog == 0;
             st.backlog = st.backlog.saturating_sub(1);
             if st.items.is_empty() && st.items.capacity() > SHRINK_ABOVE {
                 st.items = VecDeque::new();
             }
-            let frame = match item {
-                Item::Event(e) => e.frame.clone(),
-                Item::Control(b) => b,
-            };
-            return Poll::Ready(Next::Frame { frame, live });
+            return Poll::Ready(match item {
+                Item::Event(e) => Next::Frame { frame: e.frame.clone(), event: Some(e) },
+                Item::Control(frame) => Next::Frame { frame, event: None },
+            });
         }
         if let Some(reason) = st.closed {
             return Poll::Ready(Next::Closed(reason));
@@ -377,6 +376,29 @@ impl ClientQueue {
     }
 }
 
+impl Drop for ClientQueue {
+    fn drop(&mut self) {
+        // The client is gone: copies still queued were never written.
+        discard_all(self.state.get_mut());
+    }
+}
+
+/// Accounts for an event copy that will never be written (for its delivery span).
+fn discard(item: Item) {
+    if let Item::Event(e) = item
+        && let Some(t) = &e.trace
+    {
+        t.discarded();
+    }
+}
+
+fn discard_all(st: &mut State) {
+    st.backlog = 0;
+    for item in std::mem::take(&mut st.items) {
+        discard(item);
+    }
+}
+
 fn drop_oldest_live(st: &mut State) {
     let first_live = st.backlog;
     if let Some(Item::Event(e)) = st.items.remove(first_live) {
@@ -385,6 +407,7 @@ fn drop_oldest_live(st: &mut State) {
         if d.topics.len() < MAX_GAP_TOPICS && !d.topics.contains(&e.topic) {
             d.topics.push(e.topic.clone());
         }
+        discard(Item::Event(e));
     }
 }
 
@@ -414,7 +437,7 @@ mod tests {
     fn ev(seq: u64, topic: &str, policy: SlowConsumerPolicy) -> Arc<Event> {
         let id = EventId { run: 1, seq };
         let frame = frame_event(id, None, seq.to_string().as_bytes()).0;
-        Arc::new(Event { id, topic: topic.into(), frame, received_at: Instant::now(), policy })
+        Arc::new(Event { id, topic: topic.into(), frame, received_at: Instant::now(), policy, trace: None })
     }
 
     fn q(cap: usize) -> (ClientQueue, ConnHandle) {
@@ -477,7 +500,7 @@ mod tests {
         q.push(&ev(1, "t", SlowConsumerPolicy::Disconnect));
         q.close(CloseReason::Shutdown);
         assert!(!conn.kill.is_cancelled());
-        assert!(matches!(poll(&q), Poll::Ready(Next::Frame { live: true, .. })));
+        assert!(matches!(poll(&q), Poll::Ready(Next::Frame { event: Some(_), .. })));
         assert!(matches!(poll(&q), Poll::Ready(Next::Closed(CloseReason::Shutdown))));
     }
 

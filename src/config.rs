@@ -35,8 +35,12 @@ pub struct Config {
     pub replay: ReplayConfig,
     pub limits: LimitsConfig,
     pub memory: MemoryConfig,
+    pub telemetry: TelemetryConfig,
     /// Per-topic delivery rules, first match wins: slow-consumer policy and delivery rate.
     pub delivery: Vec<DeliveryRule>,
+    /// Topic authorization (JWT). Absent: every topic is public, as before `[auth]` existed.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub auth: Option<AuthConfig>,
 }
 
 /// The SSE and `/publish` listener and per-stream behaviour.
@@ -131,6 +135,138 @@ pub struct DeliveryRule {
     pub burst: Option<u32>,
 }
 
+/// OpenTelemetry trace export.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct TelemetryConfig {
+    /// Export traces over OTLP (HTTP/protobuf). Off by default; off costs nothing per event.
+    pub traces: bool,
+    /// OTLP traces endpoint, e.g. `http://collector:4318/v1/traces`. Unset: the standard
+    /// `OTEL_EXPORTER_OTLP_TRACES_ENDPOINT` / `OTEL_EXPORTER_OTLP_ENDPOINT`, else
+    /// `http://localhost:4318/v1/traces`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub otlp_endpoint: Option<String>,
+    /// Share of traces sampled when the publisher sent no sampling decision (0.0 to 1.0);
+    /// a publisher's sampled flag is always followed.
+    pub sampling_ratio: f64,
+    /// `service.name` of the spans.
+    pub service_name: String,
+}
+
+impl Default for TelemetryConfig {
+    fn default() -> Self {
+        TelemetryConfig { traces: false, otlp_endpoint: None, sampling_ratio: 1.0, service_name: "sse-bridge".into() }
+    }
+}
+
+/// Topic authorization with JWTs: which topics are public, and how tokens are verified and
+/// read. See `docs/security.md` (and `crate::auth`, which enforces it).
+#[derive(Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct AuthConfig {
+    /// The one algorithm tokens must be signed with; any other `alg` (`none` included) is
+    /// refused, so a public key can never be used as an HMAC secret.
+    pub algorithm: JwtAlgorithm,
+    /// HS256 shared secret, at least 32 bytes. Prefer `SSE_BRIDGE_AUTH__SECRET`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub secret: Option<String>,
+    /// RS256/ES256: PEM file with the issuer's public key; re-read when it changes.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub public_key_file: Option<PathBuf>,
+    /// A JWKS document on disk (`{"keys": [...]}`), re-read when it changes; a token names its
+    /// key with `kid` (optional when the set holds one usable key).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub jwks_file: Option<PathBuf>,
+    /// Accepted `aud` values: tokens must carry one. Empty: tokens must carry no `aud`.
+    pub audience: Vec<String>,
+    /// Accepted `iss` values: tokens must carry one. Empty: `iss` is not checked.
+    pub issuer: Vec<String>,
+    /// Clock skew tolerated on `exp` and `nbf`.
+    #[serde(with = "humantime_serde")]
+    pub leeway: Duration,
+    /// Claim holding the grants: `{"subscribe": [patterns], "publish": [patterns]}`.
+    pub claim: String,
+    /// Cookie that may carry the token for `GET /events`; empty: cookies are not read.
+    pub cookie: String,
+    /// Accept the token from the `access_token` query parameter of `GET /events` (never
+    /// logged; the least preferred way, for clients that can set neither headers nor cookies).
+    pub query_token: bool,
+    /// Longest token accepted, in bytes (longer gets 400).
+    pub max_token_bytes: usize,
+    /// Per-topic rules, first match wins. Topics no rule covers need a token granting them.
+    pub rules: Vec<AuthRule>,
+}
+
+impl Default for AuthConfig {
+    fn default() -> Self {
+        AuthConfig {
+            algorithm: JwtAlgorithm::HS256,
+            secret: None,
+            public_key_file: None,
+            jwks_file: None,
+            audience: Vec::new(),
+            issuer: Vec::new(),
+            leeway: Duration::from_secs(30),
+            claim: "sse_bridge".into(),
+            cookie: "sse_bridge_token".into(),
+            query_token: true,
+            max_token_bytes: 8192,
+            rules: Vec::new(),
+        }
+    }
+}
+
+// By hand, so the secret never reaches a log line through `{:?}`.
+impl std::fmt::Debug for AuthConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AuthConfig")
+            .field("algorithm", &self.algorithm)
+            .field("secret", &self.secret.as_ref().map(|_| "<redacted>"))
+            .field("public_key_file", &self.public_key_file)
+            .field("jwks_file", &self.jwks_file)
+            .field("audience", &self.audience)
+            .field("issuer", &self.issuer)
+            .field("leeway", &self.leeway)
+            .field("claim", &self.claim)
+            .field("cookie", &self.cookie)
+            .field("query_token", &self.query_token)
+            .field("max_token_bytes", &self.max_token_bytes)
+            .field("rules", &self.rules)
+            .finish()
+    }
+}
+
+/// JWT signature algorithms the bridge verifies.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+pub enum JwtAlgorithm {
+    /// HMAC-SHA256 with `auth.secret`.
+    HS256,
+    /// RSA PKCS#1 v1.5 with SHA-256, public key from `public_key_file` or `jwks_file`.
+    RS256,
+    /// ECDSA P-256 with SHA-256, public key from `public_key_file` or `jwks_file`.
+    ES256,
+}
+
+/// Who may read the topics a pattern covers.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct AuthRule {
+    /// NATS-style pattern (`demo`, `demo.>`, `news.*`).
+    pub topics: String,
+    /// `public` (no token needed) or `token` (a valid token whose claims grant the topic).
+    pub access: TopicAccess,
+}
+
+/// Access level of an [`AuthRule`].
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum TopicAccess {
+    /// Anyone who can reach the port may subscribe; no token is read.
+    Public,
+    /// A valid token whose `subscribe` grants cover the topic.
+    Token,
+}
+
 /// The process memory budget.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Default)]
 #[serde(deny_unknown_fields, default)]
@@ -215,6 +351,9 @@ pub struct NatsConfig {
     /// Time one connection attempt may take.
     #[serde(with = "humantime_serde")]
     pub connect_timeout: Duration,
+    /// Largest payload bridged; bigger messages are counted, logged (once per interval) and
+    /// dropped. NATS servers cap payloads at 1 MiB by default too.
+    pub max_message_bytes: usize,
 }
 
 impl Default for NatsConfig {
@@ -226,6 +365,7 @@ impl Default for NatsConfig {
             client_name: "sse-bridge".into(),
             reconnect_max_delay: Duration::from_secs(5),
             connect_timeout: Duration::from_secs(5),
+            max_message_bytes: 1024 * 1024,
         }
     }
 }
@@ -252,6 +392,9 @@ pub struct RedisConfig {
     /// Interval of the `PING` that detects a dead pub/sub connection.
     #[serde(with = "humantime_serde")]
     pub ping_interval: Duration,
+    /// Largest message bridged (the raw message, before envelope decoding); bigger messages
+    /// are counted, logged (once per interval) and dropped.
+    pub max_message_bytes: usize,
 }
 
 impl Default for RedisConfig {
@@ -264,6 +407,7 @@ impl Default for RedisConfig {
             reconnect_max_delay: Duration::from_secs(5),
             connect_timeout: Duration::from_secs(5),
             ping_interval: Duration::from_secs(15),
+            max_message_bytes: 1024 * 1024,
         }
     }
 }
@@ -450,11 +594,22 @@ impl Config {
         if self.limits.connect_rate_per_ip > 0 && self.limits.connect_burst_per_ip == 0 {
             return err("limits.connect_burst_per_ip", "must be at least 1 when connect_rate_per_ip is set".into());
         }
+        if !(0.0..=1.0).contains(&self.telemetry.sampling_ratio) {
+            return err("telemetry.sampling_ratio", "must be between 0.0 and 1.0".into());
+        }
+        if let Some(e) = &self.telemetry.otlp_endpoint
+            && let Err(r) = validate_url(e, &["http", "https"])
+        {
+            return err("telemetry.otlp_endpoint", format!("{e:?}: {r}"));
+        }
         if self.replay.max_topics == 0 {
             return err("replay.max_topics", "must be at least 1".into());
         }
         if self.fanout.ingest_queue == 0 {
             return err("fanout.ingest_queue", "must be at least 1".into());
+        }
+        if let Some(a) = &self.auth {
+            crate::auth::validate_config(a, s.max_topic_length)?;
         }
         if let Some(t) = &self.publish.token
             && t.len() < 8
@@ -478,10 +633,16 @@ impl Config {
             if n.event_header.is_empty() {
                 return err("nats.event_header", "must not be empty".into());
             }
+            if n.max_message_bytes == 0 {
+                return err("nats.max_message_bytes", "must be at least 1".into());
+            }
         }
         if let Some(r) = &self.redis {
             if let Err(reason) = validate_url(&r.url, &["redis", "rediss", "unix", "redis+unix"]) {
                 return err("redis.url", format!("{:?}: {reason}", r.url));
+            }
+            if r.max_message_bytes == 0 {
+                return err("redis.max_message_bytes", "must be at least 1".into());
             }
             if r.channels.is_empty() && r.patterns.is_empty() {
                 return err("redis.channels", "and redis.patterns are both empty: name at least one".into());

@@ -14,6 +14,7 @@ use std::time::Instant;
 use bytes::{BufMut, Bytes, BytesMut};
 
 use crate::config::SlowConsumerPolicy;
+use crate::telemetry::EventTrace;
 
 /// A bridge-assigned event id: the run that assigned it and a sequence number.
 ///
@@ -72,6 +73,8 @@ pub struct Event {
     pub received_at: Instant,
     /// What a full subscriber queue does with this event (from the topic's delivery rule).
     pub policy: SlowConsumerPolicy,
+    /// The delivery span, when tracing is on and this event's trace is sampled.
+    pub trace: Option<Arc<EventTrace>>,
 }
 
 /// Event types that publishers may not use, because the bridge itself speaks with them

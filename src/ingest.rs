@@ -20,6 +20,7 @@ use crate::policy::DeliveryRules;
 use crate::registry::Registry;
 use crate::replay::ReplayStore;
 use crate::sources::{SourceKind, SourceMessage};
+use crate::telemetry::Telemetry;
 
 /// The highest sequence number assigned so far in this run, published by the sequencer
 /// *before* it fans an event out (the ordering the resume check relies on).
@@ -33,33 +34,33 @@ impl LastSeq {
     }
 }
 
+/// What the sequencer hands events to: shared with the request handlers and the admin side.
+#[derive(Debug, Clone)]
+pub struct Pipeline {
+    pub last_seq: Arc<LastSeq>,
+    pub registry: Arc<Registry>,
+    pub replay: Arc<ReplayStore>,
+    pub rules: DeliveryRules,
+    pub memory: Arc<MemoryBudget>,
+    pub telemetry: Arc<Telemetry>,
+    pub metrics: Arc<Metrics>,
+}
+
 /// Assigns ids, frames events and hands them to the registry's fan-out.
 #[derive(Debug)]
 pub struct Sequencer {
     run: u64,
     next_seq: u64,
-    last_seq: Arc<LastSeq>,
-    registry: Arc<Registry>,
-    replay: Arc<ReplayStore>,
-    rules: DeliveryRules,
-    memory: Arc<MemoryBudget>,
-    metrics: Arc<Metrics>,
+    p: Pipeline,
     received: [Counter; 3],
 }
 
 impl Sequencer {
     /// A sequencer for run `run`, starting at sequence 1.
-    pub fn new(
-        run: u64,
-        last_seq: Arc<LastSeq>,
-        registry: Arc<Registry>,
-        replay: Arc<ReplayStore>,
-        rules: DeliveryRules,
-        memory: Arc<MemoryBudget>,
-        metrics: Arc<Metrics>,
-    ) -> Self {
-        let received = [SourceKind::Nats, SourceKind::Redis, SourceKind::Publish].map(|k| metrics.received_counter(k));
-        Sequencer { run, next_seq: 1, last_seq, registry, replay, rules, memory, metrics, received }
+    pub fn new(run: u64, pipeline: Pipeline) -> Self {
+        let received =
+            [SourceKind::Nats, SourceKind::Redis, SourceKind::Publish].map(|k| pipeline.metrics.received_counter(k));
+        Sequencer { run, next_seq: 1, p: pipeline, received }
     }
 
     /// Consumes messages until every sender is gone or `shutdown` fires.
@@ -78,34 +79,44 @@ impl Sequencer {
 
     /// Sequences, frames and fans out one message; returns the event.
     pub fn ingest(&mut self, msg: SourceMessage) -> Arc<Event> {
+        let p = &self.p;
         let id = EventId { run: self.run, seq: self.next_seq };
         self.next_seq += 1;
+        // Tracing off: `receive` is None after one branch; nothing below allocates for it.
+        let receive = p.telemetry.receive(&msg.trace, msg.source, &msg.topic, msg.received_at);
         let (frame, notes) = frame_event(id, msg.event_type.as_deref(), &msg.payload);
         if notes.replaced_invalid_utf8 {
-            self.metrics.events_non_utf8.inc();
+            p.metrics.events_non_utf8.inc();
         }
         if notes.dropped_event_type {
-            self.metrics.event_types_dropped.inc();
+            p.metrics.event_types_dropped.inc();
         }
         self.received[msg.source as usize].inc();
-        if id.seq % CHECK_EVERY == 0 && self.memory.limit().is_some() {
-            if let Some(shed) = self.memory.check(&self.replay, &self.registry) {
-                self.metrics.count_shed(shed);
-            }
+        if id.seq.is_multiple_of(CHECK_EVERY)
+            && p.memory.limit().is_some()
+            && let Some(shed) = p.memory.check(&p.replay, &p.registry)
+        {
+            p.metrics.count_shed(shed);
         }
-        let policy = self.rules.policy_for(&msg.topic);
-        let event = Arc::new(Event { id, topic: Arc::from(msg.topic), frame, received_at: msg.received_at, policy });
+        let policy = p.rules.policy_for(&msg.topic);
+        let trace = receive.as_ref().map(|r| r.sequenced(id));
+        let event =
+            Arc::new(Event { id, topic: Arc::from(msg.topic), frame, received_at: msg.received_at, policy, trace });
         // Retain, then publish, then fan out: a subscriber that registers after the store sees
         // the sequence and finds the event in the replay store (see docs/architecture.md).
-        self.replay.append(&event);
-        self.last_seq.0.store(id.seq, Ordering::Release);
-        let stats = self.registry.fan_out(&event);
-        self.metrics.deliveries.inc_by(stats.delivered as u64);
+        p.replay.append(&event);
+        p.last_seq.0.store(id.seq, Ordering::Release);
+        let fan_out_started = receive.as_ref().map(|_| std::time::SystemTime::now());
+        let stats = p.registry.fan_out(&event);
+        if let (Some(r), Some(t), Some(started)) = (receive, &event.trace, fan_out_started) {
+            r.fanned_out(started, &event.topic, stats, t);
+        }
+        p.metrics.deliveries.inc_by(stats.delivered as u64);
         if stats.dropped > 0 {
-            self.metrics.count_drops("drop_oldest", stats.dropped as u64);
+            p.metrics.count_drops("drop_oldest", stats.dropped as u64);
         }
         if stats.conflated > 0 {
-            self.metrics.count_drops("conflated", stats.conflated as u64);
+            p.metrics.count_drops("conflated", stats.conflated as u64);
         }
         trace!(topic = %event.topic, %id, delivered = stats.delivered, overflowed = stats.overflowed, "Event fanned out.");
         if let Some(reply) = msg.reply {

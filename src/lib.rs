@@ -23,21 +23,29 @@
 //!   the event's `Bytes` into each matching client queue (no per-subscriber work beyond that).
 //! - [`policy`]: per-topic delivery rules (slow-consumer policy, delivery rate).
 //! - [`client`]: one subscriber's bounded queue and the slow-consumer policies.
+//! - [`auth`]: topic authorization: public/token rules per topic pattern, JWT verification
+//!   (pinned algorithm, keys from a secret, a PEM file or a JWKS file), grants in a claim.
+//! - [`input`]: bounds on untrusted input: request headers and `Last-Event-ID`; broker messages
+//!   (size cap, counted and rate-limited logging of what is dropped).
 //! - [`limits`]: admission: stream caps (global, per IP) and the per-IP connect rate.
 //! - [`sse`]: hyper 1.x listener (HTTP/1.1 and h2c): routes, CORS, and the stream body that drains
 //!   a client queue into the socket.
 //! - [`admin`]: `/healthz`, `/readyz`, `/metrics` on a separate (loopback) listener.
 //! - [`memory`]: the process memory budget and what is shed when it is reached.
 //! - [`metrics`]: Prometheus metrics of the daemon's own health.
+//! - [`telemetry`]: OpenTelemetry spans per event (receive → fan-out → delivery, ending at the
+//!   last subscriber's write) and per stream; nothing at all when tracing is off.
 //! - [`app`]: owns the tasks and the shutdown sequence; `App::run(listener, admin, shutdown)`.
 //! - [`shutdown`], [`logging`]: signal future and log setup for `main`.
 
 pub mod admin;
 pub mod app;
+pub mod auth;
 pub mod client;
 pub mod config;
 pub mod event;
 pub mod ingest;
+pub mod input;
 pub mod limits;
 pub mod logging;
 pub mod memory;
@@ -48,6 +56,7 @@ pub mod replay;
 pub mod shutdown;
 pub mod sources;
 pub mod sse;
+pub mod telemetry;
 pub mod topic;
 
 pub use app::{App, AppState, RunOutcome};

@@ -9,6 +9,7 @@ use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::{Registry, Unit};
 
 use crate::client::CloseReason;
@@ -26,6 +27,10 @@ pub struct ReasonLabel {
     pub reason: &'static str,
 }
 
+/// Delivery latency buckets, seconds: 50 µs to 5 s.
+const LATENCY_BUCKETS: [f64; 16] =
+    [0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0];
+
 /// All metrics of one bridge instance.
 #[derive(Debug)]
 pub struct Metrics {
@@ -35,6 +40,7 @@ pub struct Metrics {
     pub events_non_utf8: Counter,
     pub event_types_dropped: Counter,
     pub deliveries: Counter,
+    pub delivery_latency: Histogram,
     pub drops: Family<ReasonLabel, Counter>,
     pub streams_opened: Counter,
     pub disconnects: Family<ReasonLabel, Counter>,
@@ -74,6 +80,7 @@ impl Metrics {
             events_non_utf8: Counter::default(),
             event_types_dropped: Counter::default(),
             deliveries: Counter::default(),
+            delivery_latency: Histogram::new(LATENCY_BUCKETS.iter().copied()),
             drops: Family::default(),
             streams_opened: Counter::default(),
             disconnects: Family::default(),
@@ -101,7 +108,7 @@ impl Metrics {
         r.register("events_received", "Messages received from each source and sequenced", m.events_received.clone());
         r.register(
             "events_malformed",
-            "Broker messages dropped because they could not be read (e.g. invalid envelope)",
+            "Broker messages dropped: not a valid envelope, or larger than the source's max_message_bytes",
             m.events_malformed.clone(),
         );
         r.register(
@@ -119,6 +126,12 @@ impl Metrics {
             "dropped_events",
             "Queued events dropped by drop-oldest or replaced by latest, by reason",
             m.drops.clone(),
+        );
+        r.register_with_unit(
+            "delivery_latency",
+            "From the broker message's arrival at the bridge to its hand-off to the socket",
+            Unit::Seconds,
+            m.delivery_latency.clone(),
         );
         r.register("streams_opened", "SSE streams opened", m.streams_opened.clone());
         r.register("disconnects", "SSE streams ended, by reason", m.disconnects.clone());

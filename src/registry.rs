@@ -254,6 +254,7 @@ mod tests {
             frame,
             received_at: Instant::now(),
             policy: SlowConsumerPolicy::Disconnect,
+            trace: None,
         })
     }
 

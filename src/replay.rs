@@ -177,10 +177,8 @@ impl ReplayStore {
             inner.total_events -= 1;
             popped = true;
         }
-        if popped {
-            if let Some(front) = ring.events.front() {
-                inner.fronts.push(Reverse((front.id.seq, event.topic.clone())));
-            }
+        if popped && let Some(front) = ring.events.front() {
+            inner.fronts.push(Reverse((front.id.seq, event.topic.clone())));
         }
         // Global budget: oldest events of any topic first.
         while inner.total_bytes > self.cfg.max_total_bytes {
@@ -323,6 +321,7 @@ mod tests {
             frame: frame_event(id, None, payload).0,
             received_at: Instant::now(),
             policy: crate::config::SlowConsumerPolicy::Disconnect,
+            trace: None,
         })
     }
 

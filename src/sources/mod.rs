@@ -202,12 +202,6 @@ fn jitter(d: Duration) -> Duration {
     d.mul_f64(rand::random_range(0.8..1.2))
 }
 
-/// A rate-limited warning for malformed broker input: logs the first one and then every
-/// thousandth, so a misbehaving publisher cannot flood the logs.
-pub(crate) fn should_log_malformed(count: u64) -> bool {
-    count == 1 || count.is_multiple_of(1000)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -18,6 +18,7 @@ use tracing::{debug, info, warn};
 
 use super::{IngestSender, SessionEnd, SourceKind, SourceMessage, SourceStatus, TraceContext, backoff_delay};
 use crate::config::NatsConfig;
+use crate::input::BrokerInput;
 
 /// Messages async-nats may buffer per subscription before it reports a slow consumer and
 /// drops; the bound between the broker and our ingest channel.
@@ -84,6 +85,7 @@ pub async fn run(
     }
     info!(source = "nats", %url, subjects = ?cfg.subjects, "Subscribed; messages flow once connected.");
     let mut messages = select_all(subs);
+    let mut input = BrokerInput::new(SourceKind::Nats, cfg.max_message_bytes, status.clone());
     let end = loop {
         let msg = tokio::select! {
             biased;
@@ -93,6 +95,9 @@ pub async fn run(
         let Some(msg) = msg else {
             break SessionEnd::Disconnected("subscription closed by the client".into());
         };
+        if !input.admit(&msg.subject, &msg.payload, true) {
+            continue;
+        }
         let (event_type, trace) = read_headers(msg.headers.as_ref(), &cfg.event_header);
         let out = SourceMessage {
             source: SourceKind::Nats,

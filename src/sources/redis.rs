@@ -9,7 +9,8 @@
 //!
 //! Envelope mode reads `{"event": "...", "data": ..., "traceparent": "..."}`: a string `data`
 //! is the payload verbatim, any other JSON value is the payload as compact JSON. A message that
-//! is not such an envelope is counted and dropped (logged at the first and every 1000th).
+//! is not such an envelope, or is larger than `max_message_bytes`, is counted and dropped
+//! (logged at most once per interval, see `crate::input`).
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -20,10 +21,9 @@ use serde::Deserialize;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
-use super::{
-    Backoff, IngestSender, SessionEnd, SourceKind, SourceMessage, SourceStatus, TraceContext, should_log_malformed,
-};
+use super::{Backoff, IngestSender, SessionEnd, SourceKind, SourceMessage, SourceStatus, TraceContext};
 use crate::config::RedisConfig;
+use crate::input::BrokerInput;
 
 /// Runs the Redis source until `shutdown`.
 pub async fn run(
@@ -43,8 +43,9 @@ pub async fn run(
     let mut first = true;
     // One warn line per outage; retries while it lasts go to debug.
     let mut logged_down = false;
+    let mut input = BrokerInput::new(SourceKind::Redis, cfg.max_message_bytes, status.clone());
     loop {
-        let end = session(&client, &cfg, &tx, &status, &shutdown, &mut first, &mut backoff).await;
+        let end = session(&client, &cfg, &tx, &status, &shutdown, &mut first, &mut backoff, &mut input).await;
         let was_connected = status.is_connected();
         status.set_disconnected();
         match &end {
@@ -68,6 +69,7 @@ pub async fn run(
     }
 }
 
+#[allow(clippy::too_many_arguments)] // one session's borrowed context; a struct would only rename it
 async fn session(
     client: &redis::Client,
     cfg: &RedisConfig,
@@ -76,6 +78,7 @@ async fn session(
     shutdown: &CancellationToken,
     first: &mut bool,
     backoff: &mut Backoff,
+    input: &mut BrokerInput,
 ) -> SessionEnd {
     let connect = async {
         let mut pubsub = client.get_async_pubsub().await?;
@@ -111,7 +114,7 @@ async fn session(
                 let Some(msg) = msg else {
                     return SessionEnd::Disconnected("connection closed".into());
                 };
-                let Some(out) = to_source_message(&msg, cfg.envelope, status) else { continue };
+                let Some(out) = to_source_message(&msg, cfg.envelope, input) else { continue };
                 tokio::select! {
                     biased;
                     _ = shutdown.cancelled() => return SessionEnd::Shutdown,
@@ -141,33 +144,52 @@ struct Envelope {
     tracestate: Option<String>,
 }
 
-fn to_source_message(msg: &redis::Msg, envelope: bool, status: &SourceStatus) -> Option<SourceMessage> {
-    let topic = msg.get_channel_name().to_owned();
+/// A message read as an envelope.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Decoded {
+    /// The SSE event type, if the publisher named one.
+    pub event_type: Option<String>,
+    /// `data` verbatim when it is a string, else as compact JSON.
+    pub payload: Bytes,
+    pub trace: TraceContext,
+}
+
+/// Reads `{"event": "...", "data": ..., "traceparent": "...", "tracestate": "..."}`. Pure, so
+/// it can be fuzzed (`fuzz/fuzz_targets/envelope.rs`); the caller bounds the input size.
+pub fn decode_envelope(raw: &[u8]) -> Result<Decoded, serde_json::Error> {
+    let env = serde_json::from_slice::<Envelope>(raw)?;
+    let payload = match env.data {
+        serde_json::Value::String(s) => Bytes::from(s),
+        other => Bytes::from(other.to_string()),
+    };
+    Ok(Decoded {
+        event_type: env.event,
+        payload,
+        trace: TraceContext { traceparent: env.traceparent, tracestate: env.tracestate },
+    })
+}
+
+fn to_source_message(msg: &redis::Msg, envelope: bool, input: &mut BrokerInput) -> Option<SourceMessage> {
+    let topic = msg.get_channel_name();
     let raw = msg.get_payload_bytes();
-    if !envelope {
-        return Some(SourceMessage::new(SourceKind::Redis, topic, Bytes::copy_from_slice(raw)));
+    if !input.admit(topic, raw, !envelope) {
+        return None;
     }
-    match serde_json::from_slice::<Envelope>(raw) {
-        Ok(env) => {
-            let payload = match env.data {
-                serde_json::Value::String(s) => Bytes::from(s),
-                other => Bytes::from(other.to_string()),
-            };
-            Some(SourceMessage {
-                source: SourceKind::Redis,
-                topic,
-                payload,
-                event_type: env.event,
-                trace: TraceContext { traceparent: env.traceparent, tracestate: env.tracestate },
-                received_at: Instant::now(),
-                reply: None,
-            })
-        }
+    if !envelope {
+        return Some(SourceMessage::new(SourceKind::Redis, topic.to_owned(), Bytes::copy_from_slice(raw)));
+    }
+    match decode_envelope(raw) {
+        Ok(d) => Some(SourceMessage {
+            source: SourceKind::Redis,
+            topic: topic.to_owned(),
+            payload: d.payload,
+            event_type: d.event_type,
+            trace: d.trace,
+            received_at: Instant::now(),
+            reply: None,
+        }),
         Err(e) => {
-            let n = status.count_malformed();
-            if should_log_malformed(n) {
-                warn!(source = "redis", %topic, error = %e, dropped_total = n, "Message is not a valid envelope; dropped.");
-            }
+            input.invalid(topic, &e);
             None
         }
     }

@@ -20,9 +20,11 @@ use governor::clock::{Clock, DefaultClock};
 use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
 
 use crate::client::{ClientQueue, Next};
+use crate::event::Event;
 use crate::limits::StreamPermit;
 use crate::metrics::Metrics;
 use crate::registry::Subscription;
+use crate::telemetry::StreamSpan;
 
 /// Error that aborts a stream (hyper then resets the stream or closes the connection).
 #[derive(Debug, thiserror::Error)]
@@ -37,14 +39,19 @@ pub struct SseBody {
     /// Per-connection delivery rate (`[[delivery]] max_rate`); live events over it wait here
     /// and in the queue, where the slow-consumer policy applies.
     throttle: Option<Box<Throttle>>,
+    /// The stream's span, when tracing is on.
+    span: Option<Box<StreamSpan>>,
     metrics: Arc<Metrics>,
     opened: Instant,
     ended: Option<&'static str>,
 }
 
+/// A live event on its way to the socket.
+type Live = (Bytes, Arc<Event>);
+
 struct Throttle {
     limiter: DefaultDirectRateLimiter,
-    held: Option<Bytes>,
+    held: Option<Live>,
     sleep: Option<Pin<Box<tokio::time::Sleep>>>,
 }
 
@@ -54,37 +61,56 @@ impl std::fmt::Debug for SseBody {
     }
 }
 
+/// What the stream body is made of; the handler assembles it.
+pub struct StreamParts {
+    pub queue: Arc<ClientQueue>,
+    pub subscription: Subscription,
+    pub permit: StreamPermit,
+    pub rate: Option<Quota>,
+    pub span: Option<Box<StreamSpan>>,
+    pub metrics: Arc<Metrics>,
+}
+
 impl SseBody {
-    /// A stream that delivers what `queue` receives while `subscription` is registered.
-    pub fn new(
-        queue: Arc<ClientQueue>,
-        subscription: Subscription,
-        permit: StreamPermit,
-        rate: Option<Quota>,
-        metrics: Arc<Metrics>,
-    ) -> Self {
-        metrics.streams_opened.inc();
-        let throttle = rate.map(|q| Box::new(Throttle { limiter: RateLimiter::direct(q), held: None, sleep: None }));
+    /// A stream that delivers what its queue receives while its subscription is registered.
+    pub fn new(p: StreamParts) -> Self {
+        p.metrics.streams_opened.inc();
+        let throttle = p.rate.map(|q| Box::new(Throttle { limiter: RateLimiter::direct(q), held: None, sleep: None }));
         SseBody {
-            queue,
-            _subscription: subscription,
-            _permit: permit,
+            queue: p.queue,
+            _subscription: p.subscription,
+            _permit: p.permit,
             throttle,
-            metrics,
+            span: p.span,
+            metrics: p.metrics,
             opened: Instant::now(),
             ended: None,
         }
     }
+
+    /// Accounts for a live event handed to hyper for writing: latency histogram, the event's
+    /// delivery span, the stream's span.
+    fn written(&mut self, event: &Event) -> Frame<Bytes> {
+        let latency = event.received_at.elapsed();
+        self.metrics.delivery_latency.observe(latency.as_secs_f64());
+        if let Some(t) = &event.trace {
+            t.written(latency);
+        }
+        if let Some(s) = &mut self.span {
+            s.written();
+        }
+        Frame::data(event.frame.clone())
+    }
 }
 
 impl Throttle {
-    /// Lets `frame` through if the rate allows, else holds it and arms the timer.
-    fn admit(&mut self, frame: Bytes, cx: &mut Context<'_>) -> Option<Bytes> {
+    /// Lets `live` through if the rate allows, else holds it and arms the timer.
+    fn admit(&mut self, live: Live, cx: &mut Context<'_>) -> Option<Live> {
         match self.limiter.check() {
-            Ok(()) => Some(frame),
+            Ok(()) => Some(live),
             Err(not_until) => {
                 let wait = not_until.wait_time_from(DefaultClock::default().now());
-                self.held = Some(frame);
+                self.held = Some(live);
                 let mut sleep = Box::pin(tokio::time::sleep(wait));
                 // Registers the waker; a zero wait is ready at once and retried below.
                 if sleep.as_mut().poll(cx).is_ready() {
@@ -97,8 +123,8 @@ impl Throttle {
         }
     }
 
-    /// A held frame whose time has come, or Pending while its timer runs.
-    fn poll_held(&mut self, cx: &mut Context<'_>) -> Poll<Option<Bytes>> {
+    /// A held event whose time has come, or Pending while its timer runs.
+    fn poll_held(&mut self, cx: &mut Context<'_>) -> Poll<Option<Live>> {
         if let Some(sleep) = &mut self.sleep {
             if sleep.as_mut().poll(cx).is_pending() {
                 return Poll::Pending;
@@ -106,7 +132,7 @@ impl Throttle {
             self.sleep = None;
         }
         match self.held.take() {
-            Some(f) => Poll::Ready(self.admit(f, cx)),
+            Some(l) => Poll::Ready(self.admit(l, cx)),
             None => Poll::Ready(None),
         }
     }
@@ -127,19 +153,20 @@ impl Body for SseBody {
             {
                 match t.poll_held(cx) {
                     Poll::Pending => return Poll::Pending,
-                    Poll::Ready(Some(f)) => return Poll::Ready(Some(Ok(Frame::data(f)))),
+                    Poll::Ready(Some((_, event))) => return Poll::Ready(Some(Ok(this.written(&event)))),
                     Poll::Ready(None) if t.held.is_some() => return Poll::Pending,
                     Poll::Ready(None) => {}
                 }
             }
             return match this.queue.poll_next(cx) {
                 Poll::Pending => Poll::Pending,
-                Poll::Ready(Next::Frame { frame, live }) => match (&mut this.throttle, live) {
-                    (Some(t), true) => match t.admit(frame, cx) {
-                        Some(f) => Poll::Ready(Some(Ok(Frame::data(f)))),
+                Poll::Ready(Next::Frame { frame, event: None }) => Poll::Ready(Some(Ok(Frame::data(frame)))),
+                Poll::Ready(Next::Frame { frame, event: Some(event) }) => match &mut this.throttle {
+                    Some(t) => match t.admit((frame, event), cx) {
+                        Some((_, event)) => Poll::Ready(Some(Ok(this.written(&event)))),
                         None => continue,
                     },
-                    _ => Poll::Ready(Some(Ok(Frame::data(frame)))),
+                    None => Poll::Ready(Some(Ok(this.written(&event)))),
                 },
                 Poll::Ready(Next::Closed(reason)) => {
                     this.ended = Some(reason.as_str());
@@ -171,6 +198,15 @@ impl Drop for SseBody {
             _ => "client_closed",
         });
         self.metrics.count_disconnect(reason);
+        if let Some(span) = self.span.take() {
+            span.end(reason);
+        }
+        if let Some(t) = &mut self.throttle
+            && let Some((_, event)) = t.held.take()
+            && let Some(trace) = &event.trace
+        {
+            trace.discarded();
+        }
         debug!(reason, duration_ms = self.opened.elapsed().as_millis() as u64, "Stream ended.");
     }
 }

@@ -1,6 +1,9 @@
 //! CORS for the public listener: an allowlist of origins, empty by default (no cross-origin
-//! reads until configured). A listed origin is echoed back exactly; `*` allows any origin but
-//! never with credentials. An arbitrary Origin is never reflected.
+//! reads until configured). A listed origin is echoed back exactly, with
+//! `Access-Control-Allow-Credentials: true`, so `new EventSource(url, {withCredentials: true})`
+//! from that origin can send the token cookie. `*` allows any origin but never with
+//! credentials (browsers refuse the combination, and a token cookie must not be readable by
+//! every site). An arbitrary Origin is never reflected.
 
 use http::HeaderMap;
 use http::header::{self, HeaderValue};
@@ -28,7 +31,8 @@ impl Cors {
         }
         headers.append(header::VARY, HeaderValue::from_static("Origin"));
         let Some(origin) = origin else { return };
-        let allow = if self.origins.iter().any(|o| o.as_bytes().eq_ignore_ascii_case(origin.as_bytes())) {
+        let listed = self.origins.iter().any(|o| o.as_bytes().eq_ignore_ascii_case(origin.as_bytes()));
+        let allow = if listed {
             origin.clone()
         } else if self.any {
             HeaderValue::from_static("*")
@@ -36,6 +40,10 @@ impl Cors {
             return;
         };
         headers.insert(header::ACCESS_CONTROL_ALLOW_ORIGIN, allow);
+        if listed {
+            // Only for an origin the operator named: withCredentials (cookies) from there.
+            headers.insert(header::ACCESS_CONTROL_ALLOW_CREDENTIALS, HeaderValue::from_static("true"));
+        }
         if preflight {
             headers.insert(header::ACCESS_CONTROL_ALLOW_METHODS, HeaderValue::from_static("GET, POST, OPTIONS"));
             headers.insert(
@@ -69,5 +77,18 @@ mod tests {
     fn star_never_reflects() {
         let c = Cors::new(&["*".into()]);
         assert_eq!(run(&c, "https://any.example")[header::ACCESS_CONTROL_ALLOW_ORIGIN], "*");
+    }
+
+    #[test]
+    fn credentials_only_for_listed_origins() {
+        let c = Cors::new(&["https://app.example".into(), "*".into()]);
+        let listed = run(&c, "https://app.example");
+        assert_eq!(listed[header::ACCESS_CONTROL_ALLOW_CREDENTIALS], "true");
+        assert_eq!(listed[header::ACCESS_CONTROL_ALLOW_ORIGIN], "https://app.example");
+        let other = run(&c, "https://evil.example");
+        assert_eq!(other[header::ACCESS_CONTROL_ALLOW_ORIGIN], "*");
+        assert!(other.get(header::ACCESS_CONTROL_ALLOW_CREDENTIALS).is_none(), "never with *");
+        let only = Cors::new(&["https://app.example".into()]);
+        assert!(run(&only, "https://evil.example").get(header::ACCESS_CONTROL_ALLOW_CREDENTIALS).is_none());
     }
 }

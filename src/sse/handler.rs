@@ -9,10 +9,9 @@ use http::header::{self, HeaderMap, HeaderValue};
 use http::{Method, Request, Response, StatusCode};
 use http_body_util::{BodyExt, Limited};
 use hyper::body::Incoming;
-use subtle::ConstantTimeEq;
 use tracing::debug;
 
-use super::body::{ResponseBody, SseBody};
+use super::body::{ResponseBody, SseBody, StreamParts};
 use super::server::Conn;
 use crate::app::AppState;
 use crate::client::{ClientQueue, GAP_EVENT};
@@ -95,6 +94,10 @@ fn events(req: &Request<Incoming>, state: &Arc<AppState>, conn: Conn) -> Respons
         None => query_last_id,
     }
     .filter(|s| !s.is_empty());
+    // Input bounds (headers, Last-Event-ID) and topic authorization; see sse/guard.rs.
+    if let Err(refused) = super::guard::events(state, req, &filters) {
+        return refused;
+    }
 
     // Admission last: a malformed request never consumes a connect token or a stream slot.
     if state.memory.is_over() {
@@ -117,6 +120,7 @@ fn events(req: &Request<Incoming>, state: &Arc<AppState>, conn: Conn) -> Respons
     let queue = Arc::new(ClientQueue::new(cfg.queue_capacity, conn.handle, jittered(cfg.max_stream_age)));
     queue.push_backlog(state.opening_frame.clone());
     let topics: Vec<String> = filters.iter().map(|f| f.as_str().to_owned()).collect();
+    let mut span = state.telemetry.stream(&topics, last_event_id.is_some());
     // The resume runs atomically with the registration; see Registry::subscribe_from.
     let subscription = state.registry.subscribe_from(filters, queue.clone(), |filters, q| {
         let upto = state.last_seq.get();
@@ -132,6 +136,9 @@ fn events(req: &Request<Incoming>, state: &Arc<AppState>, conn: Conn) -> Respons
             state.metrics.count_gap(reason.as_str());
         }
         state.metrics.replayed_events.inc_by(plan.events.len() as u64);
+        if let Some(s) = &mut span {
+            s.resumed(plan.events.len(), plan.gap.as_ref().map(|(r, _)| r.as_str()));
+        }
         for e in plan.events {
             q.push_backlog(e.frame.clone());
         }
@@ -143,7 +150,14 @@ fn events(req: &Request<Incoming>, state: &Arc<AppState>, conn: Conn) -> Respons
         .header(header::CONTENT_TYPE, "text/event-stream")
         .header(header::CACHE_CONTROL, "no-cache")
         .header("x-accel-buffering", "no")
-        .body(ResponseBody::Sse(SseBody::new(queue, subscription, permit, rate, state.metrics.clone())))
+        .body(ResponseBody::Sse(SseBody::new(StreamParts {
+            queue,
+            subscription,
+            permit,
+            rate,
+            span,
+            metrics: state.metrics.clone(),
+        })))
         .expect("static headers are valid")
 }
 
@@ -157,15 +171,9 @@ async fn publish_handler(req: Request<Incoming>, state: &Arc<AppState>) -> Respo
     if state.memory.is_over() {
         return over_budget(state);
     }
-    let Some(token) = &cfg.token else {
-        state.metrics.count_rejected("publish_disabled");
-        return text(StatusCode::FORBIDDEN, "publishing is disabled: set publish.token in the configuration");
-    };
-    if !bearer_matches(req.headers(), token) {
-        state.metrics.count_rejected("unauthorized");
-        let mut r = text(StatusCode::UNAUTHORIZED, "missing or wrong bearer token");
-        r.headers_mut().insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer realm=\"sse-bridge\""));
-        return r;
+    // publish.token or a JWT with publish grants, and input bounds; see sse/guard.rs.
+    if let Err(refused) = super::guard::publish(state, &req) {
+        return refused;
     }
     let mut topic = None;
     let mut event_type = None;
@@ -223,16 +231,6 @@ async fn publish_handler(req: Request<Incoming>, state: &Arc<AppState>) -> Respo
     }
 }
 
-fn bearer_matches(headers: &HeaderMap, token: &str) -> bool {
-    let Some(v) = headers.get(header::AUTHORIZATION) else {
-        return false;
-    };
-    let Some(given) = v.as_bytes().strip_prefix(b"Bearer ") else {
-        return false;
-    };
-    given.ct_eq(token.as_bytes()).into()
-}
-
 fn header_string(h: &HeaderMap, name: &str) -> Option<String> {
     h.get(name).and_then(|v| v.to_str().ok()).map(str::to_owned)
 }
@@ -286,9 +284,4 @@ fn truncate(s: &str, max: usize) -> &str {
         end -= 1;
     }
     &s[..end]
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
 }

@@ -2,5 +2,6 @@
 
 pub mod body;
 pub mod cors;
+pub mod guard;
 pub mod handler;
 pub mod server;

@@ -67,10 +67,19 @@ pub fn redis_config(url: &str, channels: &[&str], patterns: &[&str]) -> RedisCon
 /// Starts the bridge on fresh loopback ports and returns once it accepts connections.
 pub async fn start_app(config: Config) -> TestApp {
     config.validate().expect("test config is valid");
+    start(App::new(config)).await
+}
+
+/// Like [`start_app`] with a given tracer (e.g. one exporting to memory).
+pub async fn start_app_traced(config: Config, telemetry: sse_bridge::telemetry::Telemetry) -> TestApp {
+    config.validate().expect("test config is valid");
+    start(App::with_telemetry(config, telemetry)).await
+}
+
+async fn start(app: App) -> TestApp {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let admin = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let (addr, admin_addr) = (listener.local_addr().unwrap(), admin.local_addr().unwrap());
-    let app = App::new(config);
     let state = app.state();
     let (tx, rx) = oneshot::channel::<()>();
     let handle = tokio::spawn(app.run(listener, admin, async move {

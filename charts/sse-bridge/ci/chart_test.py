@@ -1,0 +1,665 @@
+#!/usr/bin/env python3
+"""Chart tests without a cluster: render, lint, validate, and check what the chart promises.
+
+Run through scripts/chart-test.sh, which installs the pinned tools (charts/requirements.txt)
+into a virtualenv first. Each values file in this folder (`*-values.yaml`) is:
+
+  1. linted with Helm's own linter (helm-python-sdk binds Helm's Go SDK), strict;
+  2. checked against values.schema.json and rendered as `helm template` would;
+  3. validated manifest by manifest against the Kubernetes OpenAPI schemas of each pinned
+     Kubernetes version, offline and strict (kubernetes-validate --strict: unknown fields fail);
+     the ServiceMonitor (a CRD, not in those schemas) against a subset schema below;
+  4. checked for what the chart promises: listeners off loopback, probes on the admin port,
+     memory.limit derived from the memory limit, grace period > preStop + drain, the security
+     context, Secrets by name, checksum roll on config change, the optional resources;
+  5. its rendered bridge.toml is run through `sse-bridge --check-config` when a binary is given
+     (SSE_BRIDGE_BIN), so the chart cannot emit a config the bridge refuses.
+
+Then wrong values must be refused: by the schema (wrong types, unknown keys, keys the chart
+owns) and by the template checks the schema cannot express. And the Dockerfile is linted with
+hadolint when HADOLINT names it.
+
+Ends with "N passed, N failed"; exits 1 on any failure.
+"""
+
+from __future__ import annotations
+
+import base64
+import copy
+import hashlib
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import tomllib
+import traceback
+from pathlib import Path
+from typing import Any, Callable
+
+import helm_python as helm
+import jsonschema
+import yaml
+
+HERE = Path(__file__).resolve().parent
+CHART = HERE.parent
+REPO = CHART.parent.parent
+# Pinned: the oldest Kubernetes the chart supports (Chart.yaml kubeVersion) and a current one.
+KUBE_VERSIONS = os.environ.get("CHART_TEST_KUBE_VERSIONS", "1.30.0 1.34.0").split()
+RELEASE, NAMESPACE = "bridge", "realtime"
+OPTIONAL_KINDS = {"HorizontalPodAutoscaler", "PodDisruptionBudget", "ServiceMonitor", "Ingress", "NetworkPolicy"}
+
+passed: list[str] = []
+failed: list[str] = []
+
+
+def check(name: str, fn: Callable[[], Any]) -> None:
+    try:
+        fn()
+    except Exception as e:  # noqa: BLE001 - every failure is reported, then counted
+        failed.append(name)
+        detail = str(e) if isinstance(e, AssertionError) and str(e) else traceback.format_exc(limit=3)
+        print(f"FAIL {name}\n    " + detail.strip().replace("\n", "\n    "))
+    else:
+        passed.append(name)
+        print(f"ok   {name}")
+
+
+def fail(msg: str) -> None:
+    raise AssertionError(msg)
+
+
+def load_values(path: Path) -> dict[str, Any]:
+    return yaml.safe_load(path.read_text()) or {}
+
+
+def render(chart: helm.Chart, values: dict[str, Any]) -> dict[str, list[dict[str, Any]]]:
+    """Renders like `helm template`: template path -> list of manifests (empty docs dropped)."""
+    out = chart.render(values, name=RELEASE, namespace=NAMESPACE, is_install=True)
+    docs: dict[str, list[dict[str, Any]]] = {}
+    for path, text in out.items():
+        if path.endswith("NOTES.txt"):
+            continue
+        parsed = [d for d in yaml.safe_load_all(text) if d]
+        if parsed:
+            docs[path] = parsed
+    return docs
+
+
+def by_kind(docs: dict[str, list[dict[str, Any]]]) -> dict[str, dict[str, Any]]:
+    kinds: dict[str, dict[str, Any]] = {}
+    for manifests in docs.values():
+        for m in manifests:
+            assert m["kind"] not in kinds, f"two {m['kind']} manifests"
+            kinds[m["kind"]] = m
+    return kinds
+
+
+def bridge_toml(kinds: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    return tomllib.loads(kinds["ConfigMap"]["data"]["bridge.toml"])
+
+
+def quantity_bytes(q: Any) -> int:
+    if isinstance(q, int):
+        return q
+    units = {"Ki": 2**10, "Mi": 2**20, "Gi": 2**30, "Ti": 2**40, "k": 10**3, "M": 10**6, "G": 10**9, "T": 10**12}
+    for suffix, mult in units.items():
+        if q.endswith(suffix):
+            return int(float(q[: -len(suffix)]) * mult)
+    return int(q)
+
+
+def seconds(d: str) -> float:
+    for suffix, mult in (("ms", 0.001), ("s", 1), ("m", 60), ("h", 3600)):
+        if d.endswith(suffix) and d[: -len(suffix)].isdigit():
+            return int(d[: -len(suffix)]) * mult
+    raise ValueError(d)
+
+
+# A subset of monitoring.coreos.com/v1 ServiceMonitor (prometheus-operator's CRD), strict on
+# every field the chart writes, since the Kubernetes schemas do not include CRDs.
+SERVICE_MONITOR_SCHEMA = {
+    "type": "object",
+    "required": ["apiVersion", "kind", "metadata", "spec"],
+    "properties": {
+        "apiVersion": {"const": "monitoring.coreos.com/v1"},
+        "kind": {"const": "ServiceMonitor"},
+        "metadata": {"type": "object", "required": ["name"]},
+        "spec": {
+            "type": "object",
+            "additionalProperties": False,
+            "required": ["selector", "endpoints"],
+            "properties": {
+                "selector": {
+                    "type": "object",
+                    "additionalProperties": False,
+                    "properties": {
+                        "matchLabels": {"type": "object", "additionalProperties": {"type": "string"}},
+                        "matchExpressions": {"type": "array"},
+                    },
+                },
+                "namespaceSelector": {
+                    "type": "object",
+                    "additionalProperties": False,
+                    "properties": {"any": {"type": "boolean"}, "matchNames": {"type": "array", "items": {"type": "string"}}},
+                },
+                "endpoints": {
+                    "type": "array",
+                    "minItems": 1,
+                    "items": {
+                        "type": "object",
+                        "additionalProperties": False,
+                        "properties": {
+                            "port": {"type": "string"},
+                            "path": {"type": "string"},
+                            "interval": {"type": "string", "pattern": "^(0|(([0-9]+)y)?(([0-9]+)w)?(([0-9]+)d)?(([0-9]+)h)?(([0-9]+)m)?(([0-9]+)s)?(([0-9]+)ms)?)$"},
+                            "scrapeTimeout": {"type": "string", "pattern": "^(0|(([0-9]+)y)?(([0-9]+)w)?(([0-9]+)d)?(([0-9]+)h)?(([0-9]+)m)?(([0-9]+)s)?(([0-9]+)ms)?)$"},
+                            "relabelings": {"type": "array", "items": {"type": "object"}},
+                            "metricRelabelings": {"type": "array", "items": {"type": "object"}},
+                        },
+                    },
+                },
+            },
+        },
+    },
+}
+
+
+def kubernetes_validate(files: list[Path], version: str) -> None:
+    """kubernetes-validate --strict on every file; only the ServiceMonitor may lack a schema."""
+    exe = Path(sys.executable).with_name("kubernetes-validate")
+    r = subprocess.run(
+        [str(exe), "--strict", "--kubernetes-version", version, *map(str, files)],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    lines = (r.stdout + r.stderr).splitlines()
+    errors = [ln for ln in lines if ln.startswith(("ERROR", "FATAL"))]
+    warns = [ln for ln in lines if ln.startswith("WARN") and "ServiceMonitor" not in ln]
+    infos = [ln for ln in lines if ln.startswith("INFO") and "passed" in ln]
+    assert r.returncode == 0 and not errors and not warns, "\n".join(errors + warns) or r.stdout + r.stderr
+    assert infos, f"kubernetes-validate validated nothing:\n{r.stdout}{r.stderr}"
+
+
+# A P-256 public key (its private half was thrown away): what a Secret given as
+# secrets.authKeys would hold, for `--check-config` to load.
+TEST_PUBLIC_KEY = """-----BEGIN PUBLIC KEY-----
+MFkwEwYHKoZIzj0CAQYIKoZIzj0DAQcDQgAEgkUlWhkE8Li912B4OO6eysv4JUWy
+wesHLkR/fe6Hg8XWxmzSZdMh/NCmi0tRElJ5ZmXIWUB3AjD/6H6Km/WIaw==
+-----END PUBLIC KEY-----
+"""
+
+
+def test_jwks() -> str:
+    der = base64.b64decode("".join(TEST_PUBLIC_KEY.splitlines()[1:-1]))
+    point = der[-65:]  # 0x04 || x || y
+    b64 = lambda b: base64.urlsafe_b64encode(b).rstrip(b"=").decode()  # noqa: E731
+    return json.dumps({"keys": [{"kty": "EC", "crv": "P-256", "alg": "ES256", "use": "sig", "kid": "test",
+                                 "x": b64(point[1:33]), "y": b64(point[33:])}]})
+
+
+AUTH_MOUNT = "/etc/sse-bridge-auth/"
+
+
+def check_config(toml_text: str, env: dict[str, str]) -> None:
+    """`sse-bridge --check-config` on the rendered file, when SSE_BRIDGE_BIN names a binary.
+    Key files the chart mounts from a Secret are stood in for by TEST_PUBLIC_KEY."""
+    binary = os.environ.get("SSE_BRIDGE_BIN")
+    if not binary:
+        return
+    with tempfile.TemporaryDirectory() as d:
+        keys = Path(d) / "auth"
+        keys.mkdir()
+        for name in {line.split(AUTH_MOUNT, 1)[1].split('"')[0] for line in toml_text.splitlines() if AUTH_MOUNT in line}:
+            (keys / name).write_text(TEST_PUBLIC_KEY if not name.endswith(".json") else test_jwks())
+        p = Path(d) / "bridge.toml"
+        p.write_text(toml_text.replace(AUTH_MOUNT, f"{keys}/"))
+        clean = {k: v for k, v in os.environ.items() if not k.startswith("SSE_BRIDGE_")}
+        r = subprocess.run(
+            [binary, "--config", str(p), "--check-config"],
+            env={**clean, **env},
+            capture_output=True,
+            text=True,
+            check=False,
+            cwd=d,
+        )
+        assert r.returncode == 0, f"sse-bridge --check-config refused the rendered bridge.toml:\n{r.stderr}{r.stdout}\n{toml_text}"
+
+
+def secret_env_for_check(kinds: dict[str, dict[str, Any]]) -> dict[str, str]:
+    """Stand-in values for the env vars the pod would get from Secrets."""
+    stand_in = {
+        "SSE_BRIDGE_PUBLISH__TOKEN": "a-long-test-token",
+        "SSE_BRIDGE_NATS__URL": "nats://user:pass@nats.example:4222",
+        "SSE_BRIDGE_REDIS__URL": "redis://user:pass@redis.example:6379/0",
+        "SSE_BRIDGE_AUTH__SECRET": "a-test-hs256-secret-of-at-least-32-bytes",
+    }
+    env = {}
+    for e in container(kinds).get("env", []):
+        if "valueFrom" in e and e["name"] in stand_in:
+            env[e["name"]] = stand_in[e["name"]]
+        elif "value" in e:
+            env[e["name"]] = e["value"]
+    return env
+
+
+def container(kinds: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    cs = kinds["Deployment"]["spec"]["template"]["spec"]["containers"]
+    assert len(cs) == 1
+    return cs[0]
+
+
+def check_common(name: str, chart: helm.Chart, values: dict[str, Any], docs: dict, outdir: Path) -> None:
+    """What every rendering must satisfy."""
+    kinds = by_kind(docs)
+    merged = chart.merge_values(values)
+    dep = kinds["Deployment"]
+    pod = dep["spec"]["template"]["spec"]
+    c = container(kinds)
+    toml = bridge_toml(kinds)
+    toml_text = kinds["ConfigMap"]["data"]["bridge.toml"]
+
+    def metadata():
+        for k, m in kinds.items():
+            assert m["metadata"]["name"].startswith(RELEASE), (k, m["metadata"]["name"])
+            assert m["metadata"].get("namespace") == NAMESPACE, (k, m["metadata"].get("namespace"))
+            assert m["metadata"]["labels"]["app.kubernetes.io/instance"] == RELEASE, k
+
+    def listeners():
+        assert toml["server"]["listen"] == f"0.0.0.0:{merged['containerPorts']['http']}", toml["server"]
+        assert toml["admin"]["listen"] == f"0.0.0.0:{merged['containerPorts']['admin']}", toml["admin"]
+        ports = {p["name"]: p["containerPort"] for p in c["ports"]}
+        assert ports == {"http": merged["containerPorts"]["http"], "admin": merged["containerPorts"]["admin"]}, ports
+        svc = {p["name"]: (p["port"], p["targetPort"]) for p in kinds["Service"]["spec"]["ports"]}
+        assert svc == {"http": (merged["service"]["port"], "http"), "admin": (merged["service"]["adminPort"], "admin")}, svc
+
+    def config_mount():
+        assert c["args"] == ["--config", "/etc/sse-bridge/bridge.toml"], c["args"]
+        mounts = {m["name"]: m for m in c["volumeMounts"]}
+        assert mounts["config"]["mountPath"] == "/etc/sse-bridge" and mounts["config"]["readOnly"] is True
+        vols = {v["name"]: v for v in pod["volumes"]}
+        assert vols["config"]["configMap"]["name"] == kinds["ConfigMap"]["metadata"]["name"]
+
+    def config_roundtrip():
+        # Every key set in values reaches bridge.toml with its value.
+        for section, table in (merged.get("config") or {}).items():
+            if section == "delivery":
+                assert toml.get("delivery", []) == table, (toml.get("delivery"), table)
+                continue
+            for k, v in (table or {}).items():
+                if section == "memory" and k == "limit" and not v:
+                    continue
+                assert toml[section][k] == v, f"{section}.{k}: values {v!r}, bridge.toml {toml[section].get(k)!r}"
+        for section in ("nats", "redis"):
+            assert (section in toml) == bool(merged["config"].get(section)), section
+
+    def memory_budget():
+        explicit = (merged["config"].get("memory") or {}).get("limit") or 0
+        limit = quantity_bytes(merged["resources"]["limits"]["memory"])
+        want = explicit or limit * merged["memoryBudgetPercent"] // 100
+        assert toml["memory"]["limit"] == want, (toml["memory"], want)
+        assert 0 < toml["memory"]["limit"] <= limit
+
+    def probes():
+        admin = "admin"
+        assert c["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": admin}, c["livenessProbe"]
+        assert c["readinessProbe"]["httpGet"] == {"path": "/readyz", "port": admin}, c["readinessProbe"]
+
+    def shutdown():
+        drain = seconds((merged["config"].get("server") or {}).get("drain_timeout", "10s"))
+        pre = merged["preStopSleepSeconds"]
+        assert pod["terminationGracePeriodSeconds"] > pre + drain, (pod["terminationGracePeriodSeconds"], pre, drain)
+        if pre:
+            assert c["lifecycle"]["preStop"] == {"sleep": {"seconds": pre}}, c.get("lifecycle")
+
+    def security():
+        sc = c["securityContext"]
+        assert sc["allowPrivilegeEscalation"] is False and sc["readOnlyRootFilesystem"] is True, sc
+        assert sc["capabilities"]["drop"] == ["ALL"] and sc["runAsNonRoot"] is True, sc
+        assert pod["securityContext"]["runAsNonRoot"] is True and pod["securityContext"]["runAsUser"] != 0
+        assert pod["automountServiceAccountToken"] is False
+
+    def resources():
+        assert c["resources"]["limits"]["memory"] == merged["resources"]["limits"]["memory"]
+
+    def checksum():
+        want = hashlib.sha256(chart.render(values, name=RELEASE, namespace=NAMESPACE, is_install=True)[
+            "sse-bridge/templates/configmap.yaml"].encode()).hexdigest()
+        got = dep["spec"]["template"]["metadata"]["annotations"]["checksum/config"]
+        assert got == want, (got, want)
+
+    def replicas():
+        if merged["autoscaling"]["enabled"]:
+            assert "replicas" not in dep["spec"], "replicas must be left to the HPA"
+        else:
+            assert dep["spec"]["replicas"] == merged["replicaCount"]
+
+    def optional_kinds():
+        want = {
+            "HorizontalPodAutoscaler": merged["autoscaling"]["enabled"],
+            "PodDisruptionBudget": merged["podDisruptionBudget"]["enabled"],
+            "ServiceMonitor": merged["serviceMonitor"]["enabled"],
+            "Ingress": merged["ingress"]["enabled"],
+            "NetworkPolicy": merged["networkPolicy"]["enabled"],
+        }
+        got = {k: k in kinds for k in OPTIONAL_KINDS}
+        assert got == want, (got, want)
+
+    def service_monitor():
+        if "ServiceMonitor" in kinds:
+            jsonschema.validate(kinds["ServiceMonitor"], SERVICE_MONITOR_SCHEMA)
+            assert kinds["ServiceMonitor"]["spec"]["endpoints"][0]["port"] == "admin"
+
+    def bridge_accepts():
+        check_config(toml_text, secret_env_for_check(kinds))
+
+    for fn in (metadata, listeners, config_mount, config_roundtrip, memory_budget, probes, shutdown, security,
+               resources, checksum, replicas, optional_kinds, service_monitor, bridge_accepts):
+        check(f"{name}: {fn.__name__}", fn)
+
+    files = []
+    for path, manifests in docs.items():
+        for i, m in enumerate(manifests):
+            f = outdir / f"{Path(path).stem}-{i}.yaml"
+            f.write_text(yaml.safe_dump(m))
+            files.append(f)
+    for v in KUBE_VERSIONS:
+        check(f"{name}: kubernetes-validate --strict k8s {v} ({len(files)} manifests)", lambda v=v: kubernetes_validate(files, v))
+
+
+def main() -> int:
+    print(f"helm-python-sdk {helm.__version__}, Helm SDK {helm.helm_sdk_version()}, "
+          f"Kubernetes schemas {' '.join(KUBE_VERSIONS)}")
+    values_files = sorted(HERE.glob("*-values.yaml"))
+    assert values_files, "no ci/*-values.yaml"
+    chart = helm.Chart.load(CHART)
+    renders: dict[str, dict] = {}
+    work = tempfile.TemporaryDirectory(prefix="chart-test-")
+
+    for vf in values_files:
+        name = vf.name.removesuffix("-values.yaml")
+        values = load_values(vf)
+
+        def lint(values=values):
+            for v in KUBE_VERSIONS:
+                report = helm.lint(CHART, values, strict=True, kube_version=f"v{v}")
+                bad = [m for m in report["messages"] if m["severity"] >= 2] + report["errors"]
+                assert not bad, json.dumps(bad, indent=2)
+
+        check(f"{name}: helm lint --strict", lint)
+        check(f"{name}: values.schema.json accepts it", lambda values=values: chart.validate_schema(values))
+        try:
+            docs = render(chart, values)
+        except helm.HelmError as e:
+            check(f"{name}: renders", lambda e=e: fail(str(e)))
+            continue
+        check(f"{name}: renders", lambda: None)
+        renders[name] = docs
+        outdir = Path(work.name) / name
+        outdir.mkdir()
+        check_common(name, chart, values, docs, outdir)
+
+    specific_checks(chart, renders)
+    schema_rejections(chart)
+    render_rejections(chart)
+    dockerfile_lint()
+
+    work.cleanup()
+    print(f"\n{len(passed)} passed, {len(failed)} failed")
+    return 1 if failed else 0
+
+
+def specific_checks(chart: helm.Chart, renders: dict[str, dict]) -> None:
+    if "default" in renders:
+        kinds = by_kind(renders["default"])
+
+        def defaults_are_quiet():
+            toml = bridge_toml(kinds)
+            assert "nats" not in toml and "redis" not in toml and "publish" not in toml, toml
+            assert "env" not in container(kinds), container(kinds).get("env")
+            assert toml["memory"]["limit"] == 512 * 2**20 * 75 // 100, toml["memory"]
+
+        check("default: no source, no publish token, budget 75% of 512Mi", defaults_are_quiet)
+
+    if "all-on" in renders:
+        kinds = by_kind(renders["all-on"])
+
+        def ingress_sse():
+            a = kinds["Ingress"]["metadata"]["annotations"]
+            want = {
+                "nginx.ingress.kubernetes.io/proxy-buffering": "off",
+                "nginx.ingress.kubernetes.io/proxy-request-buffering": "off",
+                "nginx.ingress.kubernetes.io/proxy-http-version": "1.1",
+                "nginx.ingress.kubernetes.io/proxy-read-timeout": "3600",
+                "nginx.ingress.kubernetes.io/proxy-send-timeout": "3600",
+                "cert-manager.io/cluster-issuer": "letsencrypt",
+            }
+            assert all(a.get(k) == v for k, v in want.items()), a
+            backend = kinds["Ingress"]["spec"]["rules"][0]["http"]["paths"][0]["backend"]["service"]
+            assert backend == {"name": kinds["Service"]["metadata"]["name"], "port": {"name": "http"}}, backend
+
+        def spread():
+            tsc = kinds["Deployment"]["spec"]["template"]["spec"]["topologySpreadConstraints"]
+            assert [t["topologyKey"] for t in tsc] == ["topology.kubernetes.io/zone", "kubernetes.io/hostname"], tsc
+            sel = kinds["Deployment"]["spec"]["selector"]["matchLabels"]
+            assert all(t["labelSelector"]["matchLabels"] == sel for t in tsc)
+
+        def hpa_pdb():
+            hpa = kinds["HorizontalPodAutoscaler"]["spec"]
+            assert hpa["scaleTargetRef"]["name"] == kinds["Deployment"]["metadata"]["name"]
+            assert {m["resource"]["name"] for m in hpa["metrics"]} == {"cpu", "memory"}, hpa["metrics"]
+            assert (hpa["minReplicas"], hpa["maxReplicas"]) == (3, 20)
+            assert kinds["PodDisruptionBudget"]["spec"] == {
+                "minAvailable": 2,
+                "selector": {"matchLabels": kinds["Deployment"]["spec"]["selector"]["matchLabels"]},
+            }
+
+        def network_policy():
+            np = kinds["NetworkPolicy"]["spec"]
+            assert np["policyTypes"] == ["Ingress", "Egress"]
+            assert [r["ports"][0]["port"] for r in np["ingress"]] == ["http", "admin"]
+            assert np["egress"][0]["ports"][0]["port"] == 53 and len(np["egress"]) == 3, np["egress"]
+
+        def image_digest():
+            assert container(kinds)["image"].startswith("registry.example.com/sse-bridge@sha256:")
+
+        def auth_keys_mounted():
+            pod = kinds["Deployment"]["spec"]["template"]["spec"]
+            vols = {v["name"]: v for v in pod["volumes"]}
+            assert vols["auth-keys"]["secret"] == {"secretName": "jwt-issuer",
+                                                   "items": [{"key": "public.pem", "path": "public.pem"}]}, vols
+            mounts = {m["name"]: m for m in container(kinds)["volumeMounts"]}
+            assert mounts["auth-keys"] == {"name": "auth-keys", "mountPath": "/etc/sse-bridge-auth", "readOnly": True}
+            assert "subPath" not in mounts["auth-keys"], "a subPath mount would never see a rotated key"
+            auth = bridge_toml(kinds)["auth"]
+            assert auth["public_key_file"] == "/etc/sse-bridge-auth/public.pem" and "jwks_file" not in auth, auth
+            assert auth["rules"] == [{"topics": "ticker.>", "access": "public"}, {"topics": "orders.*", "access": "token"}]
+
+        def telemetry_float():
+            assert bridge_toml(kinds)["telemetry"]["sampling_ratio"] == 0.25
+
+        for fn in (ingress_sse, spread, hpa_pdb, network_policy, image_digest, auth_keys_mounted, telemetry_float):
+            check(f"all-on: {fn.__name__}", fn)
+
+    if "external-secrets" in renders:
+        kinds = by_kind(renders["external-secrets"])
+
+        def secrets_by_name():
+            env = {e["name"]: e["valueFrom"]["secretKeyRef"] for e in container(kinds)["env"]}
+            assert env == {
+                "SSE_BRIDGE_PUBLISH__TOKEN": {"name": "sse-bridge-publish", "key": "token"},
+                "SSE_BRIDGE_NATS__URL": {"name": "nats-credentials", "key": "url"},
+                "SSE_BRIDGE_REDIS__URL": {"name": "redis-credentials", "key": "redis-url"},
+                "SSE_BRIDGE_AUTH__SECRET": {"name": "jwt-hs256", "key": "secret"},
+            }, env
+            assert container(kinds)["envFrom"] == [{"secretRef": {"name": "sse-bridge-extra"}}]
+            toml = bridge_toml(kinds)
+            assert "url" not in toml["nats"] and "url" not in toml["redis"] and "publish" not in toml, toml
+            assert "secret" not in toml["auth"], toml["auth"]
+            assert "Secret" not in kinds, "the chart must not create Secrets"
+
+        check("external-secrets: credentials only from Secrets, none in the ConfigMap", secrets_by_name)
+
+    def checksum_rolls():
+        def sum_of(values):
+            kinds = by_kind(render(chart, values))
+            return kinds["Deployment"]["spec"]["template"]["metadata"]["annotations"]["checksum/config"]
+
+        base = sum_of({})
+        assert sum_of({"config": {"server": {"retry": "5s"}}}) != base, "config change must change the checksum"
+        assert sum_of({"resources": {"limits": {"memory": "1Gi"}}}) != base, "memory.limit follows the limit"
+        assert sum_of({"replicaCount": 5}) == base, "a non-config change must not roll the pods"
+
+    check("checksum/config changes with the config, only with it", checksum_rolls)
+
+    def quantities():
+        for q, want in (("1Gi", 2**30), ("1.5G", 1_500_000_000), (536870912, 2**29), ("2048Mi", 2**31),
+                        ("786432Ki", 786432 * 1024)):
+            toml = bridge_toml(by_kind(render(chart, {"resources": {"limits": {"memory": q}}})))
+            assert toml["memory"]["limit"] == want * 75 // 100, (q, toml["memory"]["limit"], want * 75 // 100)
+
+    check("memory.limit = 75% of Ki/Mi/Gi/G/byte quantities", quantities)
+
+    def toml_strings():
+        nasty = 'a"b\\c <>&é\u2028 \t#x'
+        values = {"config": {"log": {"level": nasty}, "nats": {"subjects": ["x.>", "ä.*"]}}}
+        toml = bridge_toml(by_kind(render(chart, values)))
+        assert toml["log"]["level"] == nasty and toml["nats"]["subjects"] == ["x.>", "ä.*"], toml
+
+    check("bridge.toml strings survive quotes, backslashes, unicode", toml_strings)
+
+    def grace_follows_drain():
+        kinds = by_kind(render(chart, {"config": {"server": {"drain_timeout": "2m"}},
+                                       "terminationGracePeriodSeconds": 130}))
+        assert kinds["Deployment"]["spec"]["template"]["spec"]["terminationGracePeriodSeconds"] == 130
+        assert bridge_toml(kinds)["server"]["drain_timeout"] == "2m"
+
+    check("drain_timeout 2m with a 130s grace period renders", grace_follows_drain)
+
+    def jwks_from_secret():
+        values = {"config": {"auth": {"algorithm": "RS256"}},
+                  "secrets": {"authKeys": {"existingSecret": "issuer-jwks", "key": "jwks.json", "format": "jwks"}}}
+        kinds = by_kind(render(chart, values))
+        auth = bridge_toml(kinds)["auth"]
+        assert auth == {"algorithm": "RS256", "jwks_file": "/etc/sse-bridge-auth/jwks.json"}, auth
+
+    check("secrets.authKeys format jwks sets auth.jwks_file", jwks_from_secret)
+
+
+def deep_merge(base: dict, over: dict) -> dict:
+    out = copy.deepcopy(base)
+    for k, v in over.items():
+        out[k] = deep_merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+    return out
+
+
+def schema_rejections(chart: helm.Chart) -> None:
+    """Wrong values that values.schema.json must refuse, naming the key."""
+    cases: list[tuple[str, dict[str, Any], str]] = [
+        ("replicaCount as a string", {"replicaCount": "two"}, "/replicaCount"),
+        ("queue_capacity as a string", {"config": {"server": {"queue_capacity": "many"}}}, "queue_capacity"),
+        ("a duration as a number", {"config": {"server": {"heartbeat_interval": 15}}}, "heartbeat_interval"),
+        ("an unknown config key", {"config": {"server": {"queue_capacty": 10}}}, "queue_capacty"),
+        ("an unknown section", {"config": {"sever": {}}}, "sever"),
+        ("server.listen (the chart's)", {"config": {"server": {"listen": "0.0.0.0:1"}}}, "listen"),
+        ("admin.listen (the chart's)", {"config": {"admin": {"listen": "0.0.0.0:1"}}}, "admin"),
+        ("publish.token in a ConfigMap", {"config": {"publish": {"token": "secret-token"}}}, "token"),
+        ("a bad slow_consumer policy", {"config": {"server": {"slow_consumer": "sometimes"}}}, "slow_consumer"),
+        ("fanout.shards above 1024", {"config": {"fanout": {"shards": 2000}}}, "shards"),
+        ("a delivery rule without topics", {"config": {"delivery": [{"max_rate": 5}]}}, "topics"),
+        ("a delivery max_rate of 0", {"config": {"delivery": [{"topics": "a", "max_rate": 0}]}}, "max_rate"),
+        ("nats without subjects", {"config": {"nats": {"url": "nats://n:4222"}}}, "subjects"),
+        ("a redis URL with another scheme", {"config": {"redis": {"url": "http://r", "channels": ["c"]}}}, "url"),
+        ("redis without channels or patterns", {"config": {"redis": {"envelope": True}}}, "redis"),
+        ("a bad CORS origin", {"config": {"server": {"cors_origins": ["app.example.com"]}}}, "cors_origins"),
+        ("log.format yaml", {"config": {"log": {"format": "yaml"}}}, "format"),
+        ("no memory limit", {"resources": {"limits": {"memory": None}}}, "memory"),
+        ("a memory limit that is not a quantity", {"resources": {"limits": {"memory": "lots"}}}, "memory"),
+        ("memoryBudgetPercent 120", {"memoryBudgetPercent": 120}, "memoryBudgetPercent"),
+        ("a port above 65535", {"service": {"port": 70000}}, "port"),
+        ("an image digest that is a tag", {"image": {"digest": "latest"}}, "digest"),
+        ("a secret reference as a string", {"secrets": {"natsUrl": "nats-credentials"}}, "natsUrl"),
+        ("an ingress pathType typo", {"ingress": {"enabled": True, "hosts": [
+            {"host": "a", "paths": [{"path": "/", "pathType": "Any"}]}]}}, "pathType"),
+        ("an enabled ingress without hosts", {"ingress": {"enabled": True, "hosts": []}}, "hosts"),
+        ("a drain_timeout the chart cannot check", {"config": {"server": {"drain_timeout": "1m 30s"}}}, "drain_timeout"),
+        ("an unknown top-level key", {"replicas": 3}, "replicas"),
+        ("auth.secret in a ConfigMap", {"config": {"auth": {"secret": "x" * 40}}}, "secret"),
+        ("an auth rule access typo", {"config": {"auth": {"rules": [{"topics": "a", "access": "open"}]}}}, "access"),
+        ("an auth algorithm typo", {"config": {"auth": {"algorithm": "none"}}}, "algorithm"),
+        ("sampling_ratio above 1", {"config": {"telemetry": {"sampling_ratio": 2}}}, "sampling_ratio"),
+        ("an authKeys format typo", {"secrets": {"authKeys": {"existingSecret": "k", "key": "k.pem", "format": "der"}}}, "format"),
+    ]
+    defaults = chart.values
+    for label, bad, needle in cases:
+        def one(bad=bad, needle=needle):
+            # What an install would validate: the chart's defaults with the user's values on top.
+            merged = deep_merge(defaults, bad)
+            try:
+                chart.validate_schema(merged)
+            except helm.HelmValuesError as e:
+                assert needle in str(e), f"refused, but the message does not name {needle!r}: {e}"
+            else:
+                raise AssertionError(f"values.schema.json accepted {bad}")
+            try:  # and the install path (render validates too)
+                chart.render(bad, name=RELEASE, namespace=NAMESPACE, is_install=True)
+            except helm.HelmError:
+                pass
+            else:
+                raise AssertionError(f"render accepted {bad}")
+
+        check(f"schema refuses {label}", one)
+
+
+def render_rejections(chart: helm.Chart) -> None:
+    """Values the schema cannot judge alone; the templates refuse them with a reason."""
+    cases: list[tuple[str, dict[str, Any], str]] = [
+        ("a grace period not longer than preStop + drain", {"terminationGracePeriodSeconds": 15}, "terminationGracePeriodSeconds"),
+        ("a drain longer than the grace period", {"config": {"server": {"drain_timeout": "1m"}}}, "drain_timeout"),
+        ("a memory.limit above the container limit", {"config": {"memory": {"limit": 2**31}}}, "memory.limit"),
+        ("a container limit too small for a budget", {"resources": {"limits": {"memory": "16Mi"}}}, "16 MiB"),
+        ("a NATS secret with no subjects", {"secrets": {"natsUrl": {"existingSecret": "n", "key": "url"}}}, "config.nats"),
+        ("a Redis secret with no channels", {"secrets": {"redisUrl": {"existingSecret": "r", "key": "url"}}}, "config.redis"),
+        ("a PDB with neither minAvailable nor maxUnavailable",
+         {"podDisruptionBudget": {"enabled": True, "minAvailable": None, "maxUnavailable": None}}, "minAvailable"),
+        ("authKeys with the default HS256 algorithm",
+         {"secrets": {"authKeys": {"existingSecret": "k", "key": "k.pem", "format": "pem"}}}, "RS256 or ES256"),
+        ("authKeys and authSecret together", {"config": {"auth": {"algorithm": "ES256"}}, "secrets": {
+            "authKeys": {"existingSecret": "k", "key": "k.pem", "format": "pem"},
+            "authSecret": {"existingSecret": "s", "key": "secret"}}}, "use one"),
+        ("authKeys and a public_key_file", {"config": {"auth": {"algorithm": "ES256", "public_key_file": "/k.pem"}},
+                                            "secrets": {"authKeys": {"existingSecret": "k", "key": "k.pem", "format": "pem"}}},
+         "use one"),
+        ("an HS256 secret with algorithm ES256", {"config": {"auth": {"algorithm": "ES256"}},
+                                                  "secrets": {"authSecret": {"existingSecret": "s", "key": "secret"}}}, "HS256"),
+        ("autoscaling min above max", {"autoscaling": {"enabled": True, "minReplicas": 5, "maxReplicas": 2}}, "minReplicas"),
+    ]
+    for label, bad, needle in cases:
+        def one(bad=bad, needle=needle):
+            try:
+                chart.render(bad, name=RELEASE, namespace=NAMESPACE, is_install=True)
+            except helm.HelmError as e:
+                assert needle in str(e), f"refused, but the message does not name {needle!r}: {e}"
+            else:
+                raise AssertionError(f"rendered {bad}")
+
+        check(f"templates refuse {label}", one)
+
+
+def dockerfile_lint() -> None:
+    hadolint = os.environ.get("HADOLINT")
+    if not hadolint:
+        print("skip Dockerfile lint (HADOLINT unset)")
+        return
+
+    def run():
+        r = subprocess.run([hadolint, "--failure-threshold", "info", str(REPO / "Dockerfile")],
+                           capture_output=True, text=True, check=False)
+        assert r.returncode == 0, r.stdout + r.stderr
+
+    check("hadolint Dockerfile", run)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

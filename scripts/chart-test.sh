@@ -1,0 +1,36 @@
+#!/usr/bin/env bash
+# Chart and image checks without a cluster or a Docker engine (what CI runs for charts/ and the
+# Dockerfile). Installs the pinned tools of charts/requirements.txt into a virtualenv under
+# target/ when missing or changed (needs PyPI, nothing else), builds the bridge binary so the
+# rendered bridge.toml goes through `sse-bridge --check-config`, then runs
+# charts/sse-bridge/ci/chart_test.py: helm lint, values.schema.json, render of every
+# charts/sse-bridge/ci/*-values.yaml, kubernetes-validate --strict against pinned Kubernetes
+# versions, the chart's promises, values that must be refused, and hadolint on the Dockerfile.
+#
+#   scripts/chart-test.sh                  # everything
+#   CHART_TEST_NO_BRIDGE=1 scripts/chart-test.sh   # skip the cargo build and --check-config
+#   SSE_BRIDGE_BIN=path/to/sse-bridge scripts/chart-test.sh   # check with that binary, no build
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+venv="${CHART_TEST_VENV:-target/chart-test/venv}"
+req=charts/requirements.txt
+stamp="$venv/.requirements.sha256"
+want="$(sha256sum "$req" | cut -d' ' -f1)"
+if [ ! -x "$venv/bin/python" ] || [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
+  echo "== installing chart test tools ($req) into $venv"
+  rm -rf "$venv"
+  python3 -m venv "$venv"
+  "$venv/bin/pip" install --quiet --disable-pip-version-check --no-input -r "$req"
+  echo "$want" > "$stamp"
+fi
+
+if [ "${CHART_TEST_NO_BRIDGE:-}" != 1 ] && [ -z "${SSE_BRIDGE_BIN:-}" ]; then
+  echo "== cargo build --bin sse-bridge (for --check-config of the rendered bridge.toml)"
+  cargo build --locked --quiet --bin sse-bridge
+  export SSE_BRIDGE_BIN="${CARGO_TARGET_DIR:-$PWD/target}/debug/sse-bridge"
+fi
+export HADOLINT="$PWD/$venv/bin/hadolint"
+
+echo "== chart tests"
+exec "$venv/bin/python" charts/sse-bridge/ci/chart_test.py
