@@ -27,13 +27,14 @@ use divan::AllocProfiler;
 use sse_bridge::client::{ClientQueue, ConnHandle, Next};
 use sse_bridge::config::{MemoryConfig, ReplayConfig, SlowConsumerPolicy};
 use sse_bridge::event::{Event, EventId};
-use sse_bridge::ingest::{LastSeq, Sequencer};
+use sse_bridge::ingest::{LastSeq, Pipeline, Sequencer};
 use sse_bridge::memory::MemoryBudget;
 use sse_bridge::metrics::Metrics;
 use sse_bridge::policy::DeliveryRules;
 use sse_bridge::registry::{Registry, Subscription};
 use sse_bridge::replay::ReplayStore;
 use sse_bridge::sources::{SourceKind, SourceMessage};
+use sse_bridge::telemetry::Telemetry;
 use sse_bridge::topic::TopicFilter;
 
 // ---------------------------------------------------------------------------------------------
@@ -144,18 +145,22 @@ fn new_queue() -> Arc<ClientQueue> {
     Arc::new(ClientQueue::new(QUEUE_CAPACITY, ConnHandle::default(), None))
 }
 
-/// The sequencer with the daemon's default replay store, no delivery rules and a memory budget.
+/// The sequencer with the daemon's default replay store, no delivery rules, tracing off, and a
+/// memory budget.
 fn new_sequencer(registry: &Arc<Registry>) -> Sequencer {
     Sequencer::new(
         0x5eed_0000_0001,
-        Arc::new(LastSeq::default()),
-        registry.clone(),
-        Arc::new(ReplayStore::new(ReplayConfig::default())),
-        DeliveryRules::new(&[], SlowConsumerPolicy::Disconnect),
-        // A limit far above use, set explicitly so the periodic budget check runs on every
-        // machine (with or without a cgroup limit) and the counts stay deterministic.
-        Arc::new(MemoryBudget::from_config(&MemoryConfig { limit: 1 << 40 })),
-        Arc::new(Metrics::new()),
+        Pipeline {
+            last_seq: Arc::new(LastSeq::default()),
+            registry: registry.clone(),
+            replay: Arc::new(ReplayStore::new(ReplayConfig::default())),
+            rules: DeliveryRules::new(&[], SlowConsumerPolicy::Disconnect),
+            // A limit far above use, set explicitly so the periodic budget check runs on every
+            // machine (with or without a cgroup limit) and the counts stay deterministic.
+            memory: Arc::new(MemoryBudget::from_config(&MemoryConfig { limit: 1 << 40 })),
+            telemetry: Arc::new(Telemetry::off()),
+            metrics: Arc::new(Metrics::new()),
+        },
     )
 }
 
@@ -167,6 +172,7 @@ fn prebuilt_event(seq: u64, topic: &Arc<str>, frame: &Bytes) -> Arc<Event> {
         frame: frame.clone(),
         received_at: Instant::now(),
         policy: SlowConsumerPolicy::Disconnect,
+        trace: None,
     })
 }
 

@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # sse-bridge and nginx + nchan side by side, on this machine, over loopback only.
 #
-#   scripts/bench-compare.sh            # the issue's loads (about 10 minutes)
-#   scripts/bench-compare.sh --quick    # a smoke run (about 2 minutes)
+#   scripts/bench-compare.sh            # the issue's loads (about 5 minutes after the build)
+#   scripts/bench-compare.sh --quick    # a smoke run (about 1 minute)
 #
 # Starts a release sse-bridge (temp config: /publish on, no brokers) and a private nginx with
 # nchan (its own prefix in a temp dir, config from bench/nchan/nginx.conf), then runs the same
@@ -70,7 +70,7 @@ if ! python3 -c 'import matplotlib' 2>/dev/null; then
 fi
 if [ -z "$bridge_bin" ] || [ -z "$loadgen_bin" ]; then
   echo "== building release binaries"
-  cargo build --release --quiet -p sse-bridge --bin sse-bridge -p sse-loadgen
+  cargo build --release --quiet -p sse-bridge -p sse-loadgen --bins
   tdir="${CARGO_TARGET_DIR:-$ROOT/target}"
   [ -n "$bridge_bin" ] || bridge_bin="$tdir/release/sse-bridge"
   [ -n "$loadgen_bin" ] || loadgen_bin="$tdir/release/sse-loadgen"
@@ -140,6 +140,12 @@ heartbeat_interval = "15s"
 listen = "127.0.0.1:$aport"
 [publish]
 token = "$token"
+# The load comes from a few loopback addresses, so per-IP admission limits are off
+# (nginx + nchan has none either); 0 means unlimited.
+[limits]
+max_streams = 0
+max_streams_per_ip = 0
+connect_rate_per_ip = 0
 [log]
 level = "warn"
 EOF
@@ -177,7 +183,10 @@ run_one() { # server scenario conns rate topics mode
   if [ "$mode" = idle ]; then
     args+=(--mode idle --duration "$idle_wait")
   else
-    args+=(--mode load --rate "$rate" --duration "$duration" --payload-bytes 256 --pub-url "$pub" "${tok[@]}")
+    # One publish connection per topic: each request waits for its answer, so fewer
+    # connections could not hold 1,000 events/s on a busy machine.
+    args+=(--mode load --rate "$rate" --duration "$duration" --payload-bytes 256 --pub-url "$pub" "${tok[@]}"
+      --pub-conns "$topics")
   fi
   echo "== $name on $server: $conns connections, $([ "$mode" = idle ] && echo idle || echo "$rate events/s over $topics topics")"
   "$loadgen_bin" "${args[@]}" | tee -a "$out/loadgen.log" | grep -v '^{' || echo "   (sse-loadgen reported failures; see $out/loadgen.log)"
@@ -233,6 +242,16 @@ for (sc, label), rs in sorted(by.items(), key=lambda kv: (min(r["connections"] f
         "-" if idle else f'{r["lost"]}/{r["duplicates"]}/{r["reordered"]}',
         s.get("rss_per_conn_bytes", 0), s.get("pss_per_conn_bytes", 0), r["loadgen"]["cpu_pct"]))
     rows.append((sc, label, r, cpu, p99))
+for (sc, label, r, cpu, p99) in rows:
+    problems = []
+    if r["connections_failed"]:
+        problems.append(f'{r["connections_failed"]} connections failed ({r["first_error"]})')
+    if r["mode"] == "load" and r.get("publish_rate_achieved", r["rate"]) < 0.95 * r["rate"]:
+        problems.append(f'publisher reached only {r["publish_rate_achieved"]} events/s of {r["rate"]}')
+    if r["mode"] == "load" and (r["lost"] or r["duplicates"] or r["reordered"]):
+        problems.append("lost/duplicate/reordered events")
+    if problems:
+        lines.append(f"\nWARNING {sc} on {label}: " + "; ".join(problems))
 summary = "\n".join(lines)
 open(os.path.join(out, "summary.md"), "w").write(summary + "\n")
 print(summary)
@@ -276,8 +295,10 @@ if idle:
     axes[2].axhline(8, color="gray", linestyle="--", label="target 8 KiB")
     axes[2].set_ylabel("KiB (PSS)"); axes[2].set_title("Server memory per idle connection"); axes[2].legend()
 quick = "quick" in os.path.basename(out)
+durs = sorted({r[2]["duration_s"] for r in load})
 fig.suptitle(("QUICK SMOKE RUN — " if quick else "") + "sse-bridge vs nginx+nchan, loopback, "
-             f"{os.cpu_count()} cores shared with the load generator")
+             f"{os.cpu_count()} cores shared with the load generator"
+             + (f", {'/'.join(f'{d:g}' for d in durs)} s of publishing per run" if durs else ""))
 fig.tight_layout()
 fig.savefig(os.path.join(out, "compare.png"), dpi=110)
 print(f"\nplot: {os.path.join(out, 'compare.png')}")

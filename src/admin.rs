@@ -15,7 +15,7 @@ use http::{Method, Request, Response, StatusCode};
 use hyper::body::Incoming;
 
 use crate::app::AppState;
-use crate::metrics::{SourceLabel, resident_memory_bytes};
+use crate::metrics::{LeLabel, QUEUE_DEPTH_BUCKETS, SourceLabel, resident_memory_bytes};
 use crate::sse::body::ResponseBody;
 use crate::sse::handler::{json, text};
 
@@ -57,6 +57,20 @@ fn metrics(state: &AppState) -> Response<ResponseBody> {
     m.replay_topics.set(replay.topics as i64);
     m.heap.set(crate::memory::heap_bytes().unwrap_or(0) as i64);
     m.memory_limit.set(state.memory.limit().unwrap_or(0) as i64);
+    // A counter mirrored from the kernel's figure: add what it grew since the last scrape.
+    m.cpu_seconds.inc_by((crate::metrics::cpu_seconds() - m.cpu_seconds.get()).max(0.0));
+    let mut depths = [0i64; QUEUE_DEPTH_BUCKETS.len()];
+    state.registry.for_each_queue(|q| {
+        let n = q.live_len();
+        for (i, (le, _)) in QUEUE_DEPTH_BUCKETS.iter().enumerate() {
+            if n <= *le {
+                depths[i] += 1;
+            }
+        }
+    });
+    for (i, (_, label)) in QUEUE_DEPTH_BUCKETS.iter().enumerate() {
+        m.queue_depth.get_or_create(&LeLabel { le: label }).set(depths[i]);
+    }
     m.resident_memory.set(resident_memory_bytes() as i64);
     for s in &state.sources {
         let label = SourceLabel { source: s.kind.as_str() };

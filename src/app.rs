@@ -193,10 +193,11 @@ impl App {
         let builder = Arc::new(server::http_builder(tracker.clone(), cfg.server.header_read_timeout));
         let public_state = state.clone();
         let public = move |req, kill| handler::handle(req, public_state.clone(), kill);
-        tracker.spawn(server::serve(listener, builder.clone(), public, life.clone(), "public"));
+        let conns = state.metrics.open_connections.clone();
+        tracker.spawn(server::serve(listener, builder.clone(), public, life.clone(), "public", conns));
         let admin_state = state.clone();
         let admin = move |req, _kill| admin::handle(req, admin_state.clone());
-        tracker.spawn(server::serve(admin_listener, builder, admin, life.clone(), "admin"));
+        tracker.spawn(server::serve(admin_listener, builder, admin, life.clone(), "admin", Default::default()));
         state.ready.store(true, Ordering::Release);
 
         shutdown.await;

@@ -286,8 +286,11 @@ impl ClientQueue {
     pub fn close(&self, reason: CloseReason) {
         let waker = {
             let mut st = self.state.lock();
-            if st.closed.is_some() {
-                return;
+            match st.closed {
+                None => {}
+                // A clean end that cannot be written (the socket is blocked) may still be cut.
+                Some(prev) if prev.is_clean() && !reason.is_clean() => {}
+                Some(_) => return,
             }
             st.closed = Some(reason);
             if !reason.is_clean() {
@@ -437,7 +440,15 @@ mod tests {
     fn ev(seq: u64, topic: &str, policy: SlowConsumerPolicy) -> Arc<Event> {
         let id = EventId { run: 1, seq };
         let frame = frame_event(id, None, seq.to_string().as_bytes()).0;
-        Arc::new(Event { id, topic: topic.into(), frame, received_at: Instant::now(), policy, trace: None })
+        Arc::new(Event {
+            id,
+            topic: topic.into(),
+            frame,
+            received_at: Instant::now(),
+            policy,
+            trace: None,
+            published_at_ms: None,
+        })
     }
 
     fn q(cap: usize) -> (ClientQueue, ConnHandle) {
@@ -537,5 +548,14 @@ mod tests {
         assert!(conn.kill.is_cancelled());
         conn.write.progressed();
         assert_eq!(conn.write.blocked_for(now + 2000), None);
+
+        // A stream that ended cleanly but cannot write its end is still cut.
+        let conn = ConnHandle::default();
+        let q = ClientQueue::new(4, conn.clone(), None);
+        q.close(CloseReason::MaxAge);
+        conn.write.blocked();
+        let now = now_ms();
+        assert_eq!(q.enforce_deadlines(now + 1500, Duration::from_secs(1)), Some(CloseReason::WriteTimeout));
+        assert!(conn.kill.is_cancelled());
     }
 }

@@ -75,6 +75,8 @@ pub struct Event {
     pub policy: SlowConsumerPolicy,
     /// The delivery span, when tracing is on and this event's trace is sampled.
     pub trace: Option<Arc<EventTrace>>,
+    /// The publisher's own timestamp (Unix ms), when it sent one.
+    pub published_at_ms: Option<u64>,
 }
 
 /// Event types that publishers may not use, because the bridge itself speaks with them

@@ -100,8 +100,16 @@ impl Sequencer {
         }
         let policy = p.rules.policy_for(&msg.topic);
         let trace = receive.as_ref().map(|r| r.sequenced(id));
-        let event =
-            Arc::new(Event { id, topic: Arc::from(msg.topic), frame, received_at: msg.received_at, policy, trace });
+        let published_at_ms = msg.trace.published_at_ms;
+        let event = Arc::new(Event {
+            id,
+            topic: Arc::from(msg.topic),
+            frame,
+            received_at: msg.received_at,
+            policy,
+            trace,
+            published_at_ms,
+        });
         // Retain, then publish, then fan out: a subscriber that registers after the store sees
         // the sequence and finds the event in the replay store (see docs/architecture.md).
         p.replay.append(&event);

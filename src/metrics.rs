@@ -21,6 +21,30 @@ pub struct SourceLabel {
     pub source: &'static str,
 }
 
+/// Bucket label of the queue depth distribution.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct LeLabel {
+    pub le: &'static str,
+}
+
+/// Upper bounds of the queue depth distribution.
+pub const QUEUE_DEPTH_BUCKETS: [(usize, &str); 8] =
+    [(0, "0"), (1, "1"), (4, "4"), (16, "16"), (64, "64"), (256, "256"), (1024, "1024"), (usize::MAX, "+Inf")];
+
+/// CPU seconds (user + system) of this process, from `/proc/self/stat`; 0 elsewhere.
+pub fn cpu_seconds() -> f64 {
+    let Ok(s) = std::fs::read_to_string("/proc/self/stat") else { return 0.0 };
+    // Fields after the parenthesised command name; utime and stime are the 14th and 15th.
+    let rest = s.rsplit_once(')').map_or("", |(_, r)| r);
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    let ticks: u64 =
+        f.get(11).and_then(|v| v.parse().ok()).unwrap_or(0) + f.get(12).and_then(|v| v.parse().ok()).unwrap_or(0);
+    ticks as f64 / CLOCK_TICKS_PER_SEC
+}
+
+/// `sysconf(_SC_CLK_TCK)` on Linux: 100 on every architecture we build for.
+const CLOCK_TICKS_PER_SEC: f64 = 100.0;
+
 /// Label set with a reason (why a stream ended, why a message was dropped).
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ReasonLabel {
@@ -41,6 +65,10 @@ pub struct Metrics {
     pub event_types_dropped: Counter,
     pub deliveries: Counter,
     pub delivery_latency: Histogram,
+    pub publish_latency: Histogram,
+    pub cpu_seconds: Counter<f64, std::sync::atomic::AtomicU64>,
+    pub open_connections: Gauge,
+    pub queue_depth: Family<LeLabel, Gauge>,
     pub drops: Family<ReasonLabel, Counter>,
     pub streams_opened: Counter,
     pub disconnects: Family<ReasonLabel, Counter>,
@@ -81,6 +109,10 @@ impl Metrics {
             event_types_dropped: Counter::default(),
             deliveries: Counter::default(),
             delivery_latency: Histogram::new(LATENCY_BUCKETS.iter().copied()),
+            publish_latency: Histogram::new(LATENCY_BUCKETS.iter().copied()),
+            cpu_seconds: Counter::default(),
+            open_connections: Gauge::default(),
+            queue_depth: Family::default(),
             drops: Family::default(),
             streams_opened: Counter::default(),
             disconnects: Family::default(),
@@ -133,6 +165,20 @@ impl Metrics {
             Unit::Seconds,
             m.delivery_latency.clone(),
         );
+        r.register_with_unit(
+            "publish_latency",
+            "From the publisher's timestamp (Sse-Published-At, envelope published_at) to the hand-off to the socket",
+            Unit::Seconds,
+            m.publish_latency.clone(),
+        );
+        r.register_with_unit(
+            "process_cpu",
+            "CPU time of the process (user + system)",
+            Unit::Seconds,
+            m.cpu_seconds.clone(),
+        );
+        r.register("open_connections", "TCP connections open on the public listener", m.open_connections.clone());
+        r.register("queue_depth_streams", "Streams by live events queued, cumulative (le)", m.queue_depth.clone());
         r.register("streams_opened", "SSE streams opened", m.streams_opened.clone());
         r.register("disconnects", "SSE streams ended, by reason", m.disconnects.clone());
         r.register(

@@ -255,6 +255,7 @@ mod tests {
             received_at: Instant::now(),
             policy: SlowConsumerPolicy::Disconnect,
             trace: None,
+            published_at_ms: None,
         })
     }
 

@@ -322,6 +322,7 @@ mod tests {
             received_at: Instant::now(),
             policy: crate::config::SlowConsumerPolicy::Disconnect,
             trace: None,
+            published_at_ms: None,
         })
     }
 

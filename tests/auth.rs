@@ -542,6 +542,9 @@ fn the_token_in_a_query_string_never_reaches_the_logs() {
         wait_until("debug logs flushed", || bridge.daemon.stderr().contains("Token refused")).await;
     });
     let logs = bridge.stop();
+    if std::env::var("SHOW_LOGS").is_ok() {
+        eprintln!("{logs}");
+    }
     assert!(logs.contains("DEBUG"), "debug logging was on:\n{logs}");
     assert!(logs.contains("Stream opened"), "the admitted stream was logged:\n{logs}");
     for secret in [good.as_str(), expired.as_str(), forged.as_str(), marker, &too_long[..64]] {

@@ -352,7 +352,7 @@ async fn latest_conflates_per_topic_and_keeps_the_newest_value() {
     let mut topic_of: HashMap<String, &str> = HashMap::new();
     let mut publish_one = async |published: &mut Vec<(String, String)>| {
         let i = published.len();
-        let topic = if i % 2 == 0 { "ticker.a" } else { "ticker.b" };
+        let topic = if i.is_multiple_of(2) { "ticker.a" } else { "ticker.b" };
         let body = format!("{topic}={i}:{filler}");
         let id = app.publish(topic, None, body.clone()).await;
         topic_of.insert(id.clone(), topic);
@@ -405,12 +405,17 @@ async fn latest_conflates_per_topic_and_keeps_the_newest_value() {
 // ---------------------------------------------------------------------------------------------
 // 3. A hundred readers and one stalled reader.
 
+/// The stalled reader listens to `t` like the others, plus a `bulk` topic that only it
+/// receives: large `bulk` events fill its socket and hyper's buffer first (a loopback socket
+/// absorbs megabytes), so the `t` events that then overflow its queue can stay small and a
+/// hundred readers parse them quickly.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn hundred_healthy_readers_get_everything_while_a_stalled_one_is_disconnected() {
     const READERS: usize = 100;
-    const PAYLOAD: usize = 16 * 1024;
-    const MIN_EVENTS: usize = 200;
-    const MAX_EVENTS: usize = 2000;
+    const BULK_PAYLOAD: usize = 64 * 1024;
+    const MAX_BULK: usize = 1000;
+    const PAYLOAD: usize = 4 * 1024;
+    const EVENTS: usize = 200;
     /// Events the publisher may be ahead of the slowest healthy reader: well under the queue
     /// capacity, so no healthy reader can overflow whatever the scheduling.
     const WINDOW: usize = 4;
@@ -443,17 +448,26 @@ async fn hundred_healthy_readers_get_everything_while_a_stalled_one_is_disconnec
             }
         });
     }
-    let mut stalled = RawSse::open(app.addr, "topic=t", 4096).await;
+    let mut stalled = RawSse::open(app.addr, "topic=t&topic=bulk", 4096).await;
     assert_eq!(app.state.registry.subscriber_count(), READERS + 1);
     let opened = started.elapsed();
+
+    // Every event the stalled reader was sent, in order.
+    let mut stalled_published = Vec::new();
+    let bulk = "b".repeat(BULK_PAYLOAD);
+    // Until its queue holds a few events, i.e. hyper stopped taking frames because the socket
+    // refuses writes (no other queue holds anything: nobody else listens to `bulk`).
+    while app.state.registry.queued_frames() < 4 {
+        assert!(stalled_published.len() < MAX_BULK, "stalled socket still writable after {MAX_BULK} bulk events");
+        stalled_published.push(app.publish("bulk", None, bulk.clone()).await);
+    }
+    let bulk_events = stalled_published.len();
 
     let min_received = || received.iter().map(|c| c.load(Ordering::Acquire)).min().unwrap();
     let filler = "y".repeat(PAYLOAD);
     let mut published = Vec::new();
     let mut stalled_cut_at = None;
-    while published.len() < MIN_EVENTS || stalled_cut_at.is_none() {
-        assert!(published.len() < MAX_EVENTS, "stalled reader still connected after {MAX_EVENTS} events");
-        let i = published.len();
+    for i in 0..EVENTS {
         // Wait (on the readers' progress signal) until every healthy reader is within WINDOW.
         tokio::time::timeout(EVENT_TIMEOUT, async {
             loop {
@@ -468,11 +482,16 @@ async fn hundred_healthy_readers_get_everything_while_a_stalled_one_is_disconnec
         })
         .await
         .unwrap_or_else(|_| panic!("healthy readers stuck at {} events before event {i}", min_received()));
-        published.push(app.publish("t", None, format!("{i}:{filler}")).await);
-        if stalled_cut_at.is_none() && app.state.registry.subscriber_count() == READERS {
-            stalled_cut_at = Some(published.len());
+        let id = app.publish("t", None, format!("{i}:{filler}")).await;
+        published.push(id.clone());
+        if stalled_cut_at.is_none() {
+            stalled_published.push(id);
+            if app.state.registry.subscriber_count() == READERS {
+                stalled_cut_at = Some(published.len());
+            }
         }
     }
+    let stalled_cut_at = stalled_cut_at.expect("the stalled reader was disconnected");
     app.publish("t", None, "end").await;
     let mut streams = Vec::new();
     while let Some(r) = readers.join_next().await {
@@ -485,16 +504,21 @@ async fn hundred_healthy_readers_get_everything_while_a_stalled_one_is_disconnec
     let metrics = admin_metrics(&app).await;
     assert_eq!(sample(&metrics, "sse_bridge_disconnects_total{reason=\"slow_consumer\"}"), Some(1.0), "{metrics}");
     assert_eq!(sample(&metrics, "sse_bridge_open_streams"), Some(READERS as f64), "{metrics}");
-    // The stalled socket gets what the kernel held, then the end.
+    // The stalled socket gets what the kernel held, then the end: a gapless prefix of what it
+    // was sent, never a silent skip.
     let end = stalled.read_to_end().await;
     assert!(end == "eof" || end.contains("reset"), "stalled socket ended with {end}");
     let got: Vec<&str> = stalled.events.iter().map(|e| e.id.as_deref().expect("id")).collect();
-    assert!(got.len() < published.len() && got[..] == published[..got.len()], "the stalled reader got a prefix");
+    assert!(
+        got.len() < stalled_published.len() && got[..] == stalled_published[..got.len()],
+        "the stalled reader got a prefix"
+    );
+    drop(streams);
     eprintln!(
-        "{READERS} readers + 1 stalled: streams open after {opened:?}; stalled cut after {:?} events of {PAYLOAD} \
-         bytes; {} events published; total {:?}",
-        stalled_cut_at.unwrap(),
-        published.len(),
+        "{READERS} readers + 1 stalled: streams open after {opened:?}; {bulk_events} bulk events of {BULK_PAYLOAD} \
+         bytes, then the stalled reader was cut at `t` event {stalled_cut_at} of {EVENTS} ({PAYLOAD} bytes); it had \
+         read {} events; total {:?}",
+        got.len(),
         started.elapsed()
     );
 }
@@ -538,16 +562,10 @@ async fn blocked_write_is_cut_after_write_timeout_but_a_quiet_stream_lives_on() 
     assert!(!stalled.events.is_empty(), "the stalled client had received something before the cut");
 
     // The quiet stream: nothing to write but heartbeats, which the socket always takes.
-    loop {
-        let left = QUIET_FOR.saturating_sub(quiet_since.elapsed());
-        if left.is_zero() {
-            break;
-        }
-        match quiet.next_event_or_end(left).await {
-            Err(_) => break,
-            Ok(Some(e)) => panic!("quiet stream got an event: {e:?}"),
-            Ok(None) => panic!("quiet stream ended after {:?} (error: {:?})", quiet_since.elapsed(), quiet.error()),
-        }
+    match quiet.next_event_or_end(QUIET_FOR.saturating_sub(quiet_since.elapsed())).await {
+        Err(_) => {} // nothing but comments until QUIET_FOR after it opened
+        Ok(Some(e)) => panic!("quiet stream got an event: {e:?}"),
+        Ok(None) => panic!("quiet stream ended after {:?} (error: {:?})", quiet_since.elapsed(), quiet.error()),
     }
     let heartbeats = quiet.comments_seen() - 1;
     assert!(heartbeats >= 10, "{heartbeats} heartbeats in {QUIET_FOR:?} at a 200ms interval");

@@ -65,6 +65,27 @@ fn check_event_trace(exporter: &InMemorySpanExporter, topic: &str, system: &str)
     assert!(attr(&deliver, "sse_bridge.slowest_write_ms").is_some());
 }
 
+/// Prints one trace as text (`cargo test --test tracing -- --nocapture`), for the docs.
+fn print_trace(exporter: &InMemorySpanExporter, trace_id: TraceId) {
+    let spans: Vec<SpanData> =
+        exporter.get_finished_spans().unwrap().into_iter().filter(|s| s.span_context.trace_id() == trace_id).collect();
+    let t0 = spans.iter().map(|s| s.start_time).min().unwrap();
+    let ms = |t: std::time::SystemTime| t.duration_since(t0).unwrap_or_default().as_secs_f64() * 1000.0;
+    println!("trace {trace_id}");
+    for s in &spans {
+        let attrs: Vec<String> = s.attributes.iter().map(|kv| format!("{}={}", kv.key, kv.value)).collect();
+        println!(
+            "  {} span={} parent={} +{:.3} ms … +{:.3} ms  {}",
+            s.name,
+            s.span_context.span_id(),
+            s.parent_span_id,
+            ms(s.start_time),
+            ms(s.end_time),
+            attrs.join("  ")
+        );
+    }
+}
+
 #[tokio::test]
 async fn nats_traceparent_parents_the_bridge_spans() {
     let nats = NatsServer::start().await;
@@ -95,6 +116,7 @@ async fn nats_traceparent_parents_the_bridge_spans() {
     })
     .await;
     check_event_trace(&exporter, "traced.order", "nats");
+    print_trace(&exporter, TraceId::from_hex(TRACE_ID).unwrap());
 
     // The stream has its own span, ended with its reason and event count.
     drop(s);

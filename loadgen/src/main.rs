@@ -8,6 +8,9 @@
 //! subscribe and publish URLs take a topic (sse-bridge, nginx + nchan, …). See
 //! docs/benchmarks.md for the commands and how to read the output.
 
+// serde_json's json! macro recurses once per token of the report below.
+#![recursion_limit = "256"]
+
 mod procstat;
 mod publish;
 mod sse;
@@ -317,6 +320,7 @@ async fn run(args: Args) -> Result<bool, String> {
     let t0 = Instant::now();
     let mut publish_error = None;
     let mut expected = 0u64;
+    let mut publish_s = 0.0;
     if args.mode == Mode::Load {
         let via = match args.publisher {
             Publisher::Http => Via::Http {
@@ -328,6 +332,7 @@ async fn run(args: Args) -> Result<bool, String> {
             Publisher::Redis => Via::Redis { addr: loopback_addr(&args.redis)? },
         };
         let stop_pub = CancellationToken::new();
+        let t_pub = Instant::now();
         let limit = Duration::from_secs_f64(args.duration * 2.0 + 30.0);
         match tokio::time::timeout(limit, publish::run(via, plan.clone(), stats.clone(), stop_pub.clone())).await {
             Ok(Ok(())) => {}
@@ -337,6 +342,7 @@ async fn run(args: Args) -> Result<bool, String> {
                 publish_error = Some("publisher overran its time limit".into());
             }
         }
+        publish_s = t_pub.elapsed().as_secs_f64();
         expected = (0..args.topics)
             .map(|t| stats.per_topic[t].load(Ordering::Relaxed) * shared.ok_per_topic[t].load(Ordering::Relaxed))
             .sum();
@@ -401,6 +407,8 @@ async fn run(args: Args) -> Result<bool, String> {
         "published": published,
         "publish_errors": stats.errors.load(Ordering::Relaxed),
         "publish_failure": publish_error,
+        "publish_s": round(publish_s, 3),
+        "publish_rate_achieved": round(if publish_s > 0.0 { stats.published() as f64 / publish_s } else { 0.0 }, 1),
         "publish_max_lag_ms": round(stats.max_lag_us.load(Ordering::Relaxed) as f64 / 1000.0, 3),
         "expected_deliveries": expected,
         "deliveries": deliveries,
@@ -459,6 +467,14 @@ async fn run(args: Args) -> Result<bool, String> {
             stats.errors.load(Ordering::Relaxed),
             ms(stats.max_lag_us.load(Ordering::Relaxed) as f64 / 1000.0)
         );
+        let achieved = if publish_s > 0.0 { published as f64 / publish_s } else { 0.0 };
+        if achieved < 0.95 * args.rate {
+            println!(
+                "  WARNING         the publisher reached only {achieved:.0} events/s of {} (slow publish answers; \
+                 try more --pub-conns, or a quieter machine)",
+                args.rate
+            );
+        }
         if let Some(e) = &publish_error {
             println!("  publish failed  {e}");
         }
@@ -510,8 +526,10 @@ async fn run(args: Args) -> Result<bool, String> {
             .map_err(|e| format!("{}: {e}", p.display()))?;
         writeln!(f, "{line}").map_err(|e| e.to_string())?;
     }
-    let clean =
-        failed == 0 && publish_error.is_none() && (args.mode == Mode::Idle || (lost == 0 && dup == 0 && reorder == 0));
+    let rate_ok = published as f64 >= 0.95 * args.rate * publish_s;
+    let clean = failed == 0
+        && publish_error.is_none()
+        && (args.mode == Mode::Idle || (lost == 0 && dup == 0 && reorder == 0 && rate_ok));
     Ok(clean)
 }
 

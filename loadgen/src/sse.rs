@@ -282,9 +282,20 @@ mod tests {
 
     #[test]
     fn head_and_chunked_body_split_anywhere() {
-        let resp = b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\nTransfer-Encoding: chunked\r\n\r\n\
-            b\r\n: ok\n\nretry\r\n1a;ext=1\r\n: 2000\n\nid: 1\ndata: 0:1:\r\n5\r\n5:x\n\n\r\n0\r\n\r\n";
-        let head = parse_head(resp).unwrap().unwrap();
+        let expected: &[u8] = b": ok\n\nretry: 2000\n\nid: 1\ndata: 0:1:5:x\n\n";
+        // The body in three chunks of 11, 24 and the rest bytes, one with an extension.
+        let (a, rest) = expected.split_at(11);
+        let (b, c) = rest.split_at(24);
+        let mut resp =
+            b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\nTransfer-Encoding: chunked\r\n\r\n".to_vec();
+        resp.extend_from_slice(format!("{:x}\r\n", a.len()).as_bytes());
+        resp.extend_from_slice(a);
+        resp.extend_from_slice(format!("\r\n{:X};ext=1\r\n", b.len()).as_bytes());
+        resp.extend_from_slice(b);
+        resp.extend_from_slice(format!("\r\n{:x}\r\n", c.len()).as_bytes());
+        resp.extend_from_slice(c);
+        resp.extend_from_slice(b"\r\n0\r\n\r\n");
+        let head = parse_head(&resp).unwrap().unwrap();
         assert_eq!(head.status, 200);
         assert!(head.chunked);
         let body = &resp[head.len..];
@@ -292,11 +303,12 @@ mod tests {
         for split in 0..body.len() {
             let mut d = BodyDecoder::new(true);
             let mut out = Vec::new();
-            let a = d.feed(&body[..split], |b| out.extend_from_slice(b)).unwrap();
-            let b = d.feed(&body[split..], |b| out.extend_from_slice(b)).unwrap();
-            assert!(!a || split == body.len());
-            assert!(b);
-            assert_eq!(out, b": ok\n\nretry: 2000\n\nid: 1\ndata: 0:1:5:x\n\n");
+            let first = d.feed(&body[..split], |p| out.extend_from_slice(p)).unwrap();
+            let second = d.feed(&body[split..], |p| out.extend_from_slice(p)).unwrap();
+            // The body ends with the last-chunk line "0\r\n"; the final CRLF is not needed.
+            assert!(!first || split >= body.len() - 2, "ended early at split {split}");
+            assert!(second, "did not end at split {split}");
+            assert_eq!(out, expected, "split {split}");
         }
         assert_eq!(parse_head(b"HTTP/1.1 200 OK\r\n").unwrap(), None);
         assert!(parse_head(b"SSH-2.0\r\n\r\n").is_err());

@@ -53,7 +53,13 @@ impl fmt::Display for SourceKind {
 pub struct TraceContext {
     pub traceparent: Option<String>,
     pub tracestate: Option<String>,
+    /// When the publisher published, in Unix milliseconds, if it said (`Sse-Published-At`
+    /// header, `published_at` envelope field): the start of publish-to-write latency.
+    pub published_at_ms: Option<u64>,
 }
+
+/// Header (NATS, `/publish`) carrying the publisher's timestamp in Unix milliseconds.
+pub const PUBLISHED_AT_HEADER: &str = "sse-published-at";
 
 /// One message from any source, on its way to the sequencer.
 #[derive(Debug)]

@@ -16,7 +16,9 @@ use futures_util::stream::select_all;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
-use super::{IngestSender, SessionEnd, SourceKind, SourceMessage, SourceStatus, TraceContext, backoff_delay};
+use super::{
+    IngestSender, PUBLISHED_AT_HEADER, SessionEnd, SourceKind, SourceMessage, SourceStatus, TraceContext, backoff_delay,
+};
 use crate::config::NatsConfig;
 use crate::input::BrokerInput;
 
@@ -142,6 +144,8 @@ fn read_headers(headers: Option<&HeaderMap>, event_header: &str) -> (Option<Stri
             trace.traceparent = Some(value.as_str().to_owned());
         } else if name.eq_ignore_ascii_case("tracestate") {
             trace.tracestate = Some(value.as_str().to_owned());
+        } else if name.eq_ignore_ascii_case(PUBLISHED_AT_HEADER) {
+            trace.published_at_ms = value.as_str().trim().parse().ok();
         }
     }
     (event_type, trace)

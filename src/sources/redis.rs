@@ -142,6 +142,9 @@ struct Envelope {
     traceparent: Option<String>,
     #[serde(default)]
     tracestate: Option<String>,
+    /// The publisher's timestamp, Unix milliseconds.
+    #[serde(default)]
+    published_at: Option<u64>,
 }
 
 /// A message read as an envelope.
@@ -165,7 +168,11 @@ pub fn decode_envelope(raw: &[u8]) -> Result<Decoded, serde_json::Error> {
     Ok(Decoded {
         event_type: env.event,
         payload,
-        trace: TraceContext { traceparent: env.traceparent, tracestate: env.tracestate },
+        trace: TraceContext {
+            traceparent: env.traceparent,
+            tracestate: env.tracestate,
+            published_at_ms: env.published_at,
+        },
     })
 }
 

@@ -93,6 +93,11 @@ impl SseBody {
     fn written(&mut self, event: &Event) -> Frame<Bytes> {
         let latency = event.received_at.elapsed();
         self.metrics.delivery_latency.observe(latency.as_secs_f64());
+        if let Some(published) = event.published_at_ms {
+            let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
+            let since = now.as_millis().saturating_sub(published as u128);
+            self.metrics.publish_latency.observe(since as f64 / 1000.0);
+        }
         if let Some(t) = &event.trace {
             t.written(latency);
         }

@@ -18,8 +18,8 @@ use crate::client::{ClientQueue, GAP_EVENT};
 use crate::event::{RESERVED_EVENT_PREFIX, frame_control};
 use crate::limits::Refusal;
 use crate::replay::{Cursor, MAX_CURSOR_LEN};
-use crate::sources::TraceContext;
 use crate::sources::publish::{PublishError, publish};
+use crate::sources::{PUBLISHED_AT_HEADER, TraceContext};
 use crate::topic::TopicFilter;
 
 /// Longest query string accepted; far above any sane list of topics, far below abuse.
@@ -211,6 +211,7 @@ async fn publish_handler(req: Request<Incoming>, state: &Arc<AppState>) -> Respo
     let trace = TraceContext {
         traceparent: header_string(req.headers(), "traceparent"),
         tracestate: header_string(req.headers(), "tracestate"),
+        published_at_ms: header_string(req.headers(), PUBLISHED_AT_HEADER).and_then(|v| v.trim().parse().ok()),
     };
     let body = match Limited::new(req.into_body(), cfg.max_body_bytes).collect().await {
         Ok(b) => b.to_bytes(),

@@ -21,6 +21,7 @@ use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
+use prometheus_client::metrics::gauge::Gauge;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
@@ -132,6 +133,15 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for WatchedIo<S> {
     }
 }
 
+/// Decrements a gauge when the connection task ends, however it ends.
+struct DecOnDrop(Gauge);
+
+impl Drop for DecOnDrop {
+    fn drop(&mut self) {
+        self.0.dec();
+    }
+}
+
 /// Accepts connections until `stop_accepting`, serving each with `handler`.
 ///
 /// `handler` gets each request and the connection it arrived on.
@@ -141,6 +151,7 @@ pub async fn serve<H, Fut>(
     handler: H,
     life: Lifecycle,
     name: &'static str,
+    open_connections: Gauge,
 ) where
     H: Fn(Request<Incoming>, Conn) -> Fut + Clone + Send + Sync + 'static,
     Fut: Future<Output = Result<Response<ResponseBody>, Infallible>> + Send + 'static,
@@ -165,7 +176,10 @@ pub async fn serve<H, Fut>(
         let builder = builder.clone();
         let handler = handler.clone();
         let life2 = life.clone();
+        let open_connections = open_connections.clone();
+        open_connections.inc();
         life.tracker.spawn(async move {
+            let _open = DecOnDrop(open_connections);
             let handle = ConnHandle::default();
             let kill = handle.kill.clone();
             let io = WatchedIo { inner: stream, watch: handle.write.clone() };

@@ -654,7 +654,7 @@ def dockerfile_lint() -> None:
         return
 
     def run():
-        r = subprocess.run([hadolint, "--failure-threshold", "info", str(REPO / "Dockerfile")],
+        r = subprocess.run([hadolint, "--no-color", "--failure-threshold", "info", str(REPO / "Dockerfile")],
                            capture_output=True, text=True, check=False)
         assert r.returncode == 0, r.stdout + r.stderr
 

@@ -1,0 +1,21 @@
+//! The Redis envelope decoder never panics; what it accepts is JSON whose `event` and string
+//! `data` come out verbatim, and the result always frames.
+#![no_main]
+
+use libfuzzer_sys::fuzz_target;
+use serde_json::Value;
+use sse_bridge::event::{EventId, frame_event};
+use sse_bridge::sources::redis::decode_envelope;
+
+fuzz_target!(|data: &[u8]| {
+    let Ok(d) = decode_envelope(data) else { return };
+    let v: Value = serde_json::from_slice(data).expect("an accepted envelope is JSON");
+    match v.get("data") {
+        Some(Value::String(s)) => assert_eq!(&d.payload[..], s.as_bytes()),
+        Some(other) => assert_eq!(&d.payload[..], other.to_string().as_bytes()),
+        None => panic!("accepted an envelope without data"),
+    }
+    assert_eq!(d.event_type.as_deref(), v.get("event").and_then(Value::as_str));
+    let (frame, _) = frame_event(EventId { run: 1, seq: 1 }, d.event_type.as_deref(), &d.payload);
+    assert!(frame.ends_with(b"\n\n"));
+});

@@ -1,0 +1,336 @@
+//! Hostile input, over real connections: every out-of-bounds request input gets a `400` with a
+//! one-line reason and a metric; broker garbage (oversize, invalid envelopes, non-UTF-8) is
+//! counted and never breaks a stream; and 10,000 requests of random garbage leave the real
+//! binary serving, with no stream left open and its memory flat.
+
+#[path = "common/bridge_process.rs"]
+mod bridge_process;
+mod common;
+#[path = "common/daemon.rs"]
+mod daemon;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio::sync::Semaphore;
+
+use bridge_process::BridgeProcess;
+use common::brokers::{NatsServer, RedisServer, nats_client, redis_conn, redis_publish};
+use common::sse_client::test_client;
+use common::{EVENT_TIMEOUT, TOKEN, TestApp, nats_config, redis_config, start_app, sync_on_probe, test_config};
+use sse_bridge::config::{AuthConfig, AuthRule, TopicAccess};
+
+const SECRET: &str = "test-secret-0123456789-0123456789-abcdef";
+
+/// Sends `request` as is on a fresh connection and reads the answer until the server closes
+/// (or 5 s pass). With `head_only`, stops as soon as the response head and the first body
+/// bytes are in (streams never close by themselves). Returns the status (0 if none could be
+/// parsed) and the body.
+async fn raw(addr: SocketAddr, request: &[u8], head_only: bool) -> (u16, String) {
+    let Ok(mut s) = TcpStream::connect(addr).await else { return (0, String::new()) };
+    let _ = s.write_all(request).await;
+    if head_only {
+        // Nothing more is coming: a cut-short request must not wait for the server's header
+        // or body timeout.
+        let _ = s.shutdown().await;
+    }
+    let mut buf = Vec::new();
+    let mut chunk = [0u8; 4096];
+    let _ = tokio::time::timeout(Duration::from_secs(5), async {
+        loop {
+            match s.read(&mut chunk).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => buf.extend_from_slice(&chunk[..n]),
+            }
+            let head_end = buf.windows(4).position(|w| w == b"\r\n\r\n");
+            if head_only && head_end.is_some_and(|i| buf.len() > i + 4) {
+                break;
+            }
+        }
+    })
+    .await;
+    let text = String::from_utf8_lossy(&buf).into_owned();
+    let status = text.strip_prefix("HTTP/1.1 ").and_then(|r| r.get(..3)).and_then(|c| c.parse().ok()).unwrap_or(0);
+    let body = text.split_once("\r\n\r\n").map(|(_, b)| b.to_owned()).unwrap_or_default();
+    (status, body)
+}
+
+fn get(target: &str, headers: &[(&str, &[u8])]) -> Vec<u8> {
+    let mut r = format!("GET {target} HTTP/1.1\r\nhost: x\r\nconnection: close\r\n").into_bytes();
+    for (k, v) in headers {
+        r.extend_from_slice(k.as_bytes());
+        r.extend_from_slice(b": ");
+        r.extend_from_slice(v);
+        r.extend_from_slice(b"\r\n");
+    }
+    r.extend_from_slice(b"\r\n");
+    r
+}
+
+async fn rejected_count(app: &TestApp, reason: &str) -> f64 {
+    let text = test_client().get(app.admin_url("/metrics")).send().await.unwrap().text().await.unwrap();
+    let series = format!("sse_bridge_requests_rejected_total{{reason=\"{reason}\"}} ");
+    text.lines().find_map(|l| l.strip_prefix(&series)).map_or(0.0, |v| v.trim().parse().unwrap())
+}
+
+fn auth() -> AuthConfig {
+    AuthConfig {
+        secret: Some(SECRET.into()),
+        rules: vec![AuthRule { topics: "pub.>".into(), access: TopicAccess::Public }],
+        ..AuthConfig::default()
+    }
+}
+
+#[tokio::test]
+async fn out_of_bounds_requests_get_400_with_a_reason_and_a_metric() {
+    let mut cfg = test_config();
+    cfg.auth = Some(auth());
+    let app = start_app(cfg).await;
+    let many_topics: String = (0..65).map(|i| format!("topic=pub.t{i}")).collect::<Vec<_>>().join("&");
+    let long_query = format!("topic=pub.a&pad={}", "x".repeat(16 * 1024));
+    let long_id = "1".repeat(1025);
+    let big = vec![b'v'; 12 * 1024];
+    let long_token = "A".repeat(9000);
+    let cases: Vec<(&str, Vec<u8>, &str)> = vec![
+        ("bad_topic", get(&format!("/events?topic={}", "a".repeat(257)), &[]), "longer than 256 bytes"),
+        ("bad_topic", get("/events?topic=a%20b", &[]), "control or whitespace"),
+        ("bad_topic", get("/events?topic=a.%3E.b", &[]), "must be the last token"),
+        ("bad_topic", get("/events?topic=a.*.b*", &[]), "whole token"),
+        ("bad_topic", get("/events?topic=", &[]), "empty"),
+        ("no_topic", get("/events", &[]), "no topic"),
+        ("too_many_topics", get(&format!("/events?{many_topics}"), &[]), "at most 64"),
+        ("query_too_long", get(&format!("/events?{long_query}"), &[]), "query string is longer"),
+        ("bad_last_event_id", get("/events?topic=pub.a", &[("last-event-id", long_id.as_bytes())]), "longer than 1024"),
+        ("bad_last_event_id", get(&format!("/events?topic=pub.a&lastEventId={long_id}"), &[]), "longer than 1024"),
+        ("bad_last_event_id", get("/events?topic=pub.a", &[("last-event-id", b"abc\xff\xfe")]), "not UTF-8"),
+        ("bad_last_event_id", get("/events?topic=pub.a&lastEventId=a%01b", &[]), "control character"),
+        (
+            "headers_too_large",
+            get("/events?topic=pub.a", &[("x-a", &big), ("x-b", &big), ("x-c", &big)]),
+            "request headers exceed",
+        ),
+        ("token_too_long", get(&format!("/events?topic=secret&access_token={long_token}"), &[]), "max_token_bytes"),
+        ("bad_token", get("/events?topic=secret&access_token=a&access_token=b", &[]), "at most one access_token"),
+        (
+            "bad_event",
+            format!(
+                "POST /publish?topic=a&event={} HTTP/1.1\r\nhost: x\r\nauthorization: Bearer {TOKEN}\r\ncontent-length: 1\r\nconnection: close\r\n\r\nx",
+                "e".repeat(300)
+            )
+            .into_bytes(),
+            "event type is longer",
+        ),
+    ];
+    for (reason, request, says) in &cases {
+        let before = rejected_count(&app, reason).await;
+        let (status, body) = raw(app.addr, request, false).await;
+        let head = String::from_utf8_lossy(&request[..request.len().min(60)]).into_owned();
+        assert_eq!(status, 400, "{head}: {body}");
+        assert_eq!(body.trim_end().lines().count(), 1, "{head}: one-line reason, got {body:?}");
+        assert!(body.contains(says), "{head}: expected {says:?} in {body:?}");
+        assert_eq!(rejected_count(&app, reason).await, before + 1.0, "{head}: counted as {reason}");
+    }
+    // Beyond hyper's request-head buffer: 431 from hyper itself, and the connection closes.
+    let huge = vec![b'v'; 70 * 1024];
+    let (status, _) = raw(app.addr, &get("/events?topic=pub.a", &[("x-huge", &huge)]), false).await;
+    assert_eq!(status, 431);
+    // A Last-Event-ID that is merely not ours is not an error: the stream opens with a gap.
+    let (status, body) =
+        raw(app.addr, &get("/events?topic=pub.a", &[("last-event-id", b"urn:uuid:from-another-server")]), true).await;
+    assert_eq!(status, 200);
+    assert!(body.contains("sse-bridge.gap") || body.starts_with(": ok"), "{body}");
+    // The refused requests opened no stream; the one that opened ends with its connection.
+    common::wait_until("no stream left", || app.state.registry.subscriber_count() == 0).await;
+}
+
+#[tokio::test]
+async fn nats_garbage_is_counted_and_never_breaks_a_stream() {
+    let nats = NatsServer::start().await;
+    let mut cfg = test_config();
+    let mut nc = nats_config(&nats.url(), &["t", "probe"]);
+    nc.max_message_bytes = 1024;
+    cfg.nats = Some(nc);
+    let app = start_app(cfg).await;
+    let client = nats_client(&nats.url()).await;
+    let mut s = app.subscribe(&["t", "probe"]).await;
+    sync_on_probe(&mut s, || async {
+        client.publish("probe", Bytes::from_static(b"p")).await.unwrap();
+        client.flush().await.unwrap();
+    })
+    .await;
+    for payload in [vec![b'x'; 4096], b"a\xffb\r\nc".to_vec(), vec![b'y'; 1025], vec![b'z'; 1024], b"after".to_vec()] {
+        client.publish("t", payload.into()).await.unwrap();
+    }
+    client.flush().await.unwrap();
+    let got: Vec<String> = s.take_events(3, EVENT_TIMEOUT).await.into_iter().map(|e| e.data).collect();
+    assert_eq!(got, ["a\u{fffd}b\nc".to_string(), "z".repeat(1024), "after".to_string()]);
+    assert_eq!(app.state.sources[0].malformed(), 2, "two oversize messages counted");
+    let metrics = test_client().get(app.admin_url("/metrics")).send().await.unwrap().text().await.unwrap();
+    assert!(metrics.contains("sse_bridge_events_malformed_total{source=\"nats\"} 2"), "{metrics}");
+    assert!(metrics.contains("sse_bridge_events_non_utf8_total 1"), "{metrics}");
+}
+
+#[tokio::test]
+async fn redis_garbage_is_counted_and_never_breaks_a_stream() {
+    let redis = RedisServer::start().await;
+    let mut cfg = test_config();
+    let mut rc = redis_config(&redis.url(), &["t", "probe"], &[]);
+    rc.envelope = true;
+    rc.max_message_bytes = 256;
+    cfg.redis = Some(rc);
+    let app = start_app(cfg).await;
+    let mut conn = redis_conn(&redis.url()).await;
+    let mut s = app.subscribe(&["t", "probe"]).await;
+    let c2 = conn.clone();
+    sync_on_probe(&mut s, || {
+        let mut c = c2.clone();
+        async move {
+            redis_publish(&mut c, "probe", r#"{"data":"p"}"#).await;
+        }
+    })
+    .await;
+    let oversize = format!(r#"{{"data":"{}"}}"#, "x".repeat(300));
+    for m in ["not json", r#"{"event":"e"}"#, "\u{0}\u{1}", &oversize, r#"{"event":"ok","data":{"n":1}}"#] {
+        redis_publish(&mut conn, "t", m).await;
+    }
+    let e = s.next_event(EVENT_TIMEOUT).await.expect("stream open");
+    assert_eq!((e.event.as_deref(), e.data.as_str()), (Some("ok"), r#"{"n":1}"#));
+    assert_eq!(app.state.sources[0].malformed(), 4);
+}
+
+/// One random garbage request: a mix of plausible and absurd methods, paths, queries,
+/// headers and bodies, sometimes not HTTP at all, sometimes cut short.
+fn garbage(rng: &mut StdRng) -> Vec<u8> {
+    fn junk(rng: &mut StdRng, max: usize) -> Vec<u8> {
+        let n = rng.random_range(0..=max);
+        (0..n).map(|_| rng.random()).collect()
+    }
+    fn pct(rng: &mut StdRng, max: usize) -> String {
+        junk(rng, max)
+            .iter()
+            .map(|b| if b.is_ascii_alphanumeric() { (*b as char).to_string() } else { format!("%{b:02X}") })
+            .collect()
+    }
+    if rng.random_ratio(1, 20) {
+        return junk(rng, 2048);
+    }
+    let method = ["GET", "POST", "OPTIONS", "PUT", "DELETE", "HEAD", "G\x01T", "PATCH"][rng.random_range(0..8)];
+    let path = match rng.random_range(0..6) {
+        0..=2 => "/events".to_string(),
+        3 => "/publish".to_string(),
+        4 => format!("/{}", pct(rng, 64)),
+        _ => format!("/{}", "a/".repeat(rng.random_range(0..500))),
+    };
+    let mut q = Vec::new();
+    for _ in 0..rng.random_range(0..12) {
+        let k = ["topic", "lastEventId", "access_token", "event", "x", ""][rng.random_range(0..6)];
+        let v = match rng.random_range(0..6) {
+            0 => ["pub.a", "pub.*", ">", "a.>.b", "secret.x", "pub.>"][rng.random_range(0..6)].to_string(),
+            1 => pct(rng, 32),
+            2 => "x".repeat(rng.random_range(0..20_000)),
+            3 => format!("{}.{}.{}", pct(rng, 40), pct(rng, 80), pct(rng, 40)),
+            _ => pct(rng, 300),
+        };
+        q.push(format!("{k}={v}"));
+    }
+    let mut r = format!("{method} {path}?{} HTTP/1.1\r\nhost: x\r\nconnection: close\r\n", q.join("&")).into_bytes();
+    for _ in 0..rng.random_range(0..8) {
+        let (k, v): (String, Vec<u8>) = match rng.random_range(0..7) {
+            0 => (
+                "authorization".into(),
+                format!("Bearer {}.{}.{}", pct(rng, 30), pct(rng, 60), pct(rng, 40)).into_bytes(),
+            ),
+            1 => ("cookie".into(), format!("sse_bridge_token={}; a=b", pct(rng, 200)).into_bytes()),
+            2 => ("last-event-id".into(), junk(rng, 2000).into_iter().filter(|b| *b != b'\r' && *b != b'\n').collect()),
+            3 => ("x-pad".into(), vec![b'p'; rng.random_range(0..40_000)]),
+            4 => ("origin".into(), pct(rng, 50).into_bytes()),
+            5 => ("content-length".into(), rng.random_range(0..2_000_000u32).to_string().into_bytes()),
+            _ => (pct(rng, 20), junk(rng, 100)),
+        };
+        r.extend_from_slice(k.as_bytes());
+        r.extend_from_slice(b": ");
+        r.extend_from_slice(&v);
+        r.extend_from_slice(b"\r\n");
+    }
+    r.extend_from_slice(b"\r\n");
+    if method == "POST" {
+        r.extend_from_slice(&junk(rng, 4096));
+    }
+    if rng.random_ratio(1, 10) {
+        let cut = rng.random_range(0..=r.len());
+        r.truncate(cut);
+    }
+    r
+}
+
+async fn fire(addr: SocketAddr, n: usize, seed: u64) -> [usize; 6] {
+    let sem = Arc::new(Semaphore::new(64));
+    let mut rng = StdRng::seed_from_u64(seed);
+    let mut tasks = tokio::task::JoinSet::new();
+    for _ in 0..n {
+        let req = garbage(&mut rng);
+        let permit = sem.clone().acquire_owned().await.unwrap();
+        tasks.spawn(async move {
+            // Streams that open are read briefly (a few hundred bytes), then dropped.
+            let (status, _) = raw(addr, &req, true).await;
+            drop(permit);
+            status
+        });
+    }
+    let mut by_class = [0usize; 6];
+    for status in tasks.join_all().await {
+        by_class[(status / 100) as usize] += 1;
+    }
+    by_class
+}
+
+#[test]
+fn ten_thousand_garbage_requests_leave_the_daemon_serving_with_flat_memory() {
+    let extra = format!(
+        "[publish]\ntoken = \"{TOKEN}\"\n\n[limits]\nconnect_rate_per_ip = 0\nmax_streams_per_ip = 0\n\n\
+         [auth]\nsecret = \"{SECRET}\"\n\n[[auth.rules]]\ntopics = \"pub.>\"\naccess = \"public\"\n"
+    );
+    let bridge = BridgeProcess::start(&extra, &[]);
+    let seed: u64 = std::env::var("HOSTILE_SEED").ok().and_then(|s| s.parse().ok()).unwrap_or_else(rand::random);
+    eprintln!("garbage seed: {seed} (HOSTILE_SEED={seed} to replay)");
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async {
+        // Warm up: the allocator, hyper's buffers, the runtime's threads reach their working size.
+        fire(bridge.addr, 2_000, seed ^ 1).await;
+        let before = bridge.rss_bytes();
+        let classes = fire(bridge.addr, 10_000, seed).await;
+        eprintln!("answers by class (none, 1xx, 2xx, 3xx, 4xx, 5xx): {classes:?}");
+        assert!(classes[4] > 5_000, "most garbage is refused with a 4xx: {classes:?}");
+        assert_eq!(classes[5], 0, "no 5xx: {classes:?}");
+        // Every stream that opened has ended (its client went away).
+        let c = test_client();
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
+        loop {
+            let m = c.get(bridge.admin_url("/metrics")).send().await.unwrap().text().await.unwrap();
+            if m.lines().any(|l| l == "sse_bridge_open_streams 0") {
+                break;
+            }
+            assert!(tokio::time::Instant::now() < deadline, "streams left open:\n{m}");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        let after = bridge.rss_bytes();
+        eprintln!("RSS before {} KiB, after {} KiB", before / 1024, after / 1024);
+        assert!(after < before + 8 * 1024 * 1024, "RSS grew from {before} to {after} bytes");
+        // Still serving: a stream opens and receives a publish.
+        let mut s = common::sse_client::connect(&bridge.url("/events?topic=pub.alive"), &[]).await.unwrap();
+        s.wait_for_comments(1, EVENT_TIMEOUT).await;
+        let r =
+            c.post(bridge.url("/publish?topic=pub.alive")).bearer_auth(TOKEN).body("still here").send().await.unwrap();
+        assert_eq!(r.status(), 200);
+        assert_eq!(s.next_event(EVENT_TIMEOUT).await.unwrap().data, "still here");
+        let r = c.get(bridge.admin_url("/healthz")).send().await.unwrap();
+        assert_eq!(r.status(), 200);
+    });
+    bridge.stop();
+}
