@@ -173,6 +173,7 @@ fn prebuilt_event(seq: u64, topic: &Arc<str>, frame: &Bytes) -> Arc<Event> {
         received_at: Instant::now(),
         policy: SlowConsumerPolicy::Disconnect,
         trace: None,
+        published_at_ms: None,
     })
 }
 

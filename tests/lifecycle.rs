@@ -4,6 +4,8 @@
 
 mod common;
 
+use common::{admin_metrics, sample};
+
 use std::net::SocketAddr;
 use std::time::Duration;
 
@@ -11,7 +13,7 @@ use futures_util::StreamExt;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpSocket, TcpStream};
 
-use common::sse_client::{SseEvent, SseParser, connect_with, test_client, test_client_h2};
+use common::sse_client::{SseEvent, SseParser, connect_with, test_client_h2};
 use common::{EVENT_TIMEOUT, TOKEN, TestApp, start_app, test_config, urlencode, wait_until};
 
 fn alive_tasks() -> usize {
@@ -32,20 +34,6 @@ async fn wait_for_value<T: PartialEq + std::fmt::Debug>(what: &str, want: T, f: 
         );
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
-}
-
-async fn admin_metrics(app: &TestApp) -> String {
-    let r = test_client().get(app.admin_url("/metrics")).send().await.expect("GET /metrics");
-    assert_eq!(r.status(), 200);
-    r.text().await.unwrap()
-}
-
-/// The value of the sample named exactly `series` (name plus labels) in a metrics text.
-fn sample(metrics: &str, series: &str) -> Option<f64> {
-    metrics.lines().find_map(|l| {
-        let rest = l.strip_prefix(series)?.strip_prefix(' ')?;
-        rest.split_whitespace().next()?.parse().ok()
-    })
 }
 
 // ---------------------------------------------------------------------------------------------

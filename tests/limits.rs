@@ -5,6 +5,8 @@
 
 mod common;
 
+use common::{admin_metrics, sample};
+
 use std::net::{Ipv4Addr, SocketAddr};
 use std::time::Duration;
 
@@ -18,20 +20,6 @@ use sse_bridge::Config;
 
 // ---------------------------------------------------------------------------------------------
 // Helpers.
-
-async fn admin_metrics(app: &TestApp) -> String {
-    let r = test_client().get(app.admin_url("/metrics")).send().await.expect("GET /metrics");
-    assert_eq!(r.status(), 200);
-    r.text().await.unwrap()
-}
-
-/// The value of the sample named exactly `series` (name plus labels) in a metrics text.
-fn sample(metrics: &str, series: &str) -> Option<f64> {
-    metrics.lines().find_map(|l| {
-        let rest = l.strip_prefix(series)?.strip_prefix(' ')?;
-        rest.split_whitespace().next()?.parse().ok()
-    })
-}
 
 fn rejected(reason: &str) -> String {
     format!("sse_bridge_requests_rejected_total{{reason=\"{reason}\"}}")

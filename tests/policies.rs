@@ -9,6 +9,8 @@
 
 mod common;
 
+use common::{admin_metrics, sample};
+
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -19,7 +21,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpSocket, TcpStream};
 use tokio::sync::Notify;
 
-use common::sse_client::{SseEvent, SseParser, SseStream, test_client};
+use common::sse_client::{SseEvent, SseParser, SseStream};
 use common::{EVENT_TIMEOUT, TestApp, start_app, test_config, wait_until};
 use sse_bridge::Config;
 use sse_bridge::config::{DeliveryRule, SlowConsumerPolicy};
@@ -29,20 +31,6 @@ const GAP: &str = "sse-bridge.gap";
 
 // ---------------------------------------------------------------------------------------------
 // Helpers.
-
-async fn admin_metrics(app: &TestApp) -> String {
-    let r = test_client().get(app.admin_url("/metrics")).send().await.expect("GET /metrics");
-    assert_eq!(r.status(), 200);
-    r.text().await.unwrap()
-}
-
-/// The value of the sample named exactly `series` (name plus labels) in a metrics text.
-fn sample(metrics: &str, series: &str) -> Option<f64> {
-    metrics.lines().find_map(|l| {
-        let rest = l.strip_prefix(series)?.strip_prefix(' ')?;
-        rest.split_whitespace().next()?.parse().ok()
-    })
-}
 
 /// A counter sample that may be absent (never incremented) as a number.
 fn counter(metrics: &str, series: &str) -> f64 {

@@ -20,8 +20,8 @@ fuzz_target!(|input: (u64, u64, Option<&str>, &[u8])| {
     assert_eq!(ev.data, want);
     assert_eq!(notes.replaced_invalid_utf8, std::str::from_utf8(payload).is_err());
     assert_eq!(ev.last_event_id, id.to_string());
-    let usable = event_type
-        .filter(|t| !t.is_empty() && !t.contains(['\r', '\n']) && !t.starts_with(RESERVED_EVENT_PREFIX));
+    let usable =
+        event_type.filter(|t| !t.is_empty() && !t.contains(['\r', '\n']) && !t.starts_with(RESERVED_EVENT_PREFIX));
     assert_eq!(ev.event, usable.unwrap_or(""));
     assert_eq!(notes.dropped_event_type, event_type.is_some() && usable.is_none());
 

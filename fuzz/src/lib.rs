@@ -32,7 +32,11 @@ pub fn parse_event_stream(bytes: &[u8]) -> Vec<Dispatched> {
                 if data.ends_with('\n') {
                     data.pop();
                 }
-                out.push(Dispatched { event: std::mem::take(&mut event), data: std::mem::take(&mut data), last_event_id: last_id.clone() });
+                out.push(Dispatched {
+                    event: std::mem::take(&mut event),
+                    data: std::mem::take(&mut data),
+                    last_event_id: last_id.clone(),
+                });
             } else {
                 event.clear();
             }

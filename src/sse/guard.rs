@@ -34,7 +34,8 @@ const MAX_QUERY_BYTES: usize = 16 * 1024;
 /// The `WWW-Authenticate` challenge without an error.
 const CHALLENGE: &str = "Bearer realm=\"sse-bridge\"";
 
-type Refusal = Response<ResponseBody>;
+/// A refusal, boxed: it travels up through `Result`s.
+type Refusal = Box<Response<ResponseBody>>;
 
 /// Checks a `GET /events` request whose `filters` were parsed and validated: input bounds,
 /// then whether every filter is public or granted by the request's token. The subscription is
@@ -108,10 +109,10 @@ pub fn publish<B>(state: &AppState, req: &Request<B>) -> Result<(), Refusal> {
     let legacy = state.config.publish.token.as_deref();
     if legacy.is_none() && !state.auth.has_keys() {
         state.metrics.count_rejected("publish_disabled");
-        return Err(text(
+        return Err(Box::new(text(
             StatusCode::FORBIDDEN,
             "publishing is disabled: set publish.token (or an [auth] key) in the configuration",
-        ));
+        )));
     }
     let given = bearer(req.headers());
     if let (Some(g), Some(t)) = (given, legacy)
@@ -204,15 +205,15 @@ fn forbidden(state: &AppState, msg: &str) -> Refusal {
     with_challenge(text(StatusCode::FORBIDDEN, msg), format!("{CHALLENGE}, error=\"insufficient_scope\""))
 }
 
-fn with_challenge(mut r: Refusal, challenge: String) -> Refusal {
+fn with_challenge(mut r: Response<ResponseBody>, challenge: String) -> Refusal {
     let v = HeaderValue::from_str(&challenge).unwrap_or(HeaderValue::from_static(CHALLENGE));
     r.headers_mut().insert(header::WWW_AUTHENTICATE, v);
-    r
+    Box::new(r)
 }
 
 fn bad_request(state: &AppState, reason: &'static str, msg: &str) -> Refusal {
     state.metrics.count_rejected(reason);
-    text(StatusCode::BAD_REQUEST, msg)
+    Box::new(text(StatusCode::BAD_REQUEST, msg))
 }
 
 #[cfg(test)]

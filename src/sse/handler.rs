@@ -96,7 +96,7 @@ fn events(req: &Request<Incoming>, state: &Arc<AppState>, conn: Conn) -> Respons
     .filter(|s| !s.is_empty());
     // Input bounds (headers, Last-Event-ID) and topic authorization; see sse/guard.rs.
     if let Err(refused) = super::guard::events(state, req, &filters) {
-        return refused;
+        return *refused;
     }
 
     // Admission last: a malformed request never consumes a connect token or a stream slot.
@@ -173,7 +173,7 @@ async fn publish_handler(req: Request<Incoming>, state: &Arc<AppState>) -> Respo
     }
     // publish.token or a JWT with publish grants, and input bounds; see sse/guard.rs.
     if let Err(refused) = super::guard::publish(state, &req) {
-        return refused;
+        return *refused;
     }
     let mut topic = None;
     let mut event_type = None;

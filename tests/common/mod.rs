@@ -179,6 +179,21 @@ where
     }
 }
 
+/// Scrapes the admin listener's `/metrics`.
+pub async fn admin_metrics(app: &TestApp) -> String {
+    let r = sse_client::test_client().get(app.admin_url("/metrics")).send().await.expect("GET /metrics");
+    assert_eq!(r.status(), 200);
+    r.text().await.unwrap()
+}
+
+/// The value of the sample named exactly `series` (name plus labels) in a metrics text.
+pub fn sample(metrics: &str, series: &str) -> Option<f64> {
+    metrics.lines().find_map(|l| {
+        let rest = l.strip_prefix(series)?.strip_prefix(' ')?;
+        rest.split_whitespace().next()?.parse().ok()
+    })
+}
+
 /// Percent-encodes a query value.
 pub fn urlencode(s: &str) -> String {
     form_urlencoded::byte_serialize(s.as_bytes()).collect()
