@@ -29,6 +29,7 @@ use crate::policy::DeliveryRules;
 use crate::registry::Registry;
 use crate::replay::ReplayStore;
 use crate::sources::{self, IngestSender, SourceKind, SourceMessage, SourceStatus};
+use crate::sse::client_ip::TrustedProxies;
 use crate::sse::cors::Cors;
 use crate::sse::handler;
 use crate::sse::server::{self, Lifecycle};
@@ -55,6 +56,8 @@ pub struct AppState {
     /// Topic authorization (`[auth]`); without it every topic is public.
     pub auth: Auth,
     pub limits: Arc<Limits>,
+    /// Whose `X-Forwarded-For` to believe for the per-IP limits.
+    pub trusted_proxies: TrustedProxies,
     pub rules: DeliveryRules,
     /// `: ok` comment plus `retry:`; sent first on every stream so headers and the reconnect
     /// delay reach the client at once. Built once, shared by all streams.
@@ -129,6 +132,7 @@ impl App {
             cors: Cors::new(&config.server.cors_origins),
             auth: Auth::new(config.auth.as_ref(), config.server.max_topic_length),
             limits: Limits::new(config.limits.clone()),
+            trusted_proxies: TrustedProxies::new(&config.server.trusted_proxies),
             rules: DeliveryRules::new(&config.delivery, config.server.slow_consumer),
             opening_frame,
             ready: AtomicBool::new(false),

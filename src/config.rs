@@ -70,6 +70,10 @@ pub struct ServerConfig {
     /// Time a client has to send its request headers.
     #[serde(with = "humantime_serde")]
     pub header_read_timeout: Duration,
+    /// Proxies (CIDRs such as `10.0.0.0/8`) whose `X-Forwarded-For` is believed: behind an
+    /// ingress, the per-IP limits then apply to the real client, not to the ingress pod. Empty:
+    /// the TCP peer is the client.
+    pub trusted_proxies: Vec<String>,
     /// Time open streams get to end after SIGTERM/SIGINT before they are cut.
     #[serde(with = "humantime_serde")]
     pub drain_timeout: Duration,
@@ -95,6 +99,7 @@ impl Default for ServerConfig {
             max_topics_per_connection: 64,
             max_topic_length: DEFAULT_MAX_TOPIC_LEN,
             header_read_timeout: Duration::from_secs(10),
+            trusted_proxies: Vec::new(),
             drain_timeout: Duration::from_secs(10),
             write_timeout: Duration::from_secs(30),
             max_stream_age: Duration::from_secs(3600),
@@ -574,6 +579,11 @@ impl Config {
         }
         if s.heartbeat_interval < Duration::from_millis(100) {
             return err("server.heartbeat_interval", "must be at least 100ms".into());
+        }
+        for (i, p) in s.trusted_proxies.iter().enumerate() {
+            if p.parse::<ipnet::IpNet>().is_err() && p.parse::<std::net::IpAddr>().is_err() {
+                return err(&format!("server.trusted_proxies[{i}]"), format!("{p:?}: not an IP address or CIDR"));
+            }
         }
         for (i, o) in s.cors_origins.iter().enumerate() {
             if let Err(r) = validate_origin(o) {

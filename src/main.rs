@@ -58,6 +58,7 @@ fn main() -> ExitCode {
         return ExitCode::SUCCESS;
     }
     logging::init(&config.log);
+    raise_open_file_limit();
     let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(r) => r,
         Err(e) => {
@@ -94,4 +95,18 @@ fn main() -> ExitCode {
         App::new(config).run(listener, admin, stop).await;
         ExitCode::SUCCESS
     })
+}
+
+/// Every stream is a socket: raise the soft open-file limit to the hard limit, as Go's runtime
+/// does, so the stream ceiling is the operator's hard limit rather than a default of 1024.
+fn raise_open_file_limit() {
+    use nix::sys::resource::{Resource, getrlimit, setrlimit};
+    match getrlimit(Resource::RLIMIT_NOFILE) {
+        Ok((soft, hard)) if soft < hard => match setrlimit(Resource::RLIMIT_NOFILE, hard, hard) {
+            Ok(()) => info!(from = soft, to = hard, "Raised the open-file limit."),
+            Err(e) => tracing::warn!(soft, hard, error = %e, "Cannot raise the open-file limit."),
+        },
+        Ok((soft, _)) => info!(limit = soft, "Open-file limit."),
+        Err(e) => tracing::warn!(error = %e, "Cannot read the open-file limit."),
+    }
 }

@@ -265,3 +265,33 @@ async fn malformed_requests_do_not_consume_connect_tokens() {
     assert_eq!(sample(&metrics, &rejected("ip_connect_rate")), Some(1.0), "{metrics}");
     assert_eq!(sample(&metrics, "sse_bridge_streams_opened_total"), Some(1.0), "{metrics}");
 }
+
+// ---------------------------------------------------------------------------------------------
+// Behind a proxy: X-Forwarded-For is believed only from trusted proxies.
+
+#[tokio::test]
+async fn per_ip_limits_see_clients_behind_trusted_proxies() {
+    let mut cfg = test_config();
+    cfg.limits.max_streams_per_ip = 1;
+    cfg.server.trusted_proxies = vec!["127.0.0.0/8".into()];
+    let app = start_app(cfg).await;
+    // Two clients behind the same proxy address are two clients.
+    let _a = app.subscribe_with(&["t"], &[("x-forwarded-for", "198.51.100.1")]).await;
+    let _b = app.subscribe_with(&["t"], &[("x-forwarded-for", "198.51.100.2")]).await;
+    // The same client twice is over its limit, whatever it writes to the left of the chain.
+    let url = app.url("/events?topic=t");
+    let e = common::sse_client::connect(&url, &[("x-forwarded-for", "6.6.6.6, 198.51.100.1")])
+        .await
+        .err()
+        .expect("refused");
+    assert_eq!(e.status().map(|s| s.as_u16()), Some(429));
+
+    // Without trusted proxies the header is ignored: the peer (127.0.0.1) is the client.
+    let mut cfg = test_config();
+    cfg.limits.max_streams_per_ip = 1;
+    let app = start_app(cfg).await;
+    let _a = app.subscribe_with(&["t"], &[("x-forwarded-for", "198.51.100.1")]).await;
+    let url = app.url("/events?topic=t");
+    let e = common::sse_client::connect(&url, &[("x-forwarded-for", "198.51.100.2")]).await.err().expect("refused");
+    assert_eq!(e.status().map(|s| s.as_u16()), Some(429));
+}

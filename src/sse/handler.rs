@@ -103,7 +103,8 @@ fn events(req: &Request<Incoming>, state: &Arc<AppState>, conn: Conn) -> Respons
     if state.memory.is_over() {
         return over_budget(state);
     }
-    let permit = match state.limits.admit(conn.peer.ip()) {
+    let client_ip = state.trusted_proxies.client_ip(conn.peer.ip(), req.headers());
+    let permit = match state.limits.admit(client_ip) {
         Ok(p) => p,
         Err(refusal) => {
             state.metrics.count_rejected(refusal.label());

@@ -1,6 +1,7 @@
 //! The public listener: accept loop, routes, CORS and the SSE stream body.
 
 pub mod body;
+pub mod client_ip;
 pub mod cors;
 pub mod guard;
 pub mod handler;
