@@ -537,7 +537,7 @@ fn load_key_file(path: &Path, format: FileFormat, alg: JwtAlgorithm) -> Result<(
                 JwtAlgorithm::ES256 => DecodingKey::from_ec_pem(&bytes),
                 JwtAlgorithm::HS256 => return Err("HS256 verifies with auth.secret, not a key file".into()),
             }
-            .map_err(|e| format!("{}: not a {} public key in PEM ({e})", path.display(), alg_name(alg)))?;
+            .map_err(|e| format!("{}: not a PEM public key for {} ({e})", path.display(), alg_name(alg)))?;
             vec![(None, key)]
         }
         FileFormat::Jwks => parse_jwks(&bytes, alg).map_err(|e| format!("{}: {e}", path.display()))?,

@@ -296,7 +296,8 @@ fn ten_thousand_garbage_requests_leave_the_daemon_serving_with_flat_memory() {
         "[publish]\ntoken = \"{TOKEN}\"\n\n[limits]\nconnect_rate_per_ip = 0\nmax_streams_per_ip = 0\n\n\
          [auth]\nsecret = \"{SECRET}\"\n\n[[auth.rules]]\ntopics = \"pub.>\"\naccess = \"public\"\n"
     );
-    let bridge = BridgeProcess::start(&extra, &[]);
+    // Streams whose client vanished are noticed at the next heartbeat: make that prompt.
+    let bridge = BridgeProcess::start(&extra, &[("SSE_BRIDGE_SERVER__HEARTBEAT_INTERVAL", "1s")]);
     let seed: u64 = std::env::var("HOSTILE_SEED").ok().and_then(|s| s.parse().ok()).unwrap_or_else(rand::random);
     eprintln!("garbage seed: {seed} (HOSTILE_SEED={seed} to replay)");
     let rt = tokio::runtime::Runtime::new().unwrap();

@@ -160,7 +160,10 @@ pub struct Decoded {
 /// Reads `{"event": "...", "data": ..., "traceparent": "...", "tracestate": "..."}`. Pure, so
 /// it can be fuzzed (`fuzz/fuzz_targets/envelope.rs`); the caller bounds the input size.
 pub fn decode_envelope(raw: &[u8]) -> Result<Decoded, serde_json::Error> {
-    let env = serde_json::from_slice::<Envelope>(raw)?;
+    // JSON is UTF-8 (RFC 8259). Checked up front: serde skips unknown fields without
+    // validating them, which would let invalid bytes through.
+    let text = std::str::from_utf8(raw).map_err(|_| serde::de::Error::custom("not UTF-8"))?;
+    let env = serde_json::from_str::<Envelope>(text)?;
     let payload = match env.data {
         serde_json::Value::String(s) => Bytes::from(s),
         other => Bytes::from(other.to_string()),
