@@ -134,6 +134,10 @@ struct Args {
     /// Append the JSON line to this file too.
     #[arg(long)]
     json_out: Option<std::path::PathBuf>,
+    /// Extra connections (spread over the topics) that subscribe and then never read, with a
+    /// 4 KiB receive buffer: stalled clients, to measure whether they delay the others.
+    #[arg(long, default_value_t = 0)]
+    stalled: usize,
 }
 
 fn main() -> ExitCode {
@@ -182,6 +186,9 @@ fn check(a: &Args) -> Result<(), String> {
     }
     if a.read_buf < 512 {
         return Err("--read-buf must be at least 512".into());
+    }
+    if a.stalled > 10_000 {
+        return Err("--stalled must be 0..=10000".into());
     }
     if a.source_ips == 0 || a.source_ips > 250 {
         return Err("--source-ips must be 1..=250".into());
@@ -301,6 +308,16 @@ async fn run(args: Args) -> Result<bool, String> {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     let connect_s = t_connect.elapsed().as_secs_f64();
+    // Stalled clients: subscribe, then never read (kept open until the end of the run).
+    let mut stalled = Vec::with_capacity(args.stalled);
+    for j in 0..args.stalled {
+        let sock = if url.addr.is_ipv4() { TcpSocket::new_v4() } else { TcpSocket::new_v6() }
+            .map_err(|e| format!("stalled socket: {e}"))?;
+        let _ = sock.set_recv_buffer_size(4096);
+        let mut s = sock.connect(url.addr).await.map_err(|e| format!("stalled connect: {e}"))?;
+        s.write_all(&requests[j % args.topics]).await.map_err(|e| format!("stalled request: {e}"))?;
+        stalled.push(s);
+    }
     tokio::time::sleep(Duration::from_secs_f64(args.settle)).await;
     let ok = shared.ok.load(Ordering::Relaxed);
     let srv_conn = procstat::sample(&pids);
@@ -396,6 +413,7 @@ async fn run(args: Args) -> Result<bool, String> {
         "connections": n,
         "connections_ok": ok,
         "connections_failed": failed,
+        "stalled": args.stalled,
         "connect_s": round(connect_s, 3),
         "streams_ended_by_server": shared.ended.load(Ordering::Relaxed),
         "first_error": shared.first_error.lock().unwrap().clone(),
@@ -457,6 +475,10 @@ async fn run(args: Args) -> Result<bool, String> {
     if let Some(e) = shared.first_error.lock().unwrap().as_ref() {
         println!("  first error     {e}");
     }
+    if args.stalled > 0 {
+        println!("  stalled         {} connections that never read (not counted above)", args.stalled);
+    }
+    drop(stalled);
     if args.mode == Mode::Load {
         println!(
             "  published       {published} events ({} /s requested, {} B payloads, {} topics, via {:?}), {} errors, max lag {}",
