@@ -26,5 +26,13 @@ if [ ! -d tests/browser/node_modules/playwright-core ]; then
   npm ci --prefix tests/browser --no-audit --no-fund --loglevel=error
 fi
 
-echo "== cargo test"
-cargo test --workspace "$@"
+echo "== cargo test (every crate, every target: unit, integration, the fan-out allocation check)"
+mkdir -p target
+set +e
+cargo test --workspace --all-targets "$@" 2>&1 | tee target/test-output.log
+status=${PIPESTATUS[0]}
+set -e
+# One closing line for the whole suite (cargo prints one per test binary).
+awk '/^test result:/ { for (i = 1; i <= NF; i++) { if ($(i+1) ~ /^passed;?$/) p += $i; if ($(i+1) ~ /^failed;?$/) f += $i } }
+     END { printf "suite: %d passed, %d failed\n", p, f }' target/test-output.log
+exit "$status"
