@@ -169,11 +169,8 @@ impl ReplayStore {
         while ring.events.len() > self.cfg.max_events_per_topic
             || (ring.bytes > self.cfg.max_bytes_per_topic && ring.events.len() > 1)
         {
-            let old = ring.events.pop_front().expect("non-empty");
-            let oc = cost(&old);
-            ring.bytes -= oc;
-            ring.evicted_upto = old.id.seq;
-            inner.total_bytes -= oc;
+            let freed = ring.evict_front();
+            inner.total_bytes -= freed;
             inner.total_events -= 1;
             popped = true;
         }
@@ -270,6 +267,18 @@ impl ReplayStore {
     }
 }
 
+impl TopicRing {
+    /// Drops the oldest event, remembering its sequence as evicted; returns the bytes freed.
+    /// The caller keeps the store's totals and the heap of fronts.
+    fn evict_front(&mut self) -> usize {
+        let old = self.events.pop_front().expect("callers evict from non-empty rings");
+        let freed = cost(&old);
+        self.bytes -= freed;
+        self.evicted_upto = old.id.seq;
+        freed
+    }
+}
+
 impl Inner {
     /// Evicts the globally oldest retained event; false if nothing is retained.
     fn evict_oldest(&mut self) -> bool {
@@ -278,11 +287,8 @@ impl Inner {
             if ring.events.front().map(|e| e.id.seq) != Some(seq) {
                 continue; // stale entry
             }
-            let old = ring.events.pop_front().expect("front checked");
-            let oc = cost(&old);
-            ring.bytes -= oc;
-            ring.evicted_upto = old.id.seq;
-            self.total_bytes -= oc;
+            let freed = ring.evict_front();
+            self.total_bytes -= freed;
             self.total_events -= 1;
             if let Some(front) = ring.events.front() {
                 self.fronts.push(Reverse((front.id.seq, topic)));

@@ -1,17 +1,18 @@
 //! The memory budget: a publish flood far larger than `memory.limit` keeps the process under
 //! the budget plus a fixed overhead, and it keeps serving (never an OOM kill).
 
+#[path = "common/bridge_process.rs"]
+mod bridge_process;
 mod common;
 #[path = "common/daemon.rs"]
 mod daemon;
 
-use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
-use common::{EVENT_TIMEOUT, TOKEN, brokers, sse_client};
-use daemon::Daemon;
+use bridge_process::BridgeProcess;
+use common::{EVENT_TIMEOUT, TOKEN, sse_client};
 use nix::sys::signal::Signal;
 use tokio::io::AsyncWriteExt;
 
@@ -35,26 +36,19 @@ fn rss_bytes(pid: i32) -> u64 {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn publish_flood_stays_within_the_memory_budget() {
-    let dir = tempfile::tempdir().unwrap();
-    let addr: SocketAddr = ([127, 0, 0, 1], brokers::free_port()).into();
-    let admin: SocketAddr = ([127, 0, 0, 1], brokers::free_port()).into();
-    let config = dir.path().join("bridge.toml");
-    std::fs::write(
-        &config,
-        format!(
-            "[server]\nlisten = \"{addr}\"\n\n[admin]\nlisten = \"{admin}\"\n\n\
-             [publish]\ntoken = \"{TOKEN}\"\n\n\
+    let bridge = BridgeProcess::start(
+        &format!(
+            "[publish]\ntoken = \"{TOKEN}\"\n\n\
              [limits]\nconnect_rate_per_ip = 0\nmax_streams_per_ip = 0\n\n\
              [memory]\nlimit = {BUDGET}\n\n\
              # Rings that alone could hold the whole flood: the budget has to do the bounding.\n\
              [replay]\nmax_events_per_topic = 100000\nmax_bytes_per_topic = 1073741824\nmax_total_bytes = 1073741824\n"
         ),
-    )
-    .unwrap();
-    let mut bridge = Daemon::spawn(daemon::bridge_command(dir.path()).arg("--config").arg(&config));
-    bridge.wait_listening(addr, Duration::from_secs(15)).expect("bridge listens");
-    let pid = bridge.pid().as_raw();
-    let url = |p: &str| format!("http://{addr}{p}");
+        &[],
+    );
+    let (addr, admin) = (bridge.addr, bridge.admin);
+    let pid = bridge.daemon.pid().as_raw();
+    let url = |p: &str| bridge.url(p);
 
     // Clients that never read: their queues would pin every event if nothing shed them.
     let mut stalled = Vec::new();
@@ -135,6 +129,7 @@ async fn publish_flood_stays_within_the_memory_budget() {
         .expect("shed metric present");
     assert!(shed > 0.0, "the replay store was shed:\n{metrics}");
     drop(stalled);
-    bridge.signal(Signal::SIGTERM);
-    assert!(bridge.wait_exit(Duration::from_secs(15)).is_some_and(|s| s.success()));
+    let mut daemon = bridge.daemon;
+    daemon.signal(Signal::SIGTERM);
+    assert!(daemon.wait_exit(Duration::from_secs(15)).is_some_and(|s| s.success()));
 }
