@@ -163,6 +163,11 @@ pub fn decode_envelope(raw: &[u8]) -> Result<Decoded, serde_json::Error> {
     // JSON is UTF-8 (RFC 8259). Checked up front: serde skips unknown fields without
     // validating them, which would let invalid bytes through.
     let text = std::str::from_utf8(raw).map_err(|_| serde::de::Error::custom("not UTF-8"))?;
+    // An envelope is a JSON object. serde's derived struct decoding also accepts an array of the
+    // fields in order (`["type","data"]`), which no publisher means (found by fuzzing).
+    if !text.trim_start().starts_with('{') {
+        return Err(serde::de::Error::custom("an envelope is a JSON object"));
+    }
     let env = serde_json::from_str::<Envelope>(text)?;
     let payload = match env.data {
         serde_json::Value::String(s) => Bytes::from(s),
@@ -213,5 +218,19 @@ fn redacted(u: &str) -> String {
             parsed.to_string()
         }
         _ => u.to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn envelope_is_an_object() {
+        let d = decode_envelope(br#"{"event":"e","data":{"a":1}}"#).unwrap();
+        assert_eq!((d.event_type.as_deref(), &d.payload[..]), (Some("e"), &br#"{"a":1}"#[..]));
+        assert!(decode_envelope(br#"["a",""]"#).is_err(), "an array of the fields is not an envelope");
+        assert!(decode_envelope(br#"{"event":"e"}"#).is_err(), "data is required");
+        assert!(decode_envelope(b"{\"data\":\"x\",\"z\":\"\xff\"}").is_err(), "JSON is UTF-8");
     }
 }
