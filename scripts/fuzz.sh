@@ -9,7 +9,9 @@
 # fuzz/artifacts/<target>/ and can be replayed with
 #   (cd fuzz && cargo +nightly fuzz run <target> artifacts/<target>/<file>)
 # Environment: FUZZ_TOOLCHAIN (default: the first installed nightly), FUZZ_SANITIZER
-# (default: address; "none" builds faster).
+# (default: address; "none" builds faster), FUZZ_SEED and FUZZ_RUNS (a fixed seed and a run
+# count make a run repeatable: CI explores the same inputs every time, so a red CI is a real,
+# reproducible finding, and new exploration happens in longer runs by hand).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export CARGO_TERM_COLOR=never
@@ -37,6 +39,7 @@ for target in $(cargo +"$toolchain" fuzz list); do
   echo "== fuzz $target for ${secs}s"
   # The first corpus directory receives new inputs; the seeds are only read.
   cargo +"$toolchain" fuzz run --sanitizer "$sanitizer" "$target" "$work/$target" "corpus/$target" -- \
-    -max_total_time="$secs" -timeout=10 -rss_limit_mb=2048 -max_len=65536 -print_final_stats=1
+    -max_total_time="$secs" -timeout=10 -rss_limit_mb=2048 -max_len=65536 -print_final_stats=1 \
+    ${FUZZ_SEED:+-seed="$FUZZ_SEED"} ${FUZZ_RUNS:+-runs="$FUZZ_RUNS"}
 done
 echo "== fuzzing found nothing"
