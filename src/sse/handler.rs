@@ -31,10 +31,12 @@ pub async fn handle(
     state: Arc<AppState>,
     conn: Conn,
 ) -> Result<Response<ResponseBody>, Infallible> {
+    if req.method() == Method::GET && req.uri().path() == "/events" {
+        return Ok(events_with_cors(&req, &state, conn));
+    }
     let origin = req.headers().get(header::ORIGIN).cloned();
     let preflight_req = req.method() == Method::OPTIONS;
     let mut resp = match (req.method(), req.uri().path()) {
-        (&Method::GET, "/events") => events(&req, &state, conn),
         (&Method::POST, "/publish") => publish_handler(req, &state).await,
         (&Method::OPTIONS, "/events" | "/publish") => preflight(),
         (_, "/events") => method_not_allowed("GET, OPTIONS"),
@@ -45,7 +47,15 @@ pub async fn handle(
     Ok(resp)
 }
 
-fn events(req: &Request<Incoming>, state: &Arc<AppState>, conn: Conn) -> Response<ResponseBody> {
+/// `GET /events` with its CORS headers. Generic over the request body (a GET has none), so
+/// a server path other than hyper's can answer it with the same rules.
+pub fn events_with_cors<B>(req: &Request<B>, state: &Arc<AppState>, conn: Conn) -> Response<ResponseBody> {
+    let mut resp = events(req, state, conn);
+    state.cors.apply(req.headers().get(header::ORIGIN), false, resp.headers_mut());
+    resp
+}
+
+fn events<B>(req: &Request<B>, state: &Arc<AppState>, conn: Conn) -> Response<ResponseBody> {
     let cfg = &state.config.server;
     if state.is_draining() {
         state.metrics.count_rejected("draining");
