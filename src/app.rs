@@ -31,6 +31,7 @@ use crate::replay::ReplayStore;
 use crate::sources::{self, IngestSender, SourceKind, SourceMessage, SourceStatus};
 use crate::sse::client_ip::TrustedProxies;
 use crate::sse::cors::Cors;
+use crate::sse::h1::LeanEvents;
 use crate::sse::handler;
 use crate::sse::server::{self, Lifecycle};
 use crate::telemetry::Telemetry;
@@ -197,11 +198,17 @@ impl App {
         let builder = Arc::new(server::http_builder(tracker.clone(), cfg.server.header_read_timeout));
         let public_state = state.clone();
         let public = move |req, kill| handler::handle(req, public_state.clone(), kill);
+        // Plain HTTP/1.x `GET /events` skips hyper (and its 16 KiB of buffers per connection).
+        let lean_state = state.clone();
+        let lean = Arc::new(LeanEvents {
+            handler: Box::new(move |req, conn| handler::events_with_cors(req, &lean_state, conn)),
+            header_read_timeout: cfg.server.header_read_timeout,
+        });
         let conns = state.metrics.open_connections.clone();
-        tracker.spawn(server::serve(listener, builder.clone(), public, life.clone(), "public", conns));
+        tracker.spawn(server::serve(listener, builder.clone(), public, Some(lean), life.clone(), "public", conns));
         let admin_state = state.clone();
         let admin = move |req, _kill| admin::handle(req, admin_state.clone());
-        tracker.spawn(server::serve(admin_listener, builder, admin, life.clone(), "admin", Default::default()));
+        tracker.spawn(server::serve(admin_listener, builder, admin, None, life.clone(), "admin", Default::default()));
         state.ready.store(true, Ordering::Release);
 
         shutdown.await;

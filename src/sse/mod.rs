@@ -4,5 +4,6 @@ pub mod body;
 pub mod client_ip;
 pub mod cors;
 pub mod guard;
+pub mod h1;
 pub mod handler;
 pub mod server;

@@ -16,6 +16,7 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
+use bytes::Bytes;
 use http::{Request, Response};
 use hyper::body::Incoming;
 use hyper::service::service_fn;
@@ -23,12 +24,13 @@ use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use prometheus_client::metrics::gauge::Gauge;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
-use tokio::net::TcpListener;
+use tokio::net::{TcpListener, TcpStream};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{debug, warn};
 
 use super::body::ResponseBody;
+use super::h1::{self, LeanEvents, Rewind};
 use crate::client::{ConnHandle, WriteWatch};
 
 /// The signals that end connections, shared by every listener of one app.
@@ -88,6 +90,13 @@ pub struct WatchedIo<S> {
     watch: Arc<WriteWatch>,
 }
 
+impl<S> WatchedIo<S> {
+    /// `inner`, reporting its writes to `watch`.
+    pub fn new(inner: S, watch: Arc<WriteWatch>) -> Self {
+        WatchedIo { inner, watch }
+    }
+}
+
 impl<S: AsyncRead + Unpin> AsyncRead for WatchedIo<S> {
     fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
         Pin::new(&mut self.inner).poll_read(cx, buf)
@@ -144,11 +153,14 @@ impl Drop for DecOnDrop {
 
 /// Accepts connections until `stop_accepting`, serving each with `handler`.
 ///
-/// `handler` gets each request and the connection it arrived on.
+/// `handler` gets each request and the connection it arrived on. With `lean`, a connection
+/// whose first request is a plain HTTP/1.x `GET /events` is served by [`h1`] instead of hyper
+/// (no hyper buffers for the life of the stream); every other connection goes to hyper.
 pub async fn serve<H, Fut>(
     listener: TcpListener,
     builder: Arc<auto::Builder<TrackedExecutor>>,
     handler: H,
+    lean: Option<Arc<LeanEvents>>,
     life: Lifecycle,
     name: &'static str,
     open_connections: Gauge,
@@ -175,31 +187,13 @@ pub async fn serve<H, Fut>(
         let _ = stream.set_nodelay(true);
         let builder = builder.clone();
         let handler = handler.clone();
+        let lean = lean.clone();
         let life2 = life.clone();
         let open_connections = open_connections.clone();
         open_connections.inc();
         life.tracker.spawn(async move {
             let _open = DecOnDrop(open_connections);
-            let handle = ConnHandle::default();
-            let kill = handle.kill.clone();
-            let io = WatchedIo { inner: stream, watch: handle.write.clone() };
-            let info = Conn { handle, peer };
-            let svc = service_fn(move |req| handler(req, info.clone()));
-            let conn = builder.serve_connection(TokioIo::new(io), svc);
-            tokio::pin!(conn);
-            let outcome = tokio::select! {
-                r = conn.as_mut() => r.err().map(|e| e.to_string()),
-                _ = kill.cancelled() => Some("cut by the bridge (slow consumer or write timeout)".into()),
-                _ = life2.hard_stop.cancelled() => Some("drain time over".into()),
-                _ = life2.graceful.cancelled() => {
-                    conn.as_mut().graceful_shutdown();
-                    tokio::select! {
-                        r = conn.as_mut() => r.err().map(|e| e.to_string()),
-                        _ = kill.cancelled() => Some("cut by the bridge (slow consumer or write timeout)".into()),
-                        _ = life2.hard_stop.cancelled() => Some("drain time over".into()),
-                    }
-                }
-            };
+            let outcome = connection(stream, peer, lean, builder, handler, life2).await;
             // Client disconnects are normal for streams: debug, never error.
             match outcome {
                 None => debug!(listener = name, %peer, "Connection closed."),
@@ -208,4 +202,67 @@ pub async fn serve<H, Fut>(
         });
     }
     debug!(listener = name, "Stopped accepting.");
+}
+
+/// Serves one connection: on the lean path if it applies, else with hyper. Returns why it
+/// ended, if not normally.
+///
+/// This future lives as long as the connection, so it is kept small: hyper's connection
+/// future, which is large, is boxed and exists only for connections hyper serves.
+async fn connection<H, Fut>(
+    stream: TcpStream,
+    peer: SocketAddr,
+    lean: Option<Arc<LeanEvents>>,
+    builder: Arc<auto::Builder<TrackedExecutor>>,
+    handler: H,
+    life: Lifecycle,
+) -> Option<String>
+where
+    H: Fn(Request<Incoming>, Conn) -> Fut + Clone + Send + Sync + 'static,
+    Fut: Future<Output = Result<Response<ResponseBody>, Infallible>> + Send + 'static,
+{
+    let handle = ConnHandle::default();
+    let (stream, read) = match lean {
+        Some(lean) => match h1::serve(stream, peer, &lean, &handle, &life).await {
+            h1::Served::Done(outcome) => return outcome,
+            h1::Served::Hyper(stream, read) => (stream, read),
+        },
+        None => (stream, Bytes::new()),
+    };
+    Box::pin(serve_hyper(Rewind::new(read, stream), peer, builder, handler, handle, life)).await
+}
+
+/// hyper serves the connection (HTTP/1.1 keep-alive or h2c), until it finishes, its kill
+/// switch fires or shutdown ends it.
+async fn serve_hyper<H, Fut>(
+    io: Rewind<TcpStream>,
+    peer: SocketAddr,
+    builder: Arc<auto::Builder<TrackedExecutor>>,
+    handler: H,
+    handle: ConnHandle,
+    life: Lifecycle,
+) -> Option<String>
+where
+    H: Fn(Request<Incoming>, Conn) -> Fut + Clone + Send + Sync + 'static,
+    Fut: Future<Output = Result<Response<ResponseBody>, Infallible>> + Send + 'static,
+{
+    let kill = handle.kill.clone();
+    let io = WatchedIo { inner: io, watch: handle.write.clone() };
+    let info = Conn { handle, peer };
+    let svc = service_fn(move |req| handler(req, info.clone()));
+    let conn = builder.serve_connection(TokioIo::new(io), svc);
+    tokio::pin!(conn);
+    tokio::select! {
+        r = conn.as_mut() => r.err().map(|e| e.to_string()),
+        _ = kill.cancelled() => Some("cut by the bridge (slow consumer or write timeout)".into()),
+        _ = life.hard_stop.cancelled() => Some("drain time over".into()),
+        _ = life.graceful.cancelled() => {
+            conn.as_mut().graceful_shutdown();
+            tokio::select! {
+                r = conn.as_mut() => r.err().map(|e| e.to_string()),
+                _ = kill.cancelled() => Some("cut by the bridge (slow consumer or write timeout)".into()),
+                _ = life.hard_stop.cancelled() => Some("drain time over".into()),
+            }
+        }
+    }
 }
