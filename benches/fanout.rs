@@ -160,6 +160,8 @@ fn new_sequencer(registry: &Arc<Registry>) -> Sequencer {
             memory: Arc::new(MemoryBudget::from_config(&MemoryConfig { limit: 1 << 40 })),
             telemetry: Arc::new(Telemetry::off()),
             metrics: Arc::new(Metrics::new()),
+            catalog: Default::default(),
+            positions: Default::default(),
         },
     )
 }
@@ -174,6 +176,7 @@ fn prebuilt_event(seq: u64, topic: &Arc<str>, frame: &Bytes) -> Arc<Event> {
         policy: SlowConsumerPolicy::Disconnect,
         trace: None,
         published_at_ms: None,
+        durable: None,
     })
 }
 

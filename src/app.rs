@@ -20,6 +20,8 @@ use crate::admin;
 use crate::auth::Auth;
 use crate::client::{CloseReason, now_ms};
 use crate::config::{Config, ReplayConfig};
+use crate::durable::reader::BrokerReader;
+use crate::durable::{Catalog, Positions};
 use crate::event::new_run_id;
 use crate::ingest::{LastSeq, Pipeline, Sequencer};
 use crate::limits::Limits;
@@ -48,6 +50,11 @@ pub struct AppState {
     pub run_id: u64,
     pub last_seq: Arc<LastSeq>,
     pub replay: Arc<ReplayStore>,
+    /// Durable streams (JetStream, Redis Streams), where the sequencer stands in them, and the
+    /// bounded reader that replays them for resumes older than the ring.
+    pub catalog: Arc<Catalog>,
+    pub positions: Arc<Positions>,
+    pub broker_reader: Arc<BrokerReader>,
     pub memory: Arc<MemoryBudget>,
     /// Traces; `Telemetry::off()` unless `telemetry.traces` is on.
     pub telemetry: Arc<Telemetry>,
@@ -118,15 +125,27 @@ impl App {
         if config.redis.is_some() {
             statuses.push(Arc::new(SourceStatus::new(SourceKind::Redis)));
         }
+        if config.jetstream.is_some() {
+            statuses.push(Arc::new(SourceStatus::new(SourceKind::JetStream)));
+        }
+        if config.redis_streams.is_some() {
+            statuses.push(Arc::new(SourceStatus::new(SourceKind::RedisStreams)));
+        }
+        let catalog = Arc::new(Catalog::from_config(&config));
+        let metrics = Arc::new(Metrics::new());
+        let broker_reader = Arc::new(BrokerReader::new(&config, catalog.clone(), metrics.clone()));
         let memory = Arc::new(MemoryBudget::from_config(&config.memory));
         let opening_frame = Bytes::from(format!(": ok\nretry: {}\n\n", config.server.retry.as_millis()));
         let state = AppState {
             registry: Registry::new(config.fanout.shards),
-            metrics: Arc::new(Metrics::new()),
+            metrics,
             ingest: tx,
             run_id: new_run_id(),
             last_seq: Arc::new(LastSeq::default()),
             replay: Arc::new(ReplayStore::new(ring_config(&config, &memory))),
+            catalog,
+            positions: Arc::new(Positions::default()),
+            broker_reader,
             memory,
             telemetry: Arc::new(telemetry),
             sources: statuses,
@@ -178,6 +197,8 @@ impl App {
                 memory: state.memory.clone(),
                 telemetry: state.telemetry.clone(),
                 metrics: state.metrics.clone(),
+                catalog: state.catalog.clone(),
+                positions: state.positions.clone(),
             },
         );
         tracker.spawn(sequencer.run(self.ingest_rx, stop_ingest.clone()));
@@ -189,6 +210,16 @@ impl App {
                 }
                 SourceKind::Redis => {
                     tracker.spawn(sources::redis::run(cfg.redis.clone().expect("configured"), tx, status, stop));
+                }
+                SourceKind::JetStream => {
+                    let cfg = cfg.jetstream.clone().expect("configured");
+                    let catalog = state.catalog.clone();
+                    tracker.spawn(sources::jetstream::run(cfg, catalog, tx, status, stop));
+                }
+                SourceKind::RedisStreams => {
+                    let cfg = cfg.redis_streams.clone().expect("configured");
+                    let catalog = state.catalog.clone();
+                    tracker.spawn(sources::redis_streams::run(cfg, catalog, tx, status, stop));
                 }
                 SourceKind::Publish => {}
             }

@@ -142,6 +142,10 @@ pub struct ClientQueue {
     conn: ConnHandle,
     /// When the stream should end cleanly (max stream age), in [`now_ms`] time; 0: never.
     expires_ms: u64,
+    /// Durable-stream positions the client already has (from its resume cursor): live events
+    /// at or below them are skipped, so a replica that lags the one the client came from sends
+    /// no duplicates. Empty unless the stream resumed with a durable cursor.
+    have: std::sync::OnceLock<Box<[Option<crate::event::Pos>]>>,
 }
 
 #[derive(Debug)]
@@ -161,6 +165,9 @@ struct State {
     backlog: usize,
     /// Events dropped by `drop-oldest`/`latest` and not yet reported in a gap event.
     dropped: Option<Dropped>,
+    /// While a resume reads from a broker: how many queued items may still leave before the
+    /// replay is inserted (see [`ClientQueue::hold`]).
+    held: Option<usize>,
 }
 
 #[derive(Debug, Default)]
@@ -188,15 +195,22 @@ impl ClientQueue {
                 active: false,
                 backlog: 0,
                 dropped: None,
+                held: None,
             }),
             capacity,
             conn,
             expires_ms: max_age.map_or(0, |a| now_ms() + a.as_millis() as u64),
+            have: std::sync::OnceLock::new(),
         }
     }
 
     /// Queues a live event, applying its slow-consumer policy when the queue is full.
     pub fn push(&self, event: &Arc<Event>) -> PushOutcome {
+        if let Some((stream, pos)) = event.durable
+            && self.already_has(stream, pos)
+        {
+            return PushOutcome::Queued;
+        }
         let mut st = self.state.lock();
         if st.closed.is_some() {
             return PushOutcome::Closed;
@@ -262,12 +276,50 @@ impl ClientQueue {
         }
     }
 
+    /// Records the durable positions the client already has (see the `have` field).
+    pub fn set_have(&self, positions: Vec<Option<crate::event::Pos>>) {
+        let _ = self.have.set(positions.into_boxed_slice());
+    }
+
+    /// Whether the client already has position `pos` of durable stream `stream`.
+    pub fn already_has(&self, stream: u16, pos: crate::event::Pos) -> bool {
+        self.have.get().and_then(|h| h.get(stream as usize).copied().flatten()).is_some_and(|h| pos <= h)
+    }
+
+    /// Holds the stream after the frames queued so far: live events keep arriving (under the
+    /// capacity and its policy) but nothing more leaves until [`ClientQueue::release`] puts the
+    /// broker's replay in front of them. Used while a resume reads from JetStream or Redis.
+    pub fn hold(&self) {
+        let mut st = self.state.lock();
+        st.held = Some(st.items.len());
+    }
+
+    /// Inserts `frames` right after what the hold let through (before every frame queued
+    /// since) and lifts the hold.
+    pub fn release(&self, frames: Vec<Bytes>) {
+        let waker = {
+            let mut st = self.state.lock();
+            let at = st.held.take().unwrap_or(0).min(st.items.len());
+            if st.closed.is_none_or(CloseReason::is_clean) {
+                let n = frames.len();
+                for (i, f) in frames.into_iter().enumerate() {
+                    st.items.insert(at + i, Item::Control(f));
+                }
+                st.backlog += n;
+            }
+            st.waker.take()
+        };
+        if let Some(w) = waker {
+            w.wake();
+        }
+    }
+
     /// Queues `frame` if nothing was queued since the previous offer (busy streams carry no
     /// heartbeats; idle ones get one per interval). A heartbeat does not count as activity.
     pub fn offer_heartbeat(&self, frame: &Bytes) {
         let waker = {
             let mut st = self.state.lock();
-            let idle = !st.active && st.items.is_empty() && st.closed.is_none();
+            let idle = !st.active && st.items.is_empty() && st.closed.is_none() && st.held.is_none();
             st.active = false;
             if !idle {
                 return;
@@ -325,6 +377,15 @@ impl ClientQueue {
     /// A clean close still delivers what was queued before it; other closes dropped it.
     pub fn poll_next(&self, cx: &mut Context<'_>) -> Poll<Next> {
         let mut st = self.state.lock();
+        if st.held == Some(0) {
+            if let Some(reason) = st.closed
+                && !reason.is_clean()
+            {
+                return Poll::Ready(Next::Closed(reason));
+            }
+            st.waker = Some(cx.waker().clone());
+            return Poll::Pending;
+        }
         if st.backlog == 0
             && !st.items.is_empty()
             && let Some(d) = st.dropped.take()
@@ -333,6 +394,9 @@ impl ClientQueue {
         }
         if let Some(item) = st.items.pop_front() {
             st.backlog = st.backlog.saturating_sub(1);
+            if let Some(n) = &mut st.held {
+                *n -= 1;
+            }
             if st.items.is_empty() && st.items.capacity() > SHRINK_ABOVE {
                 st.items = VecDeque::new();
             }
@@ -448,6 +512,7 @@ mod tests {
             policy,
             trace: None,
             published_at_ms: None,
+            durable: None,
         })
     }
 

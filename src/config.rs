@@ -14,7 +14,7 @@ use figment::Figment;
 use figment::providers::{Env, Format, Serialized, Toml};
 use serde::{Deserialize, Serialize};
 
-use crate::topic::{DEFAULT_MAX_TOPIC_LEN, Pattern, TopicError};
+use crate::topic::{DEFAULT_MAX_TOPIC_LEN, Pattern, TopicError, TopicFilter};
 
 /// The whole daemon configuration. Every field has a default, so an empty file is valid.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -30,6 +30,14 @@ pub struct Config {
     /// Redis pub/sub source; absent means Redis is off.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub redis: Option<RedisConfig>,
+    /// NATS JetStream streams as durable sources; absent means off.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub jetstream: Option<JetStreamConfig>,
+    /// Redis Streams as durable sources; absent means off.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub redis_streams: Option<RedisStreamsConfig>,
+    /// Resume from durable broker history (JetStream, Redis Streams).
+    pub resume: ResumeConfig,
     pub log: LogConfig,
     pub fanout: FanoutConfig,
     pub replay: ReplayConfig,
@@ -417,6 +425,98 @@ impl Default for RedisConfig {
     }
 }
 
+/// JetStream streams read as durable sources: live through an ordered consumer, resumes
+/// replayed from the stream itself, so a resume survives restarts and works on any replica.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct JetStreamConfig {
+    /// Server URL, or several separated by commas.
+    pub url: String,
+    /// Names of the streams to bridge (they must exist; their subjects are the topics).
+    pub streams: Vec<String>,
+    /// Message header whose value becomes the SSE `event:` type (matched case-insensitively).
+    pub event_header: String,
+    /// Longest wait between reconnect attempts.
+    #[serde(with = "humantime_serde")]
+    pub reconnect_max_delay: Duration,
+    /// Time one connection attempt may take.
+    #[serde(with = "humantime_serde")]
+    pub connect_timeout: Duration,
+    /// Largest payload bridged; bigger messages are counted and skipped.
+    pub max_message_bytes: usize,
+}
+
+impl Default for JetStreamConfig {
+    fn default() -> Self {
+        JetStreamConfig {
+            url: "nats://127.0.0.1:4222".into(),
+            streams: Vec::new(),
+            event_header: "Sse-Event".into(),
+            reconnect_max_delay: Duration::from_secs(5),
+            connect_timeout: Duration::from_secs(5),
+            max_message_bytes: 1024 * 1024,
+        }
+    }
+}
+
+/// Redis Streams read as durable sources (`XREAD BLOCK`), resumes replayed with `XRANGE`.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct RedisStreamsConfig {
+    /// `redis://[user:pass@]host[:port][/db]`.
+    pub url: String,
+    /// Stream keys to bridge; the topic of an entry is its stream key.
+    pub keys: Vec<String>,
+    /// How long one `XREAD BLOCK` waits before asking again.
+    #[serde(with = "humantime_serde")]
+    pub block: Duration,
+    /// Longest wait between reconnect attempts.
+    #[serde(with = "humantime_serde")]
+    pub reconnect_max_delay: Duration,
+    /// Time one connection attempt may take.
+    #[serde(with = "humantime_serde")]
+    pub connect_timeout: Duration,
+    /// Largest entry bridged (sum of field values); bigger entries are counted and skipped.
+    pub max_message_bytes: usize,
+}
+
+impl Default for RedisStreamsConfig {
+    fn default() -> Self {
+        RedisStreamsConfig {
+            url: "redis://127.0.0.1:6379".into(),
+            keys: Vec::new(),
+            block: Duration::from_secs(5),
+            reconnect_max_delay: Duration::from_secs(5),
+            connect_timeout: Duration::from_secs(5),
+            max_message_bytes: 1024 * 1024,
+        }
+    }
+}
+
+/// Bounds on replays read back from a broker when a resume is older than the in-memory ring.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct ResumeConfig {
+    /// Broker reads (JetStream consumers, `XRANGE`s) running at once, across all clients;
+    /// resumes beyond it wait their turn (a deploy's resume storm queues here).
+    pub max_concurrent_reads: usize,
+    /// Most events replayed from one stream for one resume; a client further behind gets a
+    /// gap event (reason `replay-limit`) and the newest events.
+    pub max_events: usize,
+    /// Time one broker read may take before the resume gives up with a gap event.
+    #[serde(with = "humantime_serde")]
+    pub read_timeout: Duration,
+}
+
+impl Default for ResumeConfig {
+    fn default() -> Self {
+        ResumeConfig { max_concurrent_reads: 16, max_events: 10_000, read_timeout: Duration::from_secs(10) }
+    }
+}
+
+/// Durable streams a bridge may read at most: every one adds a part to every event id.
+pub const MAX_DURABLE_STREAMS: usize = 16;
+
 /// Logging.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
@@ -667,6 +767,70 @@ impl Config {
                     }
                 }
             }
+        }
+        self.validate_durable()
+    }
+
+    fn validate_durable(&self) -> Result<(), (String, String)> {
+        let err = |k: &str, r: String| Err((k.to_string(), r));
+        let max_len = self.server.max_topic_length;
+        if let Some(j) = &self.jetstream {
+            for u in j.url.split(',') {
+                if let Err(r) = validate_url(u.trim(), &["nats", "tls", "ws", "wss"]) {
+                    return err("jetstream.url", format!("{u:?}: {r}"));
+                }
+            }
+            if j.streams.is_empty() {
+                return err("jetstream.streams", "is empty: name at least one stream".into());
+            }
+            for (i, n) in j.streams.iter().enumerate() {
+                if n.is_empty() || n.len() > 255 || n.contains(['.', '*', '>', ' ', '/', '\\']) {
+                    return err(&format!("jetstream.streams[{i}]"), format!("{n:?}: not a JetStream stream name"));
+                }
+            }
+            if j.event_header.is_empty() {
+                return err("jetstream.event_header", "must not be empty".into());
+            }
+            if j.max_message_bytes == 0 {
+                return err("jetstream.max_message_bytes", "must be at least 1".into());
+            }
+        }
+        if let Some(r) = &self.redis_streams {
+            if let Err(reason) = validate_url(&r.url, &["redis", "rediss", "unix", "redis+unix"]) {
+                return err("redis_streams.url", format!("{:?}: {reason}", r.url));
+            }
+            if r.keys.is_empty() {
+                return err("redis_streams.keys", "is empty: name at least one stream key".into());
+            }
+            for (i, k) in r.keys.iter().enumerate() {
+                if let Err(e) = TopicFilter::parse(k, max_len).map_err(|e| e.to_string()).and_then(|f| {
+                    if matches!(f, TopicFilter::Exact(_)) { Ok(()) } else { Err("a key, not a pattern".into()) }
+                }) {
+                    return err(&format!("redis_streams.keys[{i}]"), format!("{k:?}: {e}"));
+                }
+            }
+            if r.block < Duration::from_millis(10) {
+                return err("redis_streams.block", "must be at least 10ms".into());
+            }
+            if r.max_message_bytes == 0 {
+                return err("redis_streams.max_message_bytes", "must be at least 1".into());
+            }
+        }
+        let names = crate::durable::Catalog::from_config(self);
+        if names.len() > MAX_DURABLE_STREAMS {
+            return err(
+                "jetstream.streams",
+                format!("with redis_streams.keys names {} durable streams; at most {MAX_DURABLE_STREAMS}", names.len()),
+            );
+        }
+        if let Some((a, b)) = names.tag_collision() {
+            return err("jetstream.streams", format!("{a:?} and {b:?} share the short id tag; rename one"));
+        }
+        if self.resume.max_concurrent_reads == 0 {
+            return err("resume.max_concurrent_reads", "must be at least 1".into());
+        }
+        if self.resume.max_events == 0 {
+            return err("resume.max_events", "must be at least 1".into());
         }
         Ok(())
     }

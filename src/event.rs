@@ -62,6 +62,14 @@ pub fn new_run_id() -> u64 {
     rand::random::<u64>() & 0xffff_ffff_ffff
 }
 
+/// A position in a durable stream: a JetStream stream sequence (`a`, with `b` = 0) or a Redis
+/// entry id (`a`-`b`: milliseconds and sequence). Ordered as the broker orders them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
+pub struct Pos {
+    pub a: u64,
+    pub b: u64,
+}
+
 /// One message, sequenced and framed, shared by every subscriber that receives it.
 #[derive(Debug)]
 pub struct Event {
@@ -77,6 +85,9 @@ pub struct Event {
     pub trace: Option<Arc<EventTrace>>,
     /// The publisher's own timestamp (Unix ms), when it sent one.
     pub published_at_ms: Option<u64>,
+    /// Index of the durable stream (JetStream, Redis Streams) the event came from, if any:
+    /// its broker can replay it, so resumes need not find it in the ring.
+    pub durable: Option<(u16, Pos)>,
 }
 
 /// Event types that publishers may not use, because the bridge itself speaks with them
@@ -99,6 +110,17 @@ pub struct FrameNotes {
 /// (what a browser's decoder would do anyway) and reported in [`FrameNotes`], never a broken
 /// stream.
 pub fn frame_event(id: EventId, event_type: Option<&str>, payload: &[u8]) -> (Bytes, FrameNotes) {
+    frame_event_with(id, "", event_type, payload)
+}
+
+/// [`frame_event`] with `id_suffix` written right after the id: the durable streams' positions
+/// (see `crate::durable`), so one id is a complete cursor on any replica.
+pub fn frame_event_with(
+    id: impl fmt::Display,
+    id_suffix: &str,
+    event_type: Option<&str>,
+    payload: &[u8],
+) -> (Bytes, FrameNotes) {
     let mut notes = FrameNotes::default();
     let text = String::from_utf8_lossy(payload);
     notes.replaced_invalid_utf8 = matches!(text, std::borrow::Cow::Owned(_));
@@ -109,11 +131,13 @@ pub fn frame_event(id: EventId, event_type: Option<&str>, payload: &[u8]) -> (By
     });
     let lines = count_lines(&text);
     // "id: " + 12 + "-" + 20 + "\n" ≤ 38; "event: " + type + "\n"; "data: " + "\n" per line; "\n".
-    let cap = 38 + event_type.map_or(0, |t| t.len() + 8) + text.len() + lines * 7 + 1;
+    let cap = 38 + id_suffix.len() + event_type.map_or(0, |t| t.len() + 8) + text.len() + lines * 7 + 1;
     let mut buf = BytesMut::with_capacity(cap);
     buf.put_slice(b"id: ");
     // Formats straight into the frame: no temporary String per event.
-    let _ = writeln!(buf, "{id}");
+    let _ = write!(buf, "{id}");
+    buf.put_slice(id_suffix.as_bytes());
+    buf.put_u8(b'\n');
     if let Some(t) = event_type {
         buf.put_slice(b"event: ");
         buf.put_slice(t.as_bytes());

@@ -13,7 +13,8 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, trace};
 
-use crate::event::{Event, EventId, frame_event};
+use crate::durable::{Catalog, Pos, Positions};
+use crate::event::{Event, EventId, frame_event_with};
 use crate::memory::{CHECK_EVERY, MemoryBudget};
 use crate::metrics::Metrics;
 use crate::policy::DeliveryRules;
@@ -44,6 +45,9 @@ pub struct Pipeline {
     pub memory: Arc<MemoryBudget>,
     pub telemetry: Arc<Telemetry>,
     pub metrics: Arc<Metrics>,
+    /// Durable streams (JetStream, Redis Streams) and where the sequencer stands in each.
+    pub catalog: Arc<Catalog>,
+    pub positions: Arc<Positions>,
 }
 
 /// Assigns ids, frames events and hands them to the registry's fan-out.
@@ -52,15 +56,21 @@ pub struct Sequencer {
     run: u64,
     next_seq: u64,
     p: Pipeline,
-    received: [Counter; 3],
+    received: [Counter; 5],
+    /// Position of every durable stream as of the last sequenced event.
+    vector: Vec<Option<Pos>>,
+    /// `vector` rendered as the id suffix (`_j1a2b:48211…`); rebuilt when it changes.
+    suffix: String,
 }
 
 impl Sequencer {
     /// A sequencer for run `run`, starting at sequence 1.
     pub fn new(run: u64, pipeline: Pipeline) -> Self {
         let received =
-            [SourceKind::Nats, SourceKind::Redis, SourceKind::Publish].map(|k| pipeline.metrics.received_counter(k));
-        Sequencer { run, next_seq: 1, p: pipeline, received }
+            [SourceKind::Nats, SourceKind::Redis, SourceKind::Publish, SourceKind::JetStream, SourceKind::RedisStreams]
+                .map(|k| pipeline.metrics.received_counter(k));
+        let vector = vec![None; pipeline.catalog.len()];
+        Sequencer { run, next_seq: 1, p: pipeline, received, vector, suffix: String::new() }
     }
 
     /// Consumes messages until every sender is gone or `shutdown` fires.
@@ -72,19 +82,32 @@ impl Sequencer {
                 _ = shutdown.cancelled() => None,
             };
             let Some(msg) = msg else { break };
-            self.ingest(msg);
+            let _ = self.ingest(msg);
         }
         debug!(last_seq = self.next_seq - 1, "Sequencer stopped.");
     }
 
-    /// Sequences, frames and fans out one message; returns the event.
-    pub fn ingest(&mut self, msg: SourceMessage) -> Arc<Event> {
+    /// Sequences, frames and fans out one message; returns the event (None for a durable
+    /// stream's baseline, which moves the position vector without an event).
+    pub fn ingest(&mut self, msg: SourceMessage) -> Option<Arc<Event>> {
+        if let Some(mark) = msg.durable {
+            self.vector[mark.stream as usize] = Some(mark.pos);
+            self.suffix.clear();
+            self.p.catalog.write_vector(&self.vector, &mut self.suffix);
+            if mark.baseline {
+                self.p.positions.publish(self.next_seq - 1, &self.vector);
+                if let Some(reply) = msg.reply {
+                    let _ = reply.send(EventId { run: self.run, seq: self.next_seq - 1 });
+                }
+                return None;
+            }
+        }
         let p = &self.p;
         let id = EventId { run: self.run, seq: self.next_seq };
         self.next_seq += 1;
         // Tracing off: `receive` is None after one branch; nothing below allocates for it.
         let receive = p.telemetry.receive(&msg.trace, msg.source, &msg.topic, msg.received_at);
-        let (frame, notes) = frame_event(id, msg.event_type.as_deref(), &msg.payload);
+        let (frame, notes) = frame_event_with(id, &self.suffix, msg.event_type.as_deref(), &msg.payload);
         if notes.replaced_invalid_utf8 {
             p.metrics.events_non_utf8.inc();
         }
@@ -109,10 +132,14 @@ impl Sequencer {
             policy,
             trace,
             published_at_ms,
+            durable: msg.durable.map(|m| (m.stream, m.pos)),
         });
         // Retain, then publish, then fan out: a subscriber that registers after the store sees
         // the sequence and finds the event in the replay store (see docs/architecture.md).
         p.replay.append(&event);
+        if event.durable.is_some() {
+            p.positions.publish(id.seq, &self.vector);
+        }
         p.last_seq.0.store(id.seq, Ordering::Release);
         let fan_out_started = receive.as_ref().map(|_| std::time::SystemTime::now());
         let stats = p.registry.fan_out(&event);
@@ -130,6 +157,6 @@ impl Sequencer {
         if let Some(reply) = msg.reply {
             let _ = reply.send(id);
         }
-        event
+        Some(event)
     }
 }

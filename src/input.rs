@@ -56,6 +56,18 @@ pub fn check_last_event_id(v: &[u8]) -> Result<(), String> {
     Ok(())
 }
 
+/// `s` cut to at most `max` bytes on a character boundary (for echoing client input back).
+pub fn truncate(s: &str, max: usize) -> &str {
+    if s.len() <= max {
+        return s;
+    }
+    let mut end = max;
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    &s[..end]
+}
+
 /// Bytes of all request headers, names and values.
 pub fn header_bytes(h: &HeaderMap) -> usize {
     h.iter().map(|(k, v)| k.as_str().len() + v.len()).sum()

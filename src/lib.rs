@@ -14,6 +14,9 @@
 //!   event into one refcounted `Bytes`.
 //! - [`sources`]: NATS, Redis pub/sub and `POST /publish`. Each source copies messages out of its
 //!   client, reconnects with capped backoff, and feeds one bounded ingest channel.
+//! - [`durable`]: JetStream streams and Redis Streams as durable sources: the vector cursor
+//!   (every id carries each durable stream's position) and the bounded, coalescing broker reader
+//!   that replays them when a resume is older than the ring, after a restart or on a replica.
 //! - [`ingest`]: the single sequencer. It assigns ids in arrival order, frames the event,
 //!   retains it for replay, publishes the last sequence, and hands the event to the registry's fan-out. One task,
 //!   one order: every client sees increasing ids, so one id is a resume cursor for all its topics.
@@ -43,6 +46,7 @@ pub mod app;
 pub mod auth;
 pub mod client;
 pub mod config;
+pub mod durable;
 pub mod event;
 pub mod ingest;
 pub mod input;

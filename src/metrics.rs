@@ -45,6 +45,13 @@ pub fn cpu_seconds() -> f64 {
 /// `sysconf(_SC_CLK_TCK)` on Linux: 100 on every architecture we build for.
 const CLOCK_TICKS_PER_SEC: f64 = 100.0;
 
+/// Label set of a resume's broker read: the broker kind and how the read ended.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ResumeReadLabel {
+    pub kind: &'static str,
+    pub outcome: &'static str,
+}
+
 /// Label set with a reason (why a stream ended, why a message was dropped).
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ReasonLabel {
@@ -90,6 +97,11 @@ pub struct Metrics {
     pub memory_shed_streams: Counter,
     pub broker_up: Family<SourceLabel, Gauge>,
     pub broker_reconnects: Family<SourceLabel, Counter>,
+    pub resume_reads: Family<ResumeReadLabel, Counter>,
+    pub resume_reads_active: Gauge,
+    pub resume_reads_peak: Gauge,
+    pub resume_reads_coalesced: Counter,
+    pub replayed_from_broker: Counter,
 }
 
 impl Default for Metrics {
@@ -128,6 +140,11 @@ impl Metrics {
             ingest_queue_depth: Gauge::default(),
             alive_tasks: Gauge::default(),
             resident_memory: Gauge::default(),
+            resume_reads: Family::default(),
+            resume_reads_active: Gauge::default(),
+            resume_reads_peak: Gauge::default(),
+            resume_reads_coalesced: Counter::default(),
+            replayed_from_broker: Counter::default(),
             heap: Gauge::default(),
             memory_limit: Gauge::default(),
             memory_shed_ring: Counter::default(),
@@ -234,6 +251,31 @@ impl Metrics {
         );
         r.register("broker_up", "1 while the source's broker connection is up", m.broker_up.clone());
         r.register("broker_reconnects", "Broker reconnections after the first connection", m.broker_reconnects.clone());
+        r.register(
+            "resume_broker_reads",
+            "Reads of durable history from a broker for resumes older than the ring, by outcome",
+            m.resume_reads.clone(),
+        );
+        r.register(
+            "resume_broker_reads_active",
+            "Broker reads for resumes running now (bounded by resume.max_concurrent_reads)",
+            m.resume_reads_active.clone(),
+        );
+        r.register(
+            "resume_broker_reads_peak",
+            "Most broker reads for resumes that ran at once since start",
+            m.resume_reads_peak.clone(),
+        );
+        r.register(
+            "resume_broker_reads_coalesced",
+            "Resume reads served by joining an identical read already running",
+            m.resume_reads_coalesced.clone(),
+        );
+        r.register(
+            "replayed_from_broker_events",
+            "Events replayed to resuming clients from durable broker history",
+            m.replayed_from_broker.clone(),
+        );
         Metrics { registry, ..m }
     }
 
@@ -266,6 +308,15 @@ impl Metrics {
     /// Counts a gap signal.
     pub fn count_gap(&self, reason: &'static str) {
         self.gap_events.get_or_create(&ReasonLabel { reason }).inc();
+    }
+
+    /// Counts a broker read for a resume.
+    pub fn count_resume_read(&self, kind: crate::durable::DurableKind, outcome: &'static str) {
+        let kind = match kind {
+            crate::durable::DurableKind::JetStream => "jetstream",
+            crate::durable::DurableKind::RedisStream => "redis_streams",
+        };
+        self.resume_reads.get_or_create(&ResumeReadLabel { kind, outcome }).inc();
     }
 
     /// Counts a refused request.

@@ -256,6 +256,7 @@ mod tests {
             policy: SlowConsumerPolicy::Disconnect,
             trace: None,
             published_at_ms: None,
+            durable: None,
         })
     }
 

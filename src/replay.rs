@@ -329,6 +329,7 @@ mod tests {
             policy: crate::config::SlowConsumerPolicy::Disconnect,
             trace: None,
             published_at_ms: None,
+            durable: None,
         })
     }
 

@@ -76,6 +76,40 @@ impl TopicFilter {
     }
 }
 
+impl TopicFilter {
+    /// Whether every topic this filter selects is also selected by `space` (a NATS subject
+    /// pattern such as a JetStream stream's subject): the filter lies inside the space.
+    pub fn within(&self, space: &Pattern) -> bool {
+        let mut f = self.as_str().split('.');
+        let mut s = space.as_str().split('.');
+        loop {
+            match (f.next(), s.next()) {
+                (Some(_), Some(">")) => return true,
+                (Some(">"), Some(_)) => return false,
+                (Some(_), Some("*")) => {}
+                (Some(a), Some(b)) if a == b && a != "*" => {}
+                (None, None) => return true,
+                _ => return false,
+            }
+        }
+    }
+
+    /// Whether some topic could be selected both by this filter and by `space`.
+    pub fn overlaps(&self, space: &Pattern) -> bool {
+        let mut f = self.as_str().split('.');
+        let mut s = space.as_str().split('.');
+        loop {
+            match (f.next(), s.next()) {
+                (Some(">"), Some(_)) | (Some(_), Some(">")) => return true,
+                (Some("*"), Some(_)) | (Some(_), Some("*")) => {}
+                (Some(a), Some(b)) if a == b => {}
+                (None, None) => return true,
+                _ => return false,
+            }
+        }
+    }
+}
+
 impl fmt::Display for TopicFilter {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(self.as_str())
@@ -195,6 +229,21 @@ mod tests {
         assert_eq!(Pattern::parse("", 256), Err(TopicError::Empty));
         assert_eq!(Pattern::parse("a b", 256), Err(TopicError::BadCharacter));
         assert_eq!(Pattern::parse("abc", 2), Err(TopicError::TooLong { max: 2 }));
+    }
+
+    #[test]
+    fn subset_and_overlap() {
+        let f = |s: &str| TopicFilter::parse(s, 256).unwrap();
+        assert!(f("orders.1").within(&p("orders.*")));
+        assert!(f("orders.*").within(&p("orders.>")));
+        assert!(f("orders.>").within(&p("orders.>")));
+        assert!(!f("orders.>").within(&p("orders.*")));
+        assert!(!f("orders").within(&p("orders.>")));
+        assert!(!f("*.1").within(&p("orders.*")));
+        assert!(f("*.1").overlaps(&p("orders.*")));
+        assert!(f("orders.>").overlaps(&p("orders.1.x")));
+        assert!(!f("orders.1").overlaps(&p("users.>")));
+        assert!(!f("a.b").overlaps(&p("a")));
     }
 
     #[test]

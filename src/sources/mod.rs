@@ -10,9 +10,11 @@
 //!   capped exponential [`Backoff`] until shutdown; the bridge serves while a broker is down;
 //! - it reports its state in a [`SourceStatus`] for `/readyz` and `/metrics`.
 
+pub mod jetstream;
 pub mod nats;
 pub mod publish;
 pub mod redis;
+pub mod redis_streams;
 
 use std::fmt;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -21,6 +23,7 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use tokio::sync::{mpsc, oneshot};
 
+use crate::durable::DurableMark;
 use crate::event::EventId;
 
 /// Which kind of source a message came from; a metrics label.
@@ -29,6 +32,8 @@ pub enum SourceKind {
     Nats,
     Redis,
     Publish,
+    JetStream,
+    RedisStreams,
 }
 
 impl SourceKind {
@@ -38,6 +43,8 @@ impl SourceKind {
             SourceKind::Nats => "nats",
             SourceKind::Redis => "redis",
             SourceKind::Publish => "publish",
+            SourceKind::JetStream => "jetstream",
+            SourceKind::RedisStreams => "redis_streams",
         }
     }
 }
@@ -76,6 +83,8 @@ pub struct SourceMessage {
     pub received_at: Instant,
     /// Where the sequencer reports the assigned id (used by `/publish` to answer with it).
     pub reply: Option<oneshot::Sender<EventId>>,
+    /// The message's position in its durable stream (JetStream, Redis Streams), if it has one.
+    pub durable: Option<DurableMark>,
 }
 
 impl SourceMessage {
@@ -89,6 +98,7 @@ impl SourceMessage {
             trace: TraceContext::default(),
             received_at: Instant::now(),
             reply: None,
+            durable: None,
         }
     }
 }
@@ -168,6 +178,50 @@ impl SourceStatus {
     /// Messages dropped as malformed.
     pub fn malformed(&self) -> u64 {
         self.malformed.load(Ordering::Relaxed)
+    }
+}
+
+/// One session with a broker: connect, read until the connection is lost or the bridge stops.
+pub trait Session {
+    /// Runs the session and says why it ended.
+    fn run(&mut self) -> impl std::future::Future<Output = SessionEnd> + Send;
+}
+
+/// Runs `session` again and again until shutdown or until the ingest path closes. A lost
+/// broker is logged once per outage at warn (retries while it lasts at debug); between sessions
+/// it waits a capped, jittered backoff, reset after every session that had connected.
+pub async fn supervise(
+    source: &'static str,
+    url: &str,
+    max_delay: Duration,
+    status: &SourceStatus,
+    shutdown: &tokio_util::sync::CancellationToken,
+    session: &mut impl Session,
+) -> SessionEnd {
+    let mut backoff = Backoff::new(max_delay);
+    let mut logged_down = false;
+    loop {
+        let end = session.run().await;
+        let was_connected = status.is_connected();
+        status.set_disconnected();
+        match &end {
+            SessionEnd::Shutdown | SessionEnd::DownstreamClosed => {
+                tracing::info!(source, reason = %end, "Source stopped.");
+                return end;
+            }
+            SessionEnd::Disconnected(why) if was_connected || !logged_down => {
+                tracing::warn!(source, url, reason = %why, "Broker unavailable; reconnecting with backoff.");
+                logged_down = true;
+            }
+            SessionEnd::Disconnected(why) => tracing::debug!(source, reason = %why, "Reconnect attempt failed."),
+        }
+        if was_connected {
+            backoff.reset();
+        }
+        tokio::select! {
+            _ = shutdown.cancelled() => return SessionEnd::Shutdown,
+            _ = tokio::time::sleep(backoff.next_delay()) => {}
+        }
     }
 }
 

@@ -110,6 +110,7 @@ pub async fn run(
             trace,
             received_at: Instant::now(),
             reply: None,
+            durable: None,
         };
         tokio::select! {
             biased;
@@ -127,7 +128,7 @@ pub async fn run(
 
 /// Finds the event type and trace context in the headers; names are compared
 /// case-insensitively because publishers differ (Go sends `Traceparent`).
-fn read_headers(headers: Option<&HeaderMap>, event_header: &str) -> (Option<String>, TraceContext) {
+pub(crate) fn read_headers(headers: Option<&HeaderMap>, event_header: &str) -> (Option<String>, TraceContext) {
     let mut event_type = None;
     let mut trace = TraceContext::default();
     let Some(h) = headers else {

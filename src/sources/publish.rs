@@ -35,6 +35,7 @@ pub async fn publish(
         trace,
         received_at: Instant::now(),
         reply: Some(reply),
+        durable: None,
     };
     tx.send(msg).await.map_err(|_| PublishError::ShuttingDown)?;
     rx.await.map_err(|_| PublishError::ShuttingDown)

@@ -19,9 +19,9 @@ use bytes::Bytes;
 use futures_util::StreamExt;
 use serde::Deserialize;
 use tokio_util::sync::CancellationToken;
-use tracing::{debug, info, warn};
+use tracing::{info, warn};
 
-use super::{Backoff, IngestSender, SessionEnd, SourceKind, SourceMessage, SourceStatus, TraceContext};
+use super::{IngestSender, Session, SessionEnd, SourceKind, SourceMessage, SourceStatus, TraceContext, supervise};
 use crate::config::RedisConfig;
 use crate::input::BrokerInput;
 
@@ -39,37 +39,31 @@ pub async fn run(
             return SessionEnd::Disconnected(e.to_string());
         }
     };
-    let mut backoff = Backoff::new(cfg.reconnect_max_delay);
-    let mut first = true;
-    // One warn line per outage; retries while it lasts go to debug.
-    let mut logged_down = false;
-    let mut input = BrokerInput::new(SourceKind::Redis, cfg.max_message_bytes, status.clone());
-    loop {
-        let end = session(&client, &cfg, &tx, &status, &shutdown, &mut first, &mut backoff, &mut input).await;
-        let was_connected = status.is_connected();
-        status.set_disconnected();
-        match &end {
-            SessionEnd::Shutdown | SessionEnd::DownstreamClosed => {
-                info!(source = "redis", reason = %end, "Source stopped.");
-                return end;
-            }
-            SessionEnd::Disconnected(why) if was_connected || !logged_down => {
-                warn!(source = "redis", url = %redacted(&cfg.url), reason = %why, "Broker unavailable; reconnecting with backoff.");
-                logged_down = true;
-            }
-            SessionEnd::Disconnected(why) => {
-                debug!(source = "redis", reason = %why, "Reconnect attempt failed.")
-            }
-        }
-        let delay = backoff.next_delay();
-        tokio::select! {
-            _ = shutdown.cancelled() => return SessionEnd::Shutdown,
-            _ = tokio::time::sleep(delay) => {}
-        }
+    let input = BrokerInput::new(SourceKind::Redis, cfg.max_message_bytes, status.clone());
+    let url = redacted(&cfg.url);
+    let mut session =
+        RedisSession { client, cfg, tx, status: status.clone(), shutdown: shutdown.clone(), first: true, input };
+    supervise("redis", &url, session.cfg.reconnect_max_delay, &status, &shutdown, &mut session).await
+}
+
+/// The pub/sub source's state across sessions.
+struct RedisSession {
+    client: redis::Client,
+    cfg: RedisConfig,
+    tx: IngestSender,
+    status: Arc<SourceStatus>,
+    shutdown: CancellationToken,
+    first: bool,
+    input: BrokerInput,
+}
+
+impl Session for RedisSession {
+    async fn run(&mut self) -> SessionEnd {
+        let s = self;
+        session(&s.client, &s.cfg, &s.tx, &s.status, &s.shutdown, &mut s.first, &mut s.input).await
     }
 }
 
-#[allow(clippy::too_many_arguments)] // one session's borrowed context; a struct would only rename it
 async fn session(
     client: &redis::Client,
     cfg: &RedisConfig,
@@ -77,7 +71,6 @@ async fn session(
     status: &SourceStatus,
     shutdown: &CancellationToken,
     first: &mut bool,
-    backoff: &mut Backoff,
     input: &mut BrokerInput,
 ) -> SessionEnd {
     let connect = async {
@@ -101,7 +94,6 @@ async fn session(
     status.set_connected(*first);
     info!(source = "redis", url = %redacted(&cfg.url), reconnect = !*first, channels = ?cfg.channels, patterns = ?cfg.patterns, "Broker connected and subscribed.");
     *first = false;
-    backoff.reset();
 
     let (mut sink, mut stream) = pubsub.split();
     let mut ping = tokio::time::interval(cfg.ping_interval);
@@ -202,6 +194,7 @@ fn to_source_message(msg: &redis::Msg, envelope: bool, input: &mut BrokerInput) 
             trace: d.trace,
             received_at: Instant::now(),
             reply: None,
+            durable: None,
         }),
         Err(e) => {
             input.invalid(topic, &e);
@@ -211,7 +204,7 @@ fn to_source_message(msg: &redis::Msg, envelope: bool, input: &mut BrokerInput) 
 }
 
 /// The URL without its password, for logs.
-fn redacted(u: &str) -> String {
+pub(crate) fn redacted(u: &str) -> String {
     match url::Url::parse(u) {
         Ok(mut parsed) if parsed.password().is_some() => {
             let _ = parsed.set_password(Some("***"));

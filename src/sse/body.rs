@@ -6,6 +6,7 @@
 //! vectored write. When the body is dropped (client gone, stream ended, connection killed) its
 //! [`Subscription`] leaves the registry and the queue is freed: nothing of the client remains.
 
+use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
@@ -42,9 +43,14 @@ pub struct SseBody {
     /// The stream's span, when tracing is on.
     span: Option<Box<StreamSpan>>,
     metrics: Arc<Metrics>,
+    /// A resume's broker read, run before the stream goes live (see `crate::durable::resume`).
+    resume: Option<ResumeFuture>,
     opened: Instant,
     ended: Option<&'static str>,
 }
+
+/// The broker part of a resume; it fills the held queue when done.
+pub type ResumeFuture = Pin<Box<dyn Future<Output = ()> + Send>>;
 
 /// A live event on its way to the socket.
 type Live = (Bytes, Arc<Event>);
@@ -69,6 +75,7 @@ pub struct StreamParts {
     pub rate: Option<Quota>,
     pub span: Option<Box<StreamSpan>>,
     pub metrics: Arc<Metrics>,
+    pub resume: Option<ResumeFuture>,
 }
 
 impl SseBody {
@@ -83,6 +90,7 @@ impl SseBody {
             throttle,
             span: p.span,
             metrics: p.metrics,
+            resume: p.resume,
             opened: Instant::now(),
             ended: None,
         }
@@ -152,6 +160,11 @@ impl Body for SseBody {
             return Poll::Ready(None);
         }
         let this = &mut *self;
+        if let Some(r) = &mut this.resume
+            && r.as_mut().poll(cx).is_ready()
+        {
+            this.resume = None;
+        }
         loop {
             if let Some(t) = &mut this.throttle
                 && (t.held.is_some() || t.sleep.is_some())

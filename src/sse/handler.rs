@@ -15,7 +15,9 @@ use super::body::{ResponseBody, SseBody, StreamParts};
 use super::server::Conn;
 use crate::app::AppState;
 use crate::client::{ClientQueue, GAP_EVENT};
+use crate::durable::{self, resume::ResumeInputs};
 use crate::event::{RESERVED_EVENT_PREFIX, frame_control};
+use crate::input::truncate;
 use crate::limits::Refusal;
 use crate::replay::{Cursor, MAX_CURSOR_LEN};
 use crate::sources::publish::{PublishError, publish};
@@ -133,10 +135,30 @@ fn events<B>(req: &Request<B>, state: &Arc<AppState>, conn: Conn) -> Response<Re
     let topics: Vec<String> = filters.iter().map(|f| f.as_str().to_owned()).collect();
     let mut span = state.telemetry.stream(&topics, last_event_id.is_some());
     // The resume runs atomically with the registration; see Registry::subscribe_from.
+    let mut broker_resume = None;
     let subscription = state.registry.subscribe_from(filters, queue.clone(), |filters, q| {
+        // Positions first, then the sequence: the sequencer publishes them in the other order.
+        let snapshot = (!state.catalog.is_empty()).then(|| state.positions.snapshot());
         let upto = state.last_seq.get();
         let Some(id) = &last_event_id else { return upto };
-        let plan = state.replay.resume(filters, Cursor::parse(id, state.run_id, upto), upto);
+        if let Some(snapshot) = snapshot {
+            let inputs = ResumeInputs {
+                catalog: &state.catalog,
+                replay: &state.replay,
+                reader: &state.broker_reader,
+                metrics: &state.metrics,
+                run_id: state.run_id,
+                upto,
+                snapshot,
+            };
+            if let Some((covered, resume)) = durable::resume::plan(inputs, filters, &queue, id) {
+                broker_resume = resume;
+                return covered;
+            }
+        }
+        // Without durable streams the id is `<run>-<seq>`; with them, that is its first part.
+        let base = id.split_once('_').map_or(id.as_str(), |(b, _)| b);
+        let plan = state.replay.resume(filters, Cursor::parse(base, state.run_id, upto), upto);
         if let Some((reason, gap_topics)) = &plan.gap {
             let data = serde_json::json!({
                 "reason": reason.as_str(),
@@ -168,6 +190,7 @@ fn events<B>(req: &Request<B>, state: &Arc<AppState>, conn: Conn) -> Response<Re
             rate,
             span,
             metrics: state.metrics.clone(),
+            resume: broker_resume.map(|r| Box::pin(r.run()) as _),
         })))
         .expect("static headers are valid")
 }
@@ -201,6 +224,16 @@ async fn publish_handler(req: Request<Incoming>, state: &Arc<AppState>) -> Respo
     let Some(topic) = topic else {
         return bad_request(state, "no_topic", "no topic: add ?topic=NAME");
     };
+    if let Some(stream) = state.catalog.owner_of(&topic) {
+        return bad_request(
+            state,
+            "durable_topic",
+            &format!(
+                "topic belongs to durable stream {:?}: publish to the broker, which keeps its history",
+                stream.name
+            ),
+        );
+    }
     match TopicFilter::parse(&topic, state.config.server.max_topic_length) {
         Ok(TopicFilter::Exact(_)) => {}
         Ok(TopicFilter::Pattern(_)) => {
@@ -285,15 +318,4 @@ pub fn json(status: StatusCode, v: &serde_json::Value) -> Response<ResponseBody>
     *r.status_mut() = status;
     r.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
     r
-}
-
-fn truncate(s: &str, max: usize) -> &str {
-    if s.len() <= max {
-        return s;
-    }
-    let mut end = max;
-    while !s.is_char_boundary(end) {
-        end -= 1;
-    }
-    &s[..end]
 }

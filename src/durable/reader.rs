@@ -1,0 +1,348 @@
+//! Reads a range of a durable stream back from its broker, for resumes the ring cannot serve.
+//!
+//! Bounded cost: a resume storm after a deploy must not open thousands of broker consumers at
+//! once. Every read holds a permit of one semaphore (`resume.max_concurrent_reads`) while it
+//! talks to the broker; reads beyond it wait (that wait is the queue, bounded by the number of
+//! resuming streams, each of which holds a stream slot). Reads of the same range coalesce: the
+//! first starts it, later ones share its result (the map holds only weak references, so a read
+//! whose clients all left is dropped and releases its permit).
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use async_nats::jetstream::{self, consumer::DeliverPolicy, consumer::pull::OrderedConfig};
+use bytes::Bytes;
+use futures_util::FutureExt;
+use futures_util::StreamExt;
+use futures_util::future::{BoxFuture, Shared, WeakShared};
+use parking_lot::Mutex;
+use tokio::sync::Semaphore;
+use tracing::{debug, warn};
+
+use super::{Catalog, DurableKind, Pos};
+use crate::config::{Config, ResumeConfig};
+use crate::metrics::Metrics;
+use crate::sources::nats::read_headers;
+use crate::sources::redis_streams;
+
+/// One event read back from a broker.
+#[derive(Debug, Clone)]
+pub struct BrokerEvent {
+    pub topic: Arc<str>,
+    pub pos: Pos,
+    pub payload: Bytes,
+    pub event_type: Option<String>,
+}
+
+/// Why a read could not return everything after the cursor.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ReadGap {
+    /// The broker no longer holds some of the events (retention limits, trimming).
+    Retention,
+    /// More than `resume.max_events` events: only the newest are replayed.
+    ReplayLimit,
+    /// The broker could not be read (down, stream missing, timeout).
+    Unavailable,
+}
+
+impl ReadGap {
+    /// The `reason` of the gap event.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ReadGap::Retention => "retention",
+            ReadGap::ReplayLimit => "replay-limit",
+            ReadGap::Unavailable => "broker-unavailable",
+        }
+    }
+}
+
+/// The events of one stream in `(after, upto]`, in stream order, and whether some are missing.
+#[derive(Debug, Default)]
+pub struct ReadOutcome {
+    pub events: Vec<BrokerEvent>,
+    pub gap: Option<ReadGap>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+struct ReadKey {
+    stream: usize,
+    after: Pos,
+    upto: Pos,
+}
+
+type SharedRead = Shared<BoxFuture<'static, Arc<ReadOutcome>>>;
+
+/// The bounded, coalescing reader shared by every resume.
+pub struct BrokerReader {
+    catalog: Arc<Catalog>,
+    cfg: ResumeConfig,
+    js: Option<(String, String, usize)>,
+    redis: Option<(redis::Client, std::time::Duration, usize)>,
+    permits: Arc<Semaphore>,
+    inflight: Mutex<HashMap<ReadKey, WeakShared<BoxFuture<'static, Arc<ReadOutcome>>>>>,
+    js_ctx: tokio::sync::Mutex<Option<jetstream::Context>>,
+    redis_conn: tokio::sync::Mutex<Option<redis::aio::MultiplexedConnection>>,
+    metrics: Arc<Metrics>,
+    active: AtomicUsize,
+    peak: AtomicUsize,
+}
+
+impl std::fmt::Debug for BrokerReader {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("BrokerReader").field("active", &self.active).field("peak", &self.peak).finish_non_exhaustive()
+    }
+}
+
+impl BrokerReader {
+    /// A reader for the configured durable sources; connects lazily, on the first read.
+    pub fn new(config: &Config, catalog: Arc<Catalog>, metrics: Arc<Metrics>) -> Self {
+        BrokerReader {
+            catalog,
+            cfg: config.resume.clone(),
+            js: config.jetstream.as_ref().map(|j| (j.url.clone(), j.event_header.clone(), j.max_message_bytes)),
+            redis: config.redis_streams.as_ref().and_then(|r| {
+                redis::Client::open(r.url.as_str()).ok().map(|c| (c, r.connect_timeout, r.max_message_bytes))
+            }),
+            permits: Arc::new(Semaphore::new(config.resume.max_concurrent_reads)),
+            inflight: Mutex::new(HashMap::new()),
+            js_ctx: tokio::sync::Mutex::new(None),
+            redis_conn: tokio::sync::Mutex::new(None),
+            metrics,
+            active: AtomicUsize::new(0),
+            peak: AtomicUsize::new(0),
+        }
+    }
+
+    /// The most broker reads that ran at once since start.
+    pub fn peak_concurrency(&self) -> usize {
+        self.peak.load(Ordering::Relaxed)
+    }
+
+    /// Events of `stream` after `after` up to `upto`, shared with concurrent identical reads.
+    pub async fn read(self: &Arc<Self>, stream: usize, after: Pos, upto: Pos) -> Arc<ReadOutcome> {
+        let key = ReadKey { stream, after, upto };
+        let shared: SharedRead = {
+            let mut map = self.inflight.lock();
+            match map.get(&key).and_then(WeakShared::upgrade) {
+                Some(s) => {
+                    self.metrics.resume_reads_coalesced.inc();
+                    s
+                }
+                None => {
+                    let me = self.clone();
+                    let fut = async move {
+                        let out = me.read_now(key).await;
+                        me.inflight.lock().remove(&key);
+                        Arc::new(out)
+                    }
+                    .boxed()
+                    .shared();
+                    map.retain(|_, w| w.upgrade().is_some());
+                    if let Some(w) = fut.downgrade() {
+                        map.insert(key, w);
+                    }
+                    fut
+                }
+            }
+        };
+        shared.await
+    }
+
+    async fn read_now(&self, key: ReadKey) -> ReadOutcome {
+        let Ok(_permit) = self.permits.acquire().await else {
+            return ReadOutcome { events: Vec::new(), gap: Some(ReadGap::Unavailable) };
+        };
+        let now = self.active.fetch_add(1, Ordering::AcqRel) + 1;
+        self.peak.fetch_max(now, Ordering::AcqRel);
+        self.metrics.resume_reads_active.set(now as i64);
+        self.metrics.resume_reads_peak.set(self.peak.load(Ordering::Relaxed) as i64);
+        let stream = self.catalog.get(key.stream);
+        let read = async {
+            match stream.kind {
+                DurableKind::JetStream => self.read_jetstream(&stream.name, key).await,
+                DurableKind::RedisStream => self.read_redis(&stream.name, key).await,
+            }
+        };
+        let out = match tokio::time::timeout(self.cfg.read_timeout, read).await {
+            Ok(Ok(out)) => out,
+            Ok(Err(e)) => {
+                warn!(stream = %stream.name, error = %e, "Resume read from the broker failed; the client gets a gap event.");
+                self.reset(stream.kind).await;
+                ReadOutcome { events: Vec::new(), gap: Some(ReadGap::Unavailable) }
+            }
+            Err(_) => {
+                warn!(stream = %stream.name, timeout = ?self.cfg.read_timeout, "Resume read timed out; the client gets a gap event.");
+                ReadOutcome { events: Vec::new(), gap: Some(ReadGap::Unavailable) }
+            }
+        };
+        let now = self.active.fetch_sub(1, Ordering::AcqRel) - 1;
+        self.metrics.resume_reads_active.set(now as i64);
+        let outcome = out.gap.map_or("ok", ReadGap::as_str);
+        self.metrics.count_resume_read(stream.kind, outcome);
+        debug!(stream = %stream.name, events = out.events.len(), outcome, "Resume read from the broker.");
+        out
+    }
+
+    async fn reset(&self, kind: DurableKind) {
+        match kind {
+            DurableKind::JetStream => *self.js_ctx.lock().await = None,
+            DurableKind::RedisStream => *self.redis_conn.lock().await = None,
+        }
+    }
+
+    async fn jetstream(&self) -> Result<jetstream::Context, String> {
+        let mut g = self.js_ctx.lock().await;
+        if let Some(c) = &*g {
+            return Ok(c.clone());
+        }
+        let (url, _, _) = self.js.as_ref().ok_or("JetStream is not configured")?;
+        let client = async_nats::ConnectOptions::new()
+            .name("sse-bridge-resume")
+            .connection_timeout(self.cfg.read_timeout)
+            .connect(url.as_str())
+            .await
+            .map_err(|e| e.to_string())?;
+        let ctx = jetstream::new(client);
+        *g = Some(ctx.clone());
+        Ok(ctx)
+    }
+
+    async fn read_jetstream(&self, name: &str, key: ReadKey) -> Result<ReadOutcome, String> {
+        let (_, event_header, max_bytes) = self.js.as_ref().ok_or("JetStream is not configured")?;
+        let ctx = self.jetstream().await?;
+        let mut stream = ctx.get_stream(name).await.map_err(|e| e.to_string())?;
+        let info = stream.info().await.map_err(|e| e.to_string())?;
+        let (first, last) = (info.state.first_sequence, info.state.last_sequence);
+        let mut gap = None;
+        let mut start = key.after.a + 1;
+        let upto = key.upto.a.min(last);
+        if first > start {
+            gap = Some(ReadGap::Retention);
+            start = first;
+        }
+        if upto >= start && upto - start + 1 > self.cfg.max_events as u64 {
+            gap = Some(ReadGap::ReplayLimit);
+            start = upto + 1 - self.cfg.max_events as u64;
+        }
+        let mut events = Vec::new();
+        if upto < start {
+            return Ok(ReadOutcome { events, gap });
+        }
+        let consumer = stream
+            .create_consumer(OrderedConfig {
+                deliver_policy: DeliverPolicy::ByStartSequence { start_sequence: start },
+                ..Default::default()
+            })
+            .await
+            .map_err(|e| e.to_string())?;
+        let mut messages = consumer.messages().await.map_err(|e| e.to_string())?;
+        while let Some(m) = messages.next().await {
+            let m = m.map_err(|e| e.to_string())?;
+            let info = m.info().map_err(|e| e.to_string())?;
+            let (seq, pending) = (info.stream_sequence, info.pending);
+            if seq > upto {
+                break;
+            }
+            if m.payload.len() <= *max_bytes {
+                let (event_type, _) = read_headers(m.headers.as_ref(), event_header);
+                events.push(BrokerEvent {
+                    topic: Arc::from(m.subject.as_str()),
+                    pos: Pos { a: seq, b: 0 },
+                    payload: Bytes::copy_from_slice(&m.payload),
+                    event_type,
+                });
+            }
+            if seq >= upto || pending == 0 {
+                break;
+            }
+        }
+        Ok(ReadOutcome { events, gap })
+    }
+
+    async fn redis(&self) -> Result<redis::aio::MultiplexedConnection, String> {
+        let mut g = self.redis_conn.lock().await;
+        if let Some(c) = &*g {
+            return Ok(c.clone());
+        }
+        let (client, connect_timeout, _) = self.redis.as_ref().ok_or("Redis Streams are not configured")?;
+        let c =
+            redis_streams::connect(client, *connect_timeout, self.cfg.read_timeout).await.map_err(|e| e.to_string())?;
+        *g = Some(c.clone());
+        Ok(c)
+    }
+
+    async fn read_redis(&self, key_name: &str, key: ReadKey) -> Result<ReadOutcome, String> {
+        let max_bytes = self.redis.as_ref().map_or(usize::MAX, |r| r.2);
+        let mut conn = self.redis().await?;
+        let mut gap = None;
+        // Redis 7 records the newest id ever deleted or trimmed: past the cursor means the
+        // client missed entries the stream no longer has.
+        let info: redis::Value =
+            redis::cmd("XINFO").arg("STREAM").arg(key_name).query_async(&mut conn).await.map_err(|e| e.to_string())?;
+        if let Some(deleted) =
+            info_field(&info, "max-deleted-entry-id").and_then(|s| DurableKind::RedisStream.parse_pos(&s))
+            && deleted > key.after
+        {
+            gap = Some(ReadGap::Retention);
+        }
+        // Trimming (MAXLEN/MINID) is not recorded there: if the oldest entry left is newer than
+        // the cursor, the cursor's own entry was trimmed and completeness cannot be proven.
+        let oldest: redis::Value = redis::cmd("XRANGE")
+            .arg(key_name)
+            .arg("-")
+            .arg("+")
+            .arg("COUNT")
+            .arg(1)
+            .query_async(&mut conn)
+            .await
+            .map_err(|e| e.to_string())?;
+        if key.after != Pos::default()
+            && redis_streams::parse_entries(key_name, &oldest).first().is_some_and(|e| e.pos > key.after)
+        {
+            gap = Some(ReadGap::Retention);
+        }
+        let newest_first: redis::Value = redis::cmd("XREVRANGE")
+            .arg(key_name)
+            .arg(format!("{}-{}", key.upto.a, key.upto.b))
+            .arg(format!("({}-{}", key.after.a, key.after.b))
+            .arg("COUNT")
+            .arg(self.cfg.max_events + 1)
+            .query_async(&mut conn)
+            .await
+            .map_err(|e| e.to_string())?;
+        let mut entries = redis_streams::parse_entries(key_name, &newest_first);
+        if entries.len() > self.cfg.max_events {
+            entries.truncate(self.cfg.max_events);
+            gap = Some(ReadGap::ReplayLimit);
+        }
+        entries.reverse();
+        let topic: Arc<str> = Arc::from(key_name);
+        let events = entries
+            .into_iter()
+            .filter_map(|e| {
+                let payload = e.payload.filter(|p| p.len() <= max_bytes)?;
+                Some(BrokerEvent { topic: topic.clone(), pos: e.pos, payload, event_type: e.event_type })
+            })
+            .collect();
+        Ok(ReadOutcome { events, gap })
+    }
+}
+
+/// A string field of an `XINFO STREAM` reply (flat RESP2 list or RESP3 map).
+fn info_field(v: &redis::Value, name: &str) -> Option<String> {
+    use redis::Value;
+    let text = |v: &Value| match v {
+        Value::BulkString(b) => Some(String::from_utf8_lossy(b).into_owned()),
+        Value::SimpleString(s) => Some(s.clone()),
+        _ => None,
+    };
+    match v {
+        Value::Array(items) => items
+            .chunks(2)
+            .find(|kv| kv.len() == 2 && text(&kv[0]).as_deref() == Some(name))
+            .and_then(|kv| text(&kv[1])),
+        Value::Map(m) => m.iter().find(|(k, _)| text(k).as_deref() == Some(name)).and_then(|(_, v)| text(v)),
+        _ => None,
+    }
+}

@@ -1,0 +1,212 @@
+//! Resuming from durable history: what a stream replays when its `Last-Event-ID` is older than
+//! the ring, comes from before a restart, or from another replica.
+//!
+//! The plan is made atomically with the registration (inside `Registry::subscribe_from`):
+//! it reads where the sequencer stands in every durable stream (the [`Snapshot`]) and the last
+//! published sequence. Then, per durable stream, the broker supplies `(cursor, snapshot]`; the
+//! ring supplies whatever was sequenced after the snapshot (durable topics) and, for an id of
+//! this run, non-durable events after the cursor; the live fan-out supplies the rest. The
+//! stream is held ([`ClientQueue::hold`]) while the broker is read, then the replay is put in
+//! front of what the ring and the fan-out queued meanwhile: in order, no gap, no duplicate.
+
+use std::sync::Arc;
+
+use bytes::Bytes;
+
+use super::reader::BrokerReader;
+use super::{Catalog, Pos, Snapshot};
+use crate::client::{ClientQueue, GAP_EVENT};
+use crate::event::{frame_control, frame_event_with};
+use crate::input::truncate;
+use crate::metrics::Metrics;
+use crate::replay::{Cursor, MAX_CURSOR_LEN, ReplayStore};
+use crate::topic::TopicFilter;
+
+/// What the handler needs to plan a durable resume.
+#[derive(Debug)]
+pub struct ResumeInputs<'a> {
+    pub catalog: &'a Arc<Catalog>,
+    pub replay: &'a ReplayStore,
+    pub reader: &'a Arc<BrokerReader>,
+    pub metrics: &'a Arc<Metrics>,
+    pub run_id: u64,
+    /// Last published sequence and the durable positions, read under the registry lock.
+    pub upto: u64,
+    pub snapshot: Snapshot,
+}
+
+/// The broker part of a resume, run by the stream body before it goes live.
+pub struct BrokerResume {
+    reader: Arc<BrokerReader>,
+    catalog: Arc<Catalog>,
+    metrics: Arc<Metrics>,
+    queue: Arc<ClientQueue>,
+    filters: Vec<TopicFilter>,
+    /// The run-local part of the client's id, kept in replayed ids.
+    base: String,
+    vector: Vec<Option<Pos>>,
+    reads: Vec<(usize, Pos, Pos)>,
+    gaps: Vec<(&'static str, Vec<String>)>,
+    last_event_id: String,
+}
+
+impl std::fmt::Debug for BrokerResume {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("BrokerResume").field("reads", &self.reads).finish_non_exhaustive()
+    }
+}
+
+/// Plans a resume from `id` when durable streams are configured and the ring alone cannot
+/// serve it. Returns the sequence the subscription covers and, if the broker must be read, the
+/// work for the stream body; None leaves the resume to the ring (an id of this run the ring
+/// still covers, or an id that carries no durable positions).
+pub fn plan(
+    inp: ResumeInputs<'_>,
+    filters: &[TopicFilter],
+    queue: &Arc<ClientQueue>,
+    id: &str,
+) -> Option<(u64, Option<BrokerResume>)> {
+    let catalog = inp.catalog;
+    let (base, vector) = catalog.parse_cursor(id);
+    let vector = vector?;
+    let cursor = Cursor::parse(base, inp.run_id, inp.upto);
+    let ours = match cursor {
+        Cursor::Ours(seq) => {
+            // The ring has all of it: the fast path.
+            inp.replay.resume(filters, cursor, inp.upto).gap.as_ref()?;
+            Some(seq)
+        }
+        Cursor::OtherRun => None,
+        Cursor::Malformed if vector.iter().all(Option::is_none) => return None,
+        Cursor::Malformed => None,
+    };
+    let snap = inp.snapshot;
+    let covered = inp.upto.max(snap.seq);
+    let mut gaps: Vec<(&'static str, Vec<String>)> = Vec::new();
+    let mut reads = Vec::new();
+    let mut unavailable = Vec::new();
+    let mut unplaced = Vec::new();
+    for (idx, stream) in catalog.iter() {
+        let topics: Vec<String> =
+            filters.iter().filter(|f| stream.may_serve(f)).map(|f| f.as_str().to_owned()).collect();
+        if topics.is_empty() {
+            continue;
+        }
+        match (vector[idx], snap.positions.get(idx).copied().flatten()) {
+            (None, _) => unplaced.extend(topics),
+            (Some(_), None) => unavailable.extend(topics),
+            (Some(after), Some(now)) if after < now => reads.push((idx, after, now)),
+            (Some(_), Some(_)) => {} // nothing new; live events it has are skipped
+        }
+    }
+    if !unplaced.is_empty() {
+        gaps.push(("unknown-position", dedup(unplaced)));
+    }
+    if !unavailable.is_empty() {
+        gaps.push(("broker-unavailable", dedup(unavailable)));
+    }
+
+    // The ring: durable events sequenced after the snapshot, and non-durable events after an id
+    // of this run.
+    let is_durable = |t: &str| catalog.owner_of(t).is_some();
+    let after_snap = inp.replay.collect(filters, snap.seq, covered);
+    let mut events: Vec<_> = after_snap
+        .events
+        .into_iter()
+        .filter(|e| e.durable.is_some_and(|(s, p)| vector[s as usize].is_none_or(|have| p > have)))
+        .collect();
+    let mut evicted: Vec<String> = after_snap.incomplete.into_iter().filter(|t| is_durable(t)).collect();
+    let nondurable: Vec<&TopicFilter> = filters.iter().filter(|f| !catalog.durable_only(f)).collect();
+    match ours {
+        Some(seq) => {
+            let r = inp.replay.collect(filters, seq, covered);
+            events.extend(r.events.into_iter().filter(|e| e.durable.is_none()));
+            evicted.extend(r.incomplete.into_iter().filter(|t| !is_durable(t)));
+        }
+        None if !nondurable.is_empty() => {
+            gaps.push(("unknown-run", nondurable.iter().map(|f| f.as_str().to_owned()).collect()));
+        }
+        None => {}
+    }
+    if !evicted.is_empty() {
+        gaps.insert(0, ("evicted", dedup(evicted)));
+    }
+    events.sort_unstable_by_key(|e| e.id.seq);
+    events.dedup_by_key(|e| e.id.seq);
+    queue.set_have(vector.clone());
+    inp.metrics.replayed_events.inc_by(events.len() as u64);
+
+    let last_event_id = truncate(id, MAX_CURSOR_LEN).to_owned();
+    if reads.is_empty() {
+        for (reason, topics) in &gaps {
+            queue.push_backlog(gap_frame(reason, topics, &last_event_id));
+            inp.metrics.count_gap(reason);
+        }
+        for e in events {
+            queue.push_backlog(e.frame.clone());
+        }
+        return Some((covered, None));
+    }
+    queue.hold();
+    for e in events {
+        queue.push_backlog(e.frame.clone());
+    }
+    let resume = BrokerResume {
+        reader: inp.reader.clone(),
+        catalog: catalog.clone(),
+        metrics: inp.metrics.clone(),
+        queue: queue.clone(),
+        filters: filters.to_vec(),
+        base: base.to_owned(),
+        vector,
+        reads,
+        gaps,
+        last_event_id,
+    };
+    Some((covered, Some(resume)))
+}
+
+impl BrokerResume {
+    /// Reads the broker, then puts the gap signals and the replay in front of the stream.
+    pub async fn run(mut self) {
+        let mut frames: Vec<Bytes> = Vec::new();
+        let mut suffix = String::new();
+        for (idx, after, upto) in std::mem::take(&mut self.reads) {
+            let out = self.reader.read(idx, after, upto).await;
+            if let Some(g) = out.gap {
+                let stream = self.catalog.get(idx);
+                let topics =
+                    self.filters.iter().filter(|f| stream.may_serve(f)).map(|f| f.as_str().to_owned()).collect();
+                self.gaps.push((g.as_str(), topics));
+            }
+            for e in &out.events {
+                if !self.filters.iter().any(|f| f.matches(&e.topic)) {
+                    continue;
+                }
+                self.vector[idx] = Some(e.pos);
+                suffix.clear();
+                self.catalog.write_vector(&self.vector, &mut suffix);
+                frames.push(frame_event_with(&self.base, &suffix, e.event_type.as_deref(), &e.payload).0);
+            }
+        }
+        self.metrics.replayed_from_broker.inc_by(frames.len() as u64);
+        let mut out: Vec<Bytes> = Vec::with_capacity(self.gaps.len() + frames.len());
+        for (reason, topics) in &self.gaps {
+            out.push(gap_frame(reason, topics, &self.last_event_id));
+            self.metrics.count_gap(reason);
+        }
+        out.extend(frames);
+        self.queue.release(out);
+    }
+}
+
+fn gap_frame(reason: &str, topics: &[String], last_event_id: &str) -> Bytes {
+    let data = serde_json::json!({ "reason": reason, "topics": topics, "last_event_id": last_event_id });
+    frame_control(GAP_EVENT, &data.to_string())
+}
+
+fn dedup(mut v: Vec<String>) -> Vec<String> {
+    v.sort();
+    v.dedup();
+    v
+}

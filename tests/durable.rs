@@ -1,0 +1,296 @@
+//! Resume from durable broker history (JetStream, Redis Streams): across a restart, across
+//! replicas, older than the ring, older than the broker's retention, and a resume storm whose
+//! broker reads stay under the configured bound. Real nats-server (JetStream) and redis-server.
+
+mod common;
+
+use std::time::Duration;
+
+use async_nats::jetstream;
+use common::brokers::{NatsServer, RedisServer, nats_client, redis_conn};
+use common::sse_client::{self, SseEvent, SseStream};
+use common::{EVENT_TIMEOUT, TestApp, start_app, test_config};
+use sse_bridge::Config;
+use sse_bridge::config::{JetStreamConfig, RedisStreamsConfig};
+
+const STREAM: &str = "ORDERS";
+
+async fn js_stream(nats: &NatsServer, max_messages: i64) -> jetstream::Context {
+    let js = jetstream::new(nats_client(&nats.url()).await);
+    js.create_stream(jetstream::stream::Config {
+        name: STREAM.into(),
+        subjects: vec!["orders.>".into()],
+        max_messages,
+        ..Default::default()
+    })
+    .await
+    .expect("create stream");
+    js
+}
+
+async fn js_publish(js: &jetstream::Context, subject: &str, payload: &str) {
+    js.publish(subject.to_owned(), payload.to_owned().into()).await.unwrap().await.expect("JetStream ack");
+}
+
+fn js_config(nats: &NatsServer) -> Config {
+    let mut c = test_config();
+    c.jetstream = Some(JetStreamConfig {
+        url: nats.url(),
+        streams: vec![STREAM.into()],
+        reconnect_max_delay: Duration::from_millis(500),
+        ..Default::default()
+    });
+    c
+}
+
+fn rs_config(redis: &RedisServer, keys: &[&str]) -> Config {
+    let mut c = test_config();
+    c.redis_streams = Some(RedisStreamsConfig {
+        url: redis.url(),
+        keys: keys.iter().map(|k| k.to_string()).collect(),
+        block: Duration::from_millis(500),
+        reconnect_max_delay: Duration::from_millis(500),
+        ..Default::default()
+    });
+    c
+}
+
+async fn xadd(conn: &mut redis::aio::MultiplexedConnection, key: &str, data: &str) -> String {
+    redis::cmd("XADD").arg(key).arg("*").arg("data").arg(data).query_async(conn).await.expect("XADD")
+}
+
+async fn started(config: Config) -> TestApp {
+    let app = start_app(config).await;
+    app.wait_sources_connected().await;
+    app
+}
+
+async fn resume(app: &TestApp, topics: &[&str], last_id: &str) -> SseStream {
+    app.subscribe_with(topics, &[("last-event-id", last_id)]).await
+}
+
+fn data(events: &[SseEvent]) -> Vec<&str> {
+    events.iter().map(|e| e.data.as_str()).collect()
+}
+
+fn gap_of(e: &SseEvent) -> serde_json::Value {
+    assert_eq!(e.event.as_deref(), Some("sse-bridge.gap"), "expected a gap event, got {e:?}");
+    serde_json::from_str(&e.data).unwrap()
+}
+
+/// Takes `n` events and asserts none of them is a gap.
+async fn take_no_gap(s: &mut SseStream, n: usize) -> Vec<SseEvent> {
+    let got = s.take_events(n, EVENT_TIMEOUT).await;
+    assert_eq!(got.len(), n, "got {got:?}");
+    for e in &got {
+        assert_ne!(e.event.as_deref(), Some("sse-bridge.gap"), "unexpected gap: {e:?}");
+    }
+    got
+}
+
+#[tokio::test]
+async fn jetstream_resume_across_a_restart_has_no_gap_and_no_duplicate() {
+    let nats = NatsServer::start().await;
+    let js = js_stream(&nats, -1).await;
+    let first = started(js_config(&nats)).await;
+    let mut s = first.subscribe(&["orders.*"]).await;
+    for i in 1..=3 {
+        js_publish(&js, "orders.a", &format!("m{i}")).await;
+    }
+    let got = take_no_gap(&mut s, 3).await;
+    assert_eq!(data(&got), ["m1", "m2", "m3"]);
+    let last = got[2].id.clone().unwrap();
+    assert!(last.contains("_j"), "ids carry the stream position: {last}");
+    drop(s);
+    first.stop().await;
+
+    // Published while no bridge runs: only the broker has them.
+    for i in 4..=6 {
+        js_publish(&js, if i % 2 == 0 { "orders.b" } else { "orders.a" }, &format!("m{i}")).await;
+    }
+    let second = started(js_config(&nats)).await;
+    let mut r = resume(&second, &["orders.*"], &last).await;
+    let got = take_no_gap(&mut r, 3).await;
+    assert_eq!(data(&got), ["m4", "m5", "m6"]);
+    js_publish(&js, "orders.a", "m7").await;
+    let live = take_no_gap(&mut r, 1).await;
+    assert_eq!(data(&live), ["m7"], "then live, with nothing repeated");
+
+    // Resuming from the replayed ids works too (they are complete cursors).
+    let mid = got[0].id.clone().unwrap();
+    let mut again = resume(&second, &["orders.*"], &mid).await;
+    assert_eq!(data(&take_no_gap(&mut again, 3).await), ["m5", "m6", "m7"]);
+}
+
+#[tokio::test]
+async fn redis_streams_resume_across_a_restart_has_no_gap_and_no_duplicate() {
+    let redis = RedisServer::start().await;
+    let mut conn = redis_conn(&redis.url()).await;
+    xadd(&mut conn, "audit", "before").await; // history before the bridge: not replayed live
+    let first = started(rs_config(&redis, &["audit", "chat"])).await;
+    let mut s = first.subscribe(&["audit", "chat"]).await;
+    xadd(&mut conn, "audit", "a1").await;
+    xadd(&mut conn, "chat", "c1").await;
+    let got = take_no_gap(&mut s, 2).await;
+    assert_eq!(data(&got), ["a1", "c1"]);
+    let last = got[1].id.clone().unwrap();
+    drop(s);
+    first.stop().await;
+
+    xadd(&mut conn, "audit", "a2").await;
+    xadd(&mut conn, "chat", "c2").await;
+    xadd(&mut conn, "audit", "a3").await;
+    let second = started(rs_config(&redis, &["audit", "chat"])).await;
+    let mut r = resume(&second, &["audit", "chat"], &last).await;
+    let got = take_no_gap(&mut r, 3).await;
+    let mut seen = data(&got);
+    seen.sort();
+    assert_eq!(seen, ["a2", "a3", "c2"]);
+    assert!(data(&got).iter().position(|d| *d == "a2") < data(&got).iter().position(|d| *d == "a3"));
+    xadd(&mut conn, "chat", "c3").await;
+    assert_eq!(data(&take_no_gap(&mut r, 1).await), ["c3"]);
+}
+
+#[tokio::test]
+async fn resume_on_another_replica_has_no_gap_and_no_duplicate() {
+    let nats = NatsServer::start().await;
+    let js = js_stream(&nats, -1).await;
+    let a = started(js_config(&nats)).await;
+    let b = started(js_config(&nats)).await;
+    let mut on_a = a.subscribe(&["orders.>"]).await;
+    let mut on_b = b.subscribe(&["orders.>"]).await;
+    for i in 1..=6 {
+        js_publish(&js, "orders.x", &format!("m{i}")).await;
+    }
+    let seen_a = take_no_gap(&mut on_a, 6).await;
+    take_no_gap(&mut on_b, 6).await; // B has sequenced them too
+    let cursor = seen_a[2].id.clone().unwrap();
+    let mut moved = resume(&b, &["orders.>"], &cursor).await;
+    assert_eq!(data(&take_no_gap(&mut moved, 3).await), ["m4", "m5", "m6"]);
+    js_publish(&js, "orders.x", "m7").await;
+    assert_eq!(data(&take_no_gap(&mut moved, 1).await), ["m7"]);
+
+    // An id from A that is newer than anything B has sequenced is not replayed twice: B's live
+    // events up to it are skipped.
+    let newest_a = take_no_gap(&mut on_a, 1).await[0].id.clone().unwrap();
+    let mut up_to_date = resume(&b, &["orders.>"], &newest_a).await;
+    js_publish(&js, "orders.x", "m8").await;
+    assert_eq!(data(&take_no_gap(&mut up_to_date, 1).await), ["m8"]);
+}
+
+#[tokio::test]
+async fn resume_older_than_the_ring_comes_from_the_broker() {
+    let nats = NatsServer::start().await;
+    let js = js_stream(&nats, -1).await;
+    let mut c = js_config(&nats);
+    c.replay.max_events_per_topic = 2;
+    let app = started(c).await;
+    let mut s = app.subscribe(&["orders.*"]).await;
+    for i in 1..=10 {
+        js_publish(&js, "orders.a", &format!("m{i}")).await;
+    }
+    let got = take_no_gap(&mut s, 10).await;
+    let mut r = resume(&app, &["orders.*"], got[1].id.as_deref().unwrap()).await;
+    let replayed = take_no_gap(&mut r, 8).await;
+    assert_eq!(data(&replayed), ["m3", "m4", "m5", "m6", "m7", "m8", "m9", "m10"]);
+    js_publish(&js, "orders.a", "m11").await;
+    assert_eq!(data(&take_no_gap(&mut r, 1).await), ["m11"]);
+    let m = common::admin_metrics(&app).await;
+    assert!(common::sample(&m, "sse_bridge_replayed_from_broker_events_total").unwrap() >= 6.0, "{m}");
+}
+
+#[tokio::test]
+async fn resume_older_than_retention_gets_a_gap_then_the_rest() {
+    let nats = NatsServer::start().await;
+    let js = js_stream(&nats, 5).await;
+    let first = started(js_config(&nats)).await;
+    let mut s = first.subscribe(&["orders.*"]).await;
+    js_publish(&js, "orders.a", "m1").await;
+    let last = take_no_gap(&mut s, 1).await[0].id.clone().unwrap();
+    drop(s);
+    first.stop().await;
+    for i in 2..=10 {
+        js_publish(&js, "orders.a", &format!("m{i}")).await; // the stream keeps m6..m10
+    }
+    let second = started(js_config(&nats)).await;
+    let mut r = resume(&second, &["orders.*"], &last).await;
+    let gap = gap_of(&r.next_event(EVENT_TIMEOUT).await.unwrap());
+    assert_eq!(gap["reason"], "retention");
+    assert_eq!(gap["topics"], serde_json::json!(["orders.*"]));
+    assert_eq!(data(&take_no_gap(&mut r, 5).await), ["m6", "m7", "m8", "m9", "m10"]);
+
+    // Redis: MAXLEN trimming is retention too.
+    let redis = RedisServer::start().await;
+    let mut conn = redis_conn(&redis.url()).await;
+    let app = started(rs_config(&redis, &["audit"])).await;
+    let mut s = app.subscribe(&["audit"]).await;
+    xadd(&mut conn, "audit", "a1").await;
+    let last = take_no_gap(&mut s, 1).await[0].id.clone().unwrap();
+    drop(s);
+    app.stop().await;
+    for i in 2..=6 {
+        let _: String = redis::cmd("XADD")
+            .arg("audit")
+            .arg("MAXLEN")
+            .arg(3)
+            .arg("*")
+            .arg("data")
+            .arg(format!("a{i}"))
+            .query_async(&mut conn)
+            .await
+            .unwrap();
+    }
+    let app = started(rs_config(&redis, &["audit"])).await;
+    let mut r = resume(&app, &["audit"], &last).await;
+    assert_eq!(gap_of(&r.next_event(EVENT_TIMEOUT).await.unwrap())["reason"], "retention");
+    assert_eq!(data(&take_no_gap(&mut r, 3).await), ["a4", "a5", "a6"]);
+}
+
+#[tokio::test]
+async fn resume_storm_is_correct_and_bounded() {
+    const CLIENTS: usize = 2_000;
+    const EVENTS: usize = 40;
+    const BOUND: usize = 4;
+    let nats = NatsServer::start().await;
+    let js = js_stream(&nats, -1).await;
+    let first = started(js_config(&nats)).await;
+    let mut s = first.subscribe(&["orders.*"]).await;
+    for i in 1..=EVENTS {
+        js_publish(&js, "orders.a", &format!("m{i}")).await;
+    }
+    let ids: Vec<String> = take_no_gap(&mut s, EVENTS).await.into_iter().map(|e| e.id.unwrap()).collect();
+    drop(s);
+    first.stop().await;
+
+    let mut c = js_config(&nats);
+    c.resume.max_concurrent_reads = BOUND;
+    let app = started(c).await;
+    let url = app.url("/events?topic=orders.*");
+    let started_at = std::time::Instant::now();
+    let mut clients = Vec::with_capacity(CLIENTS);
+    for k in 0..CLIENTS {
+        let from = k % EVENTS; // resumes after event `from + 1`
+        let (url, id) = (url.clone(), ids[from].clone());
+        clients.push(tokio::spawn(async move {
+            let mut s = sse_client::connect(&url, &[("last-event-id", &id)]).await.expect("stream opens");
+            let want = EVENTS - from - 1;
+            let got = s.take_events(want, Duration::from_secs(60)).await;
+            let expected: Vec<String> = (from + 2..=EVENTS).map(|i| format!("m{i}")).collect();
+            assert_eq!(data(&got), expected.iter().map(String::as_str).collect::<Vec<_>>(), "client {k}");
+        }));
+    }
+    for c in clients {
+        c.await.unwrap();
+    }
+    let elapsed = started_at.elapsed();
+    let peak = app.state.broker_reader.peak_concurrency();
+    let m = common::admin_metrics(&app).await;
+    let reads =
+        common::sample(&m, "sse_bridge_resume_broker_reads_total{kind=\"jetstream\",outcome=\"ok\"}").unwrap_or(0.0);
+    let coalesced = common::sample(&m, "sse_bridge_resume_broker_reads_coalesced_total").unwrap_or(0.0);
+    println!(
+        "resume storm: {CLIENTS} clients, {EVENTS} positions, bound {BOUND}: peak {peak} concurrent broker reads, {reads} reads, {coalesced} coalesced, all complete in {elapsed:?}"
+    );
+    assert!(peak <= BOUND, "peak {peak} concurrent broker reads exceeds the bound {BOUND}");
+    assert!(peak >= 1);
+}
