@@ -378,9 +378,9 @@ impl ClientQueue {
     pub fn poll_next(&self, cx: &mut Context<'_>) -> Poll<Next> {
         let mut st = self.state.lock();
         if st.held == Some(0) {
-            if let Some(reason) = st.closed
-                && !reason.is_clean()
-            {
+            // Nothing after the hold point has been written, so even a clean end (shutdown) can
+            // stop here: the client resumes elsewhere from the same id.
+            if let Some(reason) = st.closed {
                 return Poll::Ready(Next::Closed(reason));
             }
             st.waker = Some(cx.waker().clone());

@@ -97,7 +97,7 @@ impl Sequencer {
             if mark.baseline {
                 self.p.positions.publish(self.next_seq - 1, &self.vector);
                 if let Some(reply) = msg.reply {
-                    let _ = reply.send(EventId { run: self.run, seq: self.next_seq - 1 });
+                    let _ = reply.send(String::new());
                 }
                 return None;
             }
@@ -155,7 +155,7 @@ impl Sequencer {
         }
         trace!(topic = %event.topic, %id, delivered = stats.delivered, overflowed = stats.overflowed, "Event fanned out.");
         if let Some(reply) = msg.reply {
-            let _ = reply.send(id);
+            let _ = reply.send(format!("{id}{}", self.suffix));
         }
         Some(event)
     }

@@ -2,7 +2,11 @@
 //! replicas, older than the ring, older than the broker's retention, and a resume storm whose
 //! broker reads stay under the configured bound. Real nats-server (JetStream) and redis-server.
 
+#[path = "common/bridge_process.rs"]
+mod bridge_process;
 mod common;
+#[path = "common/daemon.rs"]
+mod daemon;
 
 use std::time::Duration;
 
@@ -176,6 +180,77 @@ async fn resume_on_another_replica_has_no_gap_and_no_duplicate() {
     let mut up_to_date = resume(&b, &["orders.>"], &newest_a).await;
     js_publish(&js, "orders.x", "m8").await;
     assert_eq!(data(&take_no_gap(&mut up_to_date, 1).await), ["m8"]);
+}
+
+/// Waits until a bridge process reports `source` connected on its admin listener.
+async fn process_connected(p: &bridge_process::BridgeProcess, source: &str) {
+    let series = format!("sse_bridge_broker_up{{source=\"{source}\"}}");
+    let deadline = tokio::time::Instant::now() + EVENT_TIMEOUT;
+    loop {
+        let text = sse_client::test_client().get(p.admin_url("/metrics")).send().await.unwrap().text().await.unwrap();
+        if common::sample(&text, &series) == Some(1.0) {
+            return;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "{source} never connected");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test]
+async fn two_bridge_processes_share_one_history() {
+    let redis = RedisServer::start().await;
+    let mut conn = redis_conn(&redis.url()).await;
+    let section =
+        format!("[redis_streams]\nurl = \"{}\"\nkeys = [\"audit\", \"chat\"]\nblock = \"500ms\"\n", redis.url());
+    let a = bridge_process::BridgeProcess::start(&section, &[]);
+    let b = bridge_process::BridgeProcess::start(&section, &[]);
+    process_connected(&a, "redis_streams").await;
+    process_connected(&b, "redis_streams").await;
+    let mut on_a = sse_client::connect(&a.url("/events?topic=audit&topic=chat"), &[]).await.unwrap();
+    on_a.wait_for_comments(1, EVENT_TIMEOUT).await;
+    for i in 1..=4 {
+        xadd(&mut conn, if i % 2 == 0 { "chat" } else { "audit" }, &format!("m{i}")).await;
+    }
+    let seen = take_no_gap(&mut on_a, 4).await;
+    drop(on_a);
+    for i in 5..=6 {
+        xadd(&mut conn, "audit", &format!("m{i}")).await;
+    }
+    let cursor = seen[1].id.clone().unwrap();
+    let mut on_b =
+        sse_client::connect(&b.url("/events?topic=audit&topic=chat"), &[("last-event-id", &cursor)]).await.unwrap();
+    let got = take_no_gap(&mut on_b, 4).await;
+    let mut d = data(&got);
+    d.sort();
+    // One XREAD may return both keys at once, so A's order across keys is its own: the client
+    // is owed whatever came after its cursor in that order, plus what A never saw.
+    let mut owed: Vec<&str> = data(&seen[2..]);
+    owed.extend(["m5", "m6"]);
+    owed.sort();
+    assert_eq!(d, owed, "consumed on one process, resumed on the other");
+    xadd(&mut conn, "chat", "m7").await;
+    assert_eq!(data(&take_no_gap(&mut on_b, 1).await), ["m7"]);
+    drop(on_b);
+    a.stop();
+    b.stop();
+}
+
+#[tokio::test]
+async fn publish_refuses_durable_topics() {
+    let redis = RedisServer::start().await;
+    let app = started(rs_config(&redis, &["audit"])).await;
+    let r = sse_client::test_client()
+        .post(app.url("/publish?topic=audit"))
+        .bearer_auth(common::TOKEN)
+        .body("x")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 400);
+    assert!(r.text().await.unwrap().contains("durable stream"));
+    // Other topics still publish, and their ids carry the durable positions too.
+    let id = app.publish("news", None, "hello").await;
+    assert!(id.contains("_r"), "{id}");
 }
 
 #[tokio::test]

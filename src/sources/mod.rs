@@ -24,7 +24,6 @@ use bytes::Bytes;
 use tokio::sync::{mpsc, oneshot};
 
 use crate::durable::DurableMark;
-use crate::event::EventId;
 
 /// Which kind of source a message came from; a metrics label.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -81,8 +80,9 @@ pub struct SourceMessage {
     pub trace: TraceContext,
     /// When the source received the message.
     pub received_at: Instant,
-    /// Where the sequencer reports the assigned id (used by `/publish` to answer with it).
-    pub reply: Option<oneshot::Sender<EventId>>,
+    /// Where the sequencer reports the assigned id, as the frame carries it (`/publish`
+    /// answers with it; durable sources wait on it for their baseline to be applied).
+    pub reply: Option<oneshot::Sender<String>>,
     /// The message's position in its durable stream (JetStream, Redis Streams), if it has one.
     pub durable: Option<DurableMark>,
 }

@@ -8,7 +8,6 @@ use bytes::Bytes;
 use tokio::sync::oneshot;
 
 use super::{IngestSender, SourceKind, SourceMessage, TraceContext};
-use crate::event::EventId;
 
 /// Why a publish did not get an id.
 #[derive(Debug, thiserror::Error)]
@@ -25,7 +24,7 @@ pub async fn publish(
     event_type: Option<String>,
     payload: Bytes,
     trace: TraceContext,
-) -> Result<EventId, PublishError> {
+) -> Result<String, PublishError> {
     let (reply, rx) = oneshot::channel();
     let msg = SourceMessage {
         source: SourceKind::Publish,

@@ -271,7 +271,7 @@ async fn publish_handler(req: Request<Incoming>, state: &Arc<AppState>) -> Respo
         }
     };
     match publish(&state.ingest, topic, event_type, body, trace).await {
-        Ok(id) => json(StatusCode::OK, &serde_json::json!({ "id": id.to_string() })),
+        Ok(id) => json(StatusCode::OK, &serde_json::json!({ "id": id })),
         Err(PublishError::ShuttingDown) => text(StatusCode::SERVICE_UNAVAILABLE, "the bridge is shutting down"),
     }
 }
