@@ -87,11 +87,24 @@ async fn session(
     first: &mut bool,
     input: &mut BrokerInput,
 ) -> SessionEnd {
+    // The client does not reconnect by itself: a lost connection ends the session, and the next
+    // one reads on from the last sequence forwarded (an ordered consumer left to the client's
+    // own reconnect would wait for heartbeats and keep the source looking connected).
+    let lost = Arc::new(tokio::sync::Notify::new());
+    let on_event = lost.clone();
     let connect = async {
         let client = async_nats::ConnectOptions::new()
             .name("sse-bridge-jetstream")
             .connection_timeout(cfg.connect_timeout)
             .max_reconnects(Some(0))
+            .event_callback(move |event| {
+                let lost = on_event.clone();
+                async move {
+                    if matches!(event, async_nats::Event::Disconnected | async_nats::Event::Closed) {
+                        lost.notify_one();
+                    }
+                }
+            })
             .connect(cfg.url.as_str())
             .await
             .map_err(|e| e.to_string())?;
@@ -146,6 +159,7 @@ async fn session(
         let next = tokio::select! {
             biased;
             _ = shutdown.cancelled() => break SessionEnd::Shutdown,
+            _ = lost.notified() => break SessionEnd::Disconnected("connection lost".into()),
             m = messages.next() => m,
         };
         let Some((k, idx, msg)) = next else {
