@@ -434,6 +434,8 @@ pub struct JetStreamConfig {
     pub url: String,
     /// Names of the streams to bridge (they must exist; their subjects are the topics).
     pub streams: Vec<String>,
+    /// Only these subjects of the streams (patterns); empty: every subject of every stream.
+    pub subjects: Vec<String>,
     /// Message header whose value becomes the SSE `event:` type (matched case-insensitively).
     pub event_header: String,
     /// Longest wait between reconnect attempts.
@@ -451,6 +453,7 @@ impl Default for JetStreamConfig {
         JetStreamConfig {
             url: "nats://127.0.0.1:4222".into(),
             streams: Vec::new(),
+            subjects: Vec::new(),
             event_header: "Sse-Event".into(),
             reconnect_max_delay: Duration::from_secs(5),
             connect_timeout: Duration::from_secs(5),
@@ -786,6 +789,11 @@ impl Config {
             for (i, n) in j.streams.iter().enumerate() {
                 if n.is_empty() || n.len() > 255 || n.contains(['.', '*', '>', ' ', '/', '\\']) {
                     return err(&format!("jetstream.streams[{i}]"), format!("{n:?}: not a JetStream stream name"));
+                }
+            }
+            for (i, subj) in j.subjects.iter().enumerate() {
+                if let Err(r) = Pattern::parse(subj, max_len) {
+                    return err(&format!("jetstream.subjects[{i}]"), format!("{subj:?}: {}", topic_reason(r)));
                 }
             }
             if j.event_header.is_empty() {

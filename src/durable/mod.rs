@@ -80,10 +80,12 @@ pub struct DurableStream {
     /// The topics the stream holds: a Redis key is its own topic; a JetStream stream's subjects
     /// are learned when the source connects (None until then).
     spaces: RwLock<Option<Vec<Pattern>>>,
+    /// `jetstream.subjects`: only these of the stream's subjects are bridged (empty: all).
+    filters: Vec<Pattern>,
 }
 
 impl DurableStream {
-    fn new(kind: DurableKind, name: &str) -> Self {
+    fn new(kind: DurableKind, name: &str, filters: Vec<Pattern>) -> Self {
         // FNV-1a: stable across processes and versions (std's hasher is not).
         let mut h: u32 = 0x811c_9dc5;
         for b in name.bytes() {
@@ -98,7 +100,24 @@ impl DurableStream {
             name: name.to_owned(),
             tag: format!("{}{:04x}", kind.tag_char(), (h ^ (h >> 16)) & 0xffff),
             spaces: RwLock::new(spaces),
+            filters,
         }
+    }
+
+    /// The configured subject filters that select some of this stream's subjects: what the live
+    /// consumer asks for (empty: the whole stream).
+    pub fn consumer_filters(&self) -> Vec<String> {
+        let spaces = self.spaces.read();
+        let spaces = spaces.as_deref().unwrap_or_default();
+        self.filters
+            .iter()
+            .filter(|f| spaces.iter().any(|s| TopicFilter::Pattern((*f).clone()).overlaps(s)))
+            .map(|f| f.as_str().to_owned())
+            .collect()
+    }
+
+    fn filtered_in(&self, f: impl Fn(&Pattern) -> bool) -> bool {
+        self.filters.is_empty() || self.filters.iter().any(f)
     }
 
     /// Whether `topic` belongs to this stream (false while a JetStream stream's subjects are
@@ -106,7 +125,10 @@ impl DurableStream {
     pub fn holds(&self, topic: &str) -> bool {
         match self.kind {
             DurableKind::RedisStream => self.name == topic,
-            DurableKind::JetStream => self.spaces.read().as_ref().is_some_and(|s| s.iter().any(|p| p.matches(topic))),
+            DurableKind::JetStream => {
+                self.spaces.read().as_ref().is_some_and(|s| s.iter().any(|p| p.matches(topic)))
+                    && self.filtered_in(|p| p.matches(topic))
+            }
         }
     }
 
@@ -114,7 +136,10 @@ impl DurableStream {
     pub fn may_serve(&self, f: &TopicFilter) -> bool {
         match self.kind {
             DurableKind::RedisStream => f.matches(&self.name),
-            DurableKind::JetStream => self.spaces.read().as_ref().is_none_or(|s| s.iter().any(|p| f.overlaps(p))),
+            DurableKind::JetStream => {
+                self.spaces.read().as_ref().is_none_or(|s| s.iter().any(|p| f.overlaps(p)))
+                    && self.filtered_in(|p| f.overlaps(p))
+            }
         }
     }
 
@@ -122,7 +147,10 @@ impl DurableStream {
     fn contains(&self, f: &TopicFilter) -> bool {
         match self.kind {
             DurableKind::RedisStream => matches!(f, TopicFilter::Exact(t) if **t == *self.name),
-            DurableKind::JetStream => self.spaces.read().as_ref().is_some_and(|s| s.iter().any(|p| f.within(p))),
+            DurableKind::JetStream => {
+                self.spaces.read().as_ref().is_some_and(|s| s.iter().any(|p| f.within(p)))
+                    && self.filtered_in(|p| f.within(p))
+            }
         }
     }
 }
@@ -142,10 +170,11 @@ impl Catalog {
     pub fn from_config(c: &Config) -> Catalog {
         let mut streams = Vec::new();
         if let Some(j) = &c.jetstream {
-            streams.extend(j.streams.iter().map(|n| DurableStream::new(DurableKind::JetStream, n)));
+            let filters: Vec<Pattern> = j.subjects.iter().filter_map(|s| Pattern::parse(s, usize::MAX).ok()).collect();
+            streams.extend(j.streams.iter().map(|n| DurableStream::new(DurableKind::JetStream, n, filters.clone())));
         }
         if let Some(r) = &c.redis_streams {
-            streams.extend(r.keys.iter().map(|k| DurableStream::new(DurableKind::RedisStream, k)));
+            streams.extend(r.keys.iter().map(|k| DurableStream::new(DurableKind::RedisStream, k, Vec::new())));
         }
         Catalog {
             streams,

@@ -160,7 +160,7 @@ impl BrokerReader {
         let stream = self.catalog.get(key.stream);
         let read = async {
             match stream.kind {
-                DurableKind::JetStream => self.read_jetstream(&stream.name, key).await,
+                DurableKind::JetStream => self.read_jetstream(stream, key).await,
                 DurableKind::RedisStream => self.read_redis(&stream.name, key).await,
             }
         };
@@ -208,7 +208,8 @@ impl BrokerReader {
         Ok(ctx)
     }
 
-    async fn read_jetstream(&self, name: &str, key: ReadKey) -> Result<ReadOutcome, String> {
+    async fn read_jetstream(&self, durable: &super::DurableStream, key: ReadKey) -> Result<ReadOutcome, String> {
+        let name = durable.name.as_str();
         let (_, event_header, max_bytes) = self.js.as_ref().ok_or("JetStream is not configured")?;
         let ctx = self.jetstream().await?;
         let mut stream = ctx.get_stream(name).await.map_err(|e| e.to_string())?;
@@ -244,7 +245,8 @@ impl BrokerReader {
             if seq > upto {
                 break;
             }
-            if m.payload.len() <= *max_bytes {
+            // Replays bridge exactly what live delivery bridges: `jetstream.subjects` applies.
+            if m.payload.len() <= *max_bytes && durable.holds(&m.subject) {
                 let (event_type, _) = read_headers(m.headers.as_ref(), event_header);
                 events.push(BrokerEvent {
                     topic: Arc::from(m.subject.as_str()),

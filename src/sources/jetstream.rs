@@ -16,7 +16,7 @@ use bytes::Bytes;
 use futures_util::StreamExt;
 use futures_util::stream::select_all;
 use tokio_util::sync::CancellationToken;
-use tracing::info;
+use tracing::{info, warn};
 
 use super::nats::read_headers;
 use super::{IngestSender, Session, SessionEnd, SourceKind, SourceMessage, SourceStatus, supervise};
@@ -131,9 +131,21 @@ async fn session(
                     seq + 1
                 }
             };
+            let filter_subjects = catalog.get(*idx).consumer_filters();
+            if !cfg.subjects.is_empty() && filter_subjects.is_empty() {
+                warn!(source = "jetstream", stream = %name, subjects = ?cfg.subjects, "No configured subject is in this stream; not reading it.");
+                continue;
+            }
+            // One filter goes to the server; several (`filter_subjects` needs nats-server 2.10)
+            // are applied here, as every message is checked against the catalog anyway.
+            let filter_subject = match filter_subjects.as_slice() {
+                [one] => one.clone(),
+                _ => String::new(),
+            };
             let consumer = stream
                 .create_consumer(OrderedConfig {
                     deliver_policy: DeliverPolicy::ByStartSequence { start_sequence: start },
+                    filter_subject,
                     ..Default::default()
                 })
                 .await
@@ -177,6 +189,9 @@ async fn session(
             continue; // already forwarded (a consumer recreated from an older point)
         }
         last[k] = Some(seq);
+        if !catalog.get(idx).holds(&msg.subject) {
+            continue; // outside `jetstream.subjects`
+        }
         if !input.admit(&msg.subject, &msg.payload, true) {
             continue;
         }
