@@ -967,6 +967,21 @@ mod tests {
     }
 
     #[test]
+    fn durable_source_errors_are_named() {
+        let e = load_str("[jetstream]\nstreams = []\n").unwrap_err();
+        assert!(e.contains("`jetstream.streams`") && e.contains("is empty"), "{e}");
+        let e = load_str("[jetstream]\nstreams = [\"A.B\"]\n").unwrap_err();
+        assert!(e.contains("`jetstream.streams[0]`") && e.contains("not a JetStream stream name"), "{e}");
+        let e = load_str("[redis_streams]\nkeys = [\"a.*\"]\n").unwrap_err();
+        assert!(e.contains("`redis_streams.keys[0]`") && e.contains("not a pattern"), "{e}");
+        let keys: Vec<String> = (0..=MAX_DURABLE_STREAMS).map(|i| format!("\"k{i}\"")).collect();
+        let e = load_str(&format!("[redis_streams]\nkeys = [{}]\n", keys.join(","))).unwrap_err();
+        assert!(e.contains("at most 16"), "{e}");
+        let e = load_str("[resume]\nmax_concurrent_reads = 0\n").unwrap_err();
+        assert!(e.contains("`resume.max_concurrent_reads`"), "{e}");
+    }
+
+    #[test]
     fn bad_type_is_named() {
         let e = load_str("[server]\nqueue_capacity = \"many\"\n").unwrap_err();
         assert!(e.contains("`server.queue_capacity`") && e.contains("bridge.toml"), "{e}");

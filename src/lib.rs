@@ -12,7 +12,7 @@
 //! - [`topic`]: topic names and NATS-style patterns (`*`, `>`): parse, validate, match.
 //! - [`event`]: the bridge's [`event::EventId`] (`run-seq`) and the SSE framing, done once per
 //!   event into one refcounted `Bytes`.
-//! - [`sources`]: NATS, Redis pub/sub and `POST /publish`. Each source copies messages out of its
+//! - [`sources`]: NATS, Redis pub/sub, JetStream, Redis Streams and `POST /publish`. Each source copies messages out of its
 //!   client, reconnects with capped backoff, and feeds one bounded ingest channel.
 //! - [`durable`]: JetStream streams and Redis Streams as durable sources: the vector cursor
 //!   (every id carries each durable stream's position) and the bounded, coalescing broker reader
@@ -31,7 +31,9 @@
 //! - [`input`]: bounds on untrusted input: request headers and `Last-Event-ID`; broker messages
 //!   (size cap, counted and rate-limited logging of what is dropped).
 //! - [`limits`]: admission: stream caps (global, per IP) and the per-IP connect rate.
-//! - [`sse`]: hyper 1.x listener (HTTP/1.1 and h2c): routes, CORS, and the stream body that drains
+//! - [`sse`]: the listener: a lean HTTP/1.1 path for `GET /events` (no per-connection buffers
+//!   beyond a small head buffer; chunked, vectored writes) and hyper 1.x for everything else
+//!   (other routes, h2c): routes, CORS, and the stream body that drains
 //!   a client queue into the socket.
 //! - [`admin`]: `/healthz`, `/readyz`, `/metrics` on a separate (loopback) listener.
 //! - [`memory`]: the process memory budget and what is shed when it is reached.
