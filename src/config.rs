@@ -504,7 +504,8 @@ pub struct ResumeConfig {
     /// resumes beyond it wait their turn (a deploy's resume storm queues here).
     pub max_concurrent_reads: usize,
     /// Most events replayed from one stream for one resume; a client further behind gets a
-    /// gap event (reason `replay-limit`) and the newest events.
+    /// gap event (reason `replay-limit`) and the newest events. Also the memory bound of a
+    /// resume: its replayed frames (ids differ per client) are built before it goes live.
     pub max_events: usize,
     /// Time one broker read may take before the resume gives up with a gap event.
     #[serde(with = "humantime_serde")]
@@ -513,7 +514,7 @@ pub struct ResumeConfig {
 
 impl Default for ResumeConfig {
     fn default() -> Self {
-        ResumeConfig { max_concurrent_reads: 16, max_events: 10_000, read_timeout: Duration::from_secs(10) }
+        ResumeConfig { max_concurrent_reads: 16, max_events: 1000, read_timeout: Duration::from_secs(10) }
     }
 }
 
