@@ -438,3 +438,27 @@ async fn jetstream_subject_filters_apply_live_and_in_replays() {
     js_publish(&js, "orders.eu.3", "eu3").await;
     assert_eq!(data(&take_no_gap(&mut r, 1).await), ["eu3"]);
 }
+
+#[tokio::test]
+async fn resume_beyond_the_replay_limit_gets_a_gap_then_the_newest() {
+    let redis = RedisServer::start().await;
+    let mut conn = redis_conn(&redis.url()).await;
+    let config = || {
+        let mut c = rs_config(&redis, &["audit"]);
+        c.resume.max_events = 3;
+        c
+    };
+    let first = started(config()).await;
+    let mut s = first.subscribe(&["audit"]).await;
+    xadd(&mut conn, "audit", "a0").await;
+    let last = take_no_gap(&mut s, 1).await[0].id.clone().unwrap();
+    drop(s);
+    first.stop().await;
+    for i in 1..=6 {
+        xadd(&mut conn, "audit", &format!("a{i}")).await;
+    }
+    let second = started(config()).await;
+    let mut r = resume(&second, &["audit"], &last).await;
+    assert_eq!(gap_of(&r.next_event(EVENT_TIMEOUT).await.unwrap())["reason"], "replay-limit");
+    assert_eq!(data(&take_no_gap(&mut r, 3).await), ["a4", "a5", "a6"]);
+}
