@@ -208,7 +208,7 @@ string), whole numbers as integers, lists inline, maps as inline tables.
 {{- $file := ternary "public_key_file" "jwks_file" (eq .format "pem") -}}
 {{- $_ := set $c "auth" (merge (dict $file (printf "/etc/sse-bridge-auth/%s" .key)) (default dict $c.auth)) -}}
 {{- end }}{{ end -}}
-{{- range $section := list "publish" "nats" "redis" "replay" "limits" "log" "fanout" "telemetry" -}}
+{{- range $section := list "publish" "nats" "redis" "jetstream" "redis_streams" "resume" "replay" "limits" "log" "fanout" "telemetry" -}}
 {{- $t := get $c $section -}}
 {{- if $t -}}
 {{- $parts = append $parts (include "sse-bridge.tomlSection" (list $section $t)) -}}
