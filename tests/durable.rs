@@ -462,3 +462,39 @@ async fn resume_beyond_the_replay_limit_gets_a_gap_then_the_newest() {
     assert_eq!(gap_of(&r.next_event(EVENT_TIMEOUT).await.unwrap())["reason"], "replay-limit");
     assert_eq!(data(&take_no_gap(&mut r, 3).await), ["a4", "a5", "a6"]);
 }
+
+#[tokio::test]
+async fn one_id_resumes_topics_from_jetstream_and_redis_streams_together() {
+    let nats = NatsServer::start().await;
+    let js = js_stream(&nats, -1).await;
+    let redis = RedisServer::start().await;
+    let mut conn = redis_conn(&redis.url()).await;
+    let config = || {
+        let mut c = js_config(&nats);
+        c.redis_streams = rs_config(&redis, &["audit"]).redis_streams;
+        c
+    };
+    let first = started(config()).await;
+    let mut s = first.subscribe(&["orders.*", "audit"]).await;
+    js_publish(&js, "orders.a", "j1").await;
+    assert_eq!(data(&take_no_gap(&mut s, 1).await), ["j1"]);
+    xadd(&mut conn, "audit", "r1").await;
+    let last = take_no_gap(&mut s, 1).await[0].id.clone().unwrap();
+    assert!(last.contains("_j") && last.contains("_r"), "one id, both positions: {last}");
+    drop(s);
+    // The stream's client has left; shutdown must not wait the drain time for it.
+    assert_eq!(first.stop().await, sse_bridge::RunOutcome::Drained);
+    js_publish(&js, "orders.a", "j2").await;
+    xadd(&mut conn, "audit", "r2").await;
+    js_publish(&js, "orders.b", "j3").await;
+    let second = started(config()).await;
+    let mut r = resume(&second, &["orders.*", "audit"], &last).await;
+    let got = take_no_gap(&mut r, 3).await;
+    let d = data(&got);
+    assert!(d.iter().position(|x| *x == "j2") < d.iter().position(|x| *x == "j3"), "stream order kept: {d:?}");
+    let mut sorted = d.clone();
+    sorted.sort();
+    assert_eq!(sorted, ["j2", "j3", "r2"]);
+    xadd(&mut conn, "audit", "r3").await;
+    assert_eq!(data(&take_no_gap(&mut r, 1).await), ["r3"]);
+}
