@@ -22,16 +22,20 @@
 use std::io::{self, IoSlice};
 use std::net::SocketAddr;
 use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::task::{Context, Poll, Waker};
 use std::time::{Duration, SystemTime};
 
 use bytes::{Buf, Bytes};
+use futures_util::task::AtomicWaker;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{Method, Request, Response, Uri, Version};
 use http_body::Body;
 use http_body_util::Full;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::TcpStream;
+use tokio_util::sync::CancellationToken;
 
 use super::body::{ResponseBody, SseBody};
 use super::server::{Conn, Lifecycle, WatchedIo};
@@ -111,12 +115,8 @@ pub(crate) async fn serve(
         }
         Reply::Stream { head, body, chunked } => {
             let io = WatchedIo::new(stream, handle.write.clone());
-            let outcome = tokio::select! {
-                r = stream_body(io, body, head, chunked) => r.err(),
-                _ = handle.kill.cancelled() => Some("cut by the bridge (slow consumer or write timeout)"),
-                _ = life.hard_stop.cancelled() => Some("drain time over"),
-            };
-            Served::Done(outcome.map(String::from))
+            let cuts = Cuts { kill: &handle.kill, hard_stop: &life.hard_stop };
+            Served::Done(stream_body(io, body, head, chunked, cuts).await.err().map(String::from))
         }
     }
 }
@@ -292,18 +292,81 @@ fn full_bytes(mut full: Full<Bytes>) -> Bytes {
     }
 }
 
-/// Streams `body` after `head` until it ends (then the last chunk and a clean close), fails, or
-/// the client goes away. The body is dropped on return, which releases its subscription.
+/// What cuts a stream short, besides its own end and the client leaving.
+struct Cuts<'a> {
+    /// The connection's kill switch (slow consumer, write timeout).
+    kill: &'a CancellationToken,
+    /// The drain time is over.
+    hard_stop: &'a CancellationToken,
+}
+
+/// Streams `body` after `head` until it ends (then the last chunk and a clean close), fails,
+/// the client goes away or a cut fires. The body is dropped on return, which releases its
+/// subscription.
+///
+/// The task is woken once per event (by the queue); polling the kill switch, the hard stop (a
+/// token every connection shares) and the socket's read side on each such wake would lock
+/// three mutexes per delivery. They are polled with a [`Watch`] waker instead, which notes
+/// that one of them fired: only then are they polled again.
 async fn stream_body(
     mut io: WatchedIo<TcpStream>,
     mut body: SseBody,
     head: Bytes,
     chunked: bool,
+    cuts: Cuts<'_>,
 ) -> Result<(), &'static str> {
     let mut out = Writer::new(head, chunked);
-    std::future::poll_fn(|cx| out.poll(cx, &mut io, &mut body)).await?;
+    let kill = cuts.kill.cancelled();
+    let hard_stop = cuts.hard_stop.cancelled();
+    tokio::pin!(kill, hard_stop);
+    let watch = Arc::new(Watch { fired: AtomicBool::new(true), task: AtomicWaker::new() });
+    let watch_waker = Waker::from(watch.clone());
+    std::future::poll_fn(|cx| {
+        // Acquire: what the firing side did before waking is seen by the polls below.
+        let check = watch.fired.swap(false, Ordering::Acquire);
+        let mut wcx = Context::from_waker(&watch_waker);
+        if check {
+            // The connection's future always runs in the same task, so one registration
+            // holds until the watch fires (which takes it).
+            watch.task.register(cx.waker());
+            if kill.as_mut().poll(&mut wcx).is_ready() {
+                return Poll::Ready(Err("cut by the bridge (slow consumer or write timeout)"));
+            }
+            if hard_stop.as_mut().poll(&mut wcx).is_ready() {
+                return Poll::Ready(Err("drain time over"));
+            }
+        }
+        if let Poll::Ready(r) = out.poll(cx, &mut io, &mut body) {
+            return Poll::Ready(r);
+        }
+        // Nothing to write or the socket is full: is the client still there? (Checked after
+        // writing, so a client that half-closes right after its request still gets the head.)
+        if check && let Poll::Ready(reason) = poll_client_gone(&mut wcx, &mut io) {
+            return Poll::Ready(Err(reason));
+        }
+        Poll::Pending
+    })
+    .await?;
     drop(body);
     io.shutdown().await.map_err(|_| "shutdown failed")
+}
+
+/// Wakes the connection task for the sources it watches rarely (kill switch, hard stop, the
+/// client's side of the socket) and notes that one fired.
+struct Watch {
+    fired: AtomicBool,
+    task: AtomicWaker,
+}
+
+impl std::task::Wake for Watch {
+    fn wake(self: Arc<Self>) {
+        self.wake_by_ref();
+    }
+
+    fn wake_by_ref(self: &Arc<Self>) {
+        self.fired.store(true, Ordering::Release);
+        self.task.wake();
+    }
 }
 
 /// Frames taken from the body and not yet written, sent as one vectored write.
@@ -339,9 +402,10 @@ impl Writer {
     }
 
     /// Drives the stream: write what is batched, take more from the body, flush when it has
-    /// nothing more; and watch the read side for the client leaving. `Ready(Ok)` once the end
-    /// of the body is written.
-    fn poll<S: AsyncRead + AsyncWrite + Unpin, B: Body<Data = Bytes> + Unpin>(
+    /// nothing more. `Ready(Ok)` once the end of the body is written; `Pending` when the body
+    /// has nothing more or the socket is full (the caller then watches for the client leaving:
+    /// [`poll_client_gone`]).
+    fn poll<S: AsyncWrite + Unpin, B: Body<Data = Bytes> + Unpin>(
         &mut self,
         cx: &mut Context<'_>,
         io: &mut S,
@@ -391,12 +455,7 @@ impl Writer {
                 Poll::Pending => break,
             }
         }
-        // Nothing to write or the socket is full: is the client still there? (Checked after
-        // writing, so a client that half-closes right after its request still gets the head.)
-        match poll_client_gone(cx, io) {
-            Poll::Ready(reason) => Poll::Ready(Err(reason)),
-            Poll::Pending => Poll::Pending,
-        }
+        Poll::Pending
     }
 
     /// Writes the batch (as many vectored writes as the socket takes); `Ready(Ok)` when it is
@@ -681,7 +740,11 @@ mod tests {
         io: &mut Sink,
         body: &mut B,
     ) -> Poll<Result<(), &'static str>> {
-        w.poll(&mut Context::from_waker(Waker::noop()), io, body)
+        let mut cx = Context::from_waker(Waker::noop());
+        if let Poll::Ready(r) = w.poll(&mut cx, io, body) {
+            return Poll::Ready(r);
+        }
+        poll_client_gone(&mut cx, io).map(Err)
     }
 
     #[test]

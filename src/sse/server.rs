@@ -88,12 +88,15 @@ pub struct Conn {
 pub struct WatchedIo<S> {
     inner: S,
     watch: Arc<WriteWatch>,
+    /// What `watch` was last told: it is touched only when this changes (a write that
+    /// progresses as usual does not reach into the shared watch).
+    blocked: bool,
 }
 
 impl<S> WatchedIo<S> {
     /// `inner`, reporting its writes to `watch`.
     pub fn new(inner: S, watch: Arc<WriteWatch>) -> Self {
-        WatchedIo { inner, watch }
+        WatchedIo { inner, watch, blocked: false }
     }
 }
 
@@ -104,10 +107,11 @@ impl<S: AsyncRead + Unpin> AsyncRead for WatchedIo<S> {
 }
 
 impl<S: AsyncWrite + Unpin> WatchedIo<S> {
-    fn track<T>(&self, r: Poll<io::Result<T>>) -> Poll<io::Result<T>> {
-        match &r {
-            Poll::Pending => self.watch.blocked(),
-            Poll::Ready(_) => self.watch.progressed(),
+    fn track<T>(&mut self, r: Poll<io::Result<T>>) -> Poll<io::Result<T>> {
+        let blocked = r.is_pending();
+        if blocked != self.blocked {
+            self.blocked = blocked;
+            if blocked { self.watch.blocked() } else { self.watch.progressed() }
         }
         r
     }
@@ -247,7 +251,7 @@ where
     Fut: Future<Output = Result<Response<ResponseBody>, Infallible>> + Send + 'static,
 {
     let kill = handle.kill.clone();
-    let io = WatchedIo { inner: io, watch: handle.write.clone() };
+    let io = WatchedIo::new(io, handle.write.clone());
     let info = Conn { handle, peer };
     let svc = service_fn(move |req| handler(req, info.clone()));
     let conn = builder.serve_connection(TokioIo::new(io), svc);
