@@ -308,47 +308,53 @@ struct Cuts<'a> {
 /// token every connection shares) and the socket's read side on each such wake would lock
 /// three mutexes per delivery. They are polled with a [`Watch`] waker instead, which notes
 /// that one of them fired: only then are they polled again.
-async fn stream_body(
+// Not an async fn (it would keep its arguments twice), whatever clippy's manual_async_fn says.
+#[allow(clippy::manual_async_fn)]
+fn stream_body<'a>(
     mut io: WatchedIo<TcpStream>,
     mut body: SseBody,
     head: Bytes,
     chunked: bool,
-    cuts: Cuts<'_>,
-) -> Result<(), &'static str> {
-    let mut out = Writer::new(head, chunked);
-    let kill = cuts.kill.cancelled();
-    let hard_stop = cuts.hard_stop.cancelled();
-    tokio::pin!(kill, hard_stop);
-    let watch = Arc::new(Watch { fired: AtomicBool::new(true), task: AtomicWaker::new() });
-    let watch_waker = Waker::from(watch.clone());
-    std::future::poll_fn(|cx| {
-        // Acquire: what the firing side did before waking is seen by the polls below.
-        let check = watch.fired.swap(false, Ordering::Acquire);
-        let mut wcx = Context::from_waker(&watch_waker);
-        if check {
-            // The connection's future always runs in the same task, so one registration
-            // holds until the watch fires (which takes it).
-            watch.task.register(cx.waker());
-            if kill.as_mut().poll(&mut wcx).is_ready() {
-                return Poll::Ready(Err("cut by the bridge (slow consumer or write timeout)"));
+    cuts: Cuts<'a>,
+) -> impl Future<Output = Result<(), &'static str>> + 'a {
+    // An async block, not an async fn: an async fn's future keeps its arguments twice (as
+    // captured and as locals), which made every stream's task a size class bigger.
+    async move {
+        let mut out = Writer::new(head, chunked);
+        let kill = cuts.kill.cancelled();
+        let hard_stop = cuts.hard_stop.cancelled();
+        tokio::pin!(kill, hard_stop);
+        let watch = Arc::new(Watch { fired: AtomicBool::new(true), task: AtomicWaker::new() });
+        std::future::poll_fn(|cx| {
+            // Acquire: what the firing side did before waking is seen by the polls below.
+            let check = watch.fired.swap(false, Ordering::Acquire);
+            let watch_waker = if check { Waker::from(watch.clone()) } else { Waker::noop().clone() };
+            let mut wcx = Context::from_waker(&watch_waker);
+            if check {
+                // The connection's future always runs in the same task, so one registration
+                // holds until the watch fires (which takes it).
+                watch.task.register(cx.waker());
+                if kill.as_mut().poll(&mut wcx).is_ready() {
+                    return Poll::Ready(Err("cut by the bridge (slow consumer or write timeout)"));
+                }
+                if hard_stop.as_mut().poll(&mut wcx).is_ready() {
+                    return Poll::Ready(Err("drain time over"));
+                }
             }
-            if hard_stop.as_mut().poll(&mut wcx).is_ready() {
-                return Poll::Ready(Err("drain time over"));
+            if let Poll::Ready(r) = out.poll(cx, &mut io, &mut body) {
+                return Poll::Ready(r);
             }
-        }
-        if let Poll::Ready(r) = out.poll(cx, &mut io, &mut body) {
-            return Poll::Ready(r);
-        }
-        // Nothing to write or the socket is full: is the client still there? (Checked after
-        // writing, so a client that half-closes right after its request still gets the head.)
-        if check && let Poll::Ready(reason) = poll_client_gone(&mut wcx, &mut io) {
-            return Poll::Ready(Err(reason));
-        }
-        Poll::Pending
-    })
-    .await?;
-    drop(body);
-    io.shutdown().await.map_err(|_| "shutdown failed")
+            // Nothing to write or the socket is full: is the client still there? (Checked after
+            // writing, so a client that half-closes right after its request still gets the head.)
+            if check && let Poll::Ready(reason) = poll_client_gone(&mut wcx, &mut io) {
+                return Poll::Ready(Err(reason));
+            }
+            Poll::Pending
+        })
+        .await?;
+        drop(body);
+        io.shutdown().await.map_err(|_| "shutdown failed")
+    }
 }
 
 /// Wakes the connection task for the sources it watches rarely (kill switch, hard stop, the
