@@ -95,7 +95,7 @@ fi
 tmp=$(mktemp -d /tmp/sse-bench.XXXXXX)
 bridge_pid=""
 nginx_pid=""
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+. scripts/bench-lib.sh
 token="bench-$(od -An -N8 -tx8 /dev/urandom | tr -d ' ')"
 
 stop_servers() {
@@ -132,23 +132,7 @@ wait_port() { # port seconds
 
 start_servers() {
   bport=$(free_port); aport=$(free_port); nport=$(free_port)
-  cat >"$tmp/bridge.toml" <<EOF
-[server]
-listen = "127.0.0.1:$bport"
-heartbeat_interval = "15s"
-[admin]
-listen = "127.0.0.1:$aport"
-[publish]
-token = "$token"
-# The load comes from a few loopback addresses, so per-IP admission limits are off
-# (nginx + nchan has none either); 0 means unlimited.
-[limits]
-max_streams = 0
-max_streams_per_ip = 0
-connect_rate_per_ip = 0
-[log]
-level = "warn"
-EOF
+  bench_bridge_config "$tmp/bridge.toml" "$bport" "$aport" "$token"
   "$bridge_bin" --config "$tmp/bridge.toml" >>"$tmp/bridge.log" 2>&1 &
   bridge_pid=$!
   wait_port "$aport" 15 || { echo "sse-bridge did not start:"; cat "$tmp/bridge.log"; exit 1; }

@@ -27,26 +27,12 @@ while [ $# -gt 0 ]; do
   shift
 done
 
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+. scripts/bench-lib.sh
 bport=$(free_port)
 aport=$(free_port)
 tmp=$(mktemp -d)
 trap 'kill "$bridge_pid" 2>/dev/null; rm -rf "$tmp"' EXIT
-cat >"$tmp/bridge.toml" <<EOF
-[server]
-listen = "127.0.0.1:$bport"
-heartbeat_interval = "15s"
-[admin]
-listen = "127.0.0.1:$aport"
-[publish]
-token = "idle-memory-token-0123456789"
-[limits]
-max_streams = 0
-max_streams_per_ip = 0
-connect_rate_per_ip = 0
-[log]
-level = "warn"
-EOF
+bench_bridge_config "$tmp/bridge.toml" "$bport" "$aport" "idle-memory-token-0123456789"
 "$bridge_bin" --config "$tmp/bridge.toml" >"$tmp/bridge.log" 2>&1 &
 bridge_pid=$!
 

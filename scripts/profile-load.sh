@@ -50,24 +50,10 @@ done
 mkdir -p "$out"
 ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
 tmp=$(mktemp -d /tmp/sse-profile.XXXXXX)
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+. scripts/bench-lib.sh
 bport=$(free_port); aport=$(free_port)
 token="prof-$(od -An -N8 -tx8 /dev/urandom | tr -d ' ')"
-cat >"$tmp/bridge.toml" <<EOF
-[server]
-listen = "127.0.0.1:$bport"
-heartbeat_interval = "15s"
-[admin]
-listen = "127.0.0.1:$aport"
-[publish]
-token = "$token"
-[limits]
-max_streams = 0
-max_streams_per_ip = 0
-connect_rate_per_ip = 0
-[log]
-level = "warn"
-EOF
+bench_bridge_config "$tmp/bridge.toml" "$bport" "$aport" "$token"
 pid=""
 perf_pid=""
 cleanup() {

@@ -9,7 +9,6 @@
 //! the stream still holds. Sessions back off with capped, jittered delays.
 
 use std::sync::Arc;
-use std::time::Instant;
 
 use async_nats::jetstream::{self, consumer::DeliverPolicy, consumer::pull::OrderedConfig};
 use bytes::Bytes;
@@ -18,7 +17,7 @@ use futures_util::stream::select_all;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
-use super::nats::read_headers;
+use super::nats::source_message;
 use super::{IngestSender, Session, SessionEnd, SourceKind, SourceMessage, SourceStatus, supervise};
 use crate::config::JetStreamConfig;
 use crate::durable::{Catalog, DurableKind, DurableMark, Pos};
@@ -195,18 +194,8 @@ async fn session(
         if !input.admit(&msg.subject, &msg.payload, true) {
             continue;
         }
-        let (event_type, trace) = read_headers(msg.headers.as_ref(), &cfg.event_header);
-        let out = SourceMessage {
-            source: SourceKind::JetStream,
-            topic: msg.subject.to_string(),
-            // Copy: the client's payload is a slice of its read buffer.
-            payload: Bytes::copy_from_slice(&msg.payload),
-            event_type,
-            trace,
-            received_at: Instant::now(),
-            reply: None,
-            durable: Some(DurableMark { stream: idx as u16, pos: Pos { a: seq, b: 0 }, baseline: false }),
-        };
+        let mut out = source_message(&msg, SourceKind::JetStream, &cfg.event_header);
+        out.durable = Some(DurableMark { stream: idx as u16, pos: Pos { a: seq, b: 0 }, baseline: false });
         tokio::select! {
             biased;
             _ = shutdown.cancelled() => break SessionEnd::Shutdown,

@@ -100,18 +100,7 @@ pub async fn run(
         if !input.admit(&msg.subject, &msg.payload, true) {
             continue;
         }
-        let (event_type, trace) = read_headers(msg.headers.as_ref(), &cfg.event_header);
-        let out = SourceMessage {
-            source: SourceKind::Nats,
-            topic: msg.subject.to_string(),
-            // Copy: the client's payload is a slice of its 64 KiB read buffer.
-            payload: Bytes::copy_from_slice(&msg.payload),
-            event_type,
-            trace,
-            received_at: Instant::now(),
-            reply: None,
-            durable: None,
-        };
+        let out = source_message(&msg, SourceKind::Nats, &cfg.event_header);
         tokio::select! {
             biased;
             _ = shutdown.cancelled() => break SessionEnd::Shutdown,
@@ -124,6 +113,23 @@ pub async fn run(
     let _ = tokio::time::timeout(std::time::Duration::from_secs(1), client.drain()).await;
     info!(source = "nats", reason = %end, "Source stopped.");
     end
+}
+
+/// A NATS message (core or JetStream) as a [`SourceMessage`]: topic, a copy of the payload
+/// (the client's payload is a slice of its 64 KiB read buffer), event type and trace context
+/// from the headers.
+pub(crate) fn source_message(msg: &async_nats::Message, source: SourceKind, event_header: &str) -> SourceMessage {
+    let (event_type, trace) = read_headers(msg.headers.as_ref(), event_header);
+    SourceMessage {
+        source,
+        topic: msg.subject.to_string(),
+        payload: Bytes::copy_from_slice(&msg.payload),
+        event_type,
+        trace,
+        received_at: Instant::now(),
+        reply: None,
+        durable: None,
+    }
 }
 
 /// Finds the event type and trace context in the headers; names are compared

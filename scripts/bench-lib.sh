@@ -1,0 +1,27 @@
+# Shared by the benchmark scripts (sourced, not run): a free loopback port, and the bridge
+# configuration every benchmark runs, so the figures of different scripts are comparable.
+
+# A port that is free now (bind-and-release; the caller binds it soon after).
+free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+
+# bench_bridge_config FILE BRIDGE_PORT ADMIN_PORT TOKEN
+# A bridge with POST /publish on (TOKEN) and no brokers. The load comes from a few loopback
+# addresses, so per-IP admission limits are off (nginx + nchan has none either); 0 means
+# unlimited. Heartbeats every 15 s, warnings only in the log.
+bench_bridge_config() {
+  cat >"$1" <<CONFIG
+[server]
+listen = "127.0.0.1:$2"
+heartbeat_interval = "15s"
+[admin]
+listen = "127.0.0.1:$3"
+[publish]
+token = "$4"
+[limits]
+max_streams = 0
+max_streams_per_ip = 0
+connect_rate_per_ip = 0
+[log]
+level = "warn"
+CONFIG
+}
