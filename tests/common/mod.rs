@@ -76,8 +76,17 @@ pub async fn start_app_traced(config: Config, telemetry: sse_bridge::telemetry::
     start(App::with_telemetry(config, telemetry)).await
 }
 
+/// Like [`start_app`] on a given public listener (a restarted bridge on the same port).
+pub async fn start_app_on(config: Config, listener: TcpListener) -> TestApp {
+    config.validate().expect("test config is valid");
+    start_with(App::new(config), listener).await
+}
+
 async fn start(app: App) -> TestApp {
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    start_with(app, TcpListener::bind("127.0.0.1:0").await.unwrap()).await
+}
+
+async fn start_with(app: App, listener: TcpListener) -> TestApp {
     let admin = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let (addr, admin_addr) = (listener.local_addr().unwrap(), admin.local_addr().unwrap());
     let state = app.state();
