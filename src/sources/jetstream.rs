@@ -68,141 +68,125 @@ struct JetStreamSession {
 
 impl Session for JetStreamSession {
     async fn run(&mut self) -> SessionEnd {
-        let s = self;
-        session(&s.cfg, &s.catalog, &s.streams, &mut s.last, &s.tx, &s.status, &s.shutdown, &mut s.first, &mut s.input)
-            .await
-    }
-}
-
-#[allow(clippy::too_many_arguments)] // one session's borrowed context
-async fn session(
-    cfg: &JetStreamConfig,
-    catalog: &Catalog,
-    streams: &[(usize, String)],
-    last: &mut [Option<u64>],
-    tx: &IngestSender,
-    status: &SourceStatus,
-    shutdown: &CancellationToken,
-    first: &mut bool,
-    input: &mut BrokerInput,
-) -> SessionEnd {
-    // The client does not reconnect by itself: a lost connection ends the session, and the next
-    // one reads on from the last sequence forwarded (an ordered consumer left to the client's
-    // own reconnect would wait for heartbeats and keep the source looking connected).
-    let lost = Arc::new(tokio::sync::Notify::new());
-    let on_event = lost.clone();
-    let connect = async {
-        let client = async_nats::ConnectOptions::new()
-            .name("sse-bridge-jetstream")
-            .connection_timeout(cfg.connect_timeout)
-            .max_reconnects(Some(0))
-            .event_callback(move |event| {
-                let lost = on_event.clone();
-                async move {
-                    if matches!(event, async_nats::Event::Disconnected | async_nats::Event::Closed) {
-                        lost.notify_one();
+        let JetStreamSession { cfg, catalog, streams, last, tx, status, shutdown, first, input } = self;
+        // The client does not reconnect by itself: a lost connection ends the session, and the next
+        // one reads on from the last sequence forwarded (an ordered consumer left to the client's
+        // own reconnect would wait for heartbeats and keep the source looking connected).
+        let lost = Arc::new(tokio::sync::Notify::new());
+        let on_event = lost.clone();
+        let connect = async {
+            let client = async_nats::ConnectOptions::new()
+                .name("sse-bridge-jetstream")
+                .connection_timeout(cfg.connect_timeout)
+                .max_reconnects(Some(0))
+                .event_callback(move |event| {
+                    let lost = on_event.clone();
+                    async move {
+                        if matches!(event, async_nats::Event::Disconnected | async_nats::Event::Closed) {
+                            lost.notify_one();
+                        }
                     }
+                })
+                .connect(cfg.url.as_str())
+                .await
+                .map_err(|e| e.to_string())?;
+            let js = jetstream::new(client.clone());
+            let mut consumers = Vec::with_capacity(streams.len());
+            for (k, (idx, name)) in streams.iter().enumerate() {
+                let mut stream = js.get_stream(name).await.map_err(|e| format!("stream {name:?}: {e}"))?;
+                let info = stream.info().await.map_err(|e| format!("stream {name:?}: {e}"))?;
+                catalog.set_subjects(*idx, &info.config.subjects);
+                let start = match last[k] {
+                    Some(seq) => seq + 1,
+                    None => {
+                        // Baseline: ids carry the stream's position before the first new message.
+                        let seq = info.state.last_sequence;
+                        let mark = DurableMark { stream: *idx as u16, pos: Pos { a: seq, b: 0 }, baseline: true };
+                        let mut m = SourceMessage::new(SourceKind::JetStream, String::new(), Bytes::new());
+                        m.durable = Some(mark);
+                        // Wait until the sequencer has it: from then on resumes can place the stream.
+                        let (reply, done) = tokio::sync::oneshot::channel();
+                        m.reply = Some(reply);
+                        tx.send(m).await.map_err(|_| "ingest closed".to_string())?;
+                        done.await.map_err(|_| "ingest closed".to_string())?;
+                        last[k] = Some(seq);
+                        seq + 1
+                    }
+                };
+                let filter_subjects = catalog.get(*idx).consumer_filters();
+                if !cfg.subjects.is_empty() && filter_subjects.is_empty() {
+                    warn!(source = "jetstream", stream = %name, subjects = ?cfg.subjects, "No configured subject is in this stream; not reading it.");
+                    continue;
                 }
-            })
-            .connect(cfg.url.as_str())
-            .await
-            .map_err(|e| e.to_string())?;
-        let js = jetstream::new(client.clone());
-        let mut consumers = Vec::with_capacity(streams.len());
-        for (k, (idx, name)) in streams.iter().enumerate() {
-            let mut stream = js.get_stream(name).await.map_err(|e| format!("stream {name:?}: {e}"))?;
-            let info = stream.info().await.map_err(|e| format!("stream {name:?}: {e}"))?;
-            catalog.set_subjects(*idx, &info.config.subjects);
-            let start = match last[k] {
-                Some(seq) => seq + 1,
-                None => {
-                    // Baseline: ids carry the stream's position before the first new message.
-                    let seq = info.state.last_sequence;
-                    let mark = DurableMark { stream: *idx as u16, pos: Pos { a: seq, b: 0 }, baseline: true };
-                    let mut m = SourceMessage::new(SourceKind::JetStream, String::new(), Bytes::new());
-                    m.durable = Some(mark);
-                    // Wait until the sequencer has it: from then on resumes can place the stream.
-                    let (reply, done) = tokio::sync::oneshot::channel();
-                    m.reply = Some(reply);
-                    tx.send(m).await.map_err(|_| "ingest closed".to_string())?;
-                    done.await.map_err(|_| "ingest closed".to_string())?;
-                    last[k] = Some(seq);
-                    seq + 1
-                }
+                // One filter goes to the server; several (`filter_subjects` needs nats-server 2.10)
+                // are applied here, as every message is checked against the catalog anyway.
+                let filter_subject = match filter_subjects.as_slice() {
+                    [one] => one.clone(),
+                    _ => String::new(),
+                };
+                let consumer = stream
+                    .create_consumer(OrderedConfig {
+                        deliver_policy: DeliverPolicy::ByStartSequence { start_sequence: start },
+                        filter_subject,
+                        ..Default::default()
+                    })
+                    .await
+                    .map_err(|e| format!("consumer on {name:?}: {e}"))?;
+                let messages = consumer.messages().await.map_err(|e| format!("consumer on {name:?}: {e}"))?;
+                consumers.push(messages.map(move |m| (k, *idx, m)));
+            }
+            Ok::<_, String>((client, consumers))
+        };
+        let (client, consumers) = tokio::select! {
+            _ = shutdown.cancelled() => return SessionEnd::Shutdown,
+            r = tokio::time::timeout(cfg.connect_timeout * 2, connect) => match r {
+                Ok(Ok(c)) => c,
+                Ok(Err(e)) => return SessionEnd::Disconnected(e),
+                Err(_) => return SessionEnd::Disconnected("connect timed out".into()),
+            },
+        };
+        status.set_connected(*first);
+        info!(source = "jetstream", reconnect = !*first, streams = streams.len(), "Broker connected; reading streams.");
+        *first = false;
+        let mut messages = select_all(consumers);
+        let end = loop {
+            let next = tokio::select! {
+                biased;
+                _ = shutdown.cancelled() => break SessionEnd::Shutdown,
+                _ = lost.notified() => break SessionEnd::Disconnected("connection lost".into()),
+                m = messages.next() => m,
             };
-            let filter_subjects = catalog.get(*idx).consumer_filters();
-            if !cfg.subjects.is_empty() && filter_subjects.is_empty() {
-                warn!(source = "jetstream", stream = %name, subjects = ?cfg.subjects, "No configured subject is in this stream; not reading it.");
+            let Some((k, idx, msg)) = next else {
+                break SessionEnd::Disconnected("consumers closed".into());
+            };
+            let msg = match msg {
+                Ok(m) => m,
+                Err(e) => break SessionEnd::Disconnected(format!("consumer error: {e}")),
+            };
+            let Ok(seq) = msg.info().map(|i| i.stream_sequence) else {
+                status.count_malformed();
+                continue;
+            };
+            if last[k].is_some_and(|l| seq <= l) {
+                continue; // already forwarded (a consumer recreated from an older point)
+            }
+            last[k] = Some(seq);
+            if !catalog.get(idx).holds(&msg.subject) {
+                continue; // outside `jetstream.subjects`
+            }
+            if !input.admit(&msg.subject, &msg.payload, true) {
                 continue;
             }
-            // One filter goes to the server; several (`filter_subjects` needs nats-server 2.10)
-            // are applied here, as every message is checked against the catalog anyway.
-            let filter_subject = match filter_subjects.as_slice() {
-                [one] => one.clone(),
-                _ => String::new(),
-            };
-            let consumer = stream
-                .create_consumer(OrderedConfig {
-                    deliver_policy: DeliverPolicy::ByStartSequence { start_sequence: start },
-                    filter_subject,
-                    ..Default::default()
-                })
-                .await
-                .map_err(|e| format!("consumer on {name:?}: {e}"))?;
-            let messages = consumer.messages().await.map_err(|e| format!("consumer on {name:?}: {e}"))?;
-            consumers.push(messages.map(move |m| (k, *idx, m)));
-        }
-        Ok::<_, String>((client, consumers))
-    };
-    let (client, consumers) = tokio::select! {
-        _ = shutdown.cancelled() => return SessionEnd::Shutdown,
-        r = tokio::time::timeout(cfg.connect_timeout * 2, connect) => match r {
-            Ok(Ok(c)) => c,
-            Ok(Err(e)) => return SessionEnd::Disconnected(e),
-            Err(_) => return SessionEnd::Disconnected("connect timed out".into()),
-        },
-    };
-    status.set_connected(*first);
-    info!(source = "jetstream", reconnect = !*first, streams = streams.len(), "Broker connected; reading streams.");
-    *first = false;
-    let mut messages = select_all(consumers);
-    let end = loop {
-        let next = tokio::select! {
-            biased;
-            _ = shutdown.cancelled() => break SessionEnd::Shutdown,
-            _ = lost.notified() => break SessionEnd::Disconnected("connection lost".into()),
-            m = messages.next() => m,
+            let mut out = source_message(&msg, SourceKind::JetStream, &cfg.event_header);
+            out.durable = Some(DurableMark { stream: idx as u16, pos: Pos { a: seq, b: 0 }, baseline: false });
+            tokio::select! {
+                biased;
+                _ = shutdown.cancelled() => break SessionEnd::Shutdown,
+                r = tx.send(out) => if r.is_err() { break SessionEnd::DownstreamClosed },
+            }
         };
-        let Some((k, idx, msg)) = next else {
-            break SessionEnd::Disconnected("consumers closed".into());
-        };
-        let msg = match msg {
-            Ok(m) => m,
-            Err(e) => break SessionEnd::Disconnected(format!("consumer error: {e}")),
-        };
-        let Ok(seq) = msg.info().map(|i| i.stream_sequence) else {
-            status.count_malformed();
-            continue;
-        };
-        if last[k].is_some_and(|l| seq <= l) {
-            continue; // already forwarded (a consumer recreated from an older point)
-        }
-        last[k] = Some(seq);
-        if !catalog.get(idx).holds(&msg.subject) {
-            continue; // outside `jetstream.subjects`
-        }
-        if !input.admit(&msg.subject, &msg.payload, true) {
-            continue;
-        }
-        let mut out = source_message(&msg, SourceKind::JetStream, &cfg.event_header);
-        out.durable = Some(DurableMark { stream: idx as u16, pos: Pos { a: seq, b: 0 }, baseline: false });
-        tokio::select! {
-            biased;
-            _ = shutdown.cancelled() => break SessionEnd::Shutdown,
-            r = tx.send(out) => if r.is_err() { break SessionEnd::DownstreamClosed },
-        }
-    };
-    drop(messages);
-    let _ = tokio::time::timeout(std::time::Duration::from_secs(1), client.drain()).await;
-    end
+        drop(messages);
+        let _ = tokio::time::timeout(std::time::Duration::from_secs(1), client.drain()).await;
+        end
+    }
 }

@@ -59,66 +59,54 @@ struct RedisSession {
 
 impl Session for RedisSession {
     async fn run(&mut self) -> SessionEnd {
-        let s = self;
-        session(&s.client, &s.cfg, &s.tx, &s.status, &s.shutdown, &mut s.first, &mut s.input).await
-    }
-}
-
-async fn session(
-    client: &redis::Client,
-    cfg: &RedisConfig,
-    tx: &IngestSender,
-    status: &SourceStatus,
-    shutdown: &CancellationToken,
-    first: &mut bool,
-    input: &mut BrokerInput,
-) -> SessionEnd {
-    let connect = async {
-        let mut pubsub = client.get_async_pubsub().await?;
-        for c in &cfg.channels {
-            pubsub.subscribe(c).await?;
-        }
-        for p in &cfg.patterns {
-            pubsub.psubscribe(p).await?;
-        }
-        Ok::<_, redis::RedisError>(pubsub)
-    };
-    let pubsub = tokio::select! {
-        _ = shutdown.cancelled() => return SessionEnd::Shutdown,
-        r = tokio::time::timeout(cfg.connect_timeout, connect) => match r {
-            Ok(Ok(p)) => p,
-            Ok(Err(e)) => return SessionEnd::Disconnected(e.to_string()),
-            Err(_) => return SessionEnd::Disconnected(format!("connect timed out after {:?}", cfg.connect_timeout)),
-        },
-    };
-    status.set_connected(*first);
-    info!(source = "redis", url = %redacted(&cfg.url), reconnect = !*first, channels = ?cfg.channels, patterns = ?cfg.patterns, "Broker connected and subscribed.");
-    *first = false;
-
-    let (mut sink, mut stream) = pubsub.split();
-    let mut ping = tokio::time::interval(cfg.ping_interval);
-    ping.reset();
-    loop {
-        tokio::select! {
-            biased;
-            _ = shutdown.cancelled() => return SessionEnd::Shutdown,
-            msg = stream.next() => {
-                let Some(msg) = msg else {
-                    return SessionEnd::Disconnected("connection closed".into());
-                };
-                let Some(out) = to_source_message(&msg, cfg.envelope, input) else { continue };
-                tokio::select! {
-                    biased;
-                    _ = shutdown.cancelled() => return SessionEnd::Shutdown,
-                    r = tx.send(out) => if r.is_err() { return SessionEnd::DownstreamClosed },
-                }
+        let RedisSession { client, cfg, tx, status, shutdown, first, input } = self;
+        let connect = async {
+            let mut pubsub = client.get_async_pubsub().await?;
+            for c in &cfg.channels {
+                pubsub.subscribe(c).await?;
             }
-            _ = ping.tick() => {
-                let timeout = cfg.ping_interval.min(Duration::from_secs(5));
-                match tokio::time::timeout(timeout, sink.ping::<String>()).await {
-                    Ok(Ok(_)) => {}
-                    Ok(Err(e)) => return SessionEnd::Disconnected(format!("ping failed: {e}")),
-                    Err(_) => return SessionEnd::Disconnected("ping unanswered".into()),
+            for p in &cfg.patterns {
+                pubsub.psubscribe(p).await?;
+            }
+            Ok::<_, redis::RedisError>(pubsub)
+        };
+        let pubsub = tokio::select! {
+            _ = shutdown.cancelled() => return SessionEnd::Shutdown,
+            r = tokio::time::timeout(cfg.connect_timeout, connect) => match r {
+                Ok(Ok(p)) => p,
+                Ok(Err(e)) => return SessionEnd::Disconnected(e.to_string()),
+                Err(_) => return SessionEnd::Disconnected(format!("connect timed out after {:?}", cfg.connect_timeout)),
+            },
+        };
+        status.set_connected(*first);
+        info!(source = "redis", url = %redacted(&cfg.url), reconnect = !*first, channels = ?cfg.channels, patterns = ?cfg.patterns, "Broker connected and subscribed.");
+        *first = false;
+
+        let (mut sink, mut stream) = pubsub.split();
+        let mut ping = tokio::time::interval(cfg.ping_interval);
+        ping.reset();
+        loop {
+            tokio::select! {
+                biased;
+                _ = shutdown.cancelled() => return SessionEnd::Shutdown,
+                msg = stream.next() => {
+                    let Some(msg) = msg else {
+                        return SessionEnd::Disconnected("connection closed".into());
+                    };
+                    let Some(out) = to_source_message(&msg, cfg.envelope, input) else { continue };
+                    tokio::select! {
+                        biased;
+                        _ = shutdown.cancelled() => return SessionEnd::Shutdown,
+                        r = tx.send(out) => if r.is_err() { return SessionEnd::DownstreamClosed },
+                    }
+                }
+                _ = ping.tick() => {
+                    let timeout = cfg.ping_interval.min(Duration::from_secs(5));
+                    match tokio::time::timeout(timeout, sink.ping::<String>()).await {
+                        Ok(Ok(_)) => {}
+                        Ok(Err(e)) => return SessionEnd::Disconnected(format!("ping failed: {e}")),
+                        Err(_) => return SessionEnd::Disconnected("ping unanswered".into()),
+                    }
                 }
             }
         }

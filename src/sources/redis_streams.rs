@@ -87,14 +87,6 @@ struct RedisStreamsSession {
     input: BrokerInput,
 }
 
-impl Session for RedisStreamsSession {
-    async fn run(&mut self) -> SessionEnd {
-        let s = self;
-        session(&s.client, &s.cfg, &s.keys, &mut s.last, &s.tx, &s.status, &s.shutdown, &mut s.first, &mut s.input)
-            .await
-    }
-}
-
 /// A connection whose response timeout allows a blocking read of `block`.
 pub async fn connect(
     client: &redis::Client,
@@ -107,98 +99,97 @@ pub async fn connect(
     client.get_multiplexed_async_connection_with_config(&config).await
 }
 
-#[allow(clippy::too_many_arguments)] // one session's borrowed context
-async fn session(
-    client: &redis::Client,
-    cfg: &RedisStreamsConfig,
-    keys: &[(usize, String)],
-    last: &mut [Option<Pos>],
-    tx: &IngestSender,
-    status: &SourceStatus,
-    shutdown: &CancellationToken,
-    first: &mut bool,
-    input: &mut BrokerInput,
-) -> SessionEnd {
-    let mut conn = tokio::select! {
-        _ = shutdown.cancelled() => return SessionEnd::Shutdown,
-        r = connect(client, cfg.connect_timeout, cfg.block) => match r {
-            Ok(c) => c,
-            Err(e) => return SessionEnd::Disconnected(e.to_string()),
-        },
-    };
-    // Baselines: the newest entry of each key not read before.
-    for (k, (idx, key)) in keys.iter().enumerate() {
-        if last[k].is_some() {
-            continue;
-        }
-        let newest: Value =
-            match redis::cmd("XREVRANGE").arg(key).arg("+").arg("-").arg("COUNT").arg(1).query_async(&mut conn).await {
-                Ok(v) => v,
-                Err(e) => return SessionEnd::Disconnected(e.to_string()),
-            };
-        let pos = parse_entries(key, &newest).first().map_or(Pos::default(), |e| e.pos);
-        let mut m = SourceMessage::new(SourceKind::RedisStreams, String::new(), Bytes::new());
-        m.durable = Some(DurableMark { stream: *idx as u16, pos, baseline: true });
-        // Wait until the sequencer has it: from then on resumes can place the stream.
-        let (reply, done) = tokio::sync::oneshot::channel();
-        m.reply = Some(reply);
-        if tx.send(m).await.is_err() || done.await.is_err() {
-            return SessionEnd::DownstreamClosed;
-        }
-        last[k] = Some(pos);
-    }
-    status.set_connected(*first);
-    info!(source = "redis_streams", reconnect = !*first, keys = keys.len(), "Broker connected; reading streams.");
-    *first = false;
-    let block_ms = cfg.block.as_millis() as u64;
-    loop {
-        let mut cmd = redis::cmd("XREAD");
-        cmd.arg("COUNT").arg(READ_COUNT).arg("BLOCK").arg(block_ms).arg("STREAMS");
-        for (_, key) in keys {
-            cmd.arg(key);
-        }
-        for p in last.iter() {
-            let p = p.unwrap_or_default();
-            cmd.arg(format!("{}-{}", p.a, p.b));
-        }
-        let reply: Value = tokio::select! {
-            biased;
+impl Session for RedisStreamsSession {
+    async fn run(&mut self) -> SessionEnd {
+        let RedisStreamsSession { client, cfg, keys, last, tx, status, shutdown, first, input } = self;
+        let mut conn = tokio::select! {
             _ = shutdown.cancelled() => return SessionEnd::Shutdown,
-            r = cmd.query_async(&mut conn) => match r {
-                Ok(v) => v,
+            r = connect(client, cfg.connect_timeout, cfg.block) => match r {
+                Ok(c) => c,
                 Err(e) => return SessionEnd::Disconnected(e.to_string()),
             },
         };
-        for (key, entries) in parse_xread(&reply) {
-            let Some(k) = keys.iter().position(|(_, n)| *n == key) else { continue };
-            let idx = keys[k].0;
-            for e in entries {
-                if last[k].is_some_and(|l| e.pos <= l) {
-                    continue;
-                }
-                last[k] = Some(e.pos);
-                let Some(payload) = e.payload else {
-                    status.count_malformed();
-                    debug!(source = "redis_streams", key = %e.key, "Entry without a data field; skipped.");
-                    continue;
-                };
-                if !input.admit(&e.key, &payload, true) {
-                    continue;
-                }
-                let out = SourceMessage {
-                    source: SourceKind::RedisStreams,
-                    topic: e.key,
-                    payload,
-                    event_type: e.event_type,
-                    trace: e.trace,
-                    received_at: Instant::now(),
-                    reply: None,
-                    durable: Some(DurableMark { stream: idx as u16, pos: e.pos, baseline: false }),
-                };
-                tokio::select! {
-                    biased;
-                    _ = shutdown.cancelled() => return SessionEnd::Shutdown,
-                    r = tx.send(out) => if r.is_err() { return SessionEnd::DownstreamClosed },
+        // Baselines: the newest entry of each key not read before.
+        for (k, (idx, key)) in keys.iter().enumerate() {
+            if last[k].is_some() {
+                continue;
+            }
+            let newest: Value = match redis::cmd("XREVRANGE")
+                .arg(key)
+                .arg("+")
+                .arg("-")
+                .arg("COUNT")
+                .arg(1)
+                .query_async(&mut conn)
+                .await
+            {
+                Ok(v) => v,
+                Err(e) => return SessionEnd::Disconnected(e.to_string()),
+            };
+            let pos = parse_entries(key, &newest).first().map_or(Pos::default(), |e| e.pos);
+            let mut m = SourceMessage::new(SourceKind::RedisStreams, String::new(), Bytes::new());
+            m.durable = Some(DurableMark { stream: *idx as u16, pos, baseline: true });
+            // Wait until the sequencer has it: from then on resumes can place the stream.
+            let (reply, done) = tokio::sync::oneshot::channel();
+            m.reply = Some(reply);
+            if tx.send(m).await.is_err() || done.await.is_err() {
+                return SessionEnd::DownstreamClosed;
+            }
+            last[k] = Some(pos);
+        }
+        status.set_connected(*first);
+        info!(source = "redis_streams", reconnect = !*first, keys = keys.len(), "Broker connected; reading streams.");
+        *first = false;
+        let block_ms = cfg.block.as_millis() as u64;
+        loop {
+            let mut cmd = redis::cmd("XREAD");
+            cmd.arg("COUNT").arg(READ_COUNT).arg("BLOCK").arg(block_ms).arg("STREAMS");
+            for (_, key) in keys.iter() {
+                cmd.arg(key);
+            }
+            for p in last.iter() {
+                let p = p.unwrap_or_default();
+                cmd.arg(format!("{}-{}", p.a, p.b));
+            }
+            let reply: Value = tokio::select! {
+                biased;
+                _ = shutdown.cancelled() => return SessionEnd::Shutdown,
+                r = cmd.query_async(&mut conn) => match r {
+                    Ok(v) => v,
+                    Err(e) => return SessionEnd::Disconnected(e.to_string()),
+                },
+            };
+            for (key, entries) in parse_xread(&reply) {
+                let Some(k) = keys.iter().position(|(_, n)| *n == key) else { continue };
+                let idx = keys[k].0;
+                for e in entries {
+                    if last[k].is_some_and(|l| e.pos <= l) {
+                        continue;
+                    }
+                    last[k] = Some(e.pos);
+                    let Some(payload) = e.payload else {
+                        status.count_malformed();
+                        debug!(source = "redis_streams", key = %e.key, "Entry without a data field; skipped.");
+                        continue;
+                    };
+                    if !input.admit(&e.key, &payload, true) {
+                        continue;
+                    }
+                    let out = SourceMessage {
+                        source: SourceKind::RedisStreams,
+                        topic: e.key,
+                        payload,
+                        event_type: e.event_type,
+                        trace: e.trace,
+                        received_at: Instant::now(),
+                        reply: None,
+                        durable: Some(DurableMark { stream: idx as u16, pos: e.pos, baseline: false }),
+                    };
+                    tokio::select! {
+                        biased;
+                        _ = shutdown.cancelled() => return SessionEnd::Shutdown,
+                        r = tx.send(out) => if r.is_err() { return SessionEnd::DownstreamClosed },
+                    }
                 }
             }
         }
