@@ -32,10 +32,11 @@ use crate::registry::Registry;
 use crate::replay::ReplayStore;
 use crate::sources::{self, IngestSender, SourceKind, SourceMessage, SourceStatus};
 use crate::sse::client_ip::TrustedProxies;
+use crate::sse::conn::Lifecycle;
 use crate::sse::cors::Cors;
 use crate::sse::h1::LeanEvents;
 use crate::sse::handler;
-use crate::sse::server::{self, Lifecycle};
+use crate::sse::server;
 use crate::telemetry::Telemetry;
 
 /// State shared by request handlers, the admin endpoints and tests.

@@ -12,7 +12,7 @@ use hyper::body::Incoming;
 use tracing::debug;
 
 use super::body::{ResponseBody, SseBody, StreamParts};
-use super::server::Conn;
+use super::conn::Conn;
 use crate::app::AppState;
 use crate::client::{ClientQueue, GAP_EVENT};
 use crate::durable::{self, resume::ResumeInputs};

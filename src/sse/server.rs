@@ -9,11 +9,8 @@
 
 use std::convert::Infallible;
 use std::future::Future;
-use std::io;
 use std::net::SocketAddr;
-use std::pin::Pin;
 use std::sync::Arc;
-use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -23,28 +20,14 @@ use hyper::service::service_fn;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use prometheus_client::metrics::gauge::Gauge;
-use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
-use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{debug, warn};
 
 use super::body::ResponseBody;
-use super::h1::{self, LeanEvents, Rewind};
-use crate::client::{ConnHandle, WriteWatch};
-
-/// The signals that end connections, shared by every listener of one app.
-#[derive(Debug, Clone)]
-pub struct Lifecycle {
-    /// Stop accepting new connections.
-    pub stop_accepting: CancellationToken,
-    /// Ask open connections to finish (streams have been told to end).
-    pub graceful: CancellationToken,
-    /// Drop whatever is still open: the drain time is over.
-    pub hard_stop: CancellationToken,
-    /// Every connection task and hyper-spawned task.
-    pub tracker: TaskTracker,
-}
+use super::conn::{Conn, ConnEnd, Lifecycle, Rewind, WatchedIo};
+use super::h1::{self, LeanEvents};
+use crate::client::ConnHandle;
 
 /// A hyper executor that spawns onto the app's [`TaskTracker`], so HTTP/2 stream tasks are
 /// counted and awaited like connection tasks.
@@ -71,79 +54,6 @@ pub fn http_builder(tracker: TaskTracker, header_read_timeout: Duration) -> auto
     b.http1().max_buf_size(crate::input::MAX_REQUEST_HEAD_BYTES);
     b.http2().timer(TokioTimer::new()).keep_alive_interval(Some(Duration::from_secs(30)));
     b
-}
-
-/// What a request handler knows about the connection it arrived on.
-#[derive(Debug, Clone)]
-pub struct Conn {
-    /// Kill switch and write watch, handed to the streams on this connection.
-    pub handle: ConnHandle,
-    pub peer: SocketAddr,
-}
-
-/// The connection's socket, reporting to a [`WriteWatch`] whether writes are blocked, so a
-/// client that stopped reading can be cut after `server.write_timeout` while a quiet, healthy
-/// stream (nothing to write) is never affected.
-#[derive(Debug)]
-pub struct WatchedIo<S> {
-    inner: S,
-    watch: Arc<WriteWatch>,
-    /// What `watch` was last told: it is touched only when this changes (a write that
-    /// progresses as usual does not reach into the shared watch).
-    blocked: bool,
-}
-
-impl<S> WatchedIo<S> {
-    /// `inner`, reporting its writes to `watch`.
-    pub fn new(inner: S, watch: Arc<WriteWatch>) -> Self {
-        WatchedIo { inner, watch, blocked: false }
-    }
-}
-
-impl<S: AsyncRead + Unpin> AsyncRead for WatchedIo<S> {
-    fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.inner).poll_read(cx, buf)
-    }
-}
-
-impl<S: AsyncWrite + Unpin> WatchedIo<S> {
-    fn track<T>(&mut self, r: Poll<io::Result<T>>) -> Poll<io::Result<T>> {
-        let blocked = r.is_pending();
-        if blocked != self.blocked {
-            self.blocked = blocked;
-            if blocked { self.watch.blocked() } else { self.watch.progressed() }
-        }
-        r
-    }
-}
-
-impl<S: AsyncWrite + Unpin> AsyncWrite for WatchedIo<S> {
-    fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
-        let r = Pin::new(&mut self.inner).poll_write(cx, buf);
-        self.track(r)
-    }
-
-    fn poll_write_vectored(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        bufs: &[io::IoSlice<'_>],
-    ) -> Poll<io::Result<usize>> {
-        let r = Pin::new(&mut self.inner).poll_write_vectored(cx, bufs);
-        self.track(r)
-    }
-
-    fn is_write_vectored(&self) -> bool {
-        self.inner.is_write_vectored()
-    }
-
-    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        let r = Pin::new(&mut self.inner).poll_flush(cx);
-        self.track(r)
-    }
-
-    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.inner).poll_shutdown(cx)
-    }
 }
 
 /// Decrements a gauge when the connection task ends, however it ends.
@@ -201,7 +111,7 @@ pub async fn serve<H, Fut>(
             // Client disconnects are normal for streams: debug, never error.
             match outcome {
                 None => debug!(listener = name, %peer, "Connection closed."),
-                Some(reason) => debug!(listener = name, %peer, %reason, "Connection ended."),
+                Some(reason) => debug!(listener = name, %peer, %reason, kind = reason.as_str(), "Connection ended."),
             }
         });
     }
@@ -220,7 +130,7 @@ async fn connection<H, Fut>(
     builder: Arc<auto::Builder<TrackedExecutor>>,
     handler: H,
     life: Lifecycle,
-) -> Option<String>
+) -> Option<ConnEnd>
 where
     H: Fn(Request<Incoming>, Conn) -> Fut + Clone + Send + Sync + 'static,
     Fut: Future<Output = Result<Response<ResponseBody>, Infallible>> + Send + 'static,
@@ -245,7 +155,7 @@ async fn serve_hyper<H, Fut>(
     handler: H,
     handle: ConnHandle,
     life: Lifecycle,
-) -> Option<String>
+) -> Option<ConnEnd>
 where
     H: Fn(Request<Incoming>, Conn) -> Fut + Clone + Send + Sync + 'static,
     Fut: Future<Output = Result<Response<ResponseBody>, Infallible>> + Send + 'static,
@@ -257,15 +167,15 @@ where
     let conn = builder.serve_connection(TokioIo::new(io), svc);
     tokio::pin!(conn);
     tokio::select! {
-        r = conn.as_mut() => r.err().map(|e| e.to_string()),
-        _ = kill.cancelled() => Some("cut by the bridge (slow consumer or write timeout)".into()),
-        _ = life.hard_stop.cancelled() => Some("drain time over".into()),
+        r = conn.as_mut() => r.err().map(ConnEnd::Http),
+        _ = kill.cancelled() => Some(ConnEnd::Cut),
+        _ = life.hard_stop.cancelled() => Some(ConnEnd::DrainTimeOver),
         _ = life.graceful.cancelled() => {
             conn.as_mut().graceful_shutdown();
             tokio::select! {
-                r = conn.as_mut() => r.err().map(|e| e.to_string()),
-                _ = kill.cancelled() => Some("cut by the bridge (slow consumer or write timeout)".into()),
-                _ = life.hard_stop.cancelled() => Some("drain time over".into()),
+                r = conn.as_mut() => r.err().map(ConnEnd::Http),
+                _ = kill.cancelled() => Some(ConnEnd::Cut),
+                _ = life.hard_stop.cancelled() => Some(ConnEnd::DrainTimeOver),
             }
         }
     }
