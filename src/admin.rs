@@ -14,10 +14,10 @@ use http::header::{CONTENT_TYPE, HeaderValue};
 use http::{Method, Request, Response, StatusCode};
 use hyper::body::Incoming;
 
-use crate::app::AppState;
 use crate::metrics::{LeLabel, QUEUE_DEPTH_BUCKETS, SourceLabel, resident_memory_bytes};
 use crate::sse::body::ResponseBody;
 use crate::sse::handler::{json, text};
+use crate::state::AppState;
 
 /// Answers one admin request.
 pub async fn handle(req: Request<Incoming>, state: Arc<AppState>) -> Result<Response<ResponseBody>, Infallible> {

@@ -1,12 +1,11 @@
-//! The application: owns the shared state and every task, wires sources → sequencer →
-//! registry → SSE listener, and runs the shutdown sequence.
+//! The application: owns every task, wires sources → sequencer → registry → SSE listener,
+//! and runs the shutdown sequence. The state those tasks share is in [`crate::state`].
 //!
 //! `App::run(listener, admin_listener, shutdown)` is the testable entry point: tests bind
 //! `127.0.0.1:0` and pass any future as `shutdown`; `main` passes the signal future.
 
 use std::future::Future;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -17,75 +16,17 @@ use tokio_util::task::TaskTracker;
 use tracing::{error, info, warn};
 
 use crate::admin;
-use crate::auth::Auth;
 use crate::client::{CloseReason, now_ms};
-use crate::config::{Config, ReplayConfig};
-use crate::durable::reader::BrokerReader;
-use crate::durable::{Catalog, Positions};
-use crate::event::new_run_id;
-use crate::ingest::{LastSeq, Pipeline, Sequencer};
-use crate::limits::Limits;
-use crate::memory::MemoryBudget;
-use crate::metrics::Metrics;
-use crate::policy::DeliveryRules;
-use crate::registry::Registry;
-use crate::replay::ReplayStore;
-use crate::sources::{self, IngestSender, SourceKind, SourceMessage, SourceStatus};
-use crate::sse::client_ip::TrustedProxies;
+use crate::config::Config;
+use crate::ingest::{Pipeline, Sequencer};
+use crate::sources::{self, SourceKind, SourceMessage};
 use crate::sse::conn::Lifecycle;
-use crate::sse::cors::Cors;
 use crate::sse::h1::LeanEvents;
 use crate::sse::handler;
+use crate::sse::public_state::PublicState;
 use crate::sse::server;
+use crate::state::AppState;
 use crate::telemetry::Telemetry;
-
-/// State shared by request handlers, the admin endpoints and tests.
-#[derive(Debug)]
-pub struct AppState {
-    pub config: Config,
-    pub registry: Arc<Registry>,
-    pub metrics: Arc<Metrics>,
-    /// The ingest path, for `/publish`.
-    pub ingest: IngestSender,
-    /// This process's run id: the first half of every event id it assigns.
-    pub run_id: u64,
-    pub last_seq: Arc<LastSeq>,
-    pub replay: Arc<ReplayStore>,
-    /// Durable streams (JetStream, Redis Streams), where the sequencer stands in them, and the
-    /// bounded reader that replays them for resumes older than the ring.
-    pub catalog: Arc<Catalog>,
-    pub positions: Arc<Positions>,
-    pub broker_reader: Arc<BrokerReader>,
-    pub memory: Arc<MemoryBudget>,
-    /// Traces; `Telemetry::off()` unless `telemetry.traces` is on.
-    pub telemetry: Arc<Telemetry>,
-    /// One entry per configured broker source.
-    pub sources: Vec<Arc<SourceStatus>>,
-    pub cors: Cors,
-    /// Topic authorization (`[auth]`); without it every topic is public.
-    pub auth: Auth,
-    pub limits: Arc<Limits>,
-    /// Whose `X-Forwarded-For` to believe for the per-IP limits.
-    pub trusted_proxies: TrustedProxies,
-    pub rules: DeliveryRules,
-    /// `: ok` comment plus `retry:`; sent first on every stream so headers and the reconnect
-    /// delay reach the client at once. Built once, shared by all streams.
-    pub opening_frame: Bytes,
-    ready: AtomicBool,
-    draining: AtomicBool,
-}
-
-impl AppState {
-    /// Whether shutdown has begun (new streams get 503, `/readyz` fails).
-    pub fn is_draining(&self) -> bool {
-        self.draining.load(Ordering::Acquire)
-    }
-
-    /// Whether the listeners run and the app is not draining.
-    pub fn is_ready(&self) -> bool {
-        self.ready.load(Ordering::Acquire) && !self.is_draining()
-    }
-}
 
 /// How `run` ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -106,6 +47,15 @@ pub struct App {
 /// Heartbeat comment: the shortest valid SSE comment; keeps proxies and dead-peer detection busy.
 const HEARTBEAT: &[u8] = b":\n\n";
 
+/// The running tasks and the signals that stop them, in the order shutdown uses them.
+struct Tasks {
+    tracker: TaskTracker,
+    /// Listeners and connections (stop accepting, graceful end, hard stop).
+    life: Lifecycle,
+    stop_sources: CancellationToken,
+    stop_ingest: CancellationToken,
+}
+
 impl App {
     /// Builds the state from a validated configuration. Nothing runs until [`App::run`].
     pub fn new(config: Config) -> App {
@@ -119,48 +69,7 @@ impl App {
     /// Like [`App::new`] with a given tracer (tests export to memory).
     pub fn with_telemetry(config: Config, telemetry: Telemetry) -> App {
         let (tx, rx) = mpsc::channel(config.fanout.ingest_queue);
-        let mut statuses = Vec::new();
-        if config.nats.is_some() {
-            statuses.push(Arc::new(SourceStatus::new(SourceKind::Nats)));
-        }
-        if config.redis.is_some() {
-            statuses.push(Arc::new(SourceStatus::new(SourceKind::Redis)));
-        }
-        if config.jetstream.is_some() {
-            statuses.push(Arc::new(SourceStatus::new(SourceKind::JetStream)));
-        }
-        if config.redis_streams.is_some() {
-            statuses.push(Arc::new(SourceStatus::new(SourceKind::RedisStreams)));
-        }
-        let catalog = Arc::new(Catalog::from_config(&config));
-        let metrics = Arc::new(Metrics::new());
-        let broker_reader = Arc::new(BrokerReader::new(&config, catalog.clone(), metrics.clone()));
-        let memory = Arc::new(MemoryBudget::from_config(&config.memory));
-        let opening_frame = Bytes::from(format!(": ok\nretry: {}\n\n", config.server.retry.as_millis()));
-        let state = AppState {
-            registry: Registry::new(config.fanout.shards),
-            metrics,
-            ingest: tx,
-            run_id: new_run_id(),
-            last_seq: Arc::new(LastSeq::default()),
-            replay: Arc::new(ReplayStore::new(ring_config(&config, &memory))),
-            catalog,
-            positions: Arc::new(Positions::default()),
-            broker_reader,
-            memory,
-            telemetry: Arc::new(telemetry),
-            sources: statuses,
-            cors: Cors::new(&config.server.cors_origins),
-            auth: Auth::new(config.auth.as_ref(), config.server.max_topic_length),
-            limits: Limits::new(config.limits.clone()),
-            trusted_proxies: TrustedProxies::new(&config.server.trusted_proxies),
-            rules: DeliveryRules::new(&config.delivery, config.server.slow_consumer),
-            opening_frame,
-            ready: AtomicBool::new(false),
-            draining: AtomicBool::new(false),
-            config,
-        };
-        App { state: Arc::new(state), ingest_rx: rx }
+        App { state: Arc::new(AppState::new(config, telemetry, tx)), ingest_rx: rx }
     }
 
     /// The shared state (registry, metrics, …), for tests and embedding.
@@ -177,96 +86,118 @@ impl App {
         shutdown: impl Future<Output = ()>,
     ) -> RunOutcome {
         let state = self.state;
-        let cfg = &state.config;
         let tracker = TaskTracker::new();
-        let life = Lifecycle {
-            stop_accepting: CancellationToken::new(),
-            graceful: CancellationToken::new(),
-            hard_stop: CancellationToken::new(),
-            tracker: tracker.clone(),
-        };
-        let stop_sources = CancellationToken::new();
-        let stop_ingest = CancellationToken::new();
-
-        let sequencer = Sequencer::new(
-            state.run_id,
-            Pipeline {
-                last_seq: state.last_seq.clone(),
-                registry: state.registry.clone(),
-                replay: state.replay.clone(),
-                rules: state.rules.clone(),
-                memory: state.memory.clone(),
-                telemetry: state.telemetry.clone(),
-                metrics: state.metrics.clone(),
-                catalog: state.catalog.clone(),
-                positions: state.positions.clone(),
+        let tasks = Tasks {
+            life: Lifecycle {
+                stop_accepting: CancellationToken::new(),
+                graceful: CancellationToken::new(),
+                hard_stop: CancellationToken::new(),
+                tracker: tracker.clone(),
             },
-        );
-        tracker.spawn(sequencer.run(self.ingest_rx, stop_ingest.clone()));
-        for status in &state.sources {
-            let (tx, status, stop) = (state.ingest.clone(), status.clone(), stop_sources.clone());
-            match status.kind {
-                SourceKind::Nats => {
-                    tracker.spawn(sources::nats::run(cfg.nats.clone().expect("configured"), tx, status, stop));
-                }
-                SourceKind::Redis => {
-                    tracker.spawn(sources::redis::run(cfg.redis.clone().expect("configured"), tx, status, stop));
-                }
-                SourceKind::JetStream => {
-                    let cfg = cfg.jetstream.clone().expect("configured");
-                    let catalog = state.catalog.clone();
-                    tracker.spawn(sources::jetstream::run(cfg, catalog, tx, status, stop));
-                }
-                SourceKind::RedisStreams => {
-                    let cfg = cfg.redis_streams.clone().expect("configured");
-                    let catalog = state.catalog.clone();
-                    tracker.spawn(sources::redis_streams::run(cfg, catalog, tx, status, stop));
-                }
-                SourceKind::Publish => {}
-            }
-        }
-        tracker.spawn(housekeeping(state.clone(), life.graceful.clone()));
-
-        let builder = Arc::new(server::http_builder(tracker.clone(), cfg.server.header_read_timeout));
-        let public_state = state.clone();
-        let public = move |req, kill| handler::handle(req, public_state.clone(), kill);
-        // Plain HTTP/1.x `GET /events` skips hyper (and its 16 KiB of buffers per connection).
-        let lean_state = state.clone();
-        let lean = Arc::new(LeanEvents {
-            handler: Box::new(move |req, conn| handler::events_with_cors(req, &lean_state, conn)),
-            header_read_timeout: cfg.server.header_read_timeout,
-        });
-        let conns = state.metrics.open_connections.clone();
-        tracker.spawn(server::serve(listener, builder.clone(), public, Some(lean), life.clone(), "public", conns));
-        let admin_state = state.clone();
-        let admin = move |req, _kill| admin::handle(req, admin_state.clone());
-        tracker.spawn(server::serve(admin_listener, builder, admin, None, life.clone(), "admin", Default::default()));
-        state.ready.store(true, Ordering::Release);
+            tracker,
+            stop_sources: CancellationToken::new(),
+            stop_ingest: CancellationToken::new(),
+        };
+        start_ingest(&state, self.ingest_rx, &tasks);
+        tasks.tracker.spawn(housekeeping(state.clone(), tasks.life.graceful.clone()));
+        start_listeners(&state, listener, admin_listener, &tasks.life);
+        state.mark_ready();
 
         shutdown.await;
-        let open = state.registry.subscriber_count();
-        info!(open_streams = open, drain_timeout = ?cfg.server.drain_timeout, "Shutting down: ending streams.");
-        state.draining.store(true, Ordering::Release);
-        life.stop_accepting.cancel();
-        state.registry.close_all(CloseReason::Shutdown);
-        life.graceful.cancel();
-        stop_sources.cancel();
-        stop_ingest.cancel();
-        tracker.close();
-        let outcome = match tokio::time::timeout(cfg.server.drain_timeout, tracker.wait()).await {
-            Ok(()) => RunOutcome::Drained,
-            Err(_) => {
-                warn!(remaining_tasks = tracker.len(), "Drain time ran out; cutting remaining connections.");
-                life.hard_stop.cancel();
-                // Every task selects on hard_stop or ends on its own; this returns promptly.
-                let _ = tokio::time::timeout(Duration::from_secs(5), tracker.wait()).await;
-                RunOutcome::DrainTimedOut
-            }
-        };
+        let outcome = drain(&state, &tasks).await;
         let telemetry = state.telemetry.clone();
         let _ = tokio::task::spawn_blocking(move || telemetry.shutdown()).await;
         info!(?outcome, "Stopped.");
         outcome
+    }
+}
+
+/// Starts the sequencer on the ingest channel, and one task per configured broker source.
+fn start_ingest(state: &Arc<AppState>, ingest_rx: mpsc::Receiver<SourceMessage>, tasks: &Tasks) {
+    let cfg = &state.config;
+    let tracker = &tasks.tracker;
+    let sequencer = Sequencer::new(
+        state.run_id,
+        Pipeline {
+            last_seq: state.last_seq.clone(),
+            registry: state.registry.clone(),
+            replay: state.replay.clone(),
+            rules: state.rules.clone(),
+            memory: state.memory.clone(),
+            telemetry: state.telemetry.clone(),
+            metrics: state.metrics.clone(),
+            catalog: state.catalog.clone(),
+            positions: state.positions.clone(),
+        },
+    );
+    tracker.spawn(sequencer.run(ingest_rx, tasks.stop_ingest.clone()));
+    for status in &state.sources {
+        let (tx, status, stop) = (state.ingest.clone(), status.clone(), tasks.stop_sources.clone());
+        match status.kind {
+            SourceKind::Nats => {
+                tracker.spawn(sources::nats::run(cfg.nats.clone().expect("configured"), tx, status, stop));
+            }
+            SourceKind::Redis => {
+                tracker.spawn(sources::redis::run(cfg.redis.clone().expect("configured"), tx, status, stop));
+            }
+            SourceKind::JetStream => {
+                let cfg = cfg.jetstream.clone().expect("configured");
+                let catalog = state.catalog.clone();
+                tracker.spawn(sources::jetstream::run(cfg, catalog, tx, status, stop));
+            }
+            SourceKind::RedisStreams => {
+                let cfg = cfg.redis_streams.clone().expect("configured");
+                let catalog = state.catalog.clone();
+                tracker.spawn(sources::redis_streams::run(cfg, catalog, tx, status, stop));
+            }
+            SourceKind::Publish => {}
+        }
+    }
+}
+
+/// Starts the public listener (hyper, with the lean HTTP/1.1 path for `GET /events`) and the
+/// admin listener.
+fn start_listeners(state: &Arc<AppState>, listener: TcpListener, admin_listener: TcpListener, life: &Lifecycle) {
+    let cfg = &state.config.server;
+    let builder = Arc::new(server::http_builder(life.tracker.clone(), cfg.header_read_timeout));
+    let public_state = Arc::new(PublicState::new(state.clone()));
+    let hyper_state = public_state.clone();
+    let public = move |req, conn| handler::handle(req, hyper_state.clone(), conn);
+    // Plain HTTP/1.x `GET /events` skips hyper (and its 16 KiB of buffers per connection).
+    let lean = Arc::new(LeanEvents {
+        handler: Box::new(move |req, conn| handler::events_with_cors(req, &public_state, conn)),
+        header_read_timeout: cfg.header_read_timeout,
+    });
+    let conns = state.metrics.open_connections.clone();
+    life.tracker.spawn(server::serve(listener, builder.clone(), public, Some(lean), life.clone(), "public", conns));
+    let admin_state = state.clone();
+    let admin = move |req, _conn| admin::handle(req, admin_state.clone());
+    life.tracker.spawn(server::serve(admin_listener, builder, admin, None, life.clone(), "admin", Default::default()));
+}
+
+/// The shutdown sequence: stop accepting, end every stream, stop the sources and the
+/// sequencer, then wait up to `server.drain_timeout` before cutting what is left.
+async fn drain(state: &AppState, tasks: &Tasks) -> RunOutcome {
+    let cfg = &state.config.server;
+    let (life, tracker) = (&tasks.life, &tasks.tracker);
+    let open = state.registry.subscriber_count();
+    info!(open_streams = open, drain_timeout = ?cfg.drain_timeout, "Shutting down: ending streams.");
+    state.start_draining();
+    life.stop_accepting.cancel();
+    state.registry.close_all(CloseReason::Shutdown);
+    life.graceful.cancel();
+    tasks.stop_sources.cancel();
+    tasks.stop_ingest.cancel();
+    tracker.close();
+    match tokio::time::timeout(cfg.drain_timeout, tracker.wait()).await {
+        Ok(()) => RunOutcome::Drained,
+        Err(_) => {
+            warn!(remaining_tasks = tracker.len(), "Drain time ran out; cutting remaining connections.");
+            life.hard_stop.cancel();
+            // Every task selects on hard_stop or ends on its own; this returns promptly.
+            let _ = tokio::time::timeout(Duration::from_secs(5), tracker.wait()).await;
+            RunOutcome::DrainTimedOut
+        }
     }
 }
 
@@ -304,17 +235,4 @@ async fn housekeeping(state: Arc<AppState>, stop: CancellationToken) {
             state.metrics.count_shed(shed);
         }
     }
-}
-
-/// The replay store's bounds, with its global budget capped at half the memory budget so the
-/// rings alone never push the process over it.
-fn ring_config(config: &Config, memory: &MemoryBudget) -> ReplayConfig {
-    let mut ring = config.replay.clone();
-    if let Some(limit) = memory.limit()
-        && ring.max_total_bytes > limit / 2
-    {
-        info!(configured = ring.max_total_bytes, capped = limit / 2, "Replay budget capped at half the memory budget.");
-        ring.max_total_bytes = limit / 2;
-    }
-    ring
 }

@@ -62,8 +62,10 @@ pub mod replay;
 pub mod shutdown;
 pub mod sources;
 pub mod sse;
+pub mod state;
 pub mod telemetry;
 pub mod topic;
 
-pub use app::{App, AppState, RunOutcome};
+pub use app::{App, RunOutcome};
 pub use config::Config;
+pub use state::AppState;

@@ -13,7 +13,7 @@ use tracing::debug;
 
 use super::body::{ResponseBody, SseBody, StreamParts};
 use super::conn::Conn;
-use crate::app::AppState;
+use super::public_state::PublicState;
 use crate::client::{ClientQueue, GAP_EVENT};
 use crate::durable::{self, resume::ResumeInputs};
 use crate::event::{RESERVED_EVENT_PREFIX, frame_control};
@@ -22,6 +22,7 @@ use crate::limits::Refusal;
 use crate::replay::{Cursor, MAX_CURSOR_LEN};
 use crate::sources::publish::{PublishError, publish};
 use crate::sources::{PUBLISHED_AT_HEADER, TraceContext};
+use crate::state::AppState;
 use crate::topic::TopicFilter;
 
 /// Longest query string accepted; far above any sane list of topics, far below abuse.
@@ -30,7 +31,7 @@ const MAX_QUERY_BYTES: usize = 16 * 1024;
 /// Answers one request that arrived on `conn`.
 pub async fn handle(
     req: Request<Incoming>,
-    state: Arc<AppState>,
+    state: Arc<PublicState>,
     conn: Conn,
 ) -> Result<Response<ResponseBody>, Infallible> {
     if req.method() == Method::GET && req.uri().path() == "/events" {
@@ -39,7 +40,7 @@ pub async fn handle(
     let origin = req.headers().get(header::ORIGIN).cloned();
     let preflight_req = req.method() == Method::OPTIONS;
     let mut resp = match (req.method(), req.uri().path()) {
-        (&Method::POST, "/publish") => publish_handler(req, &state).await,
+        (&Method::POST, "/publish") => publish_handler(req, &state.app).await,
         (&Method::OPTIONS, "/events" | "/publish") => preflight(),
         (_, "/events") => method_not_allowed("GET, OPTIONS"),
         (_, "/publish") => method_not_allowed("POST, OPTIONS"),
@@ -51,23 +52,27 @@ pub async fn handle(
 
 /// `GET /events` with its CORS headers. Generic over the request body (a GET has none), so
 /// a server path other than hyper's can answer it with the same rules.
-pub fn events_with_cors<B>(req: &Request<B>, state: &Arc<AppState>, conn: Conn) -> Response<ResponseBody> {
+pub fn events_with_cors<B>(req: &Request<B>, state: &PublicState, conn: Conn) -> Response<ResponseBody> {
     let mut resp = events(req, state, conn);
     state.cors.apply(req.headers().get(header::ORIGIN), false, resp.headers_mut());
     resp
 }
 
-fn events<B>(req: &Request<B>, state: &Arc<AppState>, conn: Conn) -> Response<ResponseBody> {
-    let cfg = &state.config.server;
-    if state.is_draining() {
-        state.metrics.count_rejected("draining");
+fn events<B>(req: &Request<B>, state: &PublicState, conn: Conn) -> Response<ResponseBody> {
+    let cfg = &state.app.config.server;
+    if state.app.is_draining() {
+        state.app.metrics.count_rejected("draining");
         let mut r = text(StatusCode::SERVICE_UNAVAILABLE, "the bridge is shutting down; reconnect");
         r.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
         return r;
     }
     let query = req.uri().query().unwrap_or("");
     if query.len() > MAX_QUERY_BYTES {
-        return bad_request(state, "query_too_long", &format!("query string is longer than {MAX_QUERY_BYTES} bytes"));
+        return bad_request(
+            &state.app,
+            "query_too_long",
+            &format!("query string is longer than {MAX_QUERY_BYTES} bytes"),
+        );
     }
     let mut filters: Vec<TopicFilter> = Vec::new();
     let mut query_last_id = None;
@@ -76,7 +81,7 @@ fn events<B>(req: &Request<B>, state: &Arc<AppState>, conn: Conn) -> Response<Re
             "topic" => {
                 if filters.len() >= cfg.max_topics_per_connection {
                     return bad_request(
-                        state,
+                        &state.app,
                         "too_many_topics",
                         &format!("too many topics: at most {} per connection", cfg.max_topics_per_connection),
                     );
@@ -85,7 +90,7 @@ fn events<B>(req: &Request<B>, state: &Arc<AppState>, conn: Conn) -> Response<Re
                     Ok(f) if !filters.contains(&f) => filters.push(f),
                     Ok(_) => {}
                     Err(e) => {
-                        return bad_request(state, "bad_topic", &format!("topic {:?}: {e}", truncate(&v, 64)));
+                        return bad_request(&state.app, "bad_topic", &format!("topic {:?}: {e}", truncate(&v, 64)));
                     }
                 }
             }
@@ -95,7 +100,7 @@ fn events<B>(req: &Request<B>, state: &Arc<AppState>, conn: Conn) -> Response<Re
     }
     if filters.is_empty() {
         return bad_request(
-            state,
+            &state.app,
             "no_topic",
             "no topic: add ?topic=NAME (repeat for more; NATS-style patterns allowed)",
         );
@@ -107,19 +112,19 @@ fn events<B>(req: &Request<B>, state: &Arc<AppState>, conn: Conn) -> Response<Re
     }
     .filter(|s| !s.is_empty());
     // Input bounds (headers, Last-Event-ID) and topic authorization; see sse/guard.rs.
-    if let Err(refused) = super::guard::events(state, req, &filters) {
+    if let Err(refused) = super::guard::events(&state.app, req, &filters) {
         return *refused;
     }
 
     // Admission last: a malformed request never consumes a connect token or a stream slot.
-    if state.memory.is_over() {
-        return over_budget(state);
+    if state.app.memory.is_over() {
+        return over_budget(&state.app);
     }
     let client_ip = state.trusted_proxies.client_ip(conn.peer.ip(), req.headers());
-    let permit = match state.limits.admit(client_ip) {
+    let permit = match state.app.limits.admit(client_ip) {
         Ok(p) => p,
         Err(refusal) => {
-            state.metrics.count_rejected(refusal.label());
+            state.app.metrics.count_rejected(refusal.label());
             let status = match refusal {
                 Refusal::AtCapacity(_) => StatusCode::SERVICE_UNAVAILABLE,
                 _ => StatusCode::TOO_MANY_REQUESTS,
@@ -129,25 +134,25 @@ fn events<B>(req: &Request<B>, state: &Arc<AppState>, conn: Conn) -> Response<Re
             return r;
         }
     };
-    let rate = state.rules.rate_for(&filters);
+    let rate = state.app.rules.rate_for(&filters);
     let queue = Arc::new(ClientQueue::new(cfg.queue_capacity, conn.handle, jittered(cfg.max_stream_age)));
     queue.push_backlog(state.opening_frame.clone());
     let topics: Vec<String> = filters.iter().map(|f| f.as_str().to_owned()).collect();
-    let mut span = state.telemetry.stream(&topics, last_event_id.is_some());
+    let mut span = state.app.telemetry.stream(&topics, last_event_id.is_some());
     // The resume runs atomically with the registration; see Registry::subscribe_from.
     let mut broker_resume = None;
-    let subscription = state.registry.subscribe_from(filters, queue.clone(), |filters, q| {
+    let subscription = state.app.registry.subscribe_from(filters, queue.clone(), |filters, q| {
         // Positions first, then the sequence: the sequencer publishes them in the other order.
-        let snapshot = (!state.catalog.is_empty()).then(|| state.positions.snapshot());
-        let upto = state.last_seq.get();
+        let snapshot = (!state.app.catalog.is_empty()).then(|| state.app.positions.snapshot());
+        let upto = state.app.last_seq.get();
         let Some(id) = &last_event_id else { return upto };
         if let Some(snapshot) = snapshot {
             let inputs = ResumeInputs {
-                catalog: &state.catalog,
-                replay: &state.replay,
-                reader: &state.broker_reader,
-                metrics: &state.metrics,
-                run_id: state.run_id,
+                catalog: &state.app.catalog,
+                replay: &state.app.replay,
+                reader: &state.app.broker_reader,
+                metrics: &state.app.metrics,
+                run_id: state.app.run_id,
                 upto,
                 snapshot,
             };
@@ -158,7 +163,7 @@ fn events<B>(req: &Request<B>, state: &Arc<AppState>, conn: Conn) -> Response<Re
         }
         // Without durable streams the id is `<run>-<seq>`; with them, that is its first part.
         let base = id.split_once('_').map_or(id.as_str(), |(b, _)| b);
-        let plan = state.replay.resume(filters, Cursor::parse(base, state.run_id, upto), upto);
+        let plan = state.app.replay.resume(filters, Cursor::parse(base, state.app.run_id, upto), upto);
         if let Some((reason, gap_topics)) = &plan.gap {
             let data = serde_json::json!({
                 "reason": reason.as_str(),
@@ -166,9 +171,9 @@ fn events<B>(req: &Request<B>, state: &Arc<AppState>, conn: Conn) -> Response<Re
                 "last_event_id": truncate(id, MAX_CURSOR_LEN),
             });
             q.push_backlog(frame_control(GAP_EVENT, &data.to_string()));
-            state.metrics.count_gap(reason.as_str());
+            state.app.metrics.count_gap(reason.as_str());
         }
-        state.metrics.replayed_events.inc_by(plan.events.len() as u64);
+        state.app.metrics.replayed_events.inc_by(plan.events.len() as u64);
         if let Some(s) = &mut span {
             s.resumed(plan.events.len(), plan.gap.as_ref().map(|(r, _)| r.as_str()));
         }
@@ -189,7 +194,7 @@ fn events<B>(req: &Request<B>, state: &Arc<AppState>, conn: Conn) -> Response<Re
             permit,
             rate,
             span,
-            metrics: state.metrics.clone(),
+            metrics: state.app.metrics.clone(),
             resume: broker_resume.map(|r| Box::pin(r.run()) as _),
         })))
         .expect("static headers are valid")
@@ -200,7 +205,7 @@ fn jittered(age: std::time::Duration) -> Option<std::time::Duration> {
     (!age.is_zero()).then(|| age.mul_f64(rand::random_range(0.9..1.1)))
 }
 
-async fn publish_handler(req: Request<Incoming>, state: &Arc<AppState>) -> Response<ResponseBody> {
+async fn publish_handler(req: Request<Incoming>, state: &AppState) -> Response<ResponseBody> {
     let cfg = &state.config.publish;
     if state.memory.is_over() {
         return over_budget(state);

@@ -7,4 +7,5 @@ pub mod cors;
 pub mod guard;
 pub mod h1;
 pub mod handler;
+pub mod public_state;
 pub mod server;
