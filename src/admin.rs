@@ -16,7 +16,7 @@ use hyper::body::Incoming;
 
 use crate::metrics::{LeLabel, QUEUE_DEPTH_BUCKETS, SourceLabel, resident_memory_bytes};
 use crate::sse::body::ResponseBody;
-use crate::sse::handler::{json, text};
+use crate::sse::response::{json, text};
 use crate::state::AppState;
 
 /// Answers one admin request.

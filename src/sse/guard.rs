@@ -1,6 +1,7 @@
 //! What runs before a request is admitted: input bounds (header bytes, `Last-Event-ID`,
-//! token size, `event` type length) and authorization (`crate::auth`). Every refusal is a plain
-//! response with a one-line reason, counted in `sse_bridge_requests_rejected_total{reason}`:
+//! token size; the query's own bounds are checked where it is parsed, in [`super::request`])
+//! and authorization (`crate::auth`). Every refusal is a plain response with a one-line
+//! reason, counted in `sse_bridge_requests_rejected_total{reason}`:
 //!
 //! | status | reason label | when |
 //! |---|---|---|
@@ -22,49 +23,36 @@ use subtle::ConstantTimeEq;
 use tracing::debug;
 
 use super::body::ResponseBody;
-use super::handler::text;
+use super::request::{EventsRequest, PublishQuery};
+use super::response::{Refused, bad_request, text};
 use crate::auth::TokenError;
 use crate::config::AuthConfig;
-use crate::input::{MAX_EVENT_TYPE_BYTES, MAX_HEADER_BYTES, check_last_event_id, header_bytes};
+use crate::input::{MAX_HEADER_BYTES, check_last_event_id, header_bytes};
 use crate::state::AppState;
 use crate::topic::TopicFilter;
 
-/// Longest query string accepted on `POST /publish` (the same bound as `GET /events`).
-const MAX_QUERY_BYTES: usize = 16 * 1024;
 /// The `WWW-Authenticate` challenge without an error.
 const CHALLENGE: &str = "Bearer realm=\"sse-bridge\"";
 
-/// A refusal, boxed: it travels up through `Result`s.
-type Refusal = Box<Response<ResponseBody>>;
-
-/// Checks a `GET /events` request whose `filters` were parsed and validated: input bounds,
-/// then whether every filter is public or granted by the request's token. The subscription is
-/// refused as a whole, naming the first filter that is not allowed.
-pub fn events<B>(state: &AppState, req: &Request<B>, filters: &[TopicFilter]) -> Result<(), Refusal> {
+/// Checks a parsed `GET /events` request: input bounds, then whether every filter is public
+/// or granted by the request's token. The subscription is refused as a whole, naming the
+/// first filter that is not allowed.
+pub fn events<B>(state: &AppState, req: &Request<B>, request: &EventsRequest) -> Result<(), Refused> {
     check_headers(state, req.headers())?;
     for v in req.headers().get_all("last-event-id") {
-        check_last_event_id(v.as_bytes()).map_err(|r| bad_request(state, "bad_last_event_id", &r))?;
+        check_last_event_id(v.as_bytes()).map_err(|r| bad_request(&state.metrics, "bad_last_event_id", &r))?;
     }
-    let mut query_token = None;
-    for (k, v) in form_urlencoded::parse(req.uri().query().unwrap_or("").as_bytes()) {
-        match &*k {
-            "lastEventId" => {
-                check_last_event_id(v.as_bytes()).map_err(|r| bad_request(state, "bad_last_event_id", &r))?;
-            }
-            "access_token" if query_token.is_some() => {
-                return Err(bad_request(state, "bad_token", "give at most one access_token"));
-            }
-            "access_token" => query_token = Some(v),
-            _ => {}
-        }
+    if let Some(bad) = &request.deferred {
+        return Err(bad.refuse(&state.metrics));
     }
     let auth = &state.auth;
+    let filters = &request.filters;
     let (Some(first), Some(cfg)) = (auth.first_protected(filters), auth.config()) else {
         return Ok(());
     };
     let token = match bearer(req.headers()) {
         Some(t) => Some(t.to_owned()),
-        None => cookie(req.headers(), &cfg.cookie).or_else(|| query_token.filter(|_| cfg.query_token).map(Into::into)),
+        None => cookie(req.headers(), &cfg.cookie).or_else(|| request.access_token.clone().filter(|_| cfg.query_token)),
     };
     let Some(token) = token.filter(|t| !t.is_empty()) else {
         state.metrics.count_rejected("unauthenticated");
@@ -79,33 +67,11 @@ pub fn events<B>(state: &AppState, req: &Request<B>, filters: &[TopicFilter]) ->
     Ok(())
 }
 
-/// Checks a `POST /publish` request: bounds, then the credential. The configured
-/// `publish.token` allows every topic (as before `[auth]`); a JWT allows the topics its
-/// `publish` grants cover. The topic itself is validated by the handler afterwards.
-pub fn publish<B>(state: &AppState, req: &Request<B>) -> Result<(), Refusal> {
-    check_headers(state, req.headers())?;
-    let query = req.uri().query().unwrap_or("");
-    if query.len() > MAX_QUERY_BYTES {
-        return Err(bad_request(
-            state,
-            "query_too_long",
-            &format!("query string is longer than {MAX_QUERY_BYTES} bytes"),
-        ));
-    }
-    let mut topic = None;
-    for (k, v) in form_urlencoded::parse(query.as_bytes()) {
-        match &*k {
-            "topic" if topic.is_none() => topic = Some(v),
-            "event" if v.len() > MAX_EVENT_TYPE_BYTES => {
-                return Err(bad_request(
-                    state,
-                    "bad_event",
-                    &format!("event type is longer than {MAX_EVENT_TYPE_BYTES} bytes"),
-                ));
-            }
-            _ => {}
-        }
-    }
+/// Checks the credential of a `POST /publish` request whose headers and query are within
+/// bounds. The configured `publish.token` allows every topic (as before `[auth]`); a JWT
+/// allows the topics its `publish` grants cover. The topic itself is validated by the handler
+/// afterwards.
+pub fn publish<B>(state: &AppState, req: &Request<B>, query: &PublishQuery) -> Result<(), Refused> {
     let legacy = state.config.publish.token.as_deref();
     if legacy.is_none() && !state.auth.has_keys() {
         state.metrics.count_rejected("publish_disabled");
@@ -129,20 +95,22 @@ pub fn publish<B>(state: &AppState, req: &Request<B>) -> Result<(), Refusal> {
     check_token_size(state, cfg, given)?;
     let grants = state.auth.verify(given).map_err(|e| invalid_token(state, &e))?;
     let max = state.config.server.max_topic_length;
-    if let Some(t) = topic
-        && matches!(TopicFilter::parse(&t, max), Ok(TopicFilter::Exact(_)))
-        && !grants.may_publish(&t)
+    if let Some(t) = &query.topic
+        && matches!(TopicFilter::parse(t, max), Ok(TopicFilter::Exact(_)))
+        && !grants.may_publish(t)
     {
-        return Err(forbidden(state, &format!("topic {:?} is not granted for publishing by the token", &*t)));
+        return Err(forbidden(state, &format!("topic {:?} is not granted for publishing by the token", t)));
     }
     Ok(())
 }
 
-fn check_headers(state: &AppState, h: &HeaderMap) -> Result<(), Refusal> {
+/// Refuses request headers over [`MAX_HEADER_BYTES`] (names plus values); the first check
+/// on every route that reads headers.
+pub fn check_headers(state: &AppState, h: &HeaderMap) -> Result<(), Refused> {
     let n = header_bytes(h);
     if n > MAX_HEADER_BYTES {
         return Err(bad_request(
-            state,
+            &state.metrics,
             "headers_too_large",
             &format!("request headers exceed {MAX_HEADER_BYTES} bytes"),
         ));
@@ -150,10 +118,10 @@ fn check_headers(state: &AppState, h: &HeaderMap) -> Result<(), Refusal> {
     Ok(())
 }
 
-fn check_token_size(state: &AppState, cfg: &AuthConfig, token: &str) -> Result<(), Refusal> {
+fn check_token_size(state: &AppState, cfg: &AuthConfig, token: &str) -> Result<(), Refused> {
     if token.len() > cfg.max_token_bytes {
         return Err(bad_request(
-            state,
+            &state.metrics,
             "token_too_long",
             &format!("token is longer than auth.max_token_bytes ({})", cfg.max_token_bytes),
         ));
@@ -190,7 +158,7 @@ fn token_sources(cfg: &AuthConfig) -> String {
     s
 }
 
-fn invalid_token(state: &AppState, e: &TokenError) -> Refusal {
+fn invalid_token(state: &AppState, e: &TokenError) -> Refused {
     state.metrics.count_rejected("invalid_token");
     debug!(reason = %e, "Token refused.");
     // error_description is a quoted-string: no quotes or backslashes, printable ASCII only.
@@ -200,20 +168,15 @@ fn invalid_token(state: &AppState, e: &TokenError) -> Refusal {
     with_challenge(text(StatusCode::UNAUTHORIZED, &format!("invalid token: {e}")), challenge)
 }
 
-fn forbidden(state: &AppState, msg: &str) -> Refusal {
+fn forbidden(state: &AppState, msg: &str) -> Refused {
     state.metrics.count_rejected("forbidden_topic");
     with_challenge(text(StatusCode::FORBIDDEN, msg), format!("{CHALLENGE}, error=\"insufficient_scope\""))
 }
 
-fn with_challenge(mut r: Response<ResponseBody>, challenge: String) -> Refusal {
+fn with_challenge(mut r: Response<ResponseBody>, challenge: String) -> Refused {
     let v = HeaderValue::from_str(&challenge).unwrap_or(HeaderValue::from_static(CHALLENGE));
     r.headers_mut().insert(header::WWW_AUTHENTICATE, v);
     Box::new(r)
-}
-
-fn bad_request(state: &AppState, reason: &'static str, msg: &str) -> Refusal {
-    state.metrics.count_rejected(reason);
-    Box::new(text(StatusCode::BAD_REQUEST, msg))
 }
 
 #[cfg(test)]

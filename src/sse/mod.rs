@@ -1,4 +1,10 @@
 //! The public listener: accept loop, routes, CORS and the SSE stream body.
+//!
+//! Reading order: `server` (accept loop, hyper) and `h1` (the lean HTTP/1.1 path for
+//! `GET /events`), both on the plumbing in `conn`; `handler` (routes, the `GET /events`
+//! pipeline) over `request` (the parsed query), `guard` (input bounds, authorization) and
+//! `publish`; `body` (the stream body) and `response` (small fixed responses);
+//! `public_state`, `cors`, `client_ip` (what the listener works out once from `server.*`).
 
 pub mod body;
 pub mod client_ip;
@@ -8,4 +14,7 @@ pub mod guard;
 pub mod h1;
 pub mod handler;
 pub mod public_state;
+pub mod publish;
+pub mod request;
+pub mod response;
 pub mod server;
