@@ -29,20 +29,28 @@ use crate::telemetry::Telemetry;
 /// State shared by request handlers, the admin endpoints and tests.
 #[derive(Debug)]
 pub struct AppState {
+    /// The validated configuration the bridge started with.
     pub config: Config,
+    /// Who is subscribed to what; the fan-out's index.
     pub registry: Arc<Registry>,
+    /// The daemon's own Prometheus metrics, served on `/metrics`.
     pub metrics: Arc<Metrics>,
     /// The ingest path, for `/publish`.
     pub ingest: IngestSender,
     /// This process's run id: the first half of every event id it assigns.
     pub run_id: u64,
+    /// The last sequence the sequencer published: where a new stream starts.
     pub last_seq: Arc<LastSeq>,
+    /// Recent events per topic, for `Last-Event-ID` resume.
     pub replay: Arc<ReplayStore>,
     /// Durable streams (JetStream, Redis Streams), where the sequencer stands in them, and the
     /// bounded reader that replays them for resumes older than the ring.
     pub catalog: Arc<Catalog>,
+    /// Where the sequencer stands in each durable stream.
     pub positions: Arc<Positions>,
+    /// Reads durable streams back for resumes older than the ring.
     pub broker_reader: Arc<BrokerReader>,
+    /// The process memory budget; over it, new streams and publishes are refused.
     pub memory: Arc<MemoryBudget>,
     /// Traces; `Telemetry::off()` unless `telemetry.traces` is on.
     pub telemetry: Arc<Telemetry>,
@@ -50,7 +58,9 @@ pub struct AppState {
     pub sources: Vec<Arc<SourceStatus>>,
     /// Topic authorization (`[auth]`); without it every topic is public.
     pub auth: Auth,
+    /// Admission: stream caps and the per-IP connect rate.
     pub limits: Arc<Limits>,
+    /// Per-topic delivery rules (slow-consumer policy, rate).
     pub rules: DeliveryRules,
     ready: AtomicBool,
     draining: AtomicBool,

@@ -93,6 +93,7 @@ pub struct Lifecycle {
 pub struct Conn {
     /// Kill switch and write watch, handed to the streams on this connection.
     pub handle: ConnHandle,
+    /// The TCP peer (a proxy's address when behind one; see `client_ip`).
     pub peer: SocketAddr,
 }
 

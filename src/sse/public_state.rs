@@ -15,6 +15,7 @@ use crate::state::AppState;
 pub struct PublicState {
     /// Everything the bridge shares (registry, limits, auth, metrics, …).
     pub app: Arc<AppState>,
+    /// Which origins may read streams cross-site (`server.cors_origins`).
     pub cors: Cors,
     /// Whose `X-Forwarded-For` to believe for the per-IP limits.
     pub trusted_proxies: TrustedProxies,

@@ -20,7 +20,9 @@ pub const MAX_QUERY_BYTES: usize = 16 * 1024;
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("{message}")]
 pub struct BadQuery {
+    /// The `sse_bridge_requests_rejected_total{reason}` label.
     pub reason: &'static str,
+    /// The one-line reason sent to the client.
     pub message: String,
 }
 
@@ -38,7 +40,9 @@ impl BadQuery {
 /// The bounds `GET /events` parsing applies (from `server.*`).
 #[derive(Debug, Clone, Copy)]
 pub struct TopicBounds {
+    /// `server.max_topics_per_connection`.
     pub max_topics: usize,
+    /// `server.max_topic_length`.
     pub max_topic_length: usize,
 }
 

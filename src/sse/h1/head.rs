@@ -33,7 +33,7 @@ pub enum NotLean {
     /// A header name or value, or the target, that `http` would not accept.
     #[error("a header or target the http crate refuses")]
     Invalid,
-    /// Not a valid HTTP/1 head (or more than [`MAX_HEADERS`] headers).
+    /// Not a valid HTTP/1 head (or more than `MAX_HEADERS` headers).
     #[error("malformed head: {0}")]
     Malformed(httparse::Error),
     /// Larger than [`MAX_REQUEST_HEAD_BYTES`]: hyper refuses it (`431`).

@@ -19,7 +19,9 @@ use crate::sse::conn::{Conn, ConnEnd, Lifecycle, WatchedIo};
 /// to send its request head (hyper's `header_read_timeout`, which applies again after a
 /// hand-over).
 pub struct LeanEvents {
+    /// The same `/events` rules as on the hyper path.
     pub handler: Box<EventsHandler>,
+    /// `server.header_read_timeout`.
     pub header_read_timeout: Duration,
 }
 
