@@ -59,6 +59,7 @@ pub mod metrics;
 pub mod policy;
 pub mod registry;
 pub mod replay;
+pub mod retry_hint;
 pub mod shutdown;
 pub mod sources;
 pub mod sse;
