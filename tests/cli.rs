@@ -5,17 +5,15 @@
 //! accident) and an environment without `SSE_BRIDGE_*` variables, except where a test sets
 //! them or deliberately runs in the repository root.
 
-#[path = "common/brokers.rs"]
-mod brokers;
-#[path = "common/daemon.rs"]
-mod daemon;
+mod common;
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use daemon::{Daemon, Output, bridge_command};
+use common::brokers;
+use common::daemon::{self, Daemon, Output, bridge_command};
 use nix::sys::signal::Signal;
 
 /// A config error is reported before anything starts; this is generous for a loaded machine.
