@@ -16,6 +16,7 @@ use reqwest::StatusCode;
 use serde_json::{Value, json};
 
 use common::bridge_process::BridgeProcess;
+use common::logs::CapturedLogs;
 use common::sse_client::{self, SseError, SseStream, test_client};
 use common::{EVENT_TIMEOUT, SECRET, TOKEN, TestApp, rejected_count, start_app, test_config, urlencode, wait_until};
 use sse_bridge::Config;
@@ -349,6 +350,8 @@ async fn jwks_file_is_reread_when_it_changes() {
     write_jwks(&jwks, vec![jwk("rsa-private.pem", "k1")]);
     let cfg =
         AuthConfig { algorithm: JwtAlgorithm::RS256, secret: None, jwks_file: Some(jwks.clone()), ..auth_config() };
+    // The bridge checks the file when a token is verified; its logs tell when it looked.
+    let (logs, _capture) = CapturedLogs::start();
     let app = start_app(config_with(cfg)).await;
     let c = claims(&["orders.>"], &[]);
     let t1 = sign(Algorithm::RS256, &rsa_key("rsa-private.pem"), Some("k1"), &c);
@@ -370,7 +373,13 @@ async fn jwks_file_is_reread_when_it_changes() {
 
     // A broken file keeps the keys that were loaded.
     std::fs::write(&jwks, b"{ not json").unwrap();
-    tokio::time::sleep(sse_bridge::auth::KEY_FILE_CHECK_INTERVAL + Duration::from_millis(200)).await;
+    let path = jwks.display().to_string();
+    wait_until("the bridge to read the broken key file", async || {
+        // A verification is what makes the bridge look at the file again.
+        let _ = open(&app, &["orders.1"], "", &[("authorization", &a2)]).await;
+        logs.has_line(&["WARN", &path])
+    })
+    .await;
     admitted(&app, &["orders.1"], "", &[("authorization", &a2)]).await;
     // k1 retired.
     write_jwks(&jwks, vec![jwk("rsa2-private.pem", "k2")]);

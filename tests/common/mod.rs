@@ -7,6 +7,7 @@
 //! - [`sse_client`]: an EventSource-exact SSE client and parser;
 //! - [`chunked`]: an HTTP/1.1 chunked-body decoder for tests that read raw sockets;
 //! - [`events`]: what an event's id and a gap event say;
+//! - [`logs`]: the logs of an in-process bridge, captured;
 //! - [`metrics`]: reading the admin `/metrics`;
 //! - [`wait`]: the one polling helper ([`wait_until`]) and the broker probe.
 
@@ -19,6 +20,7 @@ pub mod brokers;
 pub mod chunked;
 pub mod daemon;
 pub mod events;
+pub mod logs;
 pub mod metrics;
 pub mod sse_client;
 pub mod wait;
