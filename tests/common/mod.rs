@@ -2,6 +2,7 @@
 //! `common::…`. One room per kind of fixture:
 //! - [`app`]: the bridge in this process on `127.0.0.1:0` listeners ([`start_app`]), its test
 //!   config and the publish credential;
+//! - [`balancer`]: a load-balancer stand-in in front of several bridge processes;
 //! - [`bridge_process`] and [`daemon`]: the real `sse-bridge` binary as a child process;
 //! - [`brokers`]: private `nats-server` / `redis-server` instances;
 //! - [`sse_client`]: an EventSource-exact SSE client and parser;
@@ -15,6 +16,7 @@
 #![allow(dead_code)]
 
 pub mod app;
+pub mod balancer;
 pub mod bridge_process;
 pub mod brokers;
 pub mod chunked;
