@@ -104,9 +104,7 @@ impl RetryHints {
         let now = Instant::now();
         match reason {
             RetryReason::ConnectRate => self.rate_slot(ip, wait, now),
-            RetryReason::IpStreamLimit | RetryReason::AtCapacity | RetryReason::MemoryBudget => {
-                self.backoff(ip, now)
-            }
+            RetryReason::IpStreamLimit | RetryReason::AtCapacity | RetryReason::MemoryBudget => self.backoff(ip, now),
             RetryReason::Draining => self.draining(),
         }
     }
