@@ -14,9 +14,12 @@
 //!   event into one refcounted `Bytes`.
 //! - [`sources`]: NATS, Redis pub/sub, JetStream, Redis Streams and `POST /publish`. Each source copies messages out of its
 //!   client, reconnects with capped backoff, and feeds one bounded ingest channel.
-//! - [`durable`]: JetStream streams and Redis Streams as durable sources: the vector cursor
-//!   (every id carries each durable stream's position) and the bounded, coalescing broker reader
-//!   that replays them when a resume is older than the ring, after a restart or on a replica.
+//! - [`durable`]: JetStream streams and Redis Streams as durable sources: their catalog, where
+//!   the sequencer stands in them, and the vector cursor (every id carries each durable
+//!   stream's position).
+//! - [`resume`]: `Last-Event-ID` resume: from the rings, or from the durable streams' brokers
+//!   through a bounded, coalescing reader when the id is older than the ring, comes from before
+//!   a restart or from a replica.
 //! - [`ingest`]: the single sequencer. It assigns ids in arrival order, frames the event,
 //!   retains it for replay, publishes the last sequence, and hands the event to the registry's fan-out. One task,
 //!   one order: every client sees increasing ids, so one id is a resume cursor for all its topics.
@@ -59,6 +62,7 @@ pub mod metrics;
 pub mod policy;
 pub mod registry;
 pub mod replay;
+pub mod resume;
 pub mod shutdown;
 pub mod sources;
 pub mod sse;

@@ -20,8 +20,8 @@ use parking_lot::Mutex;
 use tokio::sync::Semaphore;
 use tracing::{debug, warn};
 
-use super::{Catalog, DurableKind, Pos};
 use crate::config::{Config, ResumeConfig};
+use crate::durable::{Catalog, DurableKind, DurableStream, Pos};
 use crate::metrics::Metrics;
 use crate::sources::nats::read_headers;
 use crate::sources::redis_streams;
@@ -208,7 +208,7 @@ impl BrokerReader {
         Ok(ctx)
     }
 
-    async fn read_jetstream(&self, durable: &super::DurableStream, key: ReadKey) -> Result<ReadOutcome, String> {
+    async fn read_jetstream(&self, durable: &DurableStream, key: ReadKey) -> Result<ReadOutcome, String> {
         let name = durable.name.as_str();
         let (_, event_header, max_bytes) = self.js.as_ref().ok_or("JetStream is not configured")?;
         let ctx = self.jetstream().await?;
