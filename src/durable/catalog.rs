@@ -303,7 +303,7 @@ mod tests {
         let v = vec![Some(Pos { a: u64::MAX, b: u64::MAX }); cat.len()];
         let mut s = crate::event::EventId { run: 0xffff_ffff_ffff, seq: u64::MAX }.to_string();
         cat.write_vector(&v, &mut s);
-        assert!(s.len() <= crate::input::MAX_LAST_EVENT_ID_BYTES, "{} bytes", s.len());
+        assert!(s.len() <= crate::sse::input::MAX_LAST_EVENT_ID_BYTES, "{} bytes", s.len());
     }
 
     #[test]
