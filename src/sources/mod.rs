@@ -11,9 +11,13 @@
 //! - it reports its state in a [`SourceStatus`] for `/readyz` and `/metrics`;
 //! - it drops what breaks the broker message bounds ([`BrokerInput`]) and says so in the logs,
 //!   at most once per interval.
+//!
+//! [`configured`] lists the sources a configuration names; `app` spawns each with
+//! [`ConfiguredSource::run`].
 
 mod backoff;
 mod bounds;
+mod configured;
 mod message;
 mod redis_client;
 mod session;
@@ -27,6 +31,7 @@ pub mod redis_streams;
 
 pub use backoff::{Backoff, backoff_delay};
 pub use bounds::{BrokerInput, LOG_INTERVAL};
+pub use configured::{ConfiguredSource, configured};
 pub use message::{IngestSender, PUBLISHED_AT_HEADER, SourceKind, SourceMessage, TraceContext};
 pub use redis_client::RedisEndpoint;
 pub use session::{BrokerError, ClientError, Session, SessionEnd, supervise};
