@@ -17,6 +17,10 @@
 //! An event's own stream position is the broker's (JetStream stream sequence, Redis entry id),
 //! so every replica puts the same position in the same event's id; the other streams' positions
 //! are where this process stood, which is exactly what makes the id a cursor.
+//!
+//! This is the low layer: what the streams are and where the sequencer stands in them. The
+//! sources that read them live in `crate::sources`; reading them back for a resume lives in
+//! `crate::resume`.
 
 mod catalog;
 mod positions;

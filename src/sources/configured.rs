@@ -15,9 +15,13 @@ use crate::durable::Catalog;
 /// One configured broker source (`POST /publish` is not one: it has no task of its own).
 #[derive(Debug, Clone)]
 pub enum ConfiguredSource {
+    /// `[nats]`: core NATS subjects.
     Nats(NatsConfig),
+    /// `[redis]`: Redis pub/sub channels and patterns.
     Redis(RedisConfig),
+    /// `[jetstream]`: JetStream streams, durable.
     JetStream(JetStreamConfig),
+    /// `[redis_streams]`: Redis Streams keys, durable.
     RedisStreams(RedisStreamsConfig),
 }
 
