@@ -20,7 +20,6 @@ use crate::admin;
 use crate::auth::Auth;
 use crate::client::{CloseReason, now_ms};
 use crate::config::{Config, ReplayConfig};
-use crate::durable::reader::BrokerReader;
 use crate::durable::{Catalog, Positions};
 use crate::event::new_run_id;
 use crate::ingest::{LastSeq, Pipeline, Sequencer};
@@ -30,7 +29,8 @@ use crate::metrics::Metrics;
 use crate::policy::DeliveryRules;
 use crate::registry::Registry;
 use crate::replay::ReplayStore;
-use crate::sources::{self, IngestSender, SourceKind, SourceMessage, SourceStatus};
+use crate::resume::BrokerReader;
+use crate::sources::{self, IngestSender, SourceMessage, SourceStatus};
 use crate::sse::client_ip::TrustedProxies;
 use crate::sse::cors::Cors;
 use crate::sse::h1::LeanEvents;
@@ -118,19 +118,7 @@ impl App {
     /// Like [`App::new`] with a given tracer (tests export to memory).
     pub fn with_telemetry(config: Config, telemetry: Telemetry) -> App {
         let (tx, rx) = mpsc::channel(config.fanout.ingest_queue);
-        let mut statuses = Vec::new();
-        if config.nats.is_some() {
-            statuses.push(Arc::new(SourceStatus::new(SourceKind::Nats)));
-        }
-        if config.redis.is_some() {
-            statuses.push(Arc::new(SourceStatus::new(SourceKind::Redis)));
-        }
-        if config.jetstream.is_some() {
-            statuses.push(Arc::new(SourceStatus::new(SourceKind::JetStream)));
-        }
-        if config.redis_streams.is_some() {
-            statuses.push(Arc::new(SourceStatus::new(SourceKind::RedisStreams)));
-        }
+        let statuses = sources::configured(&config).iter().map(|s| Arc::new(SourceStatus::new(s.kind()))).collect();
         let catalog = Arc::new(Catalog::from_config(&config));
         let metrics = Arc::new(Metrics::new());
         let broker_reader = Arc::new(BrokerReader::new(&config, catalog.clone(), metrics.clone()));
@@ -202,27 +190,10 @@ impl App {
             },
         );
         tracker.spawn(sequencer.run(self.ingest_rx, stop_ingest.clone()));
-        for status in &state.sources {
+        // `state.sources` was built from the same list, in the same order.
+        for (source, status) in sources::configured(cfg).into_iter().zip(&state.sources) {
             let (tx, status, stop) = (state.ingest.clone(), status.clone(), stop_sources.clone());
-            match status.kind {
-                SourceKind::Nats => {
-                    tracker.spawn(sources::nats::run(cfg.nats.clone().expect("configured"), tx, status, stop));
-                }
-                SourceKind::Redis => {
-                    tracker.spawn(sources::redis::run(cfg.redis.clone().expect("configured"), tx, status, stop));
-                }
-                SourceKind::JetStream => {
-                    let cfg = cfg.jetstream.clone().expect("configured");
-                    let catalog = state.catalog.clone();
-                    tracker.spawn(sources::jetstream::run(cfg, catalog, tx, status, stop));
-                }
-                SourceKind::RedisStreams => {
-                    let cfg = cfg.redis_streams.clone().expect("configured");
-                    let catalog = state.catalog.clone();
-                    tracker.spawn(sources::redis_streams::run(cfg, catalog, tx, status, stop));
-                }
-                SourceKind::Publish => {}
-            }
+            tracker.spawn(source.run(state.catalog.clone(), tx, status, stop));
         }
         tracker.spawn(housekeeping(state.clone(), life.graceful.clone()));
 

@@ -23,10 +23,10 @@ use tracing::debug;
 
 use super::body::ResponseBody;
 use super::handler::text;
+use super::input::{MAX_EVENT_TYPE_BYTES, MAX_HEADER_BYTES, check_last_event_id, header_bytes};
 use crate::app::AppState;
 use crate::auth::TokenError;
 use crate::config::AuthConfig;
-use crate::input::{MAX_EVENT_TYPE_BYTES, MAX_HEADER_BYTES, check_last_event_id, header_bytes};
 use crate::topic::TopicFilter;
 
 /// Longest query string accepted on `POST /publish` (the same bound as `GET /events`).

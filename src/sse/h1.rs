@@ -38,9 +38,9 @@ use tokio::net::TcpStream;
 use tokio_util::sync::CancellationToken;
 
 use super::body::{ResponseBody, SseBody};
+use super::input::MAX_REQUEST_HEAD_BYTES;
 use super::server::{Conn, Lifecycle, WatchedIo};
 use crate::client::ConnHandle;
-use crate::input::MAX_REQUEST_HEAD_BYTES;
 
 /// Answers a `GET /events` request (no body) on the lean path.
 pub type EventsHandler = dyn Fn(&Request<()>, Conn) -> Response<ResponseBody> + Send + Sync;

@@ -14,15 +14,13 @@ use tracing::debug;
 use super::body::{ResponseBody, SseBody, StreamParts};
 use super::server::Conn;
 use crate::app::AppState;
-use crate::client::{ClientQueue, GAP_EVENT};
-use crate::durable::{self, resume::ResumeInputs};
-use crate::event::{RESERVED_EVENT_PREFIX, frame_control};
-use crate::input::truncate;
+use crate::client::ClientQueue;
+use crate::event::RESERVED_EVENT_PREFIX;
 use crate::limits::Refusal;
-use crate::replay::{Cursor, MAX_CURSOR_LEN};
+use crate::resume::{self, ResumeContext};
 use crate::sources::publish::{PublishError, publish};
 use crate::sources::{PUBLISHED_AT_HEADER, TraceContext};
-use crate::topic::TopicFilter;
+use crate::topic::{TopicFilter, truncate};
 
 /// Longest query string accepted; far above any sane list of topics, far below abuse.
 const MAX_QUERY_BYTES: usize = 16 * 1024;
@@ -136,45 +134,18 @@ fn events<B>(req: &Request<B>, state: &Arc<AppState>, conn: Conn) -> Response<Re
     let mut span = state.telemetry.stream(&topics, last_event_id.is_some());
     // The resume runs atomically with the registration; see Registry::subscribe_from.
     let mut broker_resume = None;
-    let subscription = state.registry.subscribe_from(filters, queue.clone(), |filters, q| {
-        // Positions first, then the sequence: the sequencer publishes them in the other order.
-        let snapshot = (!state.catalog.is_empty()).then(|| state.positions.snapshot());
-        let upto = state.last_seq.get();
-        let Some(id) = &last_event_id else { return upto };
-        if let Some(snapshot) = snapshot {
-            let inputs = ResumeInputs {
-                catalog: &state.catalog,
-                replay: &state.replay,
-                reader: &state.broker_reader,
-                metrics: &state.metrics,
-                run_id: state.run_id,
-                upto,
-                snapshot,
-            };
-            if let Some((covered, resume)) = durable::resume::plan(inputs, filters, &queue, id) {
-                broker_resume = resume;
-                return covered;
-            }
-        }
-        // Without durable streams the id is `<run>-<seq>`; with them, that is its first part.
-        let base = id.split_once('_').map_or(id.as_str(), |(b, _)| b);
-        let plan = state.replay.resume(filters, Cursor::parse(base, state.run_id, upto), upto);
-        if let Some((reason, gap_topics)) = &plan.gap {
-            let data = serde_json::json!({
-                "reason": reason.as_str(),
-                "topics": gap_topics,
-                "last_event_id": truncate(id, MAX_CURSOR_LEN),
-            });
-            q.push_backlog(frame_control(GAP_EVENT, &data.to_string()));
-            state.metrics.count_gap(reason.as_str());
-        }
-        state.metrics.replayed_events.inc_by(plan.events.len() as u64);
-        if let Some(s) = &mut span {
-            s.resumed(plan.events.len(), plan.gap.as_ref().map(|(r, _)| r.as_str()));
-        }
-        for e in plan.events {
-            q.push_backlog(e.frame.clone());
-        }
+    let subscription = state.registry.subscribe_from(filters, queue.clone(), |filters, _| {
+        let cx = ResumeContext {
+            catalog: &state.catalog,
+            positions: &state.positions,
+            last_seq: &state.last_seq,
+            replay: &state.replay,
+            reader: &state.broker_reader,
+            metrics: &state.metrics,
+            run_id: state.run_id,
+        };
+        let (upto, resume) = resume::start(cx, filters, &queue, last_event_id.as_deref(), span.as_deref_mut());
+        broker_resume = resume;
         upto
     });
     debug!(?topics, resume = last_event_id.is_some(), backlog = queue.len(), "Stream opened.");

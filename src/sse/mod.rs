@@ -6,4 +6,5 @@ pub mod cors;
 pub mod guard;
 pub mod h1;
 pub mod handler;
+pub mod input;
 pub mod server;
