@@ -152,6 +152,24 @@ fn bad_env_value_is_named_with_its_source() {
 }
 
 #[test]
+fn auth_and_durable_checks_run_before_start() {
+    let sb = Sandbox::new();
+    let missing_key = sb.file("auth.toml", "[auth]\nalgorithm = \"ES256\"\npublic_key_file = \"/nonexistent.pem\"\n");
+    for out in [sb.check(&missing_key), daemon::run(sb.cmd().arg("--config").arg(&missing_key), RUN_TIMEOUT)] {
+        assert_invalid(&out);
+        assert_contains(&out, &["`auth.public_key_file`", &missing_key.display().to_string(), "/nonexistent.pem"]);
+    }
+    let out = daemon::run(sb.cmd().env("SSE_BRIDGE_AUTH__SECRET", "short").arg("--check-config"), RUN_TIMEOUT);
+    assert_invalid(&out);
+    assert_contains(&out, &["`auth.secret`", "environment variable", "at least 32 bytes"]);
+    // Two Redis stream keys whose id tags collide (FNV-1a of the name, 16 bits).
+    let collide = sb.file("tags.toml", "[redis_streams]\nkeys = [\"k21\", \"k301\"]\n");
+    let out = sb.check(&collide);
+    assert_invalid(&out);
+    assert_contains(&out, &["`jetstream.streams`", "\"k21\" and \"k301\" share the short id tag"]);
+}
+
+#[test]
 fn env_listen_override_is_honoured() {
     let sb = Sandbox::new();
     // Free ports are reserved by bind-and-release, which is racy; retry on a lost race.
