@@ -17,6 +17,7 @@ use figment::providers::{Env, Format, Serialized, Toml};
 use super::check::Invalid;
 use super::error::{ConfigError, KeyError};
 use super::root::Config;
+use super::service_links::is_service_link;
 
 /// The default configuration file name.
 pub const DEFAULT_FILE: &str = "bridge.toml";
@@ -63,7 +64,7 @@ impl Loaded {
 impl Config {
     /// Loads the configuration from all layers and validates it ([`Config::validate`]).
     pub fn load(file: &ConfigFile, overrides: &Overrides) -> Result<Loaded, ConfigError> {
-        Self::load_with_env(file, overrides, Env::prefixed(ENV_PREFIX).split("__"))
+        Self::load_with_env(file, overrides, environment(std::env::vars_os()))
     }
 
     pub(super) fn load_with_env(file: &ConfigFile, overrides: &Overrides, env: Env) -> Result<Loaded, ConfigError> {
@@ -95,6 +96,18 @@ impl Config {
         loaded.config.validate().map_err(|e| loaded.error(e))?;
         Ok(loaded)
     }
+}
+
+/// The environment layer: every `SSE_BRIDGE_*` variable of `vars` except Kubernetes' service
+/// links. The links are picked by name and value here, once; figment's filter sees names only.
+pub(super) fn environment(vars: impl Iterator<Item = (std::ffi::OsString, std::ffi::OsString)>) -> Env {
+    let links: Vec<String> = vars
+        .filter_map(|(k, v)| {
+            let (k, v) = (k.into_string().ok()?, v.into_string().ok()?);
+            is_service_link(ENV_PREFIX, &k, &v).then(|| k[ENV_PREFIX.len()..].to_owned())
+        })
+        .collect();
+    Env::prefixed(ENV_PREFIX).filter(move |key| !links.iter().any(|l| l == key.as_str())).split("__")
 }
 
 fn key_error(fig: &Figment, key: String, reason: impl Display) -> KeyError {

@@ -19,7 +19,8 @@
 //! - `observability`: `[log]`, `[telemetry]`;
 //! - `auth`: `[auth]` (checked by `crate::auth`);
 //! - `check`: the [`Invalid`] error and the checks sections share;
-//! - `load`: the layers and [`Config::load`]; `error`: [`ConfigError`], as the operator reads it.
+//! - `load`: the layers, [`Config::load`], and `service_links`: the Kubernetes variables the
+//!   environment layer leaves out; `error`: [`ConfigError`], as the operator reads it.
 
 mod auth;
 mod capacity;
@@ -29,6 +30,7 @@ mod load;
 mod observability;
 mod root;
 mod server;
+pub mod service_links;
 mod sources;
 
 pub use auth::{AuthConfig, AuthRule, JwtAlgorithm, TopicAccess};

@@ -93,6 +93,56 @@ fn env_overrides_nested_keys() {
     });
 }
 
+/// Loads with no file from the process environment (inside a `figment::Jail`).
+fn load_env() -> Result<Config, String> {
+    Config::load(&ConfigFile::Default, &Overrides::default()).map(|l| l.config).map_err(|e| e.to_string())
+}
+
+#[test]
+#[allow(clippy::result_large_err)] // figment::Jail's signature
+fn kubernetes_service_links_are_not_read_as_keys() {
+    figment::Jail::expect_with(|jail| {
+        // What the kubelet injects for the Services `sse-bridge` (ports http 8080, admin 9090)
+        // and `sse-bridge-admin` of the same namespace.
+        for (svc, ip) in [("SSE_BRIDGE", "10.0.0.1"), ("SSE_BRIDGE_ADMIN", "10.0.0.2")] {
+            jail.set_env(format!("{svc}_SERVICE_HOST"), ip);
+            jail.set_env(format!("{svc}_SERVICE_PORT"), 8080);
+            jail.set_env(format!("{svc}_SERVICE_PORT_HTTP"), 8080);
+            jail.set_env(format!("{svc}_SERVICE_PORT_ADMIN"), 9090);
+            jail.set_env(format!("{svc}_PORT"), format!("tcp://{ip}:8080"));
+            for port in [8080, 9090] {
+                jail.set_env(format!("{svc}_PORT_{port}_TCP"), format!("tcp://{ip}:{port}"));
+                jail.set_env(format!("{svc}_PORT_{port}_TCP_PROTO"), "tcp");
+                jail.set_env(format!("{svc}_PORT_{port}_TCP_PORT"), port);
+                jail.set_env(format!("{svc}_PORT_{port}_TCP_ADDR"), ip);
+            }
+        }
+        assert_eq!(load_env()?, Config::default());
+        // Real keys beside them are still read.
+        jail.set_env("SSE_BRIDGE_SERVER__LISTEN", "0.0.0.0:8081");
+        assert_eq!(load_env()?.server.listen, "0.0.0.0:8081".parse().unwrap());
+        Ok(())
+    });
+}
+
+#[test]
+#[allow(clippy::result_large_err)] // figment::Jail's signature
+fn unknown_keys_beside_service_links_are_still_named() {
+    figment::Jail::expect_with(|jail| {
+        jail.set_env("SSE_BRIDGE_SERVICE_HOST", "10.0.0.1");
+        jail.set_env("SSE_BRIDGE_NOT_A_KEY", "1");
+        let e = load_env().unwrap_err();
+        assert!(e.contains("`not_a_key`") && e.contains("unknown field"), "{e}");
+        assert!(!e.contains("service_host"), "{e}");
+        // A service-link name with a value the kubelet never writes is a (wrong) key.
+        jail.clear_env();
+        jail.set_env("SSE_BRIDGE_PORT", "8080");
+        let e = load_env().unwrap_err();
+        assert!(e.contains("`port`") && e.contains("unknown field"), "{e}");
+        Ok(())
+    });
+}
+
 #[test]
 fn checks_name_the_key_of_every_section() {
     let cases = [
