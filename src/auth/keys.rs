@@ -35,6 +35,7 @@ impl std::fmt::Debug for KeySet {
 }
 
 impl KeySet {
+    /// The key to verify a token naming `kid` with.
     pub(super) fn select(&self, kid: Option<&str>) -> Result<&DecodingKey, TokenError> {
         match kid {
             // A single key (secret, PEM, or a one-key JWKS) verifies any kid: the signature

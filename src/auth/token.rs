@@ -16,7 +16,8 @@ const MAX_HEADER_SEGMENT: usize = 2048;
 const MAX_KID_LEN: usize = 256;
 
 /// Why a presented token was not accepted. The text is sent to the client (one line, in the
-/// `401` body and `WWW-Authenticate`) and never contains the token.
+/// `401` body and `WWW-Authenticate`) and never contains the token; each variant's message
+/// is its documentation.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum TokenError {
     #[error("the token is not a well-formed JWT")]
@@ -47,6 +48,7 @@ pub enum TokenError {
     BadGrants(String),
 }
 
+/// The `jsonwebtoken` algorithm of the configured one.
 pub(super) fn algorithm_of(a: JwtAlgorithm) -> Algorithm {
     match a {
         JwtAlgorithm::HS256 => Algorithm::HS256,
@@ -55,6 +57,7 @@ pub(super) fn algorithm_of(a: JwtAlgorithm) -> Algorithm {
     }
 }
 
+/// The key family a JWKS key must belong to for the configured algorithm.
 pub(super) fn family_of(a: JwtAlgorithm) -> AlgorithmFamily {
     match a {
         JwtAlgorithm::HS256 => AlgorithmFamily::Hmac,
@@ -63,6 +66,7 @@ pub(super) fn family_of(a: JwtAlgorithm) -> AlgorithmFamily {
     }
 }
 
+/// The algorithm's name as a token header and the operator write it.
 pub(super) fn alg_name(a: JwtAlgorithm) -> &'static str {
     match a {
         JwtAlgorithm::HS256 => "HS256",
@@ -71,6 +75,8 @@ pub(super) fn alg_name(a: JwtAlgorithm) -> &'static str {
     }
 }
 
+/// What `jsonwebtoken` checks besides the signature: `exp` (required), `nbf`, and `aud`/`iss`
+/// when configured, all with the configured leeway.
 pub(super) fn validation(cfg: &AuthConfig, alg: Algorithm) -> Validation {
     let mut v = Validation::new(alg);
     v.leeway = cfg.leeway.as_secs();
@@ -91,6 +97,7 @@ pub(super) fn validation(cfg: &AuthConfig, alg: Algorithm) -> Validation {
     v
 }
 
+/// A `jsonwebtoken` failure as the client is told it.
 pub(super) fn token_error(kind: &ErrorKind, expected: JwtAlgorithm) -> TokenError {
     match kind {
         ErrorKind::ExpiredSignature => TokenError::Expired,

@@ -38,6 +38,7 @@ pub struct KeyError {
     pub reason: String,
 }
 
+/// One line per error, in the order found.
 fn lines(errors: &[KeyError]) -> String {
     errors.iter().map(ToString::to_string).collect::<Vec<_>>().join("\n")
 }

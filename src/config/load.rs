@@ -67,6 +67,7 @@ impl Config {
         Self::load_with_env(file, overrides, environment(std::env::vars_os()))
     }
 
+    /// [`Config::load`] with a given environment layer (tests pass one that reads nothing).
     pub(super) fn load_with_env(file: &ConfigFile, overrides: &Overrides, env: Env) -> Result<Loaded, ConfigError> {
         let path = match file {
             ConfigFile::Explicit(p) if !p.is_file() => {
@@ -100,7 +101,7 @@ impl Config {
 
 /// The environment layer: every `SSE_BRIDGE_*` variable of `vars` except Kubernetes' service
 /// links. The links are picked by name and value here, once; figment's filter sees names only.
-pub(super) fn environment(vars: impl Iterator<Item = (std::ffi::OsString, std::ffi::OsString)>) -> Env {
+fn environment(vars: impl Iterator<Item = (std::ffi::OsString, std::ffi::OsString)>) -> Env {
     let links: Vec<String> = vars
         .filter_map(|(k, v)| {
             let (k, v) = (k.into_string().ok()?, v.into_string().ok()?);
@@ -110,6 +111,7 @@ pub(super) fn environment(vars: impl Iterator<Item = (std::ffi::OsString, std::f
     Env::prefixed(ENV_PREFIX).filter(move |key| !links.iter().any(|l| l == key.as_str())).split("__")
 }
 
+/// A failed check on `key`, naming where its value came from.
 fn key_error(fig: &Figment, key: String, reason: impl Display) -> KeyError {
     let origin = describe_source(fig, &key);
     KeyError { key, origin, reason: reason.to_string() }

@@ -24,7 +24,9 @@ impl Default for LogConfig {
 #[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
 #[serde(rename_all = "lowercase")]
 pub enum LogFormat {
+    /// One readable line per event, for a terminal or `journalctl`.
     Text,
+    /// One JSON object per line, for log pipelines.
     Json,
 }
 

@@ -15,8 +15,11 @@ use super::sources::{JetStreamConfig, NatsConfig, RedisConfig, RedisStreamsConfi
 #[serde(deny_unknown_fields, default)]
 #[derive(Default)]
 pub struct Config {
+    /// The public listener and per-stream behaviour.
     pub server: ServerConfig,
+    /// The private listener: health and metrics.
     pub admin: AdminConfig,
+    /// `POST /publish`, off until a token is set.
     pub publish: PublishConfig,
     /// NATS source; absent means NATS is off.
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -32,11 +35,17 @@ pub struct Config {
     pub redis_streams: Option<RedisStreamsConfig>,
     /// Resume from durable broker history (JetStream, Redis Streams).
     pub resume: ResumeConfig,
+    /// Log level and format.
     pub log: LogConfig,
+    /// Ingest queue and registry sharding.
     pub fanout: FanoutConfig,
+    /// The in-memory rings that serve `Last-Event-ID` resumes.
     pub replay: ReplayConfig,
+    /// Stream admission: caps and the per-IP connect rate.
     pub limits: LimitsConfig,
+    /// The heap budget and what is shed to stay under it.
     pub memory: MemoryConfig,
+    /// OpenTelemetry trace export.
     pub telemetry: TelemetryConfig,
     /// Per-topic delivery rules, first match wins: slow-consumer policy and delivery rate.
     pub delivery: Vec<DeliveryRule>,
