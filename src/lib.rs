@@ -43,6 +43,8 @@
 //! - [`telemetry`]: OpenTelemetry spans per event (receive → fan-out → delivery, ending at the
 //!   last subscriber's write) and per stream; nothing at all when tracing is off.
 //! - [`app`]: owns the tasks and the shutdown sequence; `App::run(listener, admin, shutdown)`.
+//! - [`startup`]: the configuration as `main` loads it: every layer, then the checks of the
+//!   modules built from it (token keys, durable stream tags), before anything starts.
 //! - [`shutdown`], [`logging`]: signal future and log setup for `main`.
 
 pub mod admin;
@@ -65,6 +67,7 @@ pub mod retry_hint;
 pub mod shutdown;
 pub mod sources;
 pub mod sse;
+pub mod startup;
 pub mod telemetry;
 pub mod topic;
 
