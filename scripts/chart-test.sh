@@ -2,7 +2,8 @@
 # Chart and image checks without a cluster or a Docker engine (what CI runs for charts/ and the
 # Dockerfile). Installs the pinned tools of charts/requirements.txt into a virtualenv under
 # target/ when missing or changed (needs PyPI, nothing else), builds the bridge binary so the
-# rendered bridge.toml goes through `sse-bridge --check-config`, then runs
+# rendered bridge.toml goes through `sse-bridge --check-config` (also as the release
+# `sse-bridge`, with the service-link variables Kubernetes would inject), then runs
 # charts/sse-bridge/ci/chart_test.py: helm lint, values.schema.json, render of every
 # charts/sse-bridge/ci/*-values.yaml, kubernetes-validate --strict against pinned Kubernetes
 # versions, the chart's promises, values that must be refused, and hadolint on the Dockerfile.

@@ -19,7 +19,7 @@ use crate::admin;
 use crate::client::{CloseReason, now_ms};
 use crate::config::Config;
 use crate::ingest::{Pipeline, Sequencer};
-use crate::sources::{self, SourceKind, SourceMessage};
+use crate::sources::{self, SourceMessage};
 use crate::sse::conn::Lifecycle;
 use crate::sse::h1::LeanEvents;
 use crate::sse::handler;
@@ -131,27 +131,10 @@ fn start_ingest(state: &Arc<AppState>, ingest_rx: mpsc::Receiver<SourceMessage>,
         },
     );
     tracker.spawn(sequencer.run(ingest_rx, tasks.stop_ingest.clone()));
-    for status in &state.sources {
+    // `state.sources` was built from the same list, in the same order.
+    for (source, status) in sources::configured(cfg).into_iter().zip(&state.sources) {
         let (tx, status, stop) = (state.ingest.clone(), status.clone(), tasks.stop_sources.clone());
-        match status.kind {
-            SourceKind::Nats => {
-                tracker.spawn(sources::nats::run(cfg.nats.clone().expect("configured"), tx, status, stop));
-            }
-            SourceKind::Redis => {
-                tracker.spawn(sources::redis::run(cfg.redis.clone().expect("configured"), tx, status, stop));
-            }
-            SourceKind::JetStream => {
-                let cfg = cfg.jetstream.clone().expect("configured");
-                let catalog = state.catalog.clone();
-                tracker.spawn(sources::jetstream::run(cfg, catalog, tx, status, stop));
-            }
-            SourceKind::RedisStreams => {
-                let cfg = cfg.redis_streams.clone().expect("configured");
-                let catalog = state.catalog.clone();
-                tracker.spawn(sources::redis_streams::run(cfg, catalog, tx, status, stop));
-            }
-            SourceKind::Publish => {}
-        }
+        tracker.spawn(source.run(state.catalog.clone(), tx, status, stop));
     }
 }
 

@@ -13,10 +13,11 @@
 //! - [`event`]: the bridge's [`event::EventId`] (`run-seq`) and the SSE framing, done once per
 //!   event into one refcounted `Bytes`.
 //! - [`sources`]: NATS, Redis pub/sub, JetStream, Redis Streams and `POST /publish`. Each source copies messages out of its
-//!   client, reconnects with capped backoff, and feeds one bounded ingest channel.
-//! - [`durable`]: JetStream streams and Redis Streams as durable sources: the vector cursor
-//!   (every id carries each durable stream's position) and the bounded, coalescing broker reader
-//!   that replays them when a resume is older than the ring, after a restart or on a replica.
+//!   client, bounds what it accepts, reconnects with capped backoff, and feeds one bounded
+//!   ingest channel.
+//! - [`durable`]: JetStream streams and Redis Streams as durable sources: their catalog, where
+//!   the sequencer stands in them, and the vector cursor (every id carries each durable
+//!   stream's position).
 //! - [`ingest`]: the single sequencer. It assigns ids in arrival order, frames the event,
 //!   retains it for replay, publishes the last sequence, and hands the event to the registry's fan-out. One task,
 //!   one order: every client sees increasing ids, so one id is a resume cursor for all its topics.
@@ -28,8 +29,9 @@
 //! - [`client`]: one subscriber's bounded queue and the slow-consumer policies.
 //! - [`auth`]: topic authorization: public/token rules per topic pattern, JWT verification
 //!   (pinned algorithm, keys from a secret, a PEM file or a JWKS file), grants in a claim.
-//! - [`input`]: bounds on untrusted input: request headers and `Last-Event-ID`; broker messages
-//!   (size cap, counted and rate-limited logging of what is dropped).
+//! - [`resume`]: `Last-Event-ID` resume: from the rings, or from the durable streams' brokers
+//!   through a bounded, coalescing reader when the id is older than the ring, comes from before
+//!   a restart or from a replica.
 //! - [`limits`]: admission: stream caps (global, per IP) and the per-IP connect rate.
 //! - [`sse`]: the listener: a lean HTTP/1.1 path for `GET /events` (no per-connection buffers
 //!   beyond a small head buffer; chunked, vectored writes) and hyper 1.x for everything else
@@ -41,6 +43,8 @@
 //! - [`telemetry`]: OpenTelemetry spans per event (receive → fan-out → delivery, ending at the
 //!   last subscriber's write) and per stream; nothing at all when tracing is off.
 //! - [`app`]: owns the tasks and the shutdown sequence; `App::run(listener, admin, shutdown)`.
+//! - [`startup`]: the configuration as `main` loads it: every layer, then the checks of the
+//!   modules built from it (token keys, durable stream tags), before anything starts.
 //! - [`shutdown`], [`logging`]: signal future and log setup for `main`.
 
 pub mod admin;
@@ -51,7 +55,6 @@ pub mod config;
 pub mod durable;
 pub mod event;
 pub mod ingest;
-pub mod input;
 pub mod limits;
 pub mod logging;
 pub mod memory;
@@ -59,9 +62,12 @@ pub mod metrics;
 pub mod policy;
 pub mod registry;
 pub mod replay;
+pub mod resume;
+pub mod retry_hint;
 pub mod shutdown;
 pub mod sources;
 pub mod sse;
+pub mod startup;
 pub mod state;
 pub mod telemetry;
 pub mod topic;

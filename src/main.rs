@@ -6,7 +6,7 @@ use std::process::ExitCode;
 
 use clap::Parser;
 use sse_bridge::config::{ConfigFile, Overrides};
-use sse_bridge::{App, Config, logging, shutdown};
+use sse_bridge::{App, logging, shutdown, startup};
 use tokio::net::TcpListener;
 use tracing::{error, info};
 
@@ -45,7 +45,7 @@ fn main() -> ExitCode {
     };
     let overrides =
         Overrides { listen: args.listen, admin_listen: args.admin_listen, log_level: args.log_level.clone() };
-    let (config, path) = match Config::load(&file, &overrides) {
+    let (config, path) = match startup::load_config(&file, &overrides) {
         Ok(c) => c,
         Err(e) => {
             eprintln!("sse-bridge: {e}");

@@ -13,7 +13,6 @@ use tracing::info;
 
 use crate::auth::Auth;
 use crate::config::{Config, ReplayConfig};
-use crate::durable::reader::BrokerReader;
 use crate::durable::{Catalog, Positions};
 use crate::event::new_run_id;
 use crate::ingest::LastSeq;
@@ -23,7 +22,8 @@ use crate::metrics::Metrics;
 use crate::policy::DeliveryRules;
 use crate::registry::Registry;
 use crate::replay::ReplayStore;
-use crate::sources::{IngestSender, SourceKind, SourceStatus};
+use crate::resume::BrokerReader;
+use crate::sources::{self, IngestSender, SourceStatus};
 use crate::telemetry::Telemetry;
 
 /// State shared by request handlers, the admin endpoints and tests.
@@ -70,19 +70,7 @@ impl AppState {
     /// Builds the state from a validated configuration; `ingest` is the sending side of the
     /// sequencer's channel (the app keeps the receiving side). Nothing runs yet.
     pub fn new(config: Config, telemetry: Telemetry, ingest: IngestSender) -> AppState {
-        let mut statuses = Vec::new();
-        if config.nats.is_some() {
-            statuses.push(Arc::new(SourceStatus::new(SourceKind::Nats)));
-        }
-        if config.redis.is_some() {
-            statuses.push(Arc::new(SourceStatus::new(SourceKind::Redis)));
-        }
-        if config.jetstream.is_some() {
-            statuses.push(Arc::new(SourceStatus::new(SourceKind::JetStream)));
-        }
-        if config.redis_streams.is_some() {
-            statuses.push(Arc::new(SourceStatus::new(SourceKind::RedisStreams)));
-        }
+        let statuses = sources::configured(&config).iter().map(|s| Arc::new(SourceStatus::new(s.kind()))).collect();
         let catalog = Arc::new(Catalog::from_config(&config));
         let metrics = Arc::new(Metrics::new());
         let broker_reader = Arc::new(BrokerReader::new(&config, catalog.clone(), metrics.clone()));

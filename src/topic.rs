@@ -190,6 +190,20 @@ fn validate_chars(s: &str, max_len: usize) -> Result<(), TopicError> {
     Ok(())
 }
 
+/// `s` cut to at most `max` bytes on a character boundary: how a topic (or any client or
+/// publisher input) is echoed back in a refusal, a gap event or a log line without letting its
+/// length through. Here, at the bottom, so every layer that echoes input can use it.
+pub fn truncate(s: &str, max: usize) -> &str {
+    if s.len() <= max {
+        return s;
+    }
+    let mut end = max;
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    &s[..end]
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

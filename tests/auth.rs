@@ -3,11 +3,7 @@
 //! legacy `publish.token`, key files re-read when they change, CORS with credentials, and that a
 //! token sent in a query string never reaches the logs.
 
-#[path = "common/bridge_process.rs"]
-mod bridge_process;
 mod common;
-#[path = "common/daemon.rs"]
-mod daemon;
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -19,13 +15,12 @@ use jsonwebtoken::{Algorithm, EncodingKey, Header, encode, get_current_timestamp
 use reqwest::StatusCode;
 use serde_json::{Value, json};
 
-use bridge_process::BridgeProcess;
+use common::bridge_process::BridgeProcess;
+use common::logs::CapturedLogs;
 use common::sse_client::{self, SseError, SseStream, test_client};
-use common::{EVENT_TIMEOUT, TOKEN, TestApp, start_app, test_config, urlencode, wait_until};
+use common::{EVENT_TIMEOUT, SECRET, TOKEN, TestApp, rejected_count, start_app, test_config, urlencode, wait_until};
 use sse_bridge::Config;
 use sse_bridge::config::{AuthConfig, AuthRule, JwtAlgorithm, TopicAccess};
-
-const SECRET: &str = "test-secret-0123456789-0123456789-abcdef";
 
 fn fixture(name: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/auth").join(name)
@@ -120,12 +115,6 @@ async fn refused(
 
 fn bearer(token: &str) -> String {
     format!("Bearer {token}")
-}
-
-async fn rejected_count(app: &TestApp, reason: &str) -> f64 {
-    let text = test_client().get(app.admin_url("/metrics")).send().await.unwrap().text().await.unwrap();
-    let series = format!("sse_bridge_requests_rejected_total{{reason=\"{reason}\"}} ");
-    text.lines().find_map(|l| l.strip_prefix(&series)).map_or(0.0, |v| v.trim().parse().unwrap())
 }
 
 #[tokio::test]
@@ -361,6 +350,8 @@ async fn jwks_file_is_reread_when_it_changes() {
     write_jwks(&jwks, vec![jwk("rsa-private.pem", "k1")]);
     let cfg =
         AuthConfig { algorithm: JwtAlgorithm::RS256, secret: None, jwks_file: Some(jwks.clone()), ..auth_config() };
+    // The bridge checks the file when a token is verified; its logs tell when it looked.
+    let (logs, _capture) = CapturedLogs::start();
     let app = start_app(config_with(cfg)).await;
     let c = claims(&["orders.>"], &[]);
     let t1 = sign(Algorithm::RS256, &rsa_key("rsa-private.pem"), Some("k1"), &c);
@@ -371,11 +362,10 @@ async fn jwks_file_is_reread_when_it_changes() {
     // Rotation: k2 joins the set. Within the check interval the bridge picks it up.
     write_jwks(&jwks, vec![jwk("rsa-private.pem", "k1"), jwk("rsa2-private.pem", "k2")]);
     let a2 = bearer(&t2);
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-    while open(&app, &["orders.1"], "", &[("authorization", &a2)]).await.is_err() {
-        assert!(tokio::time::Instant::now() < deadline, "the new key was not picked up");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    wait_until("the new key to be picked up", async || {
+        open(&app, &["orders.1"], "", &[("authorization", &a2)]).await.is_ok()
+    })
+    .await;
     admitted(&app, &["orders.1"], "", &[("authorization", &bearer(&t1))]).await;
     // With several keys the kid must name one.
     invalid(&app, &sign(Algorithm::RS256, &rsa_key("rsa2-private.pem"), None, &c), "no kid").await;
@@ -383,16 +373,21 @@ async fn jwks_file_is_reread_when_it_changes() {
 
     // A broken file keeps the keys that were loaded.
     std::fs::write(&jwks, b"{ not json").unwrap();
-    tokio::time::sleep(sse_bridge::auth::KEY_FILE_CHECK_INTERVAL + Duration::from_millis(200)).await;
+    let path = jwks.display().to_string();
+    wait_until("the bridge to read the broken key file", async || {
+        // A verification is what makes the bridge look at the file again.
+        let _ = open(&app, &["orders.1"], "", &[("authorization", &a2)]).await;
+        logs.has_line(&["WARN", &path])
+    })
+    .await;
     admitted(&app, &["orders.1"], "", &[("authorization", &a2)]).await;
     // k1 retired.
     write_jwks(&jwks, vec![jwk("rsa2-private.pem", "k2")]);
     let a1 = bearer(&t1);
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-    while open(&app, &["orders.1"], "", &[("authorization", &a1)]).await.is_ok() {
-        assert!(tokio::time::Instant::now() < deadline, "the retired key still verifies");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    wait_until("the retired key to stop verifying", async || {
+        open(&app, &["orders.1"], "", &[("authorization", &a1)]).await.is_err()
+    })
+    .await;
 }
 
 async fn publish_status(app: &TestApp, topic: &str, headers: &[(&str, &str)]) -> (StatusCode, String) {
@@ -539,7 +534,7 @@ fn the_token_in_a_query_string_never_reaches_the_logs() {
         // A publish with the JWT, so the stream path and the publish path both ran.
         let r = c.post(url("/publish?topic=orders.1".into())).bearer_auth(&good).body("x").send().await.unwrap();
         assert_eq!(r.status(), 200);
-        wait_until("debug logs flushed", || bridge.daemon.stderr().contains("Token refused")).await;
+        wait_until("debug logs flushed", async || bridge.daemon.stderr().contains("Token refused")).await;
     });
     let logs = bridge.stop();
     if std::env::var("SHOW_LOGS").is_ok() {

@@ -5,17 +5,15 @@
 //! accident) and an environment without `SSE_BRIDGE_*` variables, except where a test sets
 //! them or deliberately runs in the repository root.
 
-#[path = "common/brokers.rs"]
-mod brokers;
-#[path = "common/daemon.rs"]
-mod daemon;
+mod common;
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use daemon::{Daemon, Output, bridge_command};
+use common::brokers;
+use common::daemon::{self, Daemon, Output, bridge_command};
 use nix::sys::signal::Signal;
 
 /// A config error is reported before anything starts; this is generous for a loaded machine.
@@ -149,6 +147,75 @@ fn bad_env_value_is_named_with_its_source() {
         "the file is blamed for an environment value:\n{}",
         out.stderr
     );
+}
+
+/// What the kubelet injects into every pod of a namespace holding the Services `sse-bridge`
+/// (ports `http` 8080 and `admin` 9090) and `sse-bridge-admin` (port `admin` 9090), as
+/// `helm install sse-bridge` with service links on would produce.
+fn service_link_env() -> Vec<(String, String)> {
+    let mut env = Vec::new();
+    for (svc, ip, ports) in [
+        ("SSE_BRIDGE", "10.0.0.1", &[("HTTP", 8080), ("ADMIN", 9090)][..]),
+        ("SSE_BRIDGE_ADMIN", "10.0.0.2", &[("ADMIN", 9090)][..]),
+    ] {
+        env.push((format!("{svc}_SERVICE_HOST"), ip.to_string()));
+        env.push((format!("{svc}_SERVICE_PORT"), ports[0].1.to_string()));
+        env.push((format!("{svc}_PORT"), format!("tcp://{ip}:{}", ports[0].1)));
+        for (name, port) in ports {
+            env.push((format!("{svc}_SERVICE_PORT_{name}"), port.to_string()));
+            let p = format!("{svc}_PORT_{port}_TCP");
+            env.push((p.clone(), format!("tcp://{ip}:{port}")));
+            env.push((format!("{p}_PROTO"), "tcp".into()));
+            env.push((format!("{p}_PORT"), port.to_string()));
+            env.push((format!("{p}_ADDR"), ip.to_string()));
+        }
+    }
+    env
+}
+
+#[test]
+fn kubernetes_service_links_pass_check_config() {
+    let sb = Sandbox::new();
+    let file = sb.file("ok.toml", "[nats]\nsubjects = [\"a.>\"]\n");
+    let mut cmd = sb.cmd();
+    cmd.envs(service_link_env()).env("SSE_BRIDGE_SERVER__LISTEN", "0.0.0.0:8080");
+    let out = daemon::run(cmd.arg("--config").arg(&file).arg("--check-config"), RUN_TIMEOUT);
+    assert_eq!(out.code(), 0, "stderr:\n{}", out.stderr);
+    assert!(out.stdout.contains("configuration OK"), "{}", out.stdout);
+}
+
+#[test]
+fn unknown_env_key_beside_service_links_is_named() {
+    let sb = Sandbox::new();
+    let mut cmd = sb.cmd();
+    cmd.envs(service_link_env()).env("SSE_BRIDGE_NOT_A_KEY", "1");
+    let out = daemon::run(cmd.arg("--check-config"), RUN_TIMEOUT);
+    assert_invalid(&out);
+    assert_contains(&out, &["`not_a_key`", "SSE_BRIDGE_", "unknown field"]);
+    assert!(!out.stderr.contains("service"), "a service link was read as a key:\n{}", out.stderr);
+
+    // A service-link name with a value Kubernetes never writes is a key, so it is refused.
+    let out = daemon::run(sb.cmd().env("SSE_BRIDGE_PORT", "8080").arg("--check-config"), RUN_TIMEOUT);
+    assert_invalid(&out);
+    assert_contains(&out, &["`port`", "unknown field"]);
+}
+
+#[test]
+fn auth_and_durable_checks_run_before_start() {
+    let sb = Sandbox::new();
+    let missing_key = sb.file("auth.toml", "[auth]\nalgorithm = \"ES256\"\npublic_key_file = \"/nonexistent.pem\"\n");
+    for out in [sb.check(&missing_key), daemon::run(sb.cmd().arg("--config").arg(&missing_key), RUN_TIMEOUT)] {
+        assert_invalid(&out);
+        assert_contains(&out, &["`auth.public_key_file`", &missing_key.display().to_string(), "/nonexistent.pem"]);
+    }
+    let out = daemon::run(sb.cmd().env("SSE_BRIDGE_AUTH__SECRET", "short").arg("--check-config"), RUN_TIMEOUT);
+    assert_invalid(&out);
+    assert_contains(&out, &["`auth.secret`", "environment variable", "at least 32 bytes"]);
+    // Two Redis stream keys whose id tags collide (FNV-1a of the name, 16 bits).
+    let collide = sb.file("tags.toml", "[redis_streams]\nkeys = [\"k21\", \"k301\"]\n");
+    let out = sb.check(&collide);
+    assert_invalid(&out);
+    assert_contains(&out, &["`jetstream.streams`", "\"k21\" and \"k301\" share the short id tag"]);
 }
 
 #[test]

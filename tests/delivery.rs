@@ -6,13 +6,9 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use common::brokers::{NatsServer, RedisServer, nats_client, redis_conn, redis_publish};
+use common::events::event_id;
 use common::sse_client::{self, SseStream};
 use common::{EVENT_TIMEOUT, TOKEN, nats_config, redis_config, start_app, sync_on_probe, test_config};
-use sse_bridge::event::EventId;
-
-fn seq(id: &Option<String>) -> u64 {
-    id.as_deref().expect("event has an id").parse::<EventId>().expect("bridge id").seq
-}
 
 async fn next(s: &mut SseStream) -> common::sse_client::SseEvent {
     s.next_event(EVENT_TIMEOUT).await.expect("stream open")
@@ -55,7 +51,7 @@ async fn nats_messages_with_and_without_event_header() {
     let b = next(&mut exact).await;
     assert_eq!(b.event.as_deref(), Some("order.created"));
     assert_eq!(b.data, "line1\nline2\nline3\nline4");
-    assert!(seq(&b.id) > seq(&a.id));
+    assert!(event_id(&b).seq > event_id(&a).seq);
 
     let s1 = next(&mut star).await;
     let s2 = next(&mut star).await;
@@ -98,7 +94,7 @@ async fn redis_channels_patterns_and_envelopes() {
     let r1 = next(&mut rooms).await;
     let r2 = next(&mut rooms).await;
     assert_eq!((r1.data.as_str(), r2.data.as_str()), ("in room 42", "in room 43"));
-    assert!(seq(&r2.id) > seq(&r1.id));
+    assert!(event_id(&r2).seq > event_id(&r1).seq);
 }
 
 #[tokio::test]
@@ -164,7 +160,7 @@ async fn publish_endpoint_frames_byte_for_byte() {
     assert_eq!(got.iter().map(|e| e.data.as_str()).collect::<Vec<_>>(), want);
     assert_eq!(got.iter().map(|e| e.id.clone().unwrap()).collect::<Vec<_>>(), ids, "ids as returned by /publish");
     assert_eq!(got[6].event.as_deref(), Some("score"));
-    assert!(got.windows(2).all(|w| seq(&w[0].id) < seq(&w[1].id)), "ids increase");
+    assert!(got.windows(2).all(|w| event_id(&w[0]).seq < event_id(&w[1]).seq), "ids increase");
 }
 
 #[tokio::test]

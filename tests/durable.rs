@@ -2,18 +2,15 @@
 //! replicas, older than the ring, older than the broker's retention, and a resume storm whose
 //! broker reads stay under the configured bound. Real nats-server (JetStream) and redis-server.
 
-#[path = "common/bridge_process.rs"]
-mod bridge_process;
 mod common;
-#[path = "common/daemon.rs"]
-mod daemon;
 
 use std::time::Duration;
 
 use async_nats::jetstream;
+use common::bridge_process::BridgeProcess;
 use common::brokers::{NatsServer, RedisServer, nats_client, redis_conn};
 use common::sse_client::{self, SseEvent, SseStream};
-use common::{EVENT_TIMEOUT, TestApp, start_app, test_config};
+use common::{EVENT_TIMEOUT, TestApp, start_app, test_config, wait_until};
 use sse_bridge::Config;
 use sse_bridge::config::{JetStreamConfig, RedisStreamsConfig};
 
@@ -69,10 +66,6 @@ async fn started(config: Config) -> TestApp {
     app
 }
 
-async fn resume(app: &TestApp, topics: &[&str], last_id: &str) -> SseStream {
-    app.subscribe_with(topics, &[("last-event-id", last_id)]).await
-}
-
 fn data(events: &[SseEvent]) -> Vec<&str> {
     events.iter().map(|e| e.data.as_str()).collect()
 }
@@ -113,7 +106,7 @@ async fn jetstream_resume_across_a_restart_has_no_gap_and_no_duplicate() {
         js_publish(&js, if i % 2 == 0 { "orders.b" } else { "orders.a" }, &format!("m{i}")).await;
     }
     let second = started(js_config(&nats)).await;
-    let mut r = resume(&second, &["orders.*"], &last).await;
+    let mut r = second.resume(&["orders.*"], &last).await;
     let got = take_no_gap(&mut r, 3).await;
     assert_eq!(data(&got), ["m4", "m5", "m6"]);
     js_publish(&js, "orders.a", "m7").await;
@@ -122,7 +115,7 @@ async fn jetstream_resume_across_a_restart_has_no_gap_and_no_duplicate() {
 
     // Resuming from the replayed ids works too (they are complete cursors).
     let mid = got[0].id.clone().unwrap();
-    let mut again = resume(&second, &["orders.*"], &mid).await;
+    let mut again = second.resume(&["orders.*"], &mid).await;
     assert_eq!(data(&take_no_gap(&mut again, 3).await), ["m5", "m6", "m7"]);
 }
 
@@ -145,7 +138,7 @@ async fn redis_streams_resume_across_a_restart_has_no_gap_and_no_duplicate() {
     xadd(&mut conn, "chat", "c2").await;
     xadd(&mut conn, "audit", "a3").await;
     let second = started(rs_config(&redis, &["audit", "chat"])).await;
-    let mut r = resume(&second, &["audit", "chat"], &last).await;
+    let mut r = second.resume(&["audit", "chat"], &last).await;
     let got = take_no_gap(&mut r, 3).await;
     let mut seen = data(&got);
     seen.sort();
@@ -169,7 +162,7 @@ async fn resume_on_another_replica_has_no_gap_and_no_duplicate() {
     let seen_a = take_no_gap(&mut on_a, 6).await;
     take_no_gap(&mut on_b, 6).await; // B has sequenced them too
     let cursor = seen_a[2].id.clone().unwrap();
-    let mut moved = resume(&b, &["orders.>"], &cursor).await;
+    let mut moved = b.resume(&["orders.>"], &cursor).await;
     assert_eq!(data(&take_no_gap(&mut moved, 3).await), ["m4", "m5", "m6"]);
     js_publish(&js, "orders.x", "m7").await;
     assert_eq!(data(&take_no_gap(&mut moved, 1).await), ["m7"]);
@@ -177,23 +170,15 @@ async fn resume_on_another_replica_has_no_gap_and_no_duplicate() {
     // An id from A that is newer than anything B has sequenced is not replayed twice: B's live
     // events up to it are skipped.
     let newest_a = take_no_gap(&mut on_a, 1).await[0].id.clone().unwrap();
-    let mut up_to_date = resume(&b, &["orders.>"], &newest_a).await;
+    let mut up_to_date = b.resume(&["orders.>"], &newest_a).await;
     js_publish(&js, "orders.x", "m8").await;
     assert_eq!(data(&take_no_gap(&mut up_to_date, 1).await), ["m8"]);
 }
 
 /// Waits until a bridge process reports `source` connected on its admin listener.
-async fn process_connected(p: &bridge_process::BridgeProcess, source: &str) {
+async fn process_connected(p: &BridgeProcess, source: &str) {
     let series = format!("sse_bridge_broker_up{{source=\"{source}\"}}");
-    let deadline = tokio::time::Instant::now() + EVENT_TIMEOUT;
-    loop {
-        let text = sse_client::test_client().get(p.admin_url("/metrics")).send().await.unwrap().text().await.unwrap();
-        if common::sample(&text, &series) == Some(1.0) {
-            return;
-        }
-        assert!(tokio::time::Instant::now() < deadline, "{source} never connected");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    wait_until(&format!("{source} connected"), async || common::sample(&p.metrics().await, &series) == Some(1.0)).await;
 }
 
 #[tokio::test]
@@ -202,8 +187,8 @@ async fn two_bridge_processes_share_one_history() {
     let mut conn = redis_conn(&redis.url()).await;
     let section =
         format!("[redis_streams]\nurl = \"{}\"\nkeys = [\"audit\", \"chat\"]\nblock = \"500ms\"\n", redis.url());
-    let a = bridge_process::BridgeProcess::start(&section, &[]);
-    let b = bridge_process::BridgeProcess::start(&section, &[]);
+    let a = BridgeProcess::start(&section, &[]);
+    let b = BridgeProcess::start(&section, &[]);
     process_connected(&a, "redis_streams").await;
     process_connected(&b, "redis_streams").await;
     let mut on_a = sse_client::connect(&a.url("/events?topic=audit&topic=chat"), &[]).await.unwrap();
@@ -265,7 +250,7 @@ async fn resume_older_than_the_ring_comes_from_the_broker() {
         js_publish(&js, "orders.a", &format!("m{i}")).await;
     }
     let got = take_no_gap(&mut s, 10).await;
-    let mut r = resume(&app, &["orders.*"], got[1].id.as_deref().unwrap()).await;
+    let mut r = app.resume(&["orders.*"], got[1].id.as_deref().unwrap()).await;
     let replayed = take_no_gap(&mut r, 8).await;
     assert_eq!(data(&replayed), ["m3", "m4", "m5", "m6", "m7", "m8", "m9", "m10"]);
     js_publish(&js, "orders.a", "m11").await;
@@ -288,7 +273,7 @@ async fn resume_older_than_retention_gets_a_gap_then_the_rest() {
         js_publish(&js, "orders.a", &format!("m{i}")).await; // the stream keeps m6..m10
     }
     let second = started(js_config(&nats)).await;
-    let mut r = resume(&second, &["orders.*"], &last).await;
+    let mut r = second.resume(&["orders.*"], &last).await;
     let gap = gap_of(&r.next_event(EVENT_TIMEOUT).await.unwrap());
     assert_eq!(gap["reason"], "retention");
     assert_eq!(gap["topics"], serde_json::json!(["orders.*"]));
@@ -316,7 +301,7 @@ async fn resume_older_than_retention_gets_a_gap_then_the_rest() {
             .unwrap();
     }
     let app = started(rs_config(&redis, &["audit"])).await;
-    let mut r = resume(&app, &["audit"], &last).await;
+    let mut r = app.resume(&["audit"], &last).await;
     assert_eq!(gap_of(&r.next_event(EVENT_TIMEOUT).await.unwrap())["reason"], "retention");
     assert_eq!(data(&take_no_gap(&mut r, 3).await), ["a4", "a5", "a6"]);
 }
@@ -379,7 +364,7 @@ async fn jetstream_outage_loses_nothing_the_stream_keeps() {
     js_publish(&js, "orders.a", "m1").await;
     assert_eq!(data(&take_no_gap(&mut s, 1).await), ["m1"]);
     nats.kill9();
-    common::wait_until("the source sees the outage", || !app.state.sources[0].is_connected()).await;
+    wait_until("the source sees the outage", async || !app.state.sources[0].is_connected()).await;
     nats.restart().await;
     // Published as soon as the server is back, before the bridge has reconnected.
     let js = jetstream::new(nats_client(&nats.url()).await);
@@ -400,7 +385,7 @@ async fn redis_streams_outage_keeps_streams_open_and_reads_on() {
     xadd(&mut conn, "audit", "a1").await;
     assert_eq!(data(&take_no_gap(&mut s, 1).await), ["a1"]);
     redis.kill9();
-    common::wait_until("the source sees the outage", || !app.state.sources[0].is_connected()).await;
+    wait_until("the source sees the outage", async || !app.state.sources[0].is_connected()).await;
     redis.restart().await; // this test server keeps nothing on disk: the stream starts empty
     let mut conn = redis_conn(&redis.url()).await;
     for i in 2..=3 {
@@ -433,7 +418,7 @@ async fn jetstream_subject_filters_apply_live_and_in_replays() {
     let second = started(config()).await;
     // `orders.eu.>` lies inside the bridged subjects, so only the stream can deliver to it (a
     // wider filter could also get `/publish` events, which no broker keeps: an `unknown-run` gap).
-    let mut r = resume(&second, &["orders.eu.>"], &last).await;
+    let mut r = second.resume(&["orders.eu.>"], &last).await;
     assert_eq!(data(&take_no_gap(&mut r, 1).await), ["eu2"], "replays bridge the same subjects");
     js_publish(&js, "orders.eu.3", "eu3").await;
     assert_eq!(data(&take_no_gap(&mut r, 1).await), ["eu3"]);
@@ -458,7 +443,7 @@ async fn resume_beyond_the_replay_limit_gets_a_gap_then_the_newest() {
         xadd(&mut conn, "audit", &format!("a{i}")).await;
     }
     let second = started(config()).await;
-    let mut r = resume(&second, &["audit"], &last).await;
+    let mut r = second.resume(&["audit"], &last).await;
     assert_eq!(gap_of(&r.next_event(EVENT_TIMEOUT).await.unwrap())["reason"], "replay-limit");
     assert_eq!(data(&take_no_gap(&mut r, 3).await), ["a4", "a5", "a6"]);
 }
@@ -488,7 +473,7 @@ async fn one_id_resumes_topics_from_jetstream_and_redis_streams_together() {
     xadd(&mut conn, "audit", "r2").await;
     js_publish(&js, "orders.b", "j3").await;
     let second = started(config()).await;
-    let mut r = resume(&second, &["orders.*", "audit"], &last).await;
+    let mut r = second.resume(&["orders.*", "audit"], &last).await;
     let got = take_no_gap(&mut r, 3).await;
     let d = data(&got);
     assert!(d.iter().position(|x| *x == "j2") < d.iter().position(|x| *x == "j3"), "stream order kept: {d:?}");

@@ -2,12 +2,11 @@
 //! they start, carry messages, survive kill -9 + restart on the same port,
 //! and leave no process or directory behind when dropped.
 
-#[path = "common/brokers.rs"]
-mod brokers;
+mod common;
 
 use std::time::Duration;
 
-use brokers::{NatsServer, RedisServer};
+use common::brokers::{self, NatsServer, RedisServer};
 use futures_util::StreamExt;
 use nix::errno::Errno;
 use nix::sys::signal::kill;

@@ -125,15 +125,6 @@ async fn subscribe_raw(app: &TestApp, topic: &str) -> (Raw, Head) {
     (r, head)
 }
 
-/// Publishes through `/publish`; returns the id.
-async fn publish(client: &reqwest::Client, app: &TestApp, topic: &str, body: String) -> String {
-    let r =
-        client.post(app.url(&format!("/publish?topic={topic}"))).bearer_auth(TOKEN).body(body).send().await.unwrap();
-    assert_eq!(r.status(), 200);
-    let v: serde_json::Value = r.json().await.unwrap();
-    v["id"].as_str().unwrap().to_owned()
-}
-
 /// Reads chunks until `n` events are in.
 async fn events(r: &mut Raw, parser: &mut SseParser, n: usize) -> Vec<SseEvent> {
     let mut got = Vec::new();
@@ -163,7 +154,7 @@ async fn a_raw_client_gets_a_well_formed_chunked_stream() {
     let first = r.chunk().await.expect("opening comment");
     assert_eq!(first, format!(": ok\nretry: {}\n\n", app.state.config.server.retry.as_millis()).as_bytes());
 
-    let id = publish(&test_client(), &app, "lean.a", "hello".into()).await;
+    let id = app.publish("lean.a", None, "hello").await;
     let frame = r.chunk().await.expect("stream open");
     assert_eq!(String::from_utf8(frame).unwrap(), format!("id: {id}\ndata: hello\n\n"));
 
@@ -224,7 +215,7 @@ async fn a_head_sent_in_small_pieces_is_parsed() {
         assert!(r.chunk().await.expect("opening comment").starts_with(b": ok\n"));
         open.push(r);
     }
-    wait_until("four streams", || app.state.registry.subscriber_count() == 4).await;
+    wait_until("four streams", async || app.state.registry.subscriber_count() == 4).await;
 }
 
 #[tokio::test]
@@ -286,7 +277,7 @@ async fn http10_streams_end_with_the_connection() {
         assert!(r.fill().await);
     }
     r.buf.clear();
-    let id = publish(&test_client(), &app, "lean.ten", "plain".into()).await;
+    let id = app.publish("lean.ten", None, "plain").await;
     let want = format!("id: {id}\ndata: plain\n\n");
     while r.buf.len() < want.len() {
         assert!(r.fill().await);
@@ -299,7 +290,7 @@ async fn everything_else_still_goes_to_hyper_on_the_same_port() {
     let app = start_app(test_config()).await;
     let (mut stream, _) = subscribe_raw(&app, "lean.x").await;
     // POST /publish (reqwest, keep-alive).
-    let id = publish(&test_client(), &app, "lean.x", "via hyper".into()).await;
+    let id = app.publish("lean.x", None, "via hyper").await;
     assert_eq!(String::from_utf8(stream.chunk().await.unwrap()).unwrap(), format!("id: {id}\ndata: via hyper\n\n"));
     // Two requests on one keep-alive connection: hyper answers both.
     let mut r =
@@ -333,7 +324,7 @@ async fn everything_else_still_goes_to_hyper_on_the_same_port() {
     let h = r.head().await;
     assert_eq!((h.status(), h.get("transfer-encoding")), (200, Some("chunked")), "{h:?}");
     // The lean stream saw none of that.
-    wait_until("two streams", || app.state.registry.subscriber_count() == 2).await;
+    wait_until("two streams", async || app.state.registry.subscriber_count() == 2).await;
 }
 
 #[tokio::test]
@@ -355,9 +346,9 @@ async fn a_client_that_closes_releases_its_subscription() {
     assert_eq!(app.state.registry.subscriber_count(), 1);
     assert_eq!(app.state.limits.open_streams(), 1);
     drop(r);
-    wait_until("subscription released", || app.state.registry.subscriber_count() == 0).await;
-    wait_until("stream slot released", || app.state.limits.open_streams() == 0).await;
-    wait_until("connection gauge back to 0", || app.state.metrics.open_connections.get() == 0).await;
+    wait_until("subscription released", async || app.state.registry.subscriber_count() == 0).await;
+    wait_until("stream slot released", async || app.state.limits.open_streams() == 0).await;
+    wait_until("connection gauge back to 0", async || app.state.metrics.open_connections.get() == 0).await;
     let m = common::admin_metrics(&app).await;
     assert_eq!(common::sample(&m, "sse_bridge_open_streams"), Some(0.0), "{m}");
 }

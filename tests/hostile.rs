@@ -3,11 +3,7 @@
 //! counted and never breaks a stream; and 10,000 requests of random garbage leave the real
 //! binary serving, with no stream left open and its memory flat.
 
-#[path = "common/bridge_process.rs"]
-mod bridge_process;
 mod common;
-#[path = "common/daemon.rs"]
-mod daemon;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -20,13 +16,14 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::sync::Semaphore;
 
-use bridge_process::BridgeProcess;
+use common::bridge_process::BridgeProcess;
 use common::brokers::{NatsServer, RedisServer, nats_client, redis_conn, redis_publish};
 use common::sse_client::test_client;
-use common::{EVENT_TIMEOUT, TOKEN, TestApp, nats_config, redis_config, start_app, sync_on_probe, test_config};
+use common::{
+    EVENT_TIMEOUT, SECRET, TOKEN, admin_metrics, nats_config, redis_config, rejected_count, start_app, sync_on_probe,
+    test_config, wait_until,
+};
 use sse_bridge::config::{AuthConfig, AuthRule, TopicAccess};
-
-const SECRET: &str = "test-secret-0123456789-0123456789-abcdef";
 
 /// Sends `request` as is on a fresh connection and reads the answer until the server closes
 /// (or 5 s pass). With `head_only`, stops as soon as the response head and the first body
@@ -71,12 +68,6 @@ fn get(target: &str, headers: &[(&str, &[u8])]) -> Vec<u8> {
     }
     r.extend_from_slice(b"\r\n");
     r
-}
-
-async fn rejected_count(app: &TestApp, reason: &str) -> f64 {
-    let text = test_client().get(app.admin_url("/metrics")).send().await.unwrap().text().await.unwrap();
-    let series = format!("sse_bridge_requests_rejected_total{{reason=\"{reason}\"}} ");
-    text.lines().find_map(|l| l.strip_prefix(&series)).map_or(0.0, |v| v.trim().parse().unwrap())
 }
 
 fn auth() -> AuthConfig {
@@ -146,7 +137,7 @@ async fn out_of_bounds_requests_get_400_with_a_reason_and_a_metric() {
     assert_eq!(status, 200);
     assert!(body.contains("sse-bridge.gap") || body.starts_with(": ok"), "{body}");
     // The refused requests opened no stream; the one that opened ends with its connection.
-    common::wait_until("no stream left", || app.state.registry.subscriber_count() == 0).await;
+    wait_until("no stream left", async || app.state.registry.subscriber_count() == 0).await;
 }
 
 #[tokio::test]
@@ -171,7 +162,7 @@ async fn nats_garbage_is_counted_and_never_breaks_a_stream() {
     let got: Vec<String> = s.take_events(3, EVENT_TIMEOUT).await.into_iter().map(|e| e.data).collect();
     assert_eq!(got, ["a\u{fffd}b\nc".to_string(), "z".repeat(1024), "after".to_string()]);
     assert_eq!(app.state.sources[0].malformed(), 2, "two oversize messages counted");
-    let metrics = test_client().get(app.admin_url("/metrics")).send().await.unwrap().text().await.unwrap();
+    let metrics = admin_metrics(&app).await;
     assert!(metrics.contains("sse_bridge_events_malformed_total{source=\"nats\"} 2"), "{metrics}");
     assert!(metrics.contains("sse_bridge_events_non_utf8_total 1"), "{metrics}");
 }
@@ -310,27 +301,19 @@ fn ten_thousand_garbage_requests_leave_the_daemon_serving_with_flat_memory() {
         assert!(classes[4] > 5_000, "most garbage is refused with a 4xx: {classes:?}");
         assert_eq!(classes[5], 0, "no 5xx: {classes:?}");
         // Every stream that opened has ended (its client went away).
-        let c = test_client();
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
-        loop {
-            let m = c.get(bridge.admin_url("/metrics")).send().await.unwrap().text().await.unwrap();
-            if m.lines().any(|l| l == "sse_bridge_open_streams 0") {
-                break;
-            }
-            assert!(tokio::time::Instant::now() < deadline, "streams left open:\n{m}");
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
+        wait_until("no stream left open (sse_bridge_open_streams 0)", async || {
+            bridge.metrics().await.lines().any(|l| l == "sse_bridge_open_streams 0")
+        })
+        .await;
         let after = bridge.rss_bytes();
         eprintln!("RSS before {} KiB, after {} KiB", before / 1024, after / 1024);
         assert!(after < before + 8 * 1024 * 1024, "RSS grew from {before} to {after} bytes");
         // Still serving: a stream opens and receives a publish.
         let mut s = common::sse_client::connect(&bridge.url("/events?topic=pub.alive"), &[]).await.unwrap();
         s.wait_for_comments(1, EVENT_TIMEOUT).await;
-        let r =
-            c.post(bridge.url("/publish?topic=pub.alive")).bearer_auth(TOKEN).body("still here").send().await.unwrap();
-        assert_eq!(r.status(), 200);
+        bridge.publish("pub.alive", "still here").await;
         assert_eq!(s.next_event(EVENT_TIMEOUT).await.unwrap().data, "still here");
-        let r = c.get(bridge.admin_url("/healthz")).send().await.unwrap();
+        let r = test_client().get(bridge.admin_url("/healthz")).send().await.unwrap();
         assert_eq!(r.status(), 200);
     });
     bridge.stop();

@@ -105,8 +105,7 @@ fn tokens(code: &str) -> Vec<String> {
 /// Expands the path (or use tree) starting at `t[i]` into full paths; returns where it ended.
 fn expand(t: &[String], mut i: usize, prefix: Vec<String>, out: &mut Vec<Vec<String>>) -> usize {
     let mut path = prefix;
-    loop {
-        let Some(tok) = t.get(i) else { break };
+    while let Some(tok) = t.get(i) {
         if tok == "{" {
             i += 1;
             loop {
@@ -145,7 +144,7 @@ fn expand(t: &[String], mut i: usize, prefix: Vec<String>, out: &mut Vec<Vec<Str
 }
 
 /// Absolute module-path segments named by a relative path `segs` written in module `here`.
-fn absolute(here: &[String], is_dir_module: bool, segs: &[String]) -> Option<Vec<String>> {
+fn absolute(here: &[String], segs: &[String]) -> Option<Vec<String>> {
     let mut base: Vec<String> = here.to_vec();
     let mut rest = segs;
     match rest.first().map(String::as_str) {
@@ -162,7 +161,6 @@ fn absolute(here: &[String], is_dir_module: bool, segs: &[String]) -> Option<Vec
         }
         _ => {}
     }
-    let _ = is_dir_module;
     base.extend(rest.iter().cloned());
     Some(base)
 }
@@ -234,7 +232,7 @@ fn graph(src: &Path) -> BTreeMap<String, BTreeMap<String, String>> {
         // In a file module (a.rs), `super` is the parent; in a dir module (a/mod.rs) the module
         // itself is `a`, so the same rule applies to its module path.
         for p in paths {
-            let Some(abs) = absolute(&here, is_dir, &p) else { continue };
+            let Some(abs) = absolute(&here, &p) else { continue };
             let target = resolve(&abs, &modules);
             if &target != m {
                 edges.entry(m.clone()).or_default().entry(target).or_insert_with(|| p.join("::"));

@@ -4,36 +4,20 @@
 
 mod common;
 
-use common::{admin_metrics, sample};
-
 use std::net::SocketAddr;
-use std::time::Duration;
 
 use futures_util::StreamExt;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpSocket, TcpStream};
 
+use common::chunked::Dechunker;
 use common::sse_client::{SseEvent, SseParser, connect_with, test_client_h2};
-use common::{EVENT_TIMEOUT, TOKEN, TestApp, start_app, test_config, urlencode, wait_until};
+use common::{
+    EVENT_TIMEOUT, TOKEN, TestApp, admin_metrics, sample, start_app, test_config, urlencode, wait_for, wait_until,
+};
 
 fn alive_tasks() -> usize {
     tokio::runtime::Handle::current().metrics().num_alive_tasks()
-}
-
-/// Polls `f` until it returns `want`; panics after 15 s with the last value seen.
-async fn wait_for_value<T: PartialEq + std::fmt::Debug>(what: &str, want: T, f: impl Fn() -> T) {
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
-    loop {
-        let got = f();
-        if got == want {
-            return;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "timed out waiting for {what}: want {want:?}, last saw {got:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -84,7 +68,7 @@ async fn cycle(app: &TestApp, i: usize) {
 async fn thousand_connect_disconnect_cycles_leave_nothing_behind() {
     let app = start_app(test_config()).await;
     // `ready` is set after every app task (sequencer, heartbeat, both accept loops) is spawned.
-    wait_until("app ready", || app.state.is_ready()).await;
+    wait_until("app ready", async || app.state.is_ready()).await;
     let baseline = alive_tasks();
     assert_eq!(app.state.registry.subscriber_count(), 0);
 
@@ -93,7 +77,7 @@ async fn thousand_connect_disconnect_cycles_leave_nothing_behind() {
     let cycles_took = started.elapsed();
 
     let registry = app.state.registry.clone();
-    wait_for_value("subscribers to leave", 0, || registry.subscriber_count()).await;
+    wait_for("subscribers to leave", async || registry.subscriber_count(), |n| *n == 0).await;
     assert_eq!(registry.filter_count(), 0, "topic index entries left");
     assert_eq!(registry.queued_frames(), 0);
 
@@ -108,7 +92,7 @@ async fn thousand_connect_disconnect_cycles_leave_nothing_behind() {
 
     // Every connection task, hyper HTTP/2 stream task and client-side task is gone (the
     // /metrics request above included).
-    wait_for_value("alive tasks back to the baseline", baseline, alive_tasks).await;
+    wait_for("alive tasks back to the baseline", async || alive_tasks(), |n| *n == baseline).await;
     eprintln!("{CYCLES} cycles took {cycles_took:?}; baseline {baseline} tasks");
 }
 
@@ -149,30 +133,6 @@ async fn raw_stream_with_head(addr: SocketAddr, topic: &str, rcvbuf: Option<u32>
 
 fn contains(hay: &[u8], needle: &[u8]) -> bool {
     hay.windows(needle.len()).any(|w| w == needle)
-}
-
-/// Decodes an HTTP/1.1 chunked body that may be cut anywhere; returns the payload bytes
-/// received (a cut chunk contributes what arrived).
-fn dechunk(mut b: &[u8]) -> Vec<u8> {
-    let mut out = Vec::new();
-    loop {
-        let Some(eol) = b.windows(2).position(|w| w == b"\r\n") else {
-            return out;
-        };
-        let size_text = std::str::from_utf8(&b[..eol]).expect("chunk size line");
-        let size = usize::from_str_radix(size_text.split(';').next().unwrap().trim(), 16)
-            .unwrap_or_else(|_| panic!("bad chunk size line {size_text:?}"));
-        b = &b[eol + 2..];
-        if size == 0 {
-            return out;
-        }
-        let take = size.min(b.len());
-        out.extend_from_slice(&b[..take]);
-        if take < size || b.len() < size + 2 {
-            return out;
-        }
-        b = &b[size + 2..];
-    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -251,7 +211,7 @@ async fn stalled_client_is_cut_and_healthy_client_misses_nothing() {
     let head_text = String::from_utf8_lossy(&raw[..body_start]).to_lowercase();
     assert!(head_text.contains("transfer-encoding: chunked"), "{head_text}");
     let mut parser = SseParser::new();
-    let got: Vec<SseEvent> = parser.feed(&dechunk(&raw[body_start..]));
+    let got: Vec<SseEvent> = parser.feed(&Dechunker::default().feed(&raw[body_start..]));
     assert!(got.len() < cut_after, "stalled client got {} of {cut_after} events before the cut", got.len());
     for (k, ev) in got.iter().enumerate() {
         assert_eq!(ev.id.as_deref(), Some(published[k].0.as_str()), "stalled event {k}");
@@ -307,7 +267,7 @@ async fn h2c_streams_receive_events() {
     // goes on.
     assert_eq!(app.state.registry.subscriber_count(), 2);
     drop(b);
-    wait_until("cancelled h2 stream leaves the registry", || app.state.registry.subscriber_count() == 1).await;
+    wait_until("cancelled h2 stream leaves the registry", async || app.state.registry.subscriber_count() == 1).await;
     let id = publish("h.a", "after".into()).await;
     let ev = a.next_event(EVENT_TIMEOUT).await.expect("stream a open");
     assert_eq!(ev.data, "after");

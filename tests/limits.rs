@@ -5,8 +5,6 @@
 
 mod common;
 
-use common::{admin_metrics, sample};
-
 use std::net::{Ipv4Addr, SocketAddr};
 use std::time::Duration;
 
@@ -15,15 +13,11 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpSocket, TcpStream};
 
 use common::sse_client::{SseError, SseStream, test_client};
-use common::{EVENT_TIMEOUT, TestApp, start_app, test_config, wait_until};
+use common::{EVENT_TIMEOUT, TestApp, admin_metrics, rejected_series, sample, start_app, test_config, wait_until};
 use sse_bridge::Config;
 
 // ---------------------------------------------------------------------------------------------
 // Helpers.
-
-fn rejected(reason: &str) -> String {
-    format!("sse_bridge_requests_rejected_total{{reason=\"{reason}\"}}")
-}
 
 /// Opens a stream that must be refused; returns the refusal.
 async fn refused(app: &TestApp, topic: &str) -> SseError {
@@ -114,7 +108,7 @@ async fn connect_rate_per_ip_refuses_with_429_and_retry_after() {
     assert!(reason.contains("too fast"), "{reason}");
 
     let metrics = admin_metrics(&app).await;
-    assert_eq!(sample(&metrics, &rejected("ip_connect_rate")), Some(1.0), "{metrics}");
+    assert_eq!(sample(&metrics, &rejected_series("ip_connect_rate")), Some(1.0), "{metrics}");
     assert_eq!(sample(&metrics, "sse_bridge_open_streams"), Some(3.0), "{metrics}");
     assert_eq!(app.state.registry.subscriber_count(), 3, "the refused request left nothing registered");
 }
@@ -156,8 +150,8 @@ async fn connect_rate_keys_stay_bounded_with_many_client_addresses() {
     let metrics = admin_metrics(&app).await;
     assert_eq!(sample(&metrics, "sse_bridge_streams_opened_total"), Some(ADDRESSES as f64), "{metrics}");
 
-    wait_until("the limiter forgets idle addresses", || app.state.limits.rate_keys() <= 10).await;
-    wait_until("every stream closed", || app.state.registry.subscriber_count() == 0).await;
+    wait_until("the limiter forgets idle addresses", async || app.state.limits.rate_keys() <= 10).await;
+    wait_until("every stream closed", async || app.state.registry.subscriber_count() == 0).await;
     assert_eq!(app.state.limits.open_streams(), 0);
     eprintln!(
         "{ADDRESSES} addresses in {took:?}; the limiter held up to {max_keys} keys, then {}",
@@ -184,12 +178,12 @@ async fn global_stream_cap_answers_503_until_a_stream_closes() {
 
     // Closing one frees its slot.
     drop(open.pop());
-    wait_until("the closed stream releases its slot", || app.state.limits.open_streams() == 2).await;
+    wait_until("the closed stream releases its slot", async || app.state.limits.open_streams() == 2).await;
     open.push(admitted(&app, "t4").await);
     assert_eq!(refused(&app, "t5").await.status(), Some(reqwest::StatusCode::SERVICE_UNAVAILABLE));
 
     let metrics = admin_metrics(&app).await;
-    assert_eq!(sample(&metrics, &rejected("at_capacity")), Some(2.0), "{metrics}");
+    assert_eq!(sample(&metrics, &rejected_series("at_capacity")), Some(2.0), "{metrics}");
     assert_eq!(sample(&metrics, "sse_bridge_open_streams"), Some(3.0), "{metrics}");
 }
 
@@ -214,11 +208,11 @@ async fn per_ip_stream_cap_answers_429_and_admits_other_addresses() {
 
     // Closing one of the first address's streams lets it open another.
     drop(a);
-    wait_until("the closed stream releases its slot", || app.state.limits.open_streams() == 3).await;
+    wait_until("the closed stream releases its slot", async || app.state.limits.open_streams() == 3).await;
     let _f = admitted(&app, "f").await;
 
     let metrics = admin_metrics(&app).await;
-    assert_eq!(sample(&metrics, &rejected("ip_stream_limit")), Some(2.0), "{metrics}");
+    assert_eq!(sample(&metrics, &rejected_series("ip_stream_limit")), Some(2.0), "{metrics}");
     assert_eq!(sample(&metrics, "sse_bridge_open_streams"), Some(4.0), "{metrics}");
     drop((b, c, d));
 }
@@ -254,7 +248,7 @@ async fn malformed_requests_do_not_consume_connect_tokens() {
         assert!(body.ends_with('\n') && body.matches('\n').count() == 1, "{path}: not one line: {body:?}");
     }
     let metrics = admin_metrics(&app).await;
-    assert_eq!(sample(&metrics, &rejected("ip_connect_rate")), None, "{metrics}");
+    assert_eq!(sample(&metrics, &rejected_series("ip_connect_rate")), None, "{metrics}");
 
     // The one token is still there...
     let _s = admitted(&app, "good").await;
@@ -262,7 +256,7 @@ async fn malformed_requests_do_not_consume_connect_tokens() {
     let e = refused(&app, "again").await;
     assert_eq!(e.status(), Some(reqwest::StatusCode::TOO_MANY_REQUESTS), "{e}");
     let metrics = admin_metrics(&app).await;
-    assert_eq!(sample(&metrics, &rejected("ip_connect_rate")), Some(1.0), "{metrics}");
+    assert_eq!(sample(&metrics, &rejected_series("ip_connect_rate")), Some(1.0), "{metrics}");
     assert_eq!(sample(&metrics, "sse_bridge_streams_opened_total"), Some(1.0), "{metrics}");
 }
 

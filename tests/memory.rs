@@ -1,18 +1,14 @@
 //! The memory budget: a publish flood far larger than `memory.limit` keeps the process under
 //! the budget plus a fixed overhead, and it keeps serving (never an OOM kill).
 
-#[path = "common/bridge_process.rs"]
-mod bridge_process;
 mod common;
-#[path = "common/daemon.rs"]
-mod daemon;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
-use bridge_process::BridgeProcess;
-use common::{EVENT_TIMEOUT, TOKEN, sse_client};
+use common::bridge_process::{BridgeProcess, rss_of};
+use common::{EVENT_TIMEOUT, TOKEN, sample, sse_client};
 use nix::sys::signal::Signal;
 use tokio::io::AsyncWriteExt;
 
@@ -24,15 +20,6 @@ const BUDGET: u64 = 48 * MIB;
 const OVERHEAD: u64 = 64 * MIB;
 const PAYLOAD: usize = 64 * 1024;
 const EVENTS: usize = 4000; // 4000 × 64 KiB = 250 MiB, five times the budget
-
-fn rss_bytes(pid: i32) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
-        .map_or(0, |kb| kb * 1024)
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn publish_flood_stays_within_the_memory_budget() {
@@ -46,7 +33,7 @@ async fn publish_flood_stays_within_the_memory_budget() {
         ),
         &[],
     );
-    let (addr, admin) = (bridge.addr, bridge.admin);
+    let addr = bridge.addr;
     let pid = bridge.daemon.pid().as_raw();
     let url = |p: &str| bridge.url(p);
 
@@ -66,7 +53,7 @@ async fn publish_flood_stays_within_the_memory_budget() {
         let (peak, done) = (peak.clone(), done.clone());
         std::thread::spawn(move || {
             while !done.load(Ordering::Relaxed) {
-                peak.fetch_max(rss_bytes(pid), Ordering::Relaxed);
+                peak.fetch_max(rss_of(pid).unwrap_or(0), Ordering::Relaxed);
                 std::thread::sleep(Duration::from_millis(10)); // sampling interval, not synchronisation
             }
         })
@@ -117,16 +104,10 @@ async fn publish_flood_stays_within_the_memory_budget() {
     assert!(peak < BUDGET + OVERHEAD, "peak RSS {} MiB exceeds budget + overhead", peak / MIB);
 
     // Still serving: a healthy stream gets a new event, and the shedding is visible.
-    let http = sse_client::test_client();
-    let r = http.post(url("/publish?topic=other")).bearer_auth(TOKEN).body("still here").send().await.unwrap();
-    assert_eq!(r.status(), 200);
+    bridge.publish("other", "still here").await;
     assert_eq!(healthy.next_event(EVENT_TIMEOUT).await.unwrap().data, "still here");
-    let metrics = http.get(format!("http://{admin}/metrics")).send().await.unwrap().text().await.unwrap();
-    let shed: f64 = metrics
-        .lines()
-        .find_map(|l| l.strip_prefix("sse_bridge_memory_shed_ring_bytes_total "))
-        .and_then(|v| v.parse().ok())
-        .expect("shed metric present");
+    let metrics = bridge.metrics().await;
+    let shed = sample(&metrics, "sse_bridge_memory_shed_ring_bytes_total").expect("shed metric present");
     assert!(shed > 0.0, "the replay store was shed:\n{metrics}");
     drop(stalled);
     let mut daemon = bridge.daemon;

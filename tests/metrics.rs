@@ -2,7 +2,7 @@
 
 mod common;
 
-use common::{EVENT_TIMEOUT, TOKEN, start_app, test_config, wait_until};
+use common::{EVENT_TIMEOUT, TOKEN, sample, start_app, test_config, wait_until};
 
 async fn scrape(app: &common::TestApp) -> String {
     let r = reqwest::get(app.admin_url("/metrics")).await.unwrap();
@@ -13,12 +13,7 @@ async fn scrape(app: &common::TestApp) -> String {
 
 /// The value of a sample line `name{labels} value` (exact series name with labels).
 fn value(metrics: &str, series: &str) -> f64 {
-    metrics
-        .lines()
-        .find_map(|l| l.strip_prefix(series).and_then(|rest| rest.strip_prefix(' ')))
-        .unwrap_or_else(|| panic!("no series {series} in:\n{metrics}"))
-        .parse()
-        .unwrap()
+    sample(metrics, series).unwrap_or_else(|| panic!("no series {series} in:\n{metrics}"))
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -75,7 +70,7 @@ async fn metrics_follow_connect_publish_disconnect() {
     assert_eq!(value(&during, "sse_bridge_queue_depth_streams{le=\"+Inf\"}"), 10.0);
 
     drop(streams);
-    wait_until("streams released", || app.state.registry.subscriber_count() == 0).await;
+    wait_until("streams released", async || app.state.registry.subscriber_count() == 0).await;
     let after = scrape(&app).await;
     assert_eq!(value(&after, "sse_bridge_open_streams"), 0.0);
     assert_eq!(value(&after, "sse_bridge_disconnects_total{reason=\"client_closed\"}"), 10.0);

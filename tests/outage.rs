@@ -13,6 +13,7 @@ use std::future::Future;
 use std::time::Duration;
 
 use common::brokers::{self, NatsServer, RedisServer};
+use common::events::event_id;
 use common::sse_client::{SseEvent, SseStream, test_client};
 use common::{EVENT_TIMEOUT, TestApp, nats_config, redis_config, start_app, test_config, wait_until};
 use sse_bridge::event::EventId;
@@ -23,14 +24,6 @@ const N: usize = 50;
 const PROBE_EVERY: Duration = Duration::from_millis(200);
 /// Overall budget for a probe to get through.
 const PROBE_DEADLINE: Duration = Duration::from_secs(20);
-
-fn event_id(ev: &SseEvent) -> EventId {
-    ev.id
-        .as_deref()
-        .unwrap_or_else(|| panic!("event without id: {ev:?}"))
-        .parse()
-        .unwrap_or_else(|_| panic!("event id is not a bridge id: {ev:?}"))
-}
 
 /// Whether `ev` is a probe (possibly a late duplicate from an earlier sync).
 fn is_probe(ev: &SseEvent) -> bool {
@@ -147,7 +140,7 @@ async fn nats_kill9_and_restart_resumes_on_the_open_stream() {
     }
 
     nats.kill9();
-    wait_until("NATS source reports disconnected", || !app.state.sources[0].is_connected()).await;
+    wait_until("NATS source reports disconnected", async || !app.state.sources[0].is_connected()).await;
     let during = assert_serving_during_outage(&app, &mut stream, "t.a", "nats").await;
 
     nats.restart().await;
@@ -199,7 +192,7 @@ async fn redis_kill9_and_restart_resumes_on_the_open_stream() {
     }
 
     redis.kill9();
-    wait_until("Redis source reports disconnected", || !app.state.sources[0].is_connected()).await;
+    wait_until("Redis source reports disconnected", async || !app.state.sources[0].is_connected()).await;
     let during = assert_serving_during_outage(&app, &mut stream, "t.a", "redis").await;
 
     // Redis pub/sub keeps nothing for absent subscribers: probes sent before the bridge has

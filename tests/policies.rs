@@ -9,8 +9,6 @@
 
 mod common;
 
-use common::{admin_metrics, sample};
-
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -21,13 +19,13 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpSocket, TcpStream};
 use tokio::sync::Notify;
 
+use common::chunked::Dechunker;
+use common::events::{GAP_EVENT, gap_data};
 use common::sse_client::{SseEvent, SseParser, SseStream};
-use common::{EVENT_TIMEOUT, TestApp, start_app, test_config, wait_until};
+use common::{EVENT_TIMEOUT, TestApp, admin_metrics, sample, start_app, test_config, wait_until};
 use sse_bridge::Config;
 use sse_bridge::config::{DeliveryRule, SlowConsumerPolicy};
 use sse_bridge::metrics::ReasonLabel;
-
-const GAP: &str = "sse-bridge.gap";
 
 // ---------------------------------------------------------------------------------------------
 // Helpers.
@@ -54,69 +52,6 @@ fn config(queue_capacity: usize, rules: Vec<DeliveryRule>) -> Config {
     c.server.queue_capacity = queue_capacity;
     c.delivery = rules;
     c
-}
-
-fn gap_data(e: &SseEvent) -> serde_json::Value {
-    assert_eq!(e.event.as_deref(), Some(GAP), "expected a gap event, got {e:?}");
-    assert_eq!(e.id, None, "the gap event leaves the resume cursor alone");
-    serde_json::from_str(&e.data).expect("gap data is JSON")
-}
-
-/// Incremental HTTP/1.1 chunked-body decoder (a raw socket's body arrives in arbitrary pieces).
-#[derive(Default)]
-struct Dechunker {
-    pending: Vec<u8>,
-    state: ChunkState,
-}
-
-#[derive(Default, Clone, Copy, PartialEq)]
-enum ChunkState {
-    #[default]
-    Size,
-    Data(usize),
-    DataEnd,
-    Done,
-}
-
-impl Dechunker {
-    fn feed(&mut self, bytes: &[u8]) -> Vec<u8> {
-        self.pending.extend_from_slice(bytes);
-        let mut out = Vec::new();
-        let mut at = 0;
-        loop {
-            match self.state {
-                ChunkState::Size => {
-                    let Some(eol) = self.pending[at..].windows(2).position(|w| w == b"\r\n") else { break };
-                    let line = std::str::from_utf8(&self.pending[at..at + eol]).expect("chunk size line");
-                    let size = usize::from_str_radix(line.split(';').next().unwrap().trim(), 16)
-                        .unwrap_or_else(|_| panic!("bad chunk size line {line:?}"));
-                    at += eol + 2;
-                    self.state = if size == 0 { ChunkState::Done } else { ChunkState::Data(size) };
-                }
-                ChunkState::Data(n) => {
-                    let take = n.min(self.pending.len() - at);
-                    out.extend_from_slice(&self.pending[at..at + take]);
-                    at += take;
-                    if take < n {
-                        self.state = ChunkState::Data(n - take);
-                        break;
-                    }
-                    self.state = ChunkState::DataEnd;
-                }
-                ChunkState::DataEnd => {
-                    if self.pending.len() - at < 2 {
-                        break;
-                    }
-                    assert_eq!(&self.pending[at..at + 2], b"\r\n", "chunk not followed by CRLF");
-                    at += 2;
-                    self.state = ChunkState::Size;
-                }
-                ChunkState::Done => break,
-            }
-        }
-        self.pending.drain(..at);
-        out
-    }
 }
 
 /// An SSE stream on a raw socket: the test decides when (and whether) it reads.
@@ -226,7 +161,7 @@ fn check_dropped_accounting(got: &[SseEvent], published: &[(String, String)], to
     let mut pending_gap: Option<u64> = None;
     let mut gaps = Vec::new();
     for (k, e) in got.iter().enumerate() {
-        if e.event.as_deref() == Some(GAP) {
+        if e.event.as_deref() == Some(GAP_EVENT) {
             let v = gap_data(e);
             assert_eq!(v["reason"], "dropped", "gap {k}: {v}");
             assert_eq!(v["topics"], serde_json::json!(topics), "gap {k}: {v}");
@@ -307,7 +242,7 @@ async fn drop_oldest_keeps_a_stalled_client_connected_and_signals_the_gap() {
     let received = stalled.events.iter().filter(|e| e.id.is_some()).count();
     assert_eq!(received as u64 + lost, published.len() as u64);
     // After the (last) gap come the newest events, in order, at least a full queue of them.
-    let tail = stalled.events.iter().rev().take_while(|e| e.event.as_deref() != Some(GAP)).count();
+    let tail = stalled.events.iter().rev().take_while(|e| e.event.as_deref() != Some(GAP_EVENT)).count();
     assert!(tail >= 8, "after the gap: {tail} events");
 
     // It caught up and stays subscribed: the next event arrives live, with no gap.
@@ -315,7 +250,7 @@ async fn drop_oldest_keeps_a_stalled_client_connected_and_signals_the_gap() {
     published.push((id.clone(), body));
     stalled.read_until_id(&id).await;
     assert_eq!(stalled.events.last().unwrap().data, "live");
-    assert_eq!(stalled.events.iter().filter(|e| e.event.as_deref() == Some(GAP)).count(), gaps.len());
+    assert_eq!(stalled.events.iter().filter(|e| e.event.as_deref() == Some(GAP_EVENT)).count(), gaps.len());
     assert_eq!(healthy.next_event(EVENT_TIMEOUT).await.unwrap().data, "live");
     eprintln!(
         "drop-oldest: first drop after {first_drop_at} events of {PAYLOAD} bytes; {} published, stalled \
@@ -366,7 +301,7 @@ async fn latest_conflates_per_topic_and_keeps_the_newest_value() {
 
     stalled.read_until_id(&published.last().unwrap().0).await;
     let got = &stalled.events;
-    assert!(got.iter().all(|e| e.event.as_deref() != Some(GAP)), "conflation sends no gap event");
+    assert!(got.iter().all(|e| e.event.as_deref() != Some(GAP_EVENT)), "conflation sends no gap event");
     let index: HashMap<&str, usize> = published.iter().enumerate().map(|(i, (id, _))| (id.as_str(), i)).collect();
     let mut prev = None;
     let mut last_of: HashMap<&str, usize> = HashMap::new();
@@ -539,7 +474,7 @@ async fn blocked_write_is_cut_after_write_timeout_but_a_quiet_stream_lives_on() 
         app.publish("t", None, format!("{n}:{filler}")).await;
         n += 1;
     }
-    wait_until("the stalled connection is cut", || app.state.registry.subscriber_count() == 1).await;
+    wait_until("the stalled connection is cut", async || app.state.registry.subscriber_count() == 1).await;
     let cut_after = first_publish.elapsed();
     // Writes cannot have been blocked before the first event was published.
     assert!(cut_after >= Duration::from_millis(900), "cut {cut_after:?} after the first write: before the timeout");
@@ -597,7 +532,7 @@ async fn stream_ends_cleanly_at_max_age_and_resumes_without_a_gap() {
     assert_eq!(s.error(), None, "the stream ends cleanly (complete chunked body), not by a reset");
     assert!(age >= Duration::from_millis(800), "stream ended after {age:?}, before max_stream_age (1s ±10%)");
     assert!(age < Duration::from_secs(5), "stream ended only after {age:?}");
-    wait_until("max_age disconnect counted", || disconnects(&app, "max_age") == 1).await;
+    wait_until("max_age disconnect counted", async || disconnects(&app, "max_age") == 1).await;
 
     // Events published while the client is away are replayed on resume, with no gap event.
     let mut missed = Vec::new();
@@ -608,7 +543,7 @@ async fn stream_ends_cleanly_at_max_age_and_resumes_without_a_gap() {
     let mut r = app.subscribe_with(&["t"], &[("last-event-id", &last_id)]).await;
     for (i, id) in missed.iter().enumerate() {
         let e = r.next_event(EVENT_TIMEOUT).await.expect("resumed stream open");
-        assert_ne!(e.event.as_deref(), Some(GAP), "resume after max age is complete: {e:?}");
+        assert_ne!(e.event.as_deref(), Some(GAP_EVENT), "resume after max age is complete: {e:?}");
         assert_eq!((e.id.as_deref(), e.data.as_str()), (Some(id.as_str()), format!("meanwhile {i}").as_str()));
     }
     let live = app.publish("t", None, "live").await;

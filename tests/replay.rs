@@ -6,7 +6,8 @@ mod common;
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use common::sse_client::{self, SseEvent, SseStream};
+use common::events::{event_id, gap_data};
+use common::sse_client::{self, SseStream};
 use common::{EVENT_TIMEOUT, TestApp, start_app, test_config};
 use sse_bridge::Config;
 use sse_bridge::event::EventId;
@@ -19,20 +20,6 @@ fn big_rings() -> Config {
     c
 }
 
-fn seq(e: &SseEvent) -> u64 {
-    e.id.as_deref().expect("id").parse::<EventId>().expect("bridge id").seq
-}
-
-async fn resume(app: &TestApp, topics: &[&str], last_id: &str) -> SseStream {
-    app.subscribe_with(topics, &[("last-event-id", last_id)]).await
-}
-
-fn gap_of(e: &SseEvent) -> serde_json::Value {
-    assert_eq!(e.event.as_deref(), Some("sse-bridge.gap"), "expected a gap event, got {e:?}");
-    assert_eq!(e.id, None, "the gap event leaves the resume cursor alone");
-    serde_json::from_str(&e.data).unwrap()
-}
-
 #[tokio::test]
 async fn resume_replays_what_was_missed_then_goes_live() {
     let app = start_app(test_config()).await;
@@ -41,7 +28,7 @@ async fn resume_replays_what_was_missed_then_goes_live() {
     app.publish("u.1", Some("kind"), "b").await;
     app.publish("t", None, "c").await;
 
-    let mut s = resume(&app, &["t", "u.*"], &a).await;
+    let mut s = app.resume(&["t", "u.*"], &a).await;
     let got = s.take_events(2, EVENT_TIMEOUT).await;
     assert_eq!(got.iter().map(|e| e.data.as_str()).collect::<Vec<_>>(), ["b", "c"]);
     assert_eq!(got[0].event.as_deref(), Some("kind"), "replayed frames are the original frames");
@@ -69,8 +56,8 @@ async fn garbage_and_foreign_ids_get_gap_then_live_only() {
     for (id, reason) in
         [("garbage", "malformed-id"), (other_run.as_str(), "unknown-run"), (ahead.as_str(), "malformed-id")]
     {
-        let mut s = resume(&app, &["t", "u.*"], id).await;
-        let v = gap_of(&s.next_event(EVENT_TIMEOUT).await.unwrap());
+        let mut s = app.resume(&["t", "u.*"], id).await;
+        let v = gap_data(&s.next_event(EVENT_TIMEOUT).await.unwrap());
         assert_eq!(v["reason"], reason, "{id}");
         assert_eq!(v["topics"], serde_json::json!(["t", "u.*"]));
         assert_eq!(v["last_event_id"], id);
@@ -86,8 +73,8 @@ async fn ids_from_a_restarted_bridge_get_gap() {
     first.stop().await;
     let second = start_app(test_config()).await;
     second.publish("t", None, "published after the restart").await;
-    let mut s = resume(&second, &["t"], &old_id).await;
-    assert_eq!(gap_of(&s.next_event(EVENT_TIMEOUT).await.unwrap())["reason"], "unknown-run");
+    let mut s = second.resume(&["t"], &old_id).await;
+    assert_eq!(gap_data(&s.next_event(EVENT_TIMEOUT).await.unwrap())["reason"], "unknown-run");
 }
 
 #[tokio::test]
@@ -100,8 +87,8 @@ async fn eviction_by_count_and_by_bytes_is_signalled() {
         ids.push(app.publish("t", None, format!("{i}")).await);
     }
     app.publish("quiet", None, "q").await;
-    let mut s = resume(&app, &["t", "quiet"], &ids[1]).await;
-    let v = gap_of(&s.next_event(EVENT_TIMEOUT).await.unwrap());
+    let mut s = app.resume(&["t", "quiet"], &ids[1]).await;
+    let v = gap_data(&s.next_event(EVENT_TIMEOUT).await.unwrap());
     assert_eq!(
         (v["reason"].as_str(), &v["topics"]),
         (Some("evicted"), &serde_json::json!(["t"])),
@@ -114,7 +101,7 @@ async fn eviction_by_count_and_by_bytes_is_signalled() {
         "then what it has"
     );
     // From the eviction point on, the resume is complete again: no gap.
-    let mut s = resume(&app, &["t"], &ids[4]).await;
+    let mut s = app.resume(&["t"], &ids[4]).await;
     assert_eq!(s.next_event(EVENT_TIMEOUT).await.unwrap().data, "5");
 
     let mut cfg = test_config();
@@ -126,8 +113,8 @@ async fn eviction_by_count_and_by_bytes_is_signalled() {
     }
     let stats = app.state.replay.stats();
     assert!(stats.events < 6 && stats.bytes <= 3 * 1024, "{stats:?}");
-    let mut s = resume(&app, &["b"], &first).await;
-    assert_eq!(gap_of(&s.next_event(EVENT_TIMEOUT).await.unwrap())["reason"], "evicted");
+    let mut s = app.resume(&["b"], &first).await;
+    assert_eq!(gap_data(&s.next_event(EVENT_TIMEOUT).await.unwrap())["reason"], "evicted");
 }
 
 /// Publishes `per_topic` numbered events on each topic, one sequential publisher per topic,
@@ -167,7 +154,7 @@ async fn follow_with_resumes(
     while next_n.values().any(|&n| n < want) {
         let mut s = match (first.take(), &last_id) {
             (Some(s), _) => s,
-            (None, Some(id)) => resume(app, topics, id).await,
+            (None, Some(id)) => app.resume(topics, id).await,
             (None, None) => app.subscribe(topics).await,
         };
         reconnects += 1;
@@ -177,8 +164,9 @@ async fn follow_with_resumes(
             assert_ne!(e.event.as_deref(), Some("sse-bridge.gap"), "no gap expected: {}", e.data);
             let (topic, n) = e.data.split_once(':').unwrap();
             let n: usize = n.parse().unwrap();
-            assert!(seq(&e) > last_seq, "ids increase: {} after {last_seq}", seq(&e));
-            last_seq = seq(&e);
+            let seq = event_id(&e).seq;
+            assert!(seq > last_seq, "ids increase: {seq} after {last_seq}");
+            last_seq = seq;
             let expected = next_n.get_mut(topic).unwrap_or_else(|| panic!("unexpected topic {topic}"));
             assert_eq!(n, *expected, "topic {topic}: got #{n}, expected #{expected} (gap or duplicate)");
             *expected += 1;

@@ -2,15 +2,12 @@
 //! exits 0 within the drain time (SPEC.md, Operations).
 
 mod common;
-#[path = "common/daemon.rs"]
-mod daemon;
 
-use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
+use common::bridge_process::BridgeProcess;
 use common::sse_client::{self, SseStream};
-use common::{EVENT_TIMEOUT, TOKEN, brokers};
-use daemon::Daemon;
+use common::{EVENT_TIMEOUT, TOKEN};
 use nix::sys::signal::Signal;
 use tokio::task::JoinSet;
 
@@ -19,91 +16,37 @@ const DRAIN: Duration = Duration::from_secs(5);
 /// Slack on top of the drain time for process teardown on a loaded machine.
 const MARGIN: Duration = Duration::from_secs(2);
 
-/// The binary, serving a temp config on free loopback ports.
-struct Bridge {
-    daemon: Daemon,
-    addr: SocketAddr,
-    _dir: tempfile::TempDir,
+/// Starts the binary on a temp config (no brokers, publish enabled, drain time [`DRAIN`]);
+/// returns once its public listener accepts connections.
+fn start_bridge() -> BridgeProcess {
+    let extra = format!(
+        "[publish]\ntoken = \"{TOKEN}\"\n\n\
+         # 100 streams from 127.0.0.1 in one burst; the limits have their own tests.\n\
+         [limits]\nconnect_rate_per_ip = 0\nmax_streams_per_ip = 0\n"
+    );
+    BridgeProcess::start(&extra, &[("SSE_BRIDGE_SERVER__DRAIN_TIMEOUT", &format!("{}s", DRAIN.as_secs()))])
 }
 
-impl Bridge {
-    /// Starts `sse-bridge --config <temp>/bridge.toml` (no brokers, publish enabled) and
-    /// returns once its public listener accepts connections.
-    fn start() -> Bridge {
-        let dir = tempfile::Builder::new().prefix("sse-bridge-shutdown-").tempdir().unwrap();
-        // Free ports are reserved by bind-and-release, which is racy; retry on a lost race.
-        for attempt in 1..=3 {
-            let addr: SocketAddr = ([127, 0, 0, 1], brokers::free_port()).into();
-            let admin: SocketAddr = ([127, 0, 0, 1], brokers::free_port()).into();
-            let config = dir.path().join("bridge.toml");
-            std::fs::write(
-                &config,
-                format!(
-                    "[server]\nlisten = \"{addr}\"\ndrain_timeout = \"{}s\"\n\n\
-                     [admin]\nlisten = \"{admin}\"\n\n\
-                     [publish]\ntoken = \"{TOKEN}\"\n\n\
-                     # 100 streams from 127.0.0.1 in one burst; the limits have their own tests.\n\
-                     [limits]\nconnect_rate_per_ip = 0\nmax_streams_per_ip = 0\n",
-                    DRAIN.as_secs()
-                ),
-            )
-            .unwrap();
-            let mut daemon = Daemon::spawn(daemon::bridge_command(dir.path()).arg("--config").arg(&config));
-            match daemon.wait_listening(addr, Duration::from_secs(15)) {
-                Ok(()) => return Bridge { daemon, addr, _dir: dir },
-                Err(status) => {
-                    let err = daemon.stderr();
-                    if err.contains("Cannot bind") && attempt < 3 {
-                        continue;
-                    }
-                    panic!("sse-bridge exited with {status} before listening:\n{err}");
-                }
-            }
-        }
-        unreachable!()
+/// Opens `n` streams on topic `t`, each on its own connection, all concurrently; returns once
+/// every one has received its opening comment (so it is registered).
+async fn open_streams(bridge: &BridgeProcess, n: usize) -> Vec<SseStream> {
+    let mut set = JoinSet::new();
+    for _ in 0..n {
+        let url = bridge.url("/events?topic=t");
+        set.spawn(async move {
+            let mut s = sse_client::connect(&url, &[]).await.unwrap_or_else(|e| panic!("opening a stream: {e}"));
+            s.wait_for_comments(1, EVENT_TIMEOUT).await;
+            s
+        });
     }
-
-    fn url(&self, path_and_query: &str) -> String {
-        format!("http://{}{}", self.addr, path_and_query)
-    }
-
-    /// Opens `n` streams on topic `t`, each on its own connection, all concurrently; returns
-    /// once every one has received its opening comment (so it is registered).
-    async fn open_streams(&self, n: usize) -> Vec<SseStream> {
-        let mut set = JoinSet::new();
-        for _ in 0..n {
-            let url = self.url("/events?topic=t");
-            set.spawn(async move {
-                let mut s = sse_client::connect(&url, &[]).await.unwrap_or_else(|e| panic!("opening a stream: {e}"));
-                s.wait_for_comments(1, EVENT_TIMEOUT).await;
-                s
-            });
-        }
-        let streams: Vec<SseStream> = set.join_all().await;
-        assert_eq!(streams.len(), n);
-        streams
-    }
-
-    /// `POST /publish?topic=t`; returns the assigned id.
-    async fn publish(&self, body: &'static str) -> String {
-        let r = sse_client::test_client()
-            .post(self.url("/publish?topic=t"))
-            .bearer_auth(TOKEN)
-            .body(body)
-            .send()
-            .await
-            .expect("publish request");
-        let status = r.status();
-        let text = r.text().await.unwrap();
-        assert_eq!(status, 200, "publish answered {status}: {text}");
-        let v: serde_json::Value = serde_json::from_str(&text).unwrap();
-        v["id"].as_str().expect("publish returns an id").to_owned()
-    }
+    let streams: Vec<SseStream> = set.join_all().await;
+    assert_eq!(streams.len(), n);
+    streams
 }
 
 /// Publishes one event and checks that every stream got exactly it.
-async fn publish_and_check_all(bridge: &Bridge, streams: &mut [SseStream]) {
-    let id = bridge.publish("before shutdown").await;
+async fn publish_and_check_all(bridge: &BridgeProcess, streams: &mut [SseStream]) {
+    let id = bridge.publish("t", "before shutdown").await;
     for (i, s) in streams.iter_mut().enumerate() {
         let ev = s.next_event(EVENT_TIMEOUT).await.unwrap_or_else(|| panic!("stream {i} ended before the event"));
         assert_eq!(ev.data, "before shutdown", "stream {i}");
@@ -113,8 +56,8 @@ async fn publish_and_check_all(bridge: &Bridge, streams: &mut [SseStream]) {
 
 /// Sends `sig`, then checks that every stream ends cleanly and the process exits 0 within the
 /// drain time. Returns (time from signal to exit, time from signal to the last stream's end).
-async fn signal_and_check(bridge: Bridge, streams: Vec<SseStream>, sig: Signal) -> (Duration, Duration, String) {
-    let Bridge { mut daemon, _dir, .. } = bridge;
+async fn signal_and_check(bridge: BridgeProcess, streams: Vec<SseStream>, sig: Signal) -> (Duration, Duration, String) {
+    let BridgeProcess { mut daemon, dir: _dir, .. } = bridge;
     let n = streams.len();
     let sent = Instant::now();
     daemon.signal(sig);
@@ -156,8 +99,8 @@ async fn signal_and_check(bridge: Bridge, streams: Vec<SseStream>, sig: Signal) 
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn sigterm_ends_100_streams_and_exits_zero_within_drain_time() {
-    let bridge = Bridge::start();
-    let mut streams = bridge.open_streams(100).await;
+    let bridge = start_bridge();
+    let mut streams = open_streams(&bridge, 100).await;
     publish_and_check_all(&bridge, &mut streams).await;
 
     let (to_exit, to_last_end, stderr) = signal_and_check(bridge, streams, Signal::SIGTERM).await;
@@ -170,8 +113,8 @@ async fn sigterm_ends_100_streams_and_exits_zero_within_drain_time() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn sigint_also_exits_zero() {
-    let bridge = Bridge::start();
-    let mut streams = bridge.open_streams(3).await;
+    let bridge = start_bridge();
+    let mut streams = open_streams(&bridge, 3).await;
     publish_and_check_all(&bridge, &mut streams).await;
 
     let (to_exit, to_last_end, stderr) = signal_and_check(bridge, streams, Signal::SIGINT).await;
@@ -188,7 +131,7 @@ async fn sigint_also_exits_zero() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn sigterm_right_after_the_port_opens_exits_zero() {
     for round in 0..25 {
-        let Bridge { mut daemon, _dir, .. } = Bridge::start();
+        let BridgeProcess { mut daemon, dir: _dir, .. } = start_bridge();
         daemon.signal(Signal::SIGTERM);
         let status = daemon
             .wait_exit(DRAIN + MARGIN)

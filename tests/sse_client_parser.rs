@@ -2,12 +2,11 @@
 //! against the WHATWG event-stream rules, and the HTTP side against a canned
 //! raw-TCP server (so these tests do not depend on the bridge itself).
 
-#[path = "common/sse_client.rs"]
-mod sse_client;
+mod common;
 
 use std::time::Duration;
 
-use sse_client::{SseEvent, SseParser};
+use common::sse_client::{self, SseEvent, SseParser};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
 

@@ -109,7 +109,7 @@ async fn nats_traceparent_parents_the_bridge_spans() {
     client.flush().await.unwrap();
     assert_eq!(s.next_event(EVENT_TIMEOUT).await.unwrap().data, "hello");
     // The deliver span ends when the last subscriber's write completed: wait for that signal.
-    wait_until("deliver span exported", || {
+    wait_until("deliver span exported", async || {
         spans_named(&exporter, "sse_bridge.deliver")
             .iter()
             .any(|d| d.span_context.trace_id() == TraceId::from_hex(TRACE_ID).unwrap())
@@ -120,7 +120,7 @@ async fn nats_traceparent_parents_the_bridge_spans() {
 
     // The stream has its own span, ended with its reason and event count.
     drop(s);
-    wait_until("stream span exported", || {
+    wait_until("stream span exported", async || {
         spans_named(&exporter, "sse_bridge.stream")
             .iter()
             .any(|s| attr(s, "sse_bridge.topics") == Some(&Value::from("traced.order".to_string())))
@@ -149,7 +149,7 @@ async fn redis_envelope_and_publish_header_carry_trace_context() {
     let envelope = serde_json::json!({ "event": "e", "data": "x", "traceparent": traceparent() }).to_string();
     redis_publish(&mut conn, "env", envelope).await;
     assert_eq!(s.next_event(EVENT_TIMEOUT).await.unwrap().data, "x");
-    wait_until("redis deliver span", || !spans_named(&exporter, "sse_bridge.deliver").is_empty()).await;
+    wait_until("redis deliver span", async || !spans_named(&exporter, "sse_bridge.deliver").is_empty()).await;
     check_event_trace(&exporter, "env", "redis");
     exporter.reset();
 
@@ -163,7 +163,7 @@ async fn redis_envelope_and_publish_header_carry_trace_context() {
         .unwrap();
     assert_eq!(r.status(), 200);
     assert_eq!(s.next_event(EVENT_TIMEOUT).await.unwrap().data, "y");
-    wait_until("publish deliver span", || !spans_named(&exporter, "sse_bridge.deliver").is_empty()).await;
+    wait_until("publish deliver span", async || !spans_named(&exporter, "sse_bridge.deliver").is_empty()).await;
     check_event_trace(&exporter, "pub", "publish");
 }
 
@@ -179,7 +179,7 @@ async fn replay_and_gap_are_visible_on_the_stream_span() {
     let mut g = app.subscribe_with(&["r"], &[("last-event-id", "garbage")]).await;
     assert_eq!(g.next_event(EVENT_TIMEOUT).await.unwrap().event.as_deref(), Some("sse-bridge.gap"));
     drop(g);
-    wait_until("two stream spans", || spans_named(&exporter, "sse_bridge.stream").len() == 2).await;
+    wait_until("two stream spans", async || spans_named(&exporter, "sse_bridge.stream").len() == 2).await;
     let spans = spans_named(&exporter, "sse_bridge.stream");
     let events: Vec<Vec<String>> =
         spans.iter().map(|s| s.events.iter().map(|e| e.name.to_string()).collect()).collect();

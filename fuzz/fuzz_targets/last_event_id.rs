@@ -1,11 +1,11 @@
 //! `Last-Event-ID` parsing: `EventId::from_str`, `replay::Cursor::parse` and the request bound
-//! `input::check_last_event_id` never panic and agree. Input: 8 bytes run, 8 bytes newest
+//! `sse::input::check_last_event_id` never panic and agree. Input: 8 bytes run, 8 bytes newest
 //! sequence, then the id.
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
 use sse_bridge::event::EventId;
-use sse_bridge::input::check_last_event_id;
+use sse_bridge::sse::input::check_last_event_id;
 use sse_bridge::replay::{Cursor, MAX_CURSOR_LEN};
 
 fuzz_target!(|data: &[u8]| {

@@ -6,21 +6,21 @@
 //! callback and are logged once each and reflected in [`SourceStatus`].
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Instant;
 
-use async_nats::{ConnectOptions, Event as NatsEvent, HeaderMap};
+use async_nats::{ConnectOptions, Event as NatsEvent, HeaderMap, Subscriber};
 use bytes::Bytes;
 use futures_util::StreamExt;
-use futures_util::stream::select_all;
+use futures_util::stream::{SelectAll, select_all};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
-use super::{
-    IngestSender, PUBLISHED_AT_HEADER, SessionEnd, SourceKind, SourceMessage, SourceStatus, TraceContext, backoff_delay,
-};
+use super::backoff::backoff_delay;
+use super::bounds::BrokerInput;
+use super::message::{IngestSender, PUBLISHED_AT_HEADER, SourceKind, SourceMessage, TraceContext};
+use super::session::{BrokerError, SessionEnd, forward};
+use super::status::SourceStatus;
 use crate::config::NatsConfig;
-use crate::input::BrokerInput;
 
 /// Messages async-nats may buffer per subscription before it reports a slow consumer and
 /// drops; the bound between the broker and our ingest channel.
@@ -34,11 +34,42 @@ pub async fn run(
     shutdown: CancellationToken,
 ) -> SessionEnd {
     let url = cfg.url.clone();
-    let first = Arc::new(AtomicBool::new(true));
-    let cb_status = status.clone();
-    let cb_url = url.clone();
+    let client = match connect_options(&cfg, status.clone()).connect(url.as_str()).await {
+        Ok(c) => c,
+        Err(e) => {
+            // With retry_on_initial_connect this only fails on unusable options (bad URL).
+            warn!(source = "nats", %url, error = %e, "Cannot start NATS client.");
+            return BrokerError::Setup(e.into()).into();
+        }
+    };
+    let mut subs = Vec::with_capacity(cfg.subjects.len());
+    for subject in &cfg.subjects {
+        match client.subscribe(subject.clone()).await {
+            Ok(s) => subs.push(s),
+            Err(e) => {
+                warn!(source = "nats", %subject, error = %e, "Subscribe failed.");
+                return BrokerError::subscribe(format!("subject {subject:?}"), e).into();
+            }
+        }
+    }
+    info!(source = "nats", %url, subjects = ?cfg.subjects, "Subscribed; messages flow once connected.");
+    let mut messages = select_all(subs);
+    let mut input = BrokerInput::new(SourceKind::Nats, cfg.max_message_bytes, status.clone());
+    let end = forward_all(&mut messages, &mut input, &cfg.event_header, &tx, &shutdown).await;
+    status.set_disconnected();
+    // Unsubscribes and closes the connection; bounded so a dead server cannot stall shutdown.
+    drop(messages);
+    let _ = tokio::time::timeout(std::time::Duration::from_secs(1), client.drain()).await;
+    info!(source = "nats", reason = %end, "Source stopped.");
+    end
+}
+
+/// The client's settings: reconnect forever with our backoff, connect in the background, and
+/// report connection changes (logged once each) in `status`.
+fn connect_options(cfg: &NatsConfig, status: Arc<SourceStatus>) -> ConnectOptions {
+    let url = cfg.url.clone();
     let max_delay = cfg.reconnect_max_delay;
-    let options = ConnectOptions::new()
+    ConnectOptions::new()
         .name(&cfg.client_name)
         .retry_on_initial_connect()
         .max_reconnects(None)
@@ -46,15 +77,13 @@ pub async fn run(
         .subscription_capacity(SUBSCRIPTION_CAPACITY)
         .reconnect_delay_callback(move |attempt| backoff_delay(attempt, max_delay))
         .event_callback(move |event| {
-            let status = cb_status.clone();
-            let first = first.clone();
-            let url = cb_url.clone();
+            let status = status.clone();
+            let url = url.clone();
             async move {
                 match event {
                     NatsEvent::Connected => {
-                        let was_first = first.swap(false, Ordering::AcqRel);
-                        status.set_connected(was_first);
-                        info!(source = "nats", %url, reconnect = !was_first, "Broker connected.");
+                        let reconnect = status.set_connected();
+                        info!(source = "nats", %url, reconnect, "Broker connected.");
                     }
                     NatsEvent::Disconnected => {
                         status.set_disconnected();
@@ -66,53 +95,34 @@ pub async fn run(
                     other => debug!(source = "nats", event = %other, "Client event."),
                 }
             }
-        });
-    let client = match options.connect(url.as_str()).await {
-        Ok(c) => c,
-        Err(e) => {
-            // With retry_on_initial_connect this only fails on unusable options (bad URL).
-            warn!(source = "nats", %url, error = %e, "Cannot start NATS client.");
-            return SessionEnd::Disconnected(e.to_string());
-        }
-    };
-    let mut subs = Vec::with_capacity(cfg.subjects.len());
-    for subject in &cfg.subjects {
-        match client.subscribe(subject.clone()).await {
-            Ok(s) => subs.push(s),
-            Err(e) => {
-                warn!(source = "nats", %subject, error = %e, "Subscribe failed.");
-                return SessionEnd::Disconnected(e.to_string());
-            }
-        }
-    }
-    info!(source = "nats", %url, subjects = ?cfg.subjects, "Subscribed; messages flow once connected.");
-    let mut messages = select_all(subs);
-    let mut input = BrokerInput::new(SourceKind::Nats, cfg.max_message_bytes, status.clone());
-    let end = loop {
+        })
+}
+
+/// Forwards every admitted message until shutdown, the ingest path closes, or the client ends
+/// the subscriptions.
+async fn forward_all(
+    messages: &mut SelectAll<Subscriber>,
+    input: &mut BrokerInput,
+    event_header: &str,
+    tx: &IngestSender,
+    shutdown: &CancellationToken,
+) -> SessionEnd {
+    loop {
         let msg = tokio::select! {
             biased;
-            _ = shutdown.cancelled() => break SessionEnd::Shutdown,
+            _ = shutdown.cancelled() => return SessionEnd::Shutdown,
             m = messages.next() => m,
         };
         let Some(msg) = msg else {
-            break SessionEnd::Disconnected("subscription closed by the client".into());
+            return BrokerError::Lost("subscription closed by the client").into();
         };
         if !input.admit(&msg.subject, &msg.payload, true) {
             continue;
         }
-        let out = source_message(&msg, SourceKind::Nats, &cfg.event_header);
-        tokio::select! {
-            biased;
-            _ = shutdown.cancelled() => break SessionEnd::Shutdown,
-            r = tx.send(out) => if r.is_err() { break SessionEnd::DownstreamClosed },
+        if let Err(end) = forward(tx, shutdown, source_message(&msg, SourceKind::Nats, event_header)).await {
+            return end;
         }
-    };
-    status.set_disconnected();
-    // Unsubscribes and closes the connection; bounded so a dead server cannot stall shutdown.
-    drop(messages);
-    let _ = tokio::time::timeout(std::time::Duration::from_secs(1), client.drain()).await;
-    info!(source = "nats", reason = %end, "Source stopped.");
-    end
+    }
 }
 
 /// A NATS message (core or JetStream) as a [`SourceMessage`]: topic, a copy of the payload

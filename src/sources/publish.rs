@@ -7,7 +7,7 @@ use std::time::Instant;
 use bytes::Bytes;
 use tokio::sync::oneshot;
 
-use super::{IngestSender, SourceKind, SourceMessage, TraceContext};
+use super::message::{IngestSender, SourceKind, SourceMessage, TraceContext};
 
 /// Why a publish did not get an id.
 #[derive(Debug, thiserror::Error)]

@@ -10,7 +10,7 @@
 //! Envelope mode reads `{"event": "...", "data": ..., "traceparent": "..."}`: a string `data`
 //! is the payload verbatim, any other JSON value is the payload as compact JSON. A message that
 //! is not such an envelope, or is larger than `max_message_bytes`, is counted and dropped
-//! (logged at most once per interval, see `crate::input`).
+//! (logged at most once per interval, see `sources::bounds`).
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -19,11 +19,14 @@ use bytes::Bytes;
 use futures_util::StreamExt;
 use serde::Deserialize;
 use tokio_util::sync::CancellationToken;
-use tracing::{info, warn};
+use tracing::info;
 
-use super::{IngestSender, Session, SessionEnd, SourceKind, SourceMessage, SourceStatus, TraceContext, supervise};
+use super::bounds::BrokerInput;
+use super::message::{IngestSender, SourceKind, SourceMessage, TraceContext};
+use super::redis_client::{RedisEndpoint, redacted};
+use super::session::{BrokerError, Session, SessionEnd, forward, supervise};
+use super::status::SourceStatus;
 use crate::config::RedisConfig;
-use crate::input::BrokerInput;
 
 /// Runs the Redis source until `shutdown`.
 pub async fn run(
@@ -32,55 +35,59 @@ pub async fn run(
     status: Arc<SourceStatus>,
     shutdown: CancellationToken,
 ) -> SessionEnd {
-    let client = match redis::Client::open(cfg.url.as_str()) {
-        Ok(c) => c,
-        Err(e) => {
-            warn!(source = "redis", error = %e, "Cannot create Redis client.");
-            return SessionEnd::Disconnected(e.to_string());
-        }
+    let endpoint = match RedisEndpoint::for_source("redis", &cfg.url, cfg.connect_timeout) {
+        Ok(e) => e,
+        Err(end) => return end,
     };
     let input = BrokerInput::new(SourceKind::Redis, cfg.max_message_bytes, status.clone());
     let url = redacted(&cfg.url);
-    let mut session =
-        RedisSession { client, cfg, tx, status: status.clone(), shutdown: shutdown.clone(), first: true, input };
+    let mut session = RedisSession { endpoint, cfg, tx, status: status.clone(), shutdown: shutdown.clone(), input };
     supervise("redis", &url, session.cfg.reconnect_max_delay, &status, &shutdown, &mut session).await
 }
 
 /// The pub/sub source's state across sessions.
 struct RedisSession {
-    client: redis::Client,
+    endpoint: RedisEndpoint,
     cfg: RedisConfig,
     tx: IngestSender,
     status: Arc<SourceStatus>,
     shutdown: CancellationToken,
-    first: bool,
     input: BrokerInput,
+}
+
+impl RedisSession {
+    /// Connects and subscribes to every channel and pattern.
+    async fn subscribe(&self) -> Result<redis::aio::PubSub, BrokerError> {
+        let cfg = &self.cfg;
+        let connect = async {
+            let mut pubsub = self.endpoint.pubsub().await.map_err(|e| BrokerError::Connect(e.into()))?;
+            for c in &cfg.channels {
+                pubsub.subscribe(c).await.map_err(|e| BrokerError::subscribe(format!("channel {c:?}"), e))?;
+            }
+            for p in &cfg.patterns {
+                pubsub.psubscribe(p).await.map_err(|e| BrokerError::subscribe(format!("pattern {p:?}"), e))?;
+            }
+            Ok(pubsub)
+        };
+        match tokio::time::timeout(cfg.connect_timeout, connect).await {
+            Ok(r) => r,
+            Err(_) => Err(BrokerError::ConnectTimedOut(cfg.connect_timeout)),
+        }
+    }
 }
 
 impl Session for RedisSession {
     async fn run(&mut self) -> SessionEnd {
-        let RedisSession { client, cfg, tx, status, shutdown, first, input } = self;
-        let connect = async {
-            let mut pubsub = client.get_async_pubsub().await?;
-            for c in &cfg.channels {
-                pubsub.subscribe(c).await?;
-            }
-            for p in &cfg.patterns {
-                pubsub.psubscribe(p).await?;
-            }
-            Ok::<_, redis::RedisError>(pubsub)
-        };
         let pubsub = tokio::select! {
-            _ = shutdown.cancelled() => return SessionEnd::Shutdown,
-            r = tokio::time::timeout(cfg.connect_timeout, connect) => match r {
-                Ok(Ok(p)) => p,
-                Ok(Err(e)) => return SessionEnd::Disconnected(e.to_string()),
-                Err(_) => return SessionEnd::Disconnected(format!("connect timed out after {:?}", cfg.connect_timeout)),
+            _ = self.shutdown.cancelled() => return SessionEnd::Shutdown,
+            r = self.subscribe() => match r {
+                Ok(p) => p,
+                Err(e) => return e.into(),
             },
         };
-        status.set_connected(*first);
-        info!(source = "redis", url = %redacted(&cfg.url), reconnect = !*first, channels = ?cfg.channels, patterns = ?cfg.patterns, "Broker connected and subscribed.");
-        *first = false;
+        let RedisSession { cfg, tx, status, shutdown, input, .. } = self;
+        let reconnect = status.set_connected();
+        info!(source = "redis", url = %redacted(&cfg.url), reconnect, channels = ?cfg.channels, patterns = ?cfg.patterns, "Broker connected and subscribed.");
 
         let (mut sink, mut stream) = pubsub.split();
         let mut ping = tokio::time::interval(cfg.ping_interval);
@@ -91,21 +98,19 @@ impl Session for RedisSession {
                 _ = shutdown.cancelled() => return SessionEnd::Shutdown,
                 msg = stream.next() => {
                     let Some(msg) = msg else {
-                        return SessionEnd::Disconnected("connection closed".into());
+                        return BrokerError::Lost("connection closed").into();
                     };
                     let Some(out) = to_source_message(&msg, cfg.envelope, input) else { continue };
-                    tokio::select! {
-                        biased;
-                        _ = shutdown.cancelled() => return SessionEnd::Shutdown,
-                        r = tx.send(out) => if r.is_err() { return SessionEnd::DownstreamClosed },
+                    if let Err(end) = forward(tx, shutdown, out).await {
+                        return end;
                     }
                 }
                 _ = ping.tick() => {
                     let timeout = cfg.ping_interval.min(Duration::from_secs(5));
                     match tokio::time::timeout(timeout, sink.ping::<String>()).await {
                         Ok(Ok(_)) => {}
-                        Ok(Err(e)) => return SessionEnd::Disconnected(format!("ping failed: {e}")),
-                        Err(_) => return SessionEnd::Disconnected("ping unanswered".into()),
+                        Ok(Err(e)) => return BrokerError::broker("ping", e).into(),
+                        Err(_) => return BrokerError::Lost("ping unanswered").into(),
                     }
                 }
             }
@@ -188,17 +193,6 @@ fn to_source_message(msg: &redis::Msg, envelope: bool, input: &mut BrokerInput) 
             input.invalid(topic, &e);
             None
         }
-    }
-}
-
-/// The URL without its password, for logs.
-pub(crate) fn redacted(u: &str) -> String {
-    match url::Url::parse(u) {
-        Ok(mut parsed) if parsed.password().is_some() => {
-            let _ = parsed.set_password(Some("***"));
-            parsed.to_string()
-        }
-        _ => u.to_string(),
     }
 }
 

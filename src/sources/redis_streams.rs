@@ -2,8 +2,8 @@
 //! connection and tags every entry with its id, which becomes part of the event id (see
 //! `crate::durable`).
 //!
-//! The redis crate gives async connections a 500 ms response timeout by default, which a
-//! blocking read outlives; this connection's timeout is `block` plus the connect timeout. Each
+//! The connection's response timeout is `block` plus the connect timeout (see
+//! `sources::redis_client`: the crate's default of 500 ms is shorter than a blocking read). Each
 //! session starts after the last entry id forwarded per key (on the first session: the key's
 //! newest entry, the baseline), so a Redis outage loses nothing the stream still holds.
 //!
@@ -16,13 +16,17 @@ use std::time::Instant;
 
 use bytes::Bytes;
 use redis::Value;
+use redis::aio::MultiplexedConnection;
 use tokio_util::sync::CancellationToken;
-use tracing::{debug, info, warn};
+use tracing::{debug, info};
 
-use super::{IngestSender, Session, SessionEnd, SourceKind, SourceMessage, SourceStatus, TraceContext, supervise};
+use super::bounds::BrokerInput;
+use super::message::{IngestSender, SourceKind, SourceMessage, TraceContext};
+use super::redis_client::{RedisEndpoint, redacted};
+use super::session::{BrokerError, Session, SessionEnd, forward, send_baseline, supervise};
+use super::status::SourceStatus;
 use crate::config::RedisStreamsConfig;
 use crate::durable::{Catalog, DurableKind, DurableMark, Pos};
-use crate::input::BrokerInput;
 
 /// Entries asked for per `XREAD`.
 const READ_COUNT: usize = 512;
@@ -45,28 +49,24 @@ pub async fn run(
     status: Arc<SourceStatus>,
     shutdown: CancellationToken,
 ) -> SessionEnd {
-    let client = match redis::Client::open(cfg.url.as_str()) {
-        Ok(c) => c,
-        Err(e) => {
-            warn!(source = "redis_streams", error = %e, "Cannot create Redis client.");
-            return SessionEnd::Disconnected(e.to_string());
-        }
+    let endpoint = match RedisEndpoint::for_source("redis_streams", &cfg.url, cfg.connect_timeout) {
+        Ok(e) => e,
+        Err(end) => return end,
     };
     let keys: Vec<(usize, String)> =
         catalog.iter().filter(|(_, s)| s.kind == DurableKind::RedisStream).map(|(i, s)| (i, s.name.clone())).collect();
     let input = BrokerInput::new(SourceKind::RedisStreams, cfg.max_message_bytes, status.clone());
-    let url = super::redis::redacted(&cfg.url);
+    let url = redacted(&cfg.url);
     let max_delay = cfg.reconnect_max_delay;
     let last = vec![None; keys.len()];
     let mut session = RedisStreamsSession {
-        client,
+        endpoint,
         cfg,
         keys,
         last,
         tx,
         status: status.clone(),
         shutdown: shutdown.clone(),
-        first: true,
         input,
     };
     supervise("redis_streams", &url, max_delay, &status, &shutdown, &mut session).await
@@ -74,7 +74,7 @@ pub async fn run(
 
 /// The Redis Streams source's state across sessions.
 struct RedisStreamsSession {
-    client: redis::Client,
+    endpoint: RedisEndpoint,
     cfg: RedisStreamsConfig,
     /// (catalog index, key) of every stream key.
     keys: Vec<(usize, String)>,
@@ -83,116 +83,110 @@ struct RedisStreamsSession {
     tx: IngestSender,
     status: Arc<SourceStatus>,
     shutdown: CancellationToken,
-    first: bool,
     input: BrokerInput,
-}
-
-/// A connection whose response timeout allows a blocking read of `block`.
-pub async fn connect(
-    client: &redis::Client,
-    connect_timeout: std::time::Duration,
-    block: std::time::Duration,
-) -> redis::RedisResult<redis::aio::MultiplexedConnection> {
-    let config = redis::AsyncConnectionConfig::new()
-        .set_connection_timeout(Some(connect_timeout))
-        .set_response_timeout(Some(block + connect_timeout));
-    client.get_multiplexed_async_connection_with_config(&config).await
 }
 
 impl Session for RedisStreamsSession {
     async fn run(&mut self) -> SessionEnd {
-        let RedisStreamsSession { client, cfg, keys, last, tx, status, shutdown, first, input } = self;
         let mut conn = tokio::select! {
-            _ = shutdown.cancelled() => return SessionEnd::Shutdown,
-            r = connect(client, cfg.connect_timeout, cfg.block) => match r {
+            _ = self.shutdown.cancelled() => return SessionEnd::Shutdown,
+            r = self.endpoint.connect(self.cfg.block) => match r {
                 Ok(c) => c,
-                Err(e) => return SessionEnd::Disconnected(e.to_string()),
+                Err(e) => return BrokerError::Connect(e.into()).into(),
             },
         };
-        // Baselines: the newest entry of each key not read before.
-        for (k, (idx, key)) in keys.iter().enumerate() {
-            if last[k].is_some() {
+        if let Err(end) = self.baselines(&mut conn).await {
+            return end;
+        }
+        let reconnect = self.status.set_connected();
+        info!(source = "redis_streams", reconnect, keys = self.keys.len(), "Broker connected; reading streams.");
+        loop {
+            let xread = self.xread();
+            let reply = tokio::select! {
+                biased;
+                _ = self.shutdown.cancelled() => return SessionEnd::Shutdown,
+                r = xread.query_async(&mut conn) => match r {
+                    Ok(v) => v,
+                    Err(e) => return BrokerError::broker("XREAD", e).into(),
+                },
+            };
+            if let Err(end) = self.forward_reply(&reply).await {
+                return end;
+            }
+        }
+    }
+}
+
+impl RedisStreamsSession {
+    /// Announces the newest entry of each key not read before as its baseline.
+    async fn baselines(&mut self, conn: &mut MultiplexedConnection) -> Result<(), SessionEnd> {
+        for (k, (idx, key)) in self.keys.iter().enumerate() {
+            if self.last[k].is_some() {
                 continue;
             }
-            let newest: Value = match redis::cmd("XREVRANGE")
+            let newest: Value = redis::cmd("XREVRANGE")
                 .arg(key)
                 .arg("+")
                 .arg("-")
                 .arg("COUNT")
                 .arg(1)
-                .query_async(&mut conn)
+                .query_async(conn)
                 .await
-            {
-                Ok(v) => v,
-                Err(e) => return SessionEnd::Disconnected(e.to_string()),
-            };
+                .map_err(|e| BrokerError::broker("XREVRANGE", e))?;
             let pos = parse_entries(key, &newest).first().map_or(Pos::default(), |e| e.pos);
-            let mut m = SourceMessage::new(SourceKind::RedisStreams, String::new(), Bytes::new());
-            m.durable = Some(DurableMark { stream: *idx as u16, pos, baseline: true });
-            // Wait until the sequencer has it: from then on resumes can place the stream.
-            let (reply, done) = tokio::sync::oneshot::channel();
-            m.reply = Some(reply);
-            if tx.send(m).await.is_err() || done.await.is_err() {
-                return SessionEnd::DownstreamClosed;
-            }
-            last[k] = Some(pos);
+            send_baseline(&self.tx, SourceKind::RedisStreams, *idx, pos).await?;
+            self.last[k] = Some(pos);
         }
-        status.set_connected(*first);
-        info!(source = "redis_streams", reconnect = !*first, keys = keys.len(), "Broker connected; reading streams.");
-        *first = false;
-        let block_ms = cfg.block.as_millis() as u64;
-        loop {
-            let mut cmd = redis::cmd("XREAD");
-            cmd.arg("COUNT").arg(READ_COUNT).arg("BLOCK").arg(block_ms).arg("STREAMS");
-            for (_, key) in keys.iter() {
-                cmd.arg(key);
-            }
-            for p in last.iter() {
-                let p = p.unwrap_or_default();
-                cmd.arg(format!("{}-{}", p.a, p.b));
-            }
-            let reply: Value = tokio::select! {
-                biased;
-                _ = shutdown.cancelled() => return SessionEnd::Shutdown,
-                r = cmd.query_async(&mut conn) => match r {
-                    Ok(v) => v,
-                    Err(e) => return SessionEnd::Disconnected(e.to_string()),
-                },
-            };
-            for (key, entries) in parse_xread(&reply) {
-                let Some(k) = keys.iter().position(|(_, n)| *n == key) else { continue };
-                let idx = keys[k].0;
-                for e in entries {
-                    if last[k].is_some_and(|l| e.pos <= l) {
-                        continue;
-                    }
-                    last[k] = Some(e.pos);
-                    let Some(payload) = e.payload else {
-                        status.count_malformed();
-                        debug!(source = "redis_streams", key = %e.key, "Entry without a data field; skipped.");
-                        continue;
-                    };
-                    if !input.admit(&e.key, &payload, true) {
-                        continue;
-                    }
-                    let out = SourceMessage {
-                        source: SourceKind::RedisStreams,
-                        topic: e.key,
-                        payload,
-                        event_type: e.event_type,
-                        trace: e.trace,
-                        received_at: Instant::now(),
-                        reply: None,
-                        durable: Some(DurableMark { stream: idx as u16, pos: e.pos, baseline: false }),
-                    };
-                    tokio::select! {
-                        biased;
-                        _ = shutdown.cancelled() => return SessionEnd::Shutdown,
-                        r = tx.send(out) => if r.is_err() { return SessionEnd::DownstreamClosed },
-                    }
+        Ok(())
+    }
+
+    /// `XREAD` of every key after the last entry forwarded, blocking up to `block`.
+    fn xread(&self) -> redis::Cmd {
+        let mut cmd = redis::cmd("XREAD");
+        cmd.arg("COUNT").arg(READ_COUNT).arg("BLOCK").arg(self.cfg.block.as_millis() as u64).arg("STREAMS");
+        for (_, key) in &self.keys {
+            cmd.arg(key);
+        }
+        for p in &self.last {
+            let p = p.unwrap_or_default();
+            cmd.arg(format!("{}-{}", p.a, p.b));
+        }
+        cmd
+    }
+
+    /// Forwards the new, admitted entries of one `XREAD` reply.
+    async fn forward_reply(&mut self, reply: &Value) -> Result<(), SessionEnd> {
+        let RedisStreamsSession { keys, last, tx, status, shutdown, input, .. } = self;
+        for (key, entries) in parse_xread(reply) {
+            let Some(k) = keys.iter().position(|(_, n)| *n == key) else { continue };
+            let idx = keys[k].0;
+            for e in entries {
+                if last[k].is_some_and(|l| e.pos <= l) {
+                    continue;
                 }
+                last[k] = Some(e.pos);
+                let Some(payload) = e.payload else {
+                    status.count_malformed();
+                    debug!(source = "redis_streams", key = %e.key, "Entry without a data field; skipped.");
+                    continue;
+                };
+                if !input.admit(&e.key, &payload, true) {
+                    continue;
+                }
+                let out = SourceMessage {
+                    source: SourceKind::RedisStreams,
+                    topic: e.key,
+                    payload,
+                    event_type: e.event_type,
+                    trace: e.trace,
+                    received_at: Instant::now(),
+                    reply: None,
+                    durable: Some(DurableMark { stream: idx as u16, pos: e.pos, baseline: false }),
+                };
+                forward(tx, shutdown, out).await?;
             }
         }
+        Ok(())
     }
 }
 

@@ -43,7 +43,7 @@ pub struct SseBody {
     /// The stream's span, when tracing is on.
     span: Option<Box<StreamSpan>>,
     metrics: Arc<Metrics>,
-    /// A resume's broker read, run before the stream goes live (see `crate::durable::resume`).
+    /// A resume's broker read, run before the stream goes live (see `crate::resume`).
     resume: Option<ResumeFuture>,
     opened: Instant,
     ended: Option<&'static str>,

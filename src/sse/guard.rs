@@ -23,11 +23,11 @@ use subtle::ConstantTimeEq;
 use tracing::debug;
 
 use super::body::ResponseBody;
+use super::input::{MAX_HEADER_BYTES, check_last_event_id, header_bytes};
 use super::request::{EventsRequest, PublishQuery};
 use super::response::{Refused, bad_request, text};
 use crate::auth::TokenError;
 use crate::config::AuthConfig;
-use crate::input::{MAX_HEADER_BYTES, check_last_event_id, header_bytes};
 use crate::state::AppState;
 use crate::topic::TopicFilter;
 

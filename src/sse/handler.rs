@@ -4,7 +4,7 @@
 //!
 //! Opening a stream is a pipeline of named steps over one parsed request: parse
 //! (`EventsRequest::parse`) → authorize (`guard::events`) → admit (`admit`) → subscribe,
-//! which resumes from the client's cursor under the registry lock (`subscribe`, `resume`) →
+//! which resumes from the client's cursor under the registry lock (`subscribe`, `resume_from`) →
 //! respond (`respond`). The first refusal ends the request.
 
 use std::convert::Infallible;
@@ -24,13 +24,10 @@ use super::public_state::PublicState;
 use super::publish::publish;
 use super::request::{EventsRequest, TopicBounds};
 use super::response::{Refused, over_budget, text, unavailable};
-use crate::client::{ClientQueue, ConnHandle, GAP_EVENT};
-use crate::durable::{self, resume::BrokerResume, resume::ResumeInputs};
-use crate::event::frame_control;
-use crate::input::truncate;
+use crate::client::{ClientQueue, ConnHandle};
 use crate::limits::{Refusal, StreamPermit};
 use crate::registry::Subscription;
-use crate::replay::{Cursor, MAX_CURSOR_LEN};
+use crate::resume::{self, BrokerResume, ResumeContext};
 use crate::state::AppState;
 use crate::telemetry::StreamSpan;
 use crate::topic::TopicFilter;
@@ -128,7 +125,7 @@ fn subscribe(state: &PublicState, request: EventsRequest, conn: ConnHandle) -> S
     let mut span = app.telemetry.stream(&topics, last_event_id.is_some());
     let mut broker_resume = None;
     let subscription = app.registry.subscribe_from(filters, queue.clone(), |filters, _| {
-        let (covered, broker) = resume(app, filters, &queue, last_event_id.as_deref(), &mut span);
+        let (covered, broker) = resume_from(app, filters, &queue, last_event_id.as_deref(), &mut span);
         broker_resume = broker;
         covered
     });
@@ -137,53 +134,25 @@ fn subscribe(state: &PublicState, request: EventsRequest, conn: ConnHandle) -> S
 }
 
 /// The resume, run under the registry lock: puts what the client missed since `last_event_id`
-/// into the queue's backlog (from the ring, or planned from the durable streams) and returns
-/// the sequence the stream is covered up to, with the broker read to run first, if any.
-fn resume(
+/// into the queue's backlog and returns the sequence the stream is covered up to, with the
+/// broker read to run first, if any (see [`crate::resume`]).
+fn resume_from(
     app: &AppState,
     filters: &[TopicFilter],
     queue: &Arc<ClientQueue>,
     last_event_id: Option<&str>,
     span: &mut Option<Box<StreamSpan>>,
 ) -> (u64, Option<BrokerResume>) {
-    // Positions first, then the sequence: the sequencer publishes them in the other order.
-    let snapshot = (!app.catalog.is_empty()).then(|| app.positions.snapshot());
-    let upto = app.last_seq.get();
-    let Some(id) = last_event_id else { return (upto, None) };
-    if let Some(snapshot) = snapshot {
-        let inputs = ResumeInputs {
-            catalog: &app.catalog,
-            replay: &app.replay,
-            reader: &app.broker_reader,
-            metrics: &app.metrics,
-            run_id: app.run_id,
-            upto,
-            snapshot,
-        };
-        if let Some(planned) = durable::resume::plan(inputs, filters, queue, id) {
-            return planned;
-        }
-    }
-    // Without durable streams the id is `<run>-<seq>`; with them, that is its first part.
-    let base = id.split_once('_').map_or(id, |(b, _)| b);
-    let plan = app.replay.resume(filters, Cursor::parse(base, app.run_id, upto), upto);
-    if let Some((reason, gap_topics)) = &plan.gap {
-        let data = serde_json::json!({
-            "reason": reason.as_str(),
-            "topics": gap_topics,
-            "last_event_id": truncate(id, MAX_CURSOR_LEN),
-        });
-        queue.push_backlog(frame_control(GAP_EVENT, &data.to_string()));
-        app.metrics.count_gap(reason.as_str());
-    }
-    app.metrics.replayed_events.inc_by(plan.events.len() as u64);
-    if let Some(s) = span {
-        s.resumed(plan.events.len(), plan.gap.as_ref().map(|(r, _)| r.as_str()));
-    }
-    for e in plan.events {
-        queue.push_backlog(e.frame.clone());
-    }
-    (upto, None)
+    let cx = ResumeContext {
+        catalog: &app.catalog,
+        positions: &app.positions,
+        last_seq: &app.last_seq,
+        replay: &app.replay,
+        reader: &app.broker_reader,
+        metrics: &app.metrics,
+        run_id: app.run_id,
+    };
+    resume::start(cx, filters, queue, last_event_id, span.as_deref_mut())
 }
 
 /// Answers `200` with the stream body, which holds the subscription and the admission permit.

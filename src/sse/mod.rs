@@ -2,8 +2,8 @@
 //!
 //! Reading order: `server` (accept loop, hyper) and `h1` (the lean HTTP/1.1 path for
 //! `GET /events`), both on the plumbing in `conn`; `handler` (routes, the `GET /events`
-//! pipeline) over `request` (the parsed query), `guard` (input bounds, authorization) and
-//! `publish`; `body` (the stream body) and `response` (small fixed responses);
+//! pipeline) over `request` (the parsed query), `input` (bounds on HTTP input), `guard`
+//! (input bounds, authorization) and `publish`; `body` (the stream body) and `response` (small fixed responses);
 //! `public_state`, `cors`, `client_ip` (what the listener works out once from `server.*`).
 
 pub mod body;
@@ -13,6 +13,7 @@ pub mod cors;
 pub mod guard;
 pub mod h1;
 pub mod handler;
+pub mod input;
 pub mod public_state;
 pub mod publish;
 pub mod request;

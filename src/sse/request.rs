@@ -8,10 +8,10 @@
 
 use http::Request;
 
+use super::input::{MAX_EVENT_TYPE_BYTES, check_last_event_id};
 use super::response::{Refused, bad_request};
-use crate::input::{MAX_EVENT_TYPE_BYTES, check_last_event_id, truncate};
 use crate::metrics::Metrics;
-use crate::topic::TopicFilter;
+use crate::topic::{TopicFilter, truncate};
 
 /// Longest query string accepted; far above any sane list of topics, far below abuse.
 pub const MAX_QUERY_BYTES: usize = 16 * 1024;

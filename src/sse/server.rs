@@ -50,8 +50,8 @@ pub fn http_builder(tracker: TaskTracker, header_read_timeout: Duration) -> auto
     // hyper needs a timer whenever a timeout is set.
     b.http1().timer(TokioTimer::new()).header_read_timeout(header_read_timeout).half_close(false);
     // A request head beyond this gets hyper's 431 (default ~400 KiB); smaller excess is
-    // refused by the handler with a 400 and a metric (crate::input).
-    b.http1().max_buf_size(crate::input::MAX_REQUEST_HEAD_BYTES);
+    // refused by the handler with a 400 and a metric (sse::input).
+    b.http1().max_buf_size(super::input::MAX_REQUEST_HEAD_BYTES);
     b.http2().timer(TokioTimer::new()).keep_alive_interval(Some(Duration::from_secs(30)));
     b
 }

@@ -3,7 +3,7 @@
 //
 //   node tests/browser/eventsource.mjs --url <SSE URL> --page-port <PORT> --count <N>
 //        [--event-types a,b,c] [--timeout-ms 30000] [--exit-on-closed]
-//        [--chromium /usr/bin/chromium]
+//        [--chromium /usr/bin/chromium] [--sources N]
 //
 // Serves one HTML page on http://127.0.0.1:<PORT>/ (a different origin from the
 // SSE URL, so CORS is exercised), opens it in headless Chromium, and the page
@@ -15,6 +15,10 @@
 //   {"type":"event","event":"message","data":"..","lastEventId":".."}
 //   {"type":"error","readyState":0|1|2}               EventSource error event
 //   {"type":"timeout","timeoutMs":..,"events":..,"opened":..}   (then exit 1)
+//
+// With --sources N (default 1) the page opens N EventSources on the same URL at
+// once; every line then also carries "source": 0..N-1, "open"/"reopen" are per
+// source, and --count counts the events of all sources together.
 //
 // Exit codes: 0 = <count> events printed; 1 = timeout; 2 = usage/launch/setup
 // failure (message on stderr); 3 = --exit-on-closed and the EventSource reached
@@ -53,6 +57,7 @@ function parseArgs(argv) {
     timeoutMs: 30000,
     exitOnClosed: false,
     chromium: process.env.CHROMIUM_PATH || '/usr/bin/chromium',
+    sources: 1,
   };
   for (let i = 0; i < argv.length; i++) {
     let arg = argv[i];
@@ -75,6 +80,7 @@ function parseArgs(argv) {
       case '--timeout-ms': opts.timeoutMs = next(); break;
       case '--chromium': opts.chromium = next(); break;
       case '--exit-on-closed': opts.exitOnClosed = true; break;
+      case '--sources': opts.sources = Number(next()); break;
       case '-h': case '--help': process.stderr.write(USAGE + '\n'); process.exit(EXIT_OK); break;
       default: die(`unknown argument: ${arg}\n${USAGE}`);
     }
@@ -92,6 +98,7 @@ function parseArgs(argv) {
   const timeoutMs = Number(opts.timeoutMs);
   if (!Number.isFinite(timeoutMs) || timeoutMs <= 0) die('--timeout-ms must be a positive number');
   opts.timeoutMs = timeoutMs;
+  if (!Number.isInteger(opts.sources) || opts.sources < 1) die('--sources must be an integer >= 1');
   return opts;
 }
 
@@ -113,7 +120,7 @@ process.stdout.on('error', (err) => {
 
 // ---- the page ---------------------------------------------------------------
 function pageHtml() {
-  const cfg = JSON.stringify({ url: opts.url, eventTypes: opts.eventTypes })
+  const cfg = JSON.stringify({ url: opts.url, eventTypes: opts.eventTypes, sources: opts.sources })
     .replace(/</g, '\\u003c').replace(/\u2028/g, '\\u2028').replace(/\u2029/g, '\\u2029');
   return `<!doctype html>
 <html><head><meta charset="utf-8"><link rel="icon" href="data:,"><title>sse-bridge EventSource harness</title></head>
@@ -122,27 +129,30 @@ function pageHtml() {
 (() => {
   const cfg = ${cfg};
   const send = (msg) => { window.__sseHarness(msg); };
-  let es;
-  try {
-    es = new EventSource(cfg.url);
-  } catch (err) {
-    send({ kind: 'construct-error', message: String(err) });
-    return;
-  }
-  window.__sseHarnessEs = es;
-  const onAny = (e) => {
-    // Anything the server dispatched (including a server-sent "event: error"
-    // or "event: open") is a MessageEvent; connection state changes are not.
-    if (e instanceof MessageEvent) {
-      send({ kind: 'event', event: e.type, data: e.data, lastEventId: e.lastEventId });
-    } else if (e.type === 'open') {
-      send({ kind: 'open' });
-    } else {
-      send({ kind: 'error', readyState: es.readyState });
+  window.__sseHarnessEs = [];
+  for (let source = 0; source < cfg.sources; source++) {
+    let es;
+    try {
+      es = new EventSource(cfg.url);
+    } catch (err) {
+      send({ kind: 'construct-error', message: String(err) });
+      return;
     }
-  };
-  for (const t of new Set(['open', 'error', 'message', ...cfg.eventTypes])) {
-    es.addEventListener(t, onAny);
+    window.__sseHarnessEs.push(es);
+    const onAny = (e) => {
+      // Anything the server dispatched (including a server-sent "event: error"
+      // or "event: open") is a MessageEvent; connection state changes are not.
+      if (e instanceof MessageEvent) {
+        send({ kind: 'event', source, event: e.type, data: e.data, lastEventId: e.lastEventId });
+      } else if (e.type === 'open') {
+        send({ kind: 'open', source });
+      } else {
+        send({ kind: 'error', source, readyState: es.readyState });
+      }
+    };
+    for (const t of new Set(['open', 'error', 'message', ...cfg.eventTypes])) {
+      es.addEventListener(t, onAny);
+    }
   }
 })();
 </script>
@@ -197,7 +207,7 @@ async function shutdown(code) {
       try {
         const pages = browser.contexts().flatMap((c) => c.pages());
         await Promise.all(pages.map((p) =>
-          p.evaluate(() => { if (window.__sseHarnessEs) window.__sseHarnessEs.close(); }).catch(() => {})));
+          p.evaluate(() => { for (const es of window.__sseHarnessEs || []) es.close(); }).catch(() => {})));
       } catch { /* ignore */ }
       await browser.close().catch((err) => log(`browser.close: ${err.message}`));
     }
@@ -229,16 +239,22 @@ for (const sig of ['SIGINT', 'SIGTERM', 'SIGHUP']) {
   });
 }
 
+const opensBySource = new Map();
 function onPageMessage(msg) {
   if (finished || !msg || typeof msg !== 'object') return;
+  // One source (the default) prints exactly the lines it always printed.
+  const tag = opts.sources > 1 ? { source: msg.source } : {};
   switch (msg.kind) {
-    case 'open':
+    case 'open': {
       opens += 1;
-      emit({ type: opens === 1 ? 'open' : 'reopen' });
+      const n = (opensBySource.get(msg.source) || 0) + 1;
+      opensBySource.set(msg.source, n);
+      emit({ type: n === 1 ? 'open' : 'reopen', ...tag });
       break;
+    }
     case 'event':
       events += 1;
-      emit({ type: 'event', event: msg.event, data: msg.data, lastEventId: msg.lastEventId });
+      emit({ type: 'event', event: msg.event, data: msg.data, lastEventId: msg.lastEventId, ...tag });
       if (events >= opts.count) {
         clearTimeout(overallTimer);
         log(`got ${events} events in ${Date.now() - t0} ms; closing`);
@@ -246,7 +262,7 @@ function onPageMessage(msg) {
       }
       break;
     case 'error':
-      emit({ type: 'error', readyState: msg.readyState });
+      emit({ type: 'error', readyState: msg.readyState, ...tag });
       if (opts.exitOnClosed && msg.readyState === 2) {
         clearTimeout(overallTimer);
         log('EventSource is CLOSED (will not reconnect); exiting (--exit-on-closed)');

@@ -1,18 +1,16 @@
 //! The real `sse-bridge` binary serving a temporary config on free loopback ports, with its
-//! logs captured: for tests about what the process logs and how it holds up (its own RSS).
-//!
-//! Included with `#[path = "common/bridge_process.rs"] mod bridge_process;` next to
-//! `mod common;` and `#[path = "common/daemon.rs"] mod daemon;`.
-
-#![allow(dead_code)]
+//! logs captured: for tests about what the process logs, how it holds up (its own RSS) and how
+//! it ends (signals).
 
 use std::net::SocketAddr;
 use std::time::Duration;
 
 use nix::sys::signal::Signal;
 
-use crate::common::brokers;
-use crate::daemon::{self, Daemon};
+use super::app::publish_at;
+use super::brokers;
+use super::daemon::{self, Daemon};
+use super::metrics::metrics_at;
 
 /// A running bridge process.
 pub struct BridgeProcess {
@@ -57,24 +55,30 @@ impl BridgeProcess {
         unreachable!()
     }
 
+    /// `http://addr/path` on its public listener.
     pub fn url(&self, path_and_query: &str) -> String {
         format!("http://{}{}", self.addr, path_and_query)
     }
 
+    /// `http://admin/path` on its admin listener.
     pub fn admin_url(&self, path: &str) -> String {
         format!("http://{}{}", self.admin, path)
     }
 
-    /// Resident set size of the process, from `/proc/<pid>/status`.
+    /// Its admin listener's `/metrics`.
+    pub async fn metrics(&self) -> String {
+        metrics_at(&self.admin_url("/metrics")).await
+    }
+
+    /// Publishes `body` on `topic` (the config must set `[publish] token` to
+    /// [`TOKEN`](super::TOKEN)); returns the assigned id.
+    pub async fn publish(&self, topic: &str, body: impl Into<reqwest::Body>) -> String {
+        publish_at(&self.url(&format!("/publish?topic={}", super::urlencode(topic))), body).await
+    }
+
+    /// Resident set size of the process.
     pub fn rss_bytes(&self) -> u64 {
-        let status = std::fs::read_to_string(format!("/proc/{}/status", self.daemon.pid())).expect("process is alive");
-        let kb: u64 = status
-            .lines()
-            .find_map(|l| l.strip_prefix("VmRSS:"))
-            .and_then(|v| v.split_whitespace().next())
-            .and_then(|v| v.parse().ok())
-            .expect("VmRSS in /proc/<pid>/status");
-        kb * 1024
+        rss_of(self.daemon.pid().as_raw()).expect("VmRSS of a live process")
     }
 
     /// SIGTERM, wait for the exit (panics after 15 s), and return everything it logged.
@@ -88,4 +92,15 @@ impl BridgeProcess {
         assert_eq!(out.code(), 0, "sse-bridge exited with {status}:\n{}", out.stderr);
         out.stderr
     }
+}
+
+/// Resident set size of process `pid`, from `/proc/<pid>/status`; `None` once it is gone.
+pub fn rss_of(pid: i32) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let kb: u64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next())
+        .and_then(|v| v.parse().ok())?;
+    Some(kb * 1024)
 }

@@ -17,9 +17,6 @@
 //! Binaries are looked up on `PATH`; `NATS_SERVER_BIN` / `REDIS_SERVER_BIN`
 //! override that.
 
-// Each test binary uses a different subset of these helpers.
-#![allow(dead_code)]
-
 use std::fs::{File, OpenOptions};
 use std::io::{Read, Seek, SeekFrom, Write};
 use std::net::TcpListener;

@@ -7,11 +7,6 @@
 //! Nothing here sleeps to synchronise: exits are reported by a waiter thread over a channel
 //! (with the instant the process was reaped), output is collected by reader threads, and
 //! "listening" means a TCP connect succeeded.
-//!
-//! Included with `#[path = "common/daemon.rs"] mod daemon;` by the tests that need it.
-
-// Each test binary uses a different subset of these helpers.
-#![allow(dead_code)]
 
 use std::io::Read;
 use std::net::{SocketAddr, TcpStream};

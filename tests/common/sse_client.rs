@@ -10,9 +10,6 @@
 //! The parser ([`SseParser`]) is a pure byte-in/events-out state machine so it
 //! can be unit-tested without a server (see `tests/sse_client_parser.rs`).
 
-// Each test binary uses a different subset of these helpers.
-#![allow(dead_code)]
-
 use std::collections::VecDeque;
 use std::fmt;
 use std::pin::Pin;

@@ -13,7 +13,11 @@ into a virtualenv first. Each values file in this folder (`*-values.yaml`) is:
      memory.limit derived from the memory limit, grace period > preStop + drain, the security
      context, Secrets by name, checksum roll on config change, the optional resources;
   5. its rendered bridge.toml is run through `sse-bridge --check-config` when a binary is given
-     (SSE_BRIDGE_BIN), so the chart cannot emit a config the bridge refuses.
+     (SSE_BRIDGE_BIN), so the chart cannot emit a config the bridge refuses;
+  6. rendered again as the release `sse-bridge` (whose Service names map to the bridge's own
+     `SSE_BRIDGE_` prefix), beside a second release `sse-bridge-canary`, and checked with
+     `--check-config` in the environment Kubernetes would inject for every Service of both
+     (service links), although the pod spec turns service links off.
 
 Then wrong values must be refused: by the schema (wrong types, unknown keys, keys the chart
 owns) and by the template checks the schema cannot express. And the Dockerfile is linted with
@@ -73,9 +77,9 @@ def load_values(path: Path) -> dict[str, Any]:
     return yaml.safe_load(path.read_text()) or {}
 
 
-def render(chart: helm.Chart, values: dict[str, Any]) -> dict[str, list[dict[str, Any]]]:
+def render(chart: helm.Chart, values: dict[str, Any], release: str = RELEASE) -> dict[str, list[dict[str, Any]]]:
     """Renders like `helm template`: template path -> list of manifests (empty docs dropped)."""
-    out = chart.render(values, name=RELEASE, namespace=NAMESPACE, is_install=True)
+    out = chart.render(values, name=release, namespace=NAMESPACE, is_install=True)
     docs: dict[str, list[dict[str, Any]]] = {}
     for path, text in out.items():
         if path.endswith("NOTES.txt"):
@@ -244,6 +248,72 @@ def secret_env_for_check(kinds: dict[str, dict[str, Any]]) -> dict[str, str]:
     return env
 
 
+# Release names whose Services map to the bridge's prefix: `sse-bridge` (fullname `sse-bridge`)
+# and a second release in the same namespace (`sse-bridge-canary`); a pod gets the links of
+# every Service of its namespace, not only its own release's.
+LINKED_RELEASES = ("sse-bridge", "sse-bridge-canary")
+
+
+def service_link_env(services: list[dict[str, Any]], ipv6: bool = False) -> dict[str, str]:
+    """What the kubelet injects for `services` (pkg/kubelet/envvars FromServices): per Service
+    with a cluster IP, `<NAME>_SERVICE_HOST`, `_SERVICE_PORT`, `_SERVICE_PORT_<PORT_NAME>` and
+    the Docker-link variables `<NAME>_PORT`, `<NAME>_PORT_<port>_<PROTO>[_PROTO|_PORT|_ADDR]`."""
+    env: dict[str, str] = {}
+    for i, svc in enumerate(services):
+        spec = svc["spec"]
+        if spec.get("type") == "ExternalName" or spec.get("clusterIP") == "None":
+            continue  # no cluster IP, no variables
+        ip = spec.get("clusterIP") or (f"fd00::{i + 10:x}" if ipv6 else f"10.96.0.{i + 10}")
+        host = f"[{ip}]" if ":" in ip else ip
+        name = svc["metadata"]["name"].upper().replace("-", "_")
+        ports = spec["ports"]
+        env[f"{name}_SERVICE_HOST"] = ip
+        env[f"{name}_SERVICE_PORT"] = str(ports[0]["port"])
+        for p in ports:
+            if p.get("name"):
+                env[f"{name}_SERVICE_PORT_{p['name'].upper().replace('-', '_')}"] = str(p["port"])
+        for j, p in enumerate(ports):
+            proto = p.get("protocol", "TCP")
+            url = f"{proto.lower()}://{host}:{p['port']}"
+            if j == 0:
+                env[f"{name}_PORT"] = url
+            prefix = f"{name}_PORT_{p['port']}_{proto.upper()}"
+            env.update({prefix: url, f"{prefix}_PROTO": proto.lower(), f"{prefix}_PORT": str(p["port"]),
+                        f"{prefix}_ADDR": ip})
+    return env
+
+
+def services_of(docs: dict[str, list[dict[str, Any]]]) -> list[dict[str, Any]]:
+    return [m for manifests in docs.values() for m in manifests if m["kind"] == "Service"]
+
+
+def check_service_links(name: str, chart: helm.Chart, values: dict[str, Any]) -> None:
+    """Installed as `sse-bridge` beside `sse-bridge-canary`, with service links on: the pod's
+    environment holds `SSE_BRIDGE_SERVICE_HOST`, `SSE_BRIDGE_PORT=tcp://…` and the rest, for
+    every Service both releases render, and the bridge must still accept its configuration."""
+    renders = {release: render(chart, values, release) for release in LINKED_RELEASES}
+    kinds = by_kind(renders["sse-bridge"])
+    services = [svc for docs in renders.values() for svc in services_of(docs)]
+
+    def links_off():
+        for release, docs in renders.items():
+            pod = by_kind(docs)["Deployment"]["spec"]["template"]["spec"]
+            assert pod.get("enableServiceLinks") is False, (release, pod.get("enableServiceLinks"))
+
+    def bridge_accepts_links():
+        assert kinds["Service"]["metadata"]["name"] == "sse-bridge", kinds["Service"]["metadata"]["name"]
+        for ipv6 in (False, True):
+            links = service_link_env(services, ipv6)
+            for want in ("SSE_BRIDGE_SERVICE_HOST", "SSE_BRIDGE_PORT", "SSE_BRIDGE_CANARY_SERVICE_HOST"):
+                assert want in links, (want, sorted(links))
+            clash = sorted(set(links) & {e["name"] for e in container(kinds).get("env", [])})
+            assert not clash, f"a service link has the name of an env var the chart sets: {clash}"
+            check_config(kinds["ConfigMap"]["data"]["bridge.toml"], {**links, **secret_env_for_check(kinds)})
+
+    check(f"{name}: as release sse-bridge: enableServiceLinks false", links_off)
+    check(f"{name}: as release sse-bridge: --check-config with every Service's links", bridge_accepts_links)
+
+
 def container(kinds: dict[str, dict[str, Any]]) -> dict[str, Any]:
     cs = kinds["Deployment"]["spec"]["template"]["spec"]["containers"]
     assert len(cs) == 1
@@ -399,6 +469,7 @@ def main() -> int:
         outdir = Path(work.name) / name
         outdir.mkdir()
         check_common(name, chart, values, docs, outdir)
+        check_service_links(name, chart, values)
 
     specific_checks(chart, renders)
     schema_rejections(chart)

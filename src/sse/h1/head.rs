@@ -9,7 +9,7 @@ use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{Method, Request, Uri, Version};
 use tokio::io::{AsyncRead, AsyncReadExt};
 
-use crate::input::MAX_REQUEST_HEAD_BYTES;
+use crate::sse::input::MAX_REQUEST_HEAD_BYTES;
 
 /// First size of the head buffer; doubled as needed up to [`MAX_REQUEST_HEAD_BYTES`].
 const INITIAL_HEAD_BYTES: usize = 1024;

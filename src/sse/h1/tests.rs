@@ -11,8 +11,8 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
 use super::head::{Head, Parsed, ends_head, parse, read_head};
 use super::writer::{Writer, chunk_line, poll_client_gone};
-use crate::input::MAX_REQUEST_HEAD_BYTES;
 use crate::sse::conn::ConnEnd;
+use crate::sse::input::MAX_REQUEST_HEAD_BYTES;
 
 #[test]
 fn chunk_lines_are_hex() {

@@ -20,9 +20,10 @@ use parking_lot::Mutex;
 use tokio::sync::Semaphore;
 use tracing::{debug, warn};
 
-use super::{Catalog, DurableKind, Pos};
 use crate::config::{Config, ResumeConfig};
+use crate::durable::{Catalog, DurableKind, DurableStream, Pos};
 use crate::metrics::Metrics;
+use crate::sources::RedisEndpoint;
 use crate::sources::nats::read_headers;
 use crate::sources::redis_streams;
 
@@ -78,7 +79,7 @@ pub struct BrokerReader {
     catalog: Arc<Catalog>,
     cfg: ResumeConfig,
     js: Option<(String, String, usize)>,
-    redis: Option<(redis::Client, std::time::Duration, usize)>,
+    redis: Option<(RedisEndpoint, usize)>,
     permits: Arc<Semaphore>,
     inflight: Mutex<HashMap<ReadKey, WeakShared<BoxFuture<'static, Arc<ReadOutcome>>>>>,
     js_ctx: tokio::sync::Mutex<Option<jetstream::Context>>,
@@ -101,9 +102,10 @@ impl BrokerReader {
             catalog,
             cfg: config.resume.clone(),
             js: config.jetstream.as_ref().map(|j| (j.url.clone(), j.event_header.clone(), j.max_message_bytes)),
-            redis: config.redis_streams.as_ref().and_then(|r| {
-                redis::Client::open(r.url.as_str()).ok().map(|c| (c, r.connect_timeout, r.max_message_bytes))
-            }),
+            redis: config
+                .redis_streams
+                .as_ref()
+                .and_then(|r| RedisEndpoint::open(&r.url, r.connect_timeout).ok().map(|e| (e, r.max_message_bytes))),
             permits: Arc::new(Semaphore::new(config.resume.max_concurrent_reads)),
             inflight: Mutex::new(HashMap::new()),
             js_ctx: tokio::sync::Mutex::new(None),
@@ -208,7 +210,7 @@ impl BrokerReader {
         Ok(ctx)
     }
 
-    async fn read_jetstream(&self, durable: &super::DurableStream, key: ReadKey) -> Result<ReadOutcome, String> {
+    async fn read_jetstream(&self, durable: &DurableStream, key: ReadKey) -> Result<ReadOutcome, String> {
         let name = durable.name.as_str();
         let (_, event_header, max_bytes) = self.js.as_ref().ok_or("JetStream is not configured")?;
         let ctx = self.jetstream().await?;
@@ -267,15 +269,14 @@ impl BrokerReader {
         if let Some(c) = &*g {
             return Ok(c.clone());
         }
-        let (client, connect_timeout, _) = self.redis.as_ref().ok_or("Redis Streams are not configured")?;
-        let c =
-            redis_streams::connect(client, *connect_timeout, self.cfg.read_timeout).await.map_err(|e| e.to_string())?;
+        let (endpoint, _) = self.redis.as_ref().ok_or("Redis Streams are not configured")?;
+        let c = endpoint.connect(self.cfg.read_timeout).await.map_err(|e| e.to_string())?;
         *g = Some(c.clone());
         Ok(c)
     }
 
     async fn read_redis(&self, key_name: &str, key: ReadKey) -> Result<ReadOutcome, String> {
-        let max_bytes = self.redis.as_ref().map_or(usize::MAX, |r| r.2);
+        let max_bytes = self.redis.as_ref().map_or(usize::MAX, |r| r.1);
         let mut conn = self.redis().await?;
         let mut gap = None;
         // Redis 7 records the newest id ever deleted or trimmed: past the cursor means the

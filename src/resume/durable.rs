@@ -13,27 +13,21 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 
+use super::context::ResumeContext;
+use super::gap::{dedup, gap_frame};
 use super::reader::BrokerReader;
-use super::{Catalog, Pos, Snapshot};
-use crate::client::{ClientQueue, GAP_EVENT};
-use crate::event::{frame_control, frame_event_with};
-use crate::input::truncate;
+use crate::client::ClientQueue;
+use crate::durable::{Catalog, Pos, Snapshot};
+use crate::event::{Event, frame_event_with};
 use crate::metrics::Metrics;
-use crate::replay::{Cursor, MAX_CURSOR_LEN, ReplayStore};
-use crate::topic::TopicFilter;
+use crate::replay::{Cursor, MAX_CURSOR_LEN};
+use crate::topic::{TopicFilter, truncate};
 
-/// What the handler needs to plan a durable resume.
-#[derive(Debug)]
-pub struct ResumeInputs<'a> {
-    pub catalog: &'a Arc<Catalog>,
-    pub replay: &'a ReplayStore,
-    pub reader: &'a Arc<BrokerReader>,
-    pub metrics: &'a Arc<Metrics>,
-    pub run_id: u64,
-    /// Last published sequence and the durable positions, read under the registry lock.
-    pub upto: u64,
-    pub snapshot: Snapshot,
-}
+/// Gap signals still to send: (reason, topics), in the order they are sent.
+type Gaps = Vec<(&'static str, Vec<String>)>;
+
+/// A broker range to read: (stream index, after, up to and including).
+type Read = (usize, Pos, Pos);
 
 /// The broker part of a resume, run by the stream body before it goes live.
 pub struct BrokerResume {
@@ -45,8 +39,8 @@ pub struct BrokerResume {
     /// The run-local part of the client's id, kept in replayed ids.
     base: String,
     vector: Vec<Option<Pos>>,
-    reads: Vec<(usize, Pos, Pos)>,
-    gaps: Vec<(&'static str, Vec<String>)>,
+    reads: Vec<Read>,
+    gaps: Gaps,
     last_event_id: String,
 }
 
@@ -57,32 +51,75 @@ impl std::fmt::Debug for BrokerResume {
 }
 
 /// Plans a resume from `id` when durable streams are configured and the ring alone cannot
-/// serve it. Returns the sequence the subscription covers and, if the broker must be read, the
-/// work for the stream body; None leaves the resume to the ring (an id of this run the ring
-/// still covers, or an id that carries no durable positions).
-pub fn plan(
-    inp: ResumeInputs<'_>,
+/// serve it; `upto` and `snap` were read under the registry lock. Returns the sequence the
+/// subscription covers and, if the broker must be read, the work for the stream body; None
+/// leaves the resume to the ring (an id of this run the ring still covers, or an id that
+/// carries no durable positions).
+pub(super) fn plan(
+    cx: &ResumeContext<'_>,
+    upto: u64,
+    snap: Snapshot,
     filters: &[TopicFilter],
     queue: &Arc<ClientQueue>,
     id: &str,
 ) -> Option<(u64, Option<BrokerResume>)> {
-    let catalog = inp.catalog;
-    let (base, vector) = catalog.parse_cursor(id);
+    let (base, vector) = cx.catalog.parse_cursor(id);
     let vector = vector?;
-    let cursor = Cursor::parse(base, inp.run_id, inp.upto);
+    let cursor = Cursor::parse(base, cx.run_id, upto);
     let ours = match cursor {
         Cursor::Ours(seq) => {
             // The ring has all of it: the fast path.
-            inp.replay.resume(filters, cursor, inp.upto).gap.as_ref()?;
+            cx.replay.resume(filters, cursor, upto).gap.as_ref()?;
             Some(seq)
         }
         Cursor::OtherRun => None,
         Cursor::Malformed if vector.iter().all(Option::is_none) => return None,
         Cursor::Malformed => None,
     };
-    let snap = inp.snapshot;
-    let covered = inp.upto.max(snap.seq);
-    let mut gaps: Vec<(&'static str, Vec<String>)> = Vec::new();
+    let covered = upto.max(snap.seq);
+    let (reads, mut gaps) = broker_reads(cx.catalog, filters, &vector, &snap);
+    let events = from_ring(cx, filters, &vector, snap.seq, ours, covered, &mut gaps);
+    queue.set_have(vector.clone());
+    cx.metrics.replayed_events.inc_by(events.len() as u64);
+
+    let last_event_id = truncate(id, MAX_CURSOR_LEN).to_owned();
+    if reads.is_empty() {
+        for (reason, topics) in &gaps {
+            queue.push_backlog(gap_frame(reason, topics, &last_event_id));
+            cx.metrics.count_gap(reason);
+        }
+        for e in events {
+            queue.push_backlog(e.frame.clone());
+        }
+        return Some((covered, None));
+    }
+    queue.hold();
+    for e in events {
+        queue.push_backlog(e.frame.clone());
+    }
+    let resume = BrokerResume {
+        reader: cx.reader.clone(),
+        catalog: cx.catalog.clone(),
+        metrics: cx.metrics.clone(),
+        queue: queue.clone(),
+        filters: filters.to_vec(),
+        base: base.to_owned(),
+        vector,
+        reads,
+        gaps,
+        last_event_id,
+    };
+    Some((covered, Some(resume)))
+}
+
+/// Per durable stream the filters may select: the range the broker must supply, or why it
+/// cannot (the id does not place the stream, or the sequencer has no position for it yet).
+fn broker_reads(
+    catalog: &Catalog,
+    filters: &[TopicFilter],
+    vector: &[Option<Pos>],
+    snap: &Snapshot,
+) -> (Vec<Read>, Gaps) {
     let mut reads = Vec::new();
     let mut unavailable = Vec::new();
     let mut unplaced = Vec::new();
@@ -99,17 +136,31 @@ pub fn plan(
             (Some(_), Some(_)) => {} // nothing new; live events it has are skipped
         }
     }
+    let mut gaps = Gaps::new();
     if !unplaced.is_empty() {
         gaps.push(("unknown-position", dedup(unplaced)));
     }
     if !unavailable.is_empty() {
         gaps.push(("broker-unavailable", dedup(unavailable)));
     }
+    (reads, gaps)
+}
 
-    // The ring: durable events sequenced after the snapshot, and non-durable events after an id
-    // of this run.
+/// The ring's part, in id order: durable events sequenced after the snapshot (`snap_seq`) that
+/// the client has not seen, and non-durable events after an id of this run (`ours`). Adds the
+/// `evicted` gap first and the `unknown-run` gap last when they apply.
+fn from_ring(
+    cx: &ResumeContext<'_>,
+    filters: &[TopicFilter],
+    vector: &[Option<Pos>],
+    snap_seq: u64,
+    ours: Option<u64>,
+    covered: u64,
+    gaps: &mut Gaps,
+) -> Vec<Arc<Event>> {
+    let catalog = cx.catalog;
     let is_durable = |t: &str| catalog.owner_of(t).is_some();
-    let after_snap = inp.replay.collect(filters, snap.seq, covered);
+    let after_snap = cx.replay.collect(filters, snap_seq, covered);
     let mut events: Vec<_> = after_snap
         .events
         .into_iter()
@@ -119,7 +170,7 @@ pub fn plan(
     let nondurable: Vec<&TopicFilter> = filters.iter().filter(|f| !catalog.durable_only(f)).collect();
     match ours {
         Some(seq) => {
-            let r = inp.replay.collect(filters, seq, covered);
+            let r = cx.replay.collect(filters, seq, covered);
             events.extend(r.events.into_iter().filter(|e| e.durable.is_none()));
             evicted.extend(r.incomplete.into_iter().filter(|t| !is_durable(t)));
         }
@@ -133,37 +184,7 @@ pub fn plan(
     }
     events.sort_unstable_by_key(|e| e.id.seq);
     events.dedup_by_key(|e| e.id.seq);
-    queue.set_have(vector.clone());
-    inp.metrics.replayed_events.inc_by(events.len() as u64);
-
-    let last_event_id = truncate(id, MAX_CURSOR_LEN).to_owned();
-    if reads.is_empty() {
-        for (reason, topics) in &gaps {
-            queue.push_backlog(gap_frame(reason, topics, &last_event_id));
-            inp.metrics.count_gap(reason);
-        }
-        for e in events {
-            queue.push_backlog(e.frame.clone());
-        }
-        return Some((covered, None));
-    }
-    queue.hold();
-    for e in events {
-        queue.push_backlog(e.frame.clone());
-    }
-    let resume = BrokerResume {
-        reader: inp.reader.clone(),
-        catalog: catalog.clone(),
-        metrics: inp.metrics.clone(),
-        queue: queue.clone(),
-        filters: filters.to_vec(),
-        base: base.to_owned(),
-        vector,
-        reads,
-        gaps,
-        last_event_id,
-    };
-    Some((covered, Some(resume)))
+    events
 }
 
 impl BrokerResume {
@@ -198,15 +219,4 @@ impl BrokerResume {
         out.extend(frames);
         self.queue.release(out);
     }
-}
-
-fn gap_frame(reason: &str, topics: &[String], last_event_id: &str) -> Bytes {
-    let data = serde_json::json!({ "reason": reason, "topics": topics, "last_event_id": last_event_id });
-    frame_control(GAP_EVENT, &data.to_string())
-}
-
-fn dedup(mut v: Vec<String>) -> Vec<String> {
-    v.sort();
-    v.dedup();
-    v
 }

@@ -1,0 +1,289 @@
+//! The brokers the bridge reads: `[nats]` and `[redis]` (live only), `[jetstream]` and
+//! `[redis_streams]` (durable: resumes are replayed from the broker), and `[resume]`, the
+//! bounds on those replays. Each section is optional; absent means that source is off.
+
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+use super::check::{
+    Checked, Invalid, NATS_SCHEMES, REDIS_SCHEMES, at_least_one, check_subjects, check_url, check_url_list,
+};
+use crate::topic::TopicFilter;
+
+/// Durable streams a bridge may read at most: every one adds a part to every event id.
+pub const MAX_DURABLE_STREAMS: usize = 16;
+
+/// The NATS source.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct NatsConfig {
+    /// Server URL, or several separated by commas (`nats://a:4222,nats://b:4222`).
+    pub url: String,
+    /// Subjects to bridge; `*` and `>` wildcards allowed.
+    pub subjects: Vec<String>,
+    /// Message header whose value becomes the SSE `event:` type (matched case-insensitively).
+    pub event_header: String,
+    /// Client name shown in the NATS server's monitoring.
+    pub client_name: String,
+    /// Longest wait between reconnect attempts (the backoff doubles up to this).
+    #[serde(with = "humantime_serde")]
+    pub reconnect_max_delay: Duration,
+    /// Time one connection attempt may take.
+    #[serde(with = "humantime_serde")]
+    pub connect_timeout: Duration,
+    /// Largest payload bridged; bigger messages are counted, logged (once per interval) and
+    /// dropped. NATS servers cap payloads at 1 MiB by default too.
+    pub max_message_bytes: usize,
+}
+
+impl Default for NatsConfig {
+    fn default() -> Self {
+        NatsConfig {
+            url: "nats://127.0.0.1:4222".into(),
+            subjects: Vec::new(),
+            event_header: "Sse-Event".into(),
+            client_name: "sse-bridge".into(),
+            reconnect_max_delay: Duration::from_secs(5),
+            connect_timeout: Duration::from_secs(5),
+            max_message_bytes: 1024 * 1024,
+        }
+    }
+}
+
+impl NatsConfig {
+    /// URLs, at least one valid subject, a header name, a message bound.
+    pub fn check(&self, max_topic_len: usize) -> Checked {
+        check_url_list("nats.url", &self.url, NATS_SCHEMES)?;
+        if self.subjects.is_empty() {
+            return Err(Invalid::new("nats.subjects", "is empty: name at least one subject (e.g. \"events.>\")"));
+        }
+        check_subjects("nats.subjects", &self.subjects, max_topic_len)?;
+        if self.event_header.is_empty() {
+            return Err(Invalid::new("nats.event_header", "must not be empty"));
+        }
+        at_least_one("nats.max_message_bytes", self.max_message_bytes)
+    }
+}
+
+/// The Redis pub/sub source.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct RedisConfig {
+    /// `redis://[user:pass@]host[:port][/db]` or `rediss://…`.
+    pub url: String,
+    /// Channels to `SUBSCRIBE`.
+    pub channels: Vec<String>,
+    /// Glob patterns to `PSUBSCRIBE` (Redis syntax: `chat:*`).
+    pub patterns: Vec<String>,
+    /// Read each message as a JSON envelope `{"event": "...", "data": ...}`, so Redis publishers
+    /// can name event types. Messages that are not a valid envelope are counted and dropped.
+    pub envelope: bool,
+    /// Longest wait between reconnect attempts (the backoff doubles up to this).
+    #[serde(with = "humantime_serde")]
+    pub reconnect_max_delay: Duration,
+    /// Time one connection attempt may take.
+    #[serde(with = "humantime_serde")]
+    pub connect_timeout: Duration,
+    /// Interval of the `PING` that detects a dead pub/sub connection.
+    #[serde(with = "humantime_serde")]
+    pub ping_interval: Duration,
+    /// Largest message bridged (the raw message, before envelope decoding); bigger messages
+    /// are counted, logged (once per interval) and dropped.
+    pub max_message_bytes: usize,
+}
+
+impl Default for RedisConfig {
+    fn default() -> Self {
+        RedisConfig {
+            url: "redis://127.0.0.1:6379".into(),
+            channels: Vec::new(),
+            patterns: Vec::new(),
+            envelope: false,
+            reconnect_max_delay: Duration::from_secs(5),
+            connect_timeout: Duration::from_secs(5),
+            ping_interval: Duration::from_secs(15),
+            max_message_bytes: 1024 * 1024,
+        }
+    }
+}
+
+impl RedisConfig {
+    /// The URL, a message bound, and at least one channel or pattern of a usable length.
+    pub fn check(&self, max_topic_len: usize) -> Checked {
+        check_url(&self.url, REDIS_SCHEMES).map_err(|r| Invalid::new("redis.url", format!("{:?}: {r}", self.url)))?;
+        at_least_one("redis.max_message_bytes", self.max_message_bytes)?;
+        if self.channels.is_empty() && self.patterns.is_empty() {
+            return Err(Invalid::new("redis.channels", "and redis.patterns are both empty: name at least one"));
+        }
+        for (key, list) in [("redis.channels", &self.channels), ("redis.patterns", &self.patterns)] {
+            if let Some(i) = list.iter().position(|c| c.is_empty() || c.len() > max_topic_len) {
+                return Err(Invalid::new(
+                    format!("{key}[{i}]"),
+                    format!("{:?}: must be 1 to {max_topic_len} bytes", list[i]),
+                ));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// JetStream streams read as durable sources: live through an ordered consumer, resumes
+/// replayed from the stream itself, so a resume survives restarts and works on any replica.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct JetStreamConfig {
+    /// Server URL, or several separated by commas.
+    pub url: String,
+    /// Names of the streams to bridge (they must exist; their subjects are the topics).
+    pub streams: Vec<String>,
+    /// Only these subjects of the streams (patterns); empty: every subject of every stream.
+    pub subjects: Vec<String>,
+    /// Message header whose value becomes the SSE `event:` type (matched case-insensitively).
+    pub event_header: String,
+    /// Longest wait between reconnect attempts.
+    #[serde(with = "humantime_serde")]
+    pub reconnect_max_delay: Duration,
+    /// Time one connection attempt may take.
+    #[serde(with = "humantime_serde")]
+    pub connect_timeout: Duration,
+    /// Largest payload bridged; bigger messages are counted and skipped.
+    pub max_message_bytes: usize,
+}
+
+impl Default for JetStreamConfig {
+    fn default() -> Self {
+        JetStreamConfig {
+            url: "nats://127.0.0.1:4222".into(),
+            streams: Vec::new(),
+            subjects: Vec::new(),
+            event_header: "Sse-Event".into(),
+            reconnect_max_delay: Duration::from_secs(5),
+            connect_timeout: Duration::from_secs(5),
+            max_message_bytes: 1024 * 1024,
+        }
+    }
+}
+
+impl JetStreamConfig {
+    /// URLs, at least one stream with a valid JetStream name, valid subject filters.
+    pub fn check(&self, max_topic_len: usize) -> Checked {
+        check_url_list("jetstream.url", &self.url, NATS_SCHEMES)?;
+        if self.streams.is_empty() {
+            return Err(Invalid::new("jetstream.streams", "is empty: name at least one stream"));
+        }
+        for (i, n) in self.streams.iter().enumerate() {
+            if n.is_empty() || n.len() > 255 || n.contains(['.', '*', '>', ' ', '/', '\\']) {
+                return Err(Invalid::new(
+                    format!("jetstream.streams[{i}]"),
+                    format!("{n:?}: not a JetStream stream name"),
+                ));
+            }
+        }
+        check_subjects("jetstream.subjects", &self.subjects, max_topic_len)?;
+        if self.event_header.is_empty() {
+            return Err(Invalid::new("jetstream.event_header", "must not be empty"));
+        }
+        at_least_one("jetstream.max_message_bytes", self.max_message_bytes)
+    }
+}
+
+/// Redis Streams read as durable sources (`XREAD BLOCK`), resumes replayed with `XRANGE`.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct RedisStreamsConfig {
+    /// `redis://[user:pass@]host[:port][/db]`.
+    pub url: String,
+    /// Stream keys to bridge; the topic of an entry is its stream key.
+    pub keys: Vec<String>,
+    /// How long one `XREAD BLOCK` waits before asking again.
+    #[serde(with = "humantime_serde")]
+    pub block: Duration,
+    /// Longest wait between reconnect attempts.
+    #[serde(with = "humantime_serde")]
+    pub reconnect_max_delay: Duration,
+    /// Time one connection attempt may take.
+    #[serde(with = "humantime_serde")]
+    pub connect_timeout: Duration,
+    /// Largest entry bridged (sum of field values); bigger entries are counted and skipped.
+    pub max_message_bytes: usize,
+}
+
+impl Default for RedisStreamsConfig {
+    fn default() -> Self {
+        RedisStreamsConfig {
+            url: "redis://127.0.0.1:6379".into(),
+            keys: Vec::new(),
+            block: Duration::from_secs(5),
+            reconnect_max_delay: Duration::from_secs(5),
+            connect_timeout: Duration::from_secs(5),
+            max_message_bytes: 1024 * 1024,
+        }
+    }
+}
+
+impl RedisStreamsConfig {
+    /// The URL, at least one key that is a topic (not a pattern), a sane block time.
+    pub fn check(&self, max_topic_len: usize) -> Checked {
+        check_url(&self.url, REDIS_SCHEMES)
+            .map_err(|r| Invalid::new("redis_streams.url", format!("{:?}: {r}", self.url)))?;
+        if self.keys.is_empty() {
+            return Err(Invalid::new("redis_streams.keys", "is empty: name at least one stream key"));
+        }
+        for (i, k) in self.keys.iter().enumerate() {
+            let reason = match TopicFilter::parse(k, max_topic_len) {
+                Ok(TopicFilter::Exact(_)) => continue,
+                Ok(TopicFilter::Pattern(_)) => "a key, not a pattern".to_string(),
+                Err(e) => e.to_string(),
+            };
+            return Err(Invalid::new(format!("redis_streams.keys[{i}]"), format!("{k:?}: {reason}")));
+        }
+        if self.block < Duration::from_millis(10) {
+            return Err(Invalid::new("redis_streams.block", "must be at least 10ms"));
+        }
+        at_least_one("redis_streams.max_message_bytes", self.max_message_bytes)
+    }
+}
+
+/// Every durable stream adds a part to every event id: their number is bounded. The runtime
+/// catalog (`crate::durable`) holds exactly these names, in this order.
+pub fn check_durable_count(jetstream: Option<&JetStreamConfig>, redis_streams: Option<&RedisStreamsConfig>) -> Checked {
+    let n = jetstream.map_or(0, |j| j.streams.len()) + redis_streams.map_or(0, |r| r.keys.len());
+    if n > MAX_DURABLE_STREAMS {
+        return Err(Invalid::new(
+            "jetstream.streams",
+            format!("with redis_streams.keys names {n} durable streams; at most {MAX_DURABLE_STREAMS}"),
+        ));
+    }
+    Ok(())
+}
+
+/// Bounds on replays read back from a broker when a resume is older than the in-memory ring.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct ResumeConfig {
+    /// Broker reads (JetStream consumers, `XRANGE`s) running at once, across all clients;
+    /// resumes beyond it wait their turn (a deploy's resume storm queues here).
+    pub max_concurrent_reads: usize,
+    /// Most events replayed from one stream for one resume; a client further behind gets a
+    /// gap event (reason `replay-limit`) and the newest events. Also the memory bound of a
+    /// resume: its replayed frames (ids differ per client) are built before it goes live.
+    pub max_events: usize,
+    /// Time one broker read may take before the resume gives up with a gap event.
+    #[serde(with = "humantime_serde")]
+    pub read_timeout: Duration,
+}
+
+impl Default for ResumeConfig {
+    fn default() -> Self {
+        ResumeConfig { max_concurrent_reads: 16, max_events: 1000, read_timeout: Duration::from_secs(10) }
+    }
+}
+
+impl ResumeConfig {
+    /// Zero concurrent reads or zero events would make every durable resume fail.
+    pub fn check(&self) -> Checked {
+        at_least_one("resume.max_concurrent_reads", self.max_concurrent_reads)?;
+        at_least_one("resume.max_events", self.max_events)
+    }
+}
