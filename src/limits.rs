@@ -1,10 +1,14 @@
 //! Admission: how many streams may be open (globally and per client IP) and how fast one IP
-//! may open them. Every refusal is immediate (`503` or `429` with `Retry-After` and a one-line
-//! reason), never a hang.
+//! may open them. Every refusal is immediate, never a hang, and comes with the time the client
+//! should wait before it tries again ([`crate::retry_hint`]), which the handler turns into a
+//! `retry:` (or a `Retry-After`).
 //!
-//! The per-IP connect rate is a keyed token bucket (governor). Its keys are pruned on every
-//! housekeeping pass ([`Limits::prune`]), so many distinct client addresses cannot grow its
-//! memory without bound: an IP whose bucket is full again is forgotten.
+//! Order matters for a reconnect herd: the stream caps are checked before the connect rate, so
+//! a client refused at capacity keeps its connect token for when it comes back, and a client
+//! refused for its rate never held a stream slot. The per-IP connect rate is a keyed token
+//! bucket (governor). Its keys, and the refusal history of the retry hints, are pruned on every
+//! housekeeping pass ([`Limits::prune`]), so many distinct client addresses cannot grow their
+//! memory without bound.
 
 use std::collections::HashMap;
 use std::net::IpAddr;
@@ -18,38 +22,18 @@ use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter};
 use parking_lot::Mutex;
 
 use crate::config::LimitsConfig;
+use crate::retry_hint::{RetryHints, RetryReason};
 
-/// Why a stream was refused.
+/// Why a stream was refused, and when to come back.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum Refusal {
-    /// `limits.max_streams` reached: `503`.
-    #[error("server is at capacity ({0} streams); retry shortly")]
-    AtCapacity(usize),
-    /// `limits.max_streams_per_ip` reached: `429`.
-    #[error("too many open streams from this address (limit {0})")]
-    TooManyForIp(usize),
-    /// `limits.connect_rate_per_ip` exceeded: `429` with `Retry-After`.
-    #[error("opening streams too fast from this address; retry after {0:?}")]
-    TooFast(Duration),
-}
-
-impl Refusal {
-    /// Metric label.
-    pub fn label(&self) -> &'static str {
-        match self {
-            Refusal::AtCapacity(_) => "at_capacity",
-            Refusal::TooManyForIp(_) => "ip_stream_limit",
-            Refusal::TooFast(_) => "ip_connect_rate",
-        }
-    }
-
-    /// Seconds for `Retry-After` (at least 1).
-    pub fn retry_after_secs(&self) -> u64 {
-        match self {
-            Refusal::TooFast(d) => d.as_secs_f64().ceil().max(1.0) as u64,
-            _ => 1,
-        }
-    }
+#[error("{message}")]
+pub struct Refusal {
+    /// What limit was reached.
+    pub reason: RetryReason,
+    /// One line for the client: what was reached.
+    pub message: String,
+    /// When the client should try again (the `retry:` hint).
+    pub retry: Duration,
 }
 
 /// The admission state of one bridge.
@@ -59,6 +43,7 @@ pub struct Limits {
     open: AtomicUsize,
     per_ip: Mutex<HashMap<IpAddr, usize>>,
     rate: Option<DefaultKeyedRateLimiter<IpAddr>>,
+    hints: RetryHints,
 }
 
 /// Held by an open stream; releases its slot when dropped.
@@ -70,56 +55,88 @@ pub struct StreamPermit {
 
 impl Drop for StreamPermit {
     fn drop(&mut self) {
-        self.limits.open.fetch_sub(1, Ordering::AcqRel);
-        let mut m = self.limits.per_ip.lock();
-        if let Some(n) = m.get_mut(&self.ip) {
-            *n -= 1;
-            if *n == 0 {
-                m.remove(&self.ip);
-            }
-        }
+        self.limits.release(self.ip);
     }
 }
 
 impl Limits {
-    /// Admission state from validated limits.
-    pub fn new(cfg: LimitsConfig) -> Arc<Self> {
+    /// Admission state from validated limits; `retry` and `retry_max` bound the hints
+    /// (`server.retry`, `server.retry_max`).
+    pub fn new(cfg: LimitsConfig, retry: Duration, retry_max: Duration) -> Arc<Self> {
         let rate = NonZeroU32::new(cfg.connect_rate_per_ip).map(|r| {
             let burst = NonZeroU32::new(cfg.connect_burst_per_ip).unwrap_or(r);
             RateLimiter::keyed(Quota::per_second(r).allow_burst(burst))
         });
-        Arc::new(Limits { cfg, open: AtomicUsize::new(0), per_ip: Mutex::new(HashMap::new()), rate })
+        let hints = RetryHints::new(retry, retry_max, cfg.connect_rate_per_ip);
+        Arc::new(Limits { cfg, open: AtomicUsize::new(0), per_ip: Mutex::new(HashMap::new()), rate, hints })
     }
 
-    /// Admits a new stream from `ip`, or says why not.
+    /// Admits a new stream from `ip`, or says why not and when to come back.
     pub fn admit(self: &Arc<Self>, ip: IpAddr) -> Result<StreamPermit, Refusal> {
-        if let Some(rate) = &self.rate
-            && let Err(not_until) = rate.check_key(&ip)
-        {
-            return Err(Refusal::TooFast(not_until.wait_time_from(DefaultClock::default().now())));
-        }
         let max = self.cfg.max_streams;
         if self.open.fetch_add(1, Ordering::AcqRel) >= max && max > 0 {
             self.open.fetch_sub(1, Ordering::AcqRel);
-            return Err(Refusal::AtCapacity(max));
+            return Err(self.refuse(RetryReason::AtCapacity, ip, format!("server is at capacity ({max} streams)")));
         }
-        let mut m = self.per_ip.lock();
-        let n = m.entry(ip).or_insert(0);
-        if self.cfg.max_streams_per_ip > 0 && *n >= self.cfg.max_streams_per_ip {
-            drop(m);
-            self.open.fetch_sub(1, Ordering::AcqRel);
-            return Err(Refusal::TooManyForIp(self.cfg.max_streams_per_ip));
+        let per_ip_max = self.cfg.max_streams_per_ip;
+        {
+            let mut m = self.per_ip.lock();
+            let n = m.entry(ip).or_insert(0);
+            if per_ip_max > 0 && *n >= per_ip_max {
+                drop(m);
+                self.open.fetch_sub(1, Ordering::AcqRel);
+                let msg = format!("too many open streams from this address (limit {per_ip_max})");
+                return Err(self.refuse(RetryReason::IpStreamLimit, ip, msg));
+            }
+            *n += 1;
         }
-        *n += 1;
-        Ok(StreamPermit { limits: self.clone(), ip })
+        // The slot is held from here: a rate refusal gives it back.
+        let permit = StreamPermit { limits: self.clone(), ip };
+        if let Some(rate) = &self.rate
+            && let Err(not_until) = rate.check_key(&ip)
+        {
+            drop(permit);
+            let wait = not_until.wait_time_from(DefaultClock::default().now());
+            let retry = self.hints.hint(RetryReason::ConnectRate, ip, wait);
+            return Err(Refusal {
+                reason: RetryReason::ConnectRate,
+                message: "opening streams too fast from this address".into(),
+                retry,
+            });
+        }
+        Ok(permit)
     }
 
-    /// Forgets rate-limiter keys whose buckets are full again; bounds its memory.
+    /// A refusal whose back-off the hints decide.
+    fn refuse(&self, reason: RetryReason, ip: IpAddr, message: String) -> Refusal {
+        Refusal { reason, message, retry: self.hints.hint(reason, ip, Duration::ZERO) }
+    }
+
+    /// A refusal that is not about this bridge's limits (memory budget, draining), with the
+    /// hint for its reason.
+    pub fn refusal(&self, reason: RetryReason, ip: IpAddr, message: &str) -> Refusal {
+        self.refuse(reason, ip, message.into())
+    }
+
+    fn release(&self, ip: IpAddr) {
+        self.open.fetch_sub(1, Ordering::AcqRel);
+        let mut m = self.per_ip.lock();
+        if let Some(n) = m.get_mut(&ip) {
+            *n -= 1;
+            if *n == 0 {
+                m.remove(&ip);
+            }
+        }
+    }
+
+    /// Forgets rate-limiter keys whose buckets are full again and refused addresses whose
+    /// hints have passed; bounds their memory.
     pub fn prune(&self) {
         if let Some(rate) = &self.rate {
             rate.retain_recent();
             rate.shrink_to_fit();
         }
+        self.hints.prune();
     }
 
     /// Distinct IPs the connect-rate limiter remembers now.
@@ -138,12 +155,17 @@ mod tests {
     use super::*;
 
     fn limits(max: usize, per_ip: usize, rate: u32, burst: u32) -> Arc<Limits> {
-        Limits::new(LimitsConfig {
+        let cfg = LimitsConfig {
             max_streams: max,
             max_streams_per_ip: per_ip,
             connect_rate_per_ip: rate,
             connect_burst_per_ip: burst,
-        })
+        };
+        Limits::new(cfg, Duration::from_secs(2), Duration::from_secs(30))
+    }
+
+    fn reason(r: Result<StreamPermit, Refusal>) -> RetryReason {
+        r.expect_err("refused").reason
     }
 
     #[test]
@@ -152,7 +174,7 @@ mod tests {
         let ip: IpAddr = "127.0.0.1".parse().unwrap();
         let a = l.admit(ip).unwrap();
         let _b = l.admit(ip).unwrap();
-        assert_eq!(l.admit(ip).unwrap_err(), Refusal::AtCapacity(2));
+        assert_eq!(reason(l.admit(ip)), RetryReason::AtCapacity);
         drop(a);
         assert!(l.admit(ip).is_ok());
     }
@@ -162,7 +184,7 @@ mod tests {
         let l = limits(0, 1, 0, 0);
         let a: IpAddr = "127.0.0.1".parse().unwrap();
         let _p = l.admit(a).unwrap();
-        assert_eq!(l.admit(a).unwrap_err(), Refusal::TooManyForIp(1));
+        assert_eq!(reason(l.admit(a)), RetryReason::IpStreamLimit);
         assert!(l.admit("127.0.0.2".parse().unwrap()).is_ok());
     }
 
@@ -172,7 +194,21 @@ mod tests {
         let a: IpAddr = "127.0.0.1".parse().unwrap();
         let _p1 = l.admit(a).unwrap();
         let _p2 = l.admit(a).unwrap();
-        assert!(matches!(l.admit(a), Err(Refusal::TooFast(_))));
+        let refused = l.admit(a).expect_err("over the rate");
+        assert_eq!(refused.reason, RetryReason::ConnectRate);
+        assert!(refused.retry > Duration::ZERO && refused.retry <= Duration::from_secs(3), "{:?}", refused.retry);
+        assert_eq!(l.open_streams(), 2, "a refusal holds no slot");
         assert!(l.rate_keys() >= 1);
+    }
+
+    #[test]
+    fn a_client_refused_at_capacity_keeps_its_connect_token() {
+        let l = limits(1, 0, 1, 1);
+        let a: IpAddr = "127.0.0.1".parse().unwrap();
+        let b: IpAddr = "127.0.0.2".parse().unwrap();
+        let held = l.admit(a).unwrap();
+        assert_eq!(reason(l.admit(b)), RetryReason::AtCapacity);
+        drop(held);
+        assert!(l.admit(b).is_ok(), "b's one token was not spent by the capacity refusal");
     }
 }

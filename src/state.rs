@@ -89,7 +89,7 @@ impl AppState {
             telemetry: Arc::new(telemetry),
             sources: statuses,
             auth: Auth::new(config.auth.as_ref(), config.server.max_topic_length),
-            limits: Limits::new(config.limits.clone()),
+            limits: Limits::new(config.limits.clone(), config.server.retry, config.server.retry_max),
             rules: DeliveryRules::new(&config.delivery, config.server.slow_consumer),
             ready: AtomicBool::new(false),
             draining: AtomicBool::new(false),

@@ -256,6 +256,7 @@ async fn refusals_have_a_length_and_close_the_connection() {
     assert!(String::from_utf8(body).unwrap().starts_with("no topic"));
     // A 503 keeps its Retry-After.
     let mut cfg = test_config();
+    cfg.server.refusal = sse_bridge::config::RefusalMode::Status;
     cfg.limits.max_streams = 1;
     let app = start_app(cfg).await;
     let (_open, _) = subscribe_raw(&app, "lean.a").await;

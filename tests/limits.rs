@@ -1,4 +1,5 @@
-//! Admission limits over real connections: the per-IP connect rate (`429` + `Retry-After`),
+//! Admission limits over real connections, with `server.refusal = "status"`: the per-IP
+//! connect rate (`429` + `Retry-After`),
 //! the keyed limiter's memory staying bounded under many distinct client addresses
 //! (127.0.x.y source addresses), the global and per-IP stream caps (`503`/`429` with a
 //! one-line reason, never a hang), and that malformed requests never consume admission.
@@ -15,6 +16,7 @@ use tokio::net::{TcpSocket, TcpStream};
 use common::sse_client::{SseError, SseStream, test_client};
 use common::{EVENT_TIMEOUT, TestApp, admin_metrics, rejected_series, sample, start_app, test_config, wait_until};
 use sse_bridge::Config;
+use sse_bridge::config::RefusalMode;
 
 // ---------------------------------------------------------------------------------------------
 // Helpers.
@@ -72,8 +74,11 @@ async fn raw_get(addr: SocketAddr, from: Ipv4Addr, path: &str) -> (u16, TcpStrea
     (status, s)
 }
 
+/// A test config whose time-fixable refusals are plain statuses (`server.refusal = "status"`),
+/// which these tests check; the default EventSource-friendly answer is tested in refusals.rs.
 fn limits_config(f: impl FnOnce(&mut Config)) -> Config {
     let mut c = test_config();
+    c.server.refusal = RefusalMode::Status;
     f(&mut c);
     c
 }
@@ -265,7 +270,7 @@ async fn malformed_requests_do_not_consume_connect_tokens() {
 
 #[tokio::test]
 async fn per_ip_limits_see_clients_behind_trusted_proxies() {
-    let mut cfg = test_config();
+    let mut cfg = limits_config(|_| {});
     cfg.limits.max_streams_per_ip = 1;
     cfg.server.trusted_proxies = vec!["127.0.0.0/8".into()];
     let app = start_app(cfg).await;
@@ -281,7 +286,7 @@ async fn per_ip_limits_see_clients_behind_trusted_proxies() {
     assert_eq!(e.status().map(|s| s.as_u16()), Some(429));
 
     // Without trusted proxies the header is ignored: the peer (127.0.0.1) is the client.
-    let mut cfg = test_config();
+    let mut cfg = limits_config(|_| {});
     cfg.limits.max_streams_per_ip = 1;
     let app = start_app(cfg).await;
     let _a = app.subscribe_with(&["t"], &[("x-forwarded-for", "198.51.100.1")]).await;

@@ -40,7 +40,7 @@ pub use error::{ConfigError, KeyError};
 pub use load::{ConfigFile, DEFAULT_FILE, ENV_PREFIX, Loaded, Overrides};
 pub use observability::{LogConfig, LogFormat, TelemetryConfig};
 pub use root::Config;
-pub use server::{AdminConfig, DeliveryRule, PublishConfig, ServerConfig, SlowConsumerPolicy};
+pub use server::{AdminConfig, DeliveryRule, PublishConfig, RefusalMode, ServerConfig, SlowConsumerPolicy};
 pub use sources::{
     JetStreamConfig, MAX_DURABLE_STREAMS, NatsConfig, RedisConfig, RedisStreamsConfig, ResumeConfig,
     check_durable_count,

@@ -51,6 +51,31 @@ pub struct ServerConfig {
     /// client reconnects and resumes without loss. `0s`: never.
     #[serde(with = "humantime_serde")]
     pub max_stream_age: Duration,
+    /// How a `GET /events` refused for a reason time can fix (connect rate, stream caps, memory
+    /// budget, draining) is answered: `retry` (a short `200 text/event-stream` with the reason
+    /// and a `retry:` hint, which a browser's EventSource survives) or `status` (`429`/`503`
+    /// with `Retry-After`, which ends an EventSource for good).
+    pub refusal: RefusalMode,
+    /// Longest back-off a refusal at capacity or over the memory budget announces.
+    #[serde(with = "humantime_serde")]
+    pub retry_max: Duration,
+    /// Part of `drain_timeout` (0.0–0.9) over which open streams are ended in small batches
+    /// after SIGTERM, so their reconnects reach the other replicas spread out. `0`: all at once.
+    pub drain_spread: f64,
+    /// Listen backlog of the public listener: connections the kernel queues before they are
+    /// accepted. A reconnect herd after a rollout arrives at once; the kernel caps the value
+    /// at `net.core.somaxconn`.
+    pub listen_backlog: u32,
+}
+
+/// How refusals that time can fix are answered (see [`ServerConfig::refusal`]).
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "kebab-case")]
+pub enum RefusalMode {
+    /// `200 text/event-stream`: a comment naming the reason, `retry:`, end of body.
+    Retry,
+    /// `429` (per-address limits) or `503` (capacity, memory, draining) with `Retry-After`.
+    Status,
 }
 
 impl Default for ServerConfig {
@@ -69,6 +94,10 @@ impl Default for ServerConfig {
             drain_timeout: Duration::from_secs(10),
             write_timeout: Duration::from_secs(30),
             max_stream_age: Duration::from_secs(3600),
+            refusal: RefusalMode::Retry,
+            retry_max: Duration::from_secs(30),
+            drain_spread: 0.5,
+            listen_backlog: 4096,
         }
     }
 }
@@ -79,6 +108,13 @@ impl ServerConfig {
         at_least_one("server.queue_capacity", self.queue_capacity)?;
         at_least_one("server.max_topics_per_connection", self.max_topics_per_connection)?;
         at_least_one("server.max_topic_length", self.max_topic_length)?;
+        at_least_one("server.listen_backlog", self.listen_backlog as usize)?;
+        if !(0.0..=0.9).contains(&self.drain_spread) {
+            return Err(Invalid::new("server.drain_spread", "must be between 0 and 0.9 (a part of drain_timeout)"));
+        }
+        if self.retry_max < self.retry {
+            return Err(Invalid::new("server.retry_max", "must be at least server.retry"));
+        }
         if self.heartbeat_interval < Duration::from_millis(100) {
             return Err(Invalid::new("server.heartbeat_interval", "must be at least 100ms"));
         }

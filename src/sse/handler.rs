@@ -1,5 +1,6 @@
 //! Routes and request handling for the public listener: `GET /events` (SSE), `POST /publish`
-//! (in [`super::publish`]), CORS preflight. Every refusal is a plain HTTP status with a
+//! (in [`super::publish`]), CORS preflight. A refusal that time can fix is a short event stream
+//! with a `retry:` hint ([`super::refusal`]); every other refusal is a plain HTTP status with a
 //! one-line reason.
 //!
 //! Opening a stream is a pipeline of named steps over one parsed request: parse
@@ -23,11 +24,13 @@ use super::guard;
 use super::public_state::PublicState;
 use super::publish::publish;
 use super::request::{EventsRequest, TopicBounds};
-use super::response::{Refused, over_budget, text, unavailable};
+use super::refusal::refuse;
+use super::response::{Refused, text};
 use crate::client::{ClientQueue, ConnHandle};
-use crate::limits::{Refusal, StreamPermit};
+use crate::limits::StreamPermit;
 use crate::registry::Subscription;
 use crate::resume::{self, BrokerResume, ResumeContext};
+use crate::retry_hint::RetryReason;
 use crate::state::AppState;
 use crate::telemetry::StreamSpan;
 use crate::topic::TopicFilter;
@@ -65,10 +68,12 @@ pub fn events_with_cors<B>(req: &Request<B>, state: &PublicState, conn: Conn) ->
 /// Opens a stream, or says why not: the steps in order.
 fn events<B>(req: &Request<B>, state: &PublicState, conn: Conn) -> Result<Response<ResponseBody>, Refused> {
     let app = &state.app;
-    if app.is_draining() {
-        return Err(unavailable(&app.metrics, "draining", "the bridge is shutting down; reconnect"));
-    }
     let cfg = &app.config.server;
+    if app.is_draining() {
+        let client_ip = state.trusted_proxies.client_ip(conn.peer.ip(), req.headers());
+        let refusal = app.limits.refusal(RetryReason::Draining, client_ip, "this replica is shutting down; reconnect");
+        return Err(refuse(cfg.refusal, &app.metrics, &refusal));
+    }
     let bounds = TopicBounds { max_topics: cfg.max_topics_per_connection, max_topic_length: cfg.max_topic_length };
     let request = EventsRequest::parse(req, bounds).map_err(|e| e.refuse(&app.metrics))?;
     // Input bounds (headers, Last-Event-ID) and topic authorization; see sse/guard.rs.
@@ -79,26 +84,17 @@ fn events<B>(req: &Request<B>, state: &PublicState, conn: Conn) -> Result<Respon
 }
 
 /// Admission, last: a malformed or unauthorized request never consumes a connect token or a
-/// stream slot. Refused over the memory budget, at the stream caps or the connect rate.
+/// stream slot. Refused over the memory budget, at the stream caps or the connect rate, with
+/// the answer an EventSource survives ([`super::refusal`]).
 fn admit<B>(state: &PublicState, req: &Request<B>, peer: SocketAddr) -> Result<StreamPermit, Refused> {
     let app = &state.app;
-    if app.memory.is_over() {
-        return Err(over_budget(&app.metrics));
-    }
     let client_ip = state.trusted_proxies.client_ip(peer.ip(), req.headers());
-    match app.limits.admit(client_ip) {
-        Ok(permit) => Ok(permit),
-        Err(refusal) => {
-            app.metrics.count_rejected(refusal.label());
-            let status = match refusal {
-                Refusal::AtCapacity(_) => StatusCode::SERVICE_UNAVAILABLE,
-                _ => StatusCode::TOO_MANY_REQUESTS,
-            };
-            let mut r = text(status, &refusal.to_string());
-            r.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(refusal.retry_after_secs()));
-            Err(Box::new(r))
-        }
-    }
+    let admitted = if app.memory.is_over() {
+        Err(app.limits.refusal(RetryReason::MemoryBudget, client_ip, "over the memory budget"))
+    } else {
+        app.limits.admit(client_ip)
+    };
+    admitted.map_err(|refusal| refuse(app.config.server.refusal, &app.metrics, &refusal))
 }
 
 /// A subscribed stream, not yet a response.

@@ -15,6 +15,7 @@ pub mod h1;
 pub mod handler;
 pub mod input;
 pub mod public_state;
+pub mod refusal;
 pub mod publish;
 pub mod request;
 pub mod response;
