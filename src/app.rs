@@ -300,7 +300,7 @@ async fn housekeeping(state: Arc<AppState>, stop: CancellationToken) {
         });
         state.limits.prune();
         if let Some(shed) = state.memory.check(&state.replay, &state.registry) {
-            state.metrics.count_shed(shed);
+            state.metrics.count_shed(shed.ring_bytes, shed.streams_closed);
         }
     }
 }

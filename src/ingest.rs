@@ -68,7 +68,7 @@ impl Sequencer {
     pub fn new(run: u64, pipeline: Pipeline) -> Self {
         let received =
             [SourceKind::Nats, SourceKind::Redis, SourceKind::Publish, SourceKind::JetStream, SourceKind::RedisStreams]
-                .map(|k| pipeline.metrics.received_counter(k));
+                .map(|k| pipeline.metrics.received_counter(k.as_str()));
         let vector = vec![None; pipeline.catalog.len()];
         Sequencer { run, next_seq: 1, p: pipeline, received, vector, suffix: String::new() }
     }
@@ -119,7 +119,7 @@ impl Sequencer {
             && p.memory.limit().is_some()
             && let Some(shed) = p.memory.check(&p.replay, &p.registry)
         {
-            p.metrics.count_shed(shed);
+            p.metrics.count_shed(shed.ring_bytes, shed.streams_closed);
         }
         let policy = p.rules.policy_for(&msg.topic);
         let trace = receive.as_ref().map(|r| r.sequenced(id));

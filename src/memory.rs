@@ -20,6 +20,7 @@ use tracing::warn;
 
 use crate::client::CloseReason;
 use crate::config::MemoryConfig;
+use crate::process;
 use crate::registry::Registry;
 use crate::replay::ReplayStore;
 
@@ -108,16 +109,10 @@ const SLOW_QUEUE: usize = 64;
 
 /// Live heap bytes from jemalloc when it is the allocator; else the resident set size.
 pub fn used_bytes() -> usize {
-    match heap_bytes() {
+    match process::heap_bytes() {
         Some(b) if b > 0 => b,
-        _ => crate::metrics::resident_memory_bytes() as usize,
+        _ => process::resident_memory_bytes() as usize,
     }
-}
-
-/// Bytes allocated and not yet freed, as jemalloc counts them (None if unavailable).
-pub fn heap_bytes() -> Option<usize> {
-    tikv_jemalloc_ctl::epoch::advance().ok()?;
-    tikv_jemalloc_ctl::stats::allocated::read().ok()
 }
 
 /// The memory limit of this process's cgroup (v2 `memory.max`, or v1 `memory.limit_in_bytes`).

@@ -39,6 +39,14 @@ pub enum DurableKind {
 }
 
 impl DurableKind {
+    /// Stable name for metric labels and logs.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DurableKind::JetStream => "jetstream",
+            DurableKind::RedisStream => "redis_streams",
+        }
+    }
+
     fn tag_char(self) -> char {
         match self {
             DurableKind::JetStream => 'j',
