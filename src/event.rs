@@ -14,7 +14,7 @@ use std::time::Instant;
 use bytes::{BufMut, Bytes, BytesMut};
 
 use crate::config::SlowConsumerPolicy;
-use crate::telemetry::EventTrace;
+use crate::telemetry::{EventTrace, FanoutCounts};
 
 /// A bridge-assigned event id: the run that assigned it and a sequence number.
 ///
@@ -88,6 +88,31 @@ pub struct Event {
     /// Index of the durable stream (JetStream, Redis Streams) the event came from, if any:
     /// its broker can replay it, so resumes need not find it in the ring.
     pub durable: Option<(u16, Pos)>,
+}
+
+/// What one fan-out did, for metrics and traces.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct FanoutStats {
+    /// Queues the event was placed in.
+    pub delivered: usize,
+    /// Subscribers that overflowed on this event and were disconnected.
+    pub overflowed: usize,
+    /// Older queued events dropped to make room (`drop-oldest`, `latest` without a match).
+    pub dropped: usize,
+    /// Older queued events of the same topic replaced (`latest`).
+    pub conflated: usize,
+}
+
+impl FanoutStats {
+    /// The figures the fan-out and delivery spans record.
+    pub fn span_counts(self) -> FanoutCounts {
+        FanoutCounts {
+            subscribers: self.delivered,
+            dropped: self.overflowed + self.dropped,
+            conflated: self.conflated,
+            disconnected: self.overflowed,
+        }
+    }
 }
 
 /// Event types that publishers may not use, because the bridge itself speaks with them

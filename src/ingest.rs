@@ -106,7 +106,7 @@ impl Sequencer {
         let id = EventId { run: self.run, seq: self.next_seq };
         self.next_seq += 1;
         // Tracing off: `receive` is None after one branch; nothing below allocates for it.
-        let receive = p.telemetry.receive(&msg.trace, msg.source, &msg.topic, msg.received_at);
+        let receive = p.telemetry.receive(&msg.trace, msg.source.as_str(), &msg.topic, msg.received_at);
         let (frame, notes) = frame_event_with(id, &self.suffix, msg.event_type.as_deref(), &msg.payload);
         if notes.replaced_invalid_utf8 {
             p.metrics.events_non_utf8.inc();
@@ -144,7 +144,7 @@ impl Sequencer {
         let fan_out_started = receive.as_ref().map(|_| std::time::SystemTime::now());
         let stats = p.registry.fan_out(&event);
         if let (Some(r), Some(t), Some(started)) = (receive, &event.trace, fan_out_started) {
-            r.fanned_out(started, &event.topic, stats, t);
+            r.fanned_out(started, &event.topic, stats.span_counts(), t);
         }
         p.metrics.deliveries.inc_by(stats.delivered as u64);
         if stats.dropped > 0 {

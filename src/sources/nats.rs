@@ -16,11 +16,10 @@ use futures_util::stream::select_all;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
-use super::{
-    IngestSender, PUBLISHED_AT_HEADER, SessionEnd, SourceKind, SourceMessage, SourceStatus, TraceContext, backoff_delay,
-};
+use super::{IngestSender, PUBLISHED_AT_HEADER, SessionEnd, SourceKind, SourceMessage, SourceStatus, backoff_delay};
 use crate::config::NatsConfig;
 use crate::input::BrokerInput;
+use crate::telemetry::TraceContext;
 
 /// Messages async-nats may buffer per subscription before it reports a slow consumer and
 /// drops; the bound between the broker and our ingest channel.

@@ -7,7 +7,8 @@ use std::time::Instant;
 use bytes::Bytes;
 use tokio::sync::oneshot;
 
-use super::{IngestSender, SourceKind, SourceMessage, TraceContext};
+use super::{IngestSender, SourceKind, SourceMessage};
+use crate::telemetry::TraceContext;
 
 /// Why a publish did not get an id.
 #[derive(Debug, thiserror::Error)]

@@ -21,9 +21,10 @@ use serde::Deserialize;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
-use super::{IngestSender, Session, SessionEnd, SourceKind, SourceMessage, SourceStatus, TraceContext, supervise};
+use super::{IngestSender, Session, SessionEnd, SourceKind, SourceMessage, SourceStatus, supervise};
 use crate::config::RedisConfig;
 use crate::input::BrokerInput;
+use crate::telemetry::TraceContext;
 
 /// Runs the Redis source until `shutdown`.
 pub async fn run(

@@ -19,10 +19,11 @@ use redis::Value;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
-use super::{IngestSender, Session, SessionEnd, SourceKind, SourceMessage, SourceStatus, TraceContext, supervise};
+use super::{IngestSender, Session, SessionEnd, SourceKind, SourceMessage, SourceStatus, supervise};
 use crate::config::RedisStreamsConfig;
 use crate::durable::{Catalog, DurableKind, DurableMark, Pos};
 use crate::input::BrokerInput;
+use crate::telemetry::TraceContext;
 
 /// Entries asked for per `XREAD`.
 const READ_COUNT: usize = 512;

@@ -20,8 +20,9 @@ use crate::event::{RESERVED_EVENT_PREFIX, frame_control};
 use crate::input::truncate;
 use crate::limits::Refusal;
 use crate::replay::{Cursor, MAX_CURSOR_LEN};
+use crate::sources::PUBLISHED_AT_HEADER;
 use crate::sources::publish::{PublishError, publish};
-use crate::sources::{PUBLISHED_AT_HEADER, TraceContext};
+use crate::telemetry::TraceContext;
 use crate::topic::TopicFilter;
 
 /// Longest query string accepted; far above any sane list of topics, far below abuse.
