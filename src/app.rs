@@ -187,20 +187,18 @@ impl App {
         let stop_sources = CancellationToken::new();
         let stop_ingest = CancellationToken::new();
 
-        let sequencer = Sequencer::new(
-            state.run_id,
-            Pipeline {
-                last_seq: state.last_seq.clone(),
-                registry: state.registry.clone(),
-                replay: state.replay.clone(),
-                rules: state.rules.clone(),
-                memory: state.memory.clone(),
-                telemetry: state.telemetry.clone(),
-                metrics: state.metrics.clone(),
-                catalog: state.catalog.clone(),
-                positions: state.positions.clone(),
-            },
-        );
+        let sequencer = Sequencer::new(Arc::new(Pipeline {
+            run_id: state.run_id,
+            last_seq: state.last_seq.clone(),
+            registry: state.registry.clone(),
+            replay: state.replay.clone(),
+            rules: state.rules.clone(),
+            memory: state.memory.clone(),
+            telemetry: state.telemetry.clone(),
+            metrics: state.metrics.clone(),
+            catalog: state.catalog.clone(),
+            positions: state.positions.clone(),
+        }));
         tracker.spawn(sequencer.run(self.ingest_rx, stop_ingest.clone()));
         for status in &state.sources {
             let (tx, status, stop) = (state.ingest.clone(), status.clone(), stop_sources.clone());

@@ -16,10 +16,10 @@
 
 use std::sync::atomic::{AtomicBool, Ordering};
 
-use tracing::warn;
+use tracing::{info, warn};
 
 use crate::client::CloseReason;
-use crate::config::MemoryConfig;
+use crate::config::{MemoryConfig, ReplayConfig};
 use crate::process;
 use crate::registry::Registry;
 use crate::replay::ReplayStore;
@@ -56,6 +56,23 @@ impl MemoryBudget {
     /// The budget in bytes, if there is one.
     pub fn limit(&self) -> Option<usize> {
         self.limit
+    }
+
+    /// The replay store's bounds, with its global budget capped at half the memory budget so
+    /// the rings alone never push the process over it.
+    pub fn ring_config(&self, configured: &ReplayConfig) -> ReplayConfig {
+        let mut ring = configured.clone();
+        if let Some(limit) = self.limit
+            && ring.max_total_bytes > limit / 2
+        {
+            info!(
+                configured = ring.max_total_bytes,
+                capped = limit / 2,
+                "Replay budget capped at half the memory budget."
+            );
+            ring.max_total_bytes = limit / 2;
+        }
+        ring
     }
 
     /// Whether the process is over budget. Once a check found it over, this re-measures (a
@@ -121,4 +138,18 @@ pub fn cgroup_limit() -> Option<usize> {
     let v = read("/sys/fs/cgroup/memory.max").or_else(|| read("/sys/fs/cgroup/memory/memory.limit_in_bytes"))?;
     // v1 reports "unlimited" as a number near i64::MAX.
     (v < (1 << 60)).then_some(v as usize)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_rings_get_at_most_half_the_budget() {
+        let replay = ReplayConfig { max_total_bytes: 1000, ..ReplayConfig::default() };
+        let budget = MemoryBudget::from_config(&MemoryConfig { limit: 1500 });
+        assert_eq!(budget.ring_config(&replay).max_total_bytes, 750);
+        let budget = MemoryBudget::from_config(&MemoryConfig { limit: 4000 });
+        assert_eq!(budget.ring_config(&replay), replay);
+    }
 }
