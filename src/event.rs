@@ -66,14 +66,19 @@ pub fn new_run_id() -> u64 {
 /// entry id (`a`-`b`: milliseconds and sequence). Ordered as the broker orders them.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
 pub struct Pos {
+    /// JetStream stream sequence, or a Redis id's milliseconds.
     pub a: u64,
+    /// A Redis id's sequence within its millisecond; 0 for JetStream.
     pub b: u64,
 }
 
 /// One message, sequenced and framed, shared by every subscriber that receives it.
 #[derive(Debug)]
 pub struct Event {
+    /// The id clients resume from.
     pub id: EventId,
+    /// The broker's name for the stream (NATS subject, Redis channel or key), matched against
+    /// subscribers' filters.
     pub topic: Arc<str>,
     /// The complete SSE frame, ready for the socket.
     pub frame: Bytes,

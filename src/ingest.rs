@@ -48,16 +48,23 @@ impl LastSeq {
 pub struct Pipeline {
     /// This process's run id: the first half of every event id it assigns.
     pub run_id: u64,
+    /// The last sequence assigned, published before each fan-out (the resume check reads it).
     pub last_seq: Arc<LastSeq>,
+    /// Who listens to what; the sequencer fans each event out through it.
     pub registry: Arc<Registry>,
+    /// Recent events per topic, retained before the fan-out, for resumes.
     pub replay: Arc<ReplayStore>,
+    /// Per-topic slow-consumer policy, looked up once per event.
     pub rules: DeliveryRules,
+    /// Checked every `CHECK_EVERY` events; sheds rings and slow streams when over.
     pub memory: Arc<MemoryBudget>,
     /// Traces; `Telemetry::off()` unless `telemetry.traces` is on.
     pub telemetry: Arc<Telemetry>,
+    /// The daemon's metrics, shared with everything that counts.
     pub metrics: Arc<Metrics>,
-    /// Durable streams (JetStream, Redis Streams) and where the sequencer stands in each.
+    /// Durable streams (JetStream, Redis Streams): the id suffix of each event names them.
     pub catalog: Arc<Catalog>,
+    /// Where the sequencer stands in each durable stream, as of the last sequence published.
     pub positions: Arc<Positions>,
 }
 

@@ -41,7 +41,9 @@ pub struct MemoryBudget {
 /// What one shedding pass did.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
 pub struct Shed {
+    /// Replay-ring bytes evicted.
     pub ring_bytes: usize,
+    /// Slow streams closed (their clients reconnect and resume).
     pub streams_closed: usize,
 }
 

@@ -51,6 +51,10 @@ pub struct ReasonLabel {
 }
 
 /// All metrics of one bridge instance.
+///
+/// Each field is the handle of one metric, updated where the thing it counts happens; its
+/// name and help text (its documentation, shown by `/metrics`) are in the `register_*`
+/// function of its concern below.
 #[derive(Debug)]
 pub struct Metrics {
     registry: Registry,

@@ -37,7 +37,9 @@ use crate::config::TelemetryConfig;
 /// Sources fill it from broker headers or envelopes; the receive span continues it.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct TraceContext {
+    /// The W3C `traceparent` (version, trace id, parent span id, flags).
     pub traceparent: Option<String>,
+    /// The W3C `tracestate`: vendor entries passed on as received.
     pub tracestate: Option<String>,
     /// When the publisher published, in Unix milliseconds, if it said (`Sse-Published-At`
     /// header, `published_at` envelope field): the start of publish-to-write latency.
