@@ -148,22 +148,20 @@ fn new_queue() -> Arc<ClientQueue> {
 /// The sequencer with the daemon's default replay store, no delivery rules, tracing off, and a
 /// memory budget.
 fn new_sequencer(registry: &Arc<Registry>) -> Sequencer {
-    Sequencer::new(
-        0x5eed_0000_0001,
-        Pipeline {
-            last_seq: Arc::new(LastSeq::default()),
-            registry: registry.clone(),
-            replay: Arc::new(ReplayStore::new(ReplayConfig::default())),
-            rules: DeliveryRules::new(&[], SlowConsumerPolicy::Disconnect),
-            // A limit far above use, set explicitly so the periodic budget check runs on every
-            // machine (with or without a cgroup limit) and the counts stay deterministic.
-            memory: Arc::new(MemoryBudget::from_config(&MemoryConfig { limit: 1 << 40 })),
-            telemetry: Arc::new(Telemetry::off()),
-            metrics: Arc::new(Metrics::new()),
-            catalog: Default::default(),
-            positions: Default::default(),
-        },
-    )
+    Sequencer::new(Arc::new(Pipeline {
+        run_id: 0x5eed_0000_0001,
+        last_seq: Arc::new(LastSeq::default()),
+        registry: registry.clone(),
+        replay: Arc::new(ReplayStore::new(ReplayConfig::default())),
+        rules: DeliveryRules::new(&[], SlowConsumerPolicy::Disconnect),
+        // A limit far above use, set explicitly so the periodic budget check runs on every
+        // machine (with or without a cgroup limit) and the counts stay deterministic.
+        memory: Arc::new(MemoryBudget::from_config(&MemoryConfig { limit: 1 << 40 })),
+        telemetry: Arc::new(Telemetry::off()),
+        metrics: Arc::new(Metrics::new()),
+        catalog: Default::default(),
+        positions: Default::default(),
+    }))
 }
 
 /// An already sequenced and framed event, for the fan-out-only benchmark.

@@ -14,7 +14,8 @@ use http::header::{CONTENT_TYPE, HeaderValue};
 use http::{Method, Request, Response, StatusCode};
 use hyper::body::Incoming;
 
-use crate::metrics::{LeLabel, QUEUE_DEPTH_BUCKETS, SourceLabel, resident_memory_bytes};
+use crate::metrics::{LeLabel, QUEUE_DEPTH_BUCKETS, SourceLabel};
+use crate::process::{cpu_seconds, heap_bytes, resident_memory_bytes};
 use crate::sse::body::ResponseBody;
 use crate::sse::response::{json, text};
 use crate::state::AppState;
@@ -55,10 +56,10 @@ fn metrics(state: &AppState) -> Response<ResponseBody> {
     m.replay_events.set(replay.events as i64);
     m.replay_bytes.set(replay.bytes as i64);
     m.replay_topics.set(replay.topics as i64);
-    m.heap.set(crate::memory::heap_bytes().unwrap_or(0) as i64);
+    m.heap.set(heap_bytes().unwrap_or(0) as i64);
     m.memory_limit.set(state.memory.limit().unwrap_or(0) as i64);
     // A counter mirrored from the kernel's figure: add what it grew since the last scrape.
-    m.cpu_seconds.inc_by((crate::metrics::cpu_seconds() - m.cpu_seconds.get()).max(0.0));
+    m.cpu_seconds.inc_by((cpu_seconds() - m.cpu_seconds.get()).max(0.0));
     let mut depths = [0i64; QUEUE_DEPTH_BUCKETS.len()];
     state.registry.for_each_queue(|q| {
         let n = q.live_len();

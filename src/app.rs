@@ -18,7 +18,7 @@ use tracing::{error, info, warn};
 use crate::admin;
 use crate::client::{CloseReason, now_ms};
 use crate::config::Config;
-use crate::ingest::{Pipeline, Sequencer};
+use crate::ingest::Sequencer;
 use crate::sources::{self, SourceMessage};
 use crate::sse::conn::Lifecycle;
 use crate::sse::h1::LeanEvents;
@@ -116,20 +116,7 @@ impl App {
 fn start_ingest(state: &Arc<AppState>, ingest_rx: mpsc::Receiver<SourceMessage>, tasks: &Tasks) {
     let cfg = &state.config;
     let tracker = &tasks.tracker;
-    let sequencer = Sequencer::new(
-        state.run_id,
-        Pipeline {
-            last_seq: state.last_seq.clone(),
-            registry: state.registry.clone(),
-            replay: state.replay.clone(),
-            rules: state.rules.clone(),
-            memory: state.memory.clone(),
-            telemetry: state.telemetry.clone(),
-            metrics: state.metrics.clone(),
-            catalog: state.catalog.clone(),
-            positions: state.positions.clone(),
-        },
-    );
+    let sequencer = Sequencer::new(state.pipeline.clone());
     tracker.spawn(sequencer.run(ingest_rx, tasks.stop_ingest.clone()));
     // `state.sources` was built from the same list, in the same order.
     for (source, status) in sources::configured(cfg).into_iter().zip(&state.sources) {
@@ -215,7 +202,7 @@ async fn housekeeping(state: Arc<AppState>, stop: CancellationToken) {
         });
         state.limits.prune();
         if let Some(shed) = state.memory.check(&state.replay, &state.registry) {
-            state.metrics.count_shed(shed);
+            state.metrics.count_shed(shed.ring_bytes, shed.streams_closed);
         }
     }
 }

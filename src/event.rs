@@ -14,7 +14,7 @@ use std::time::Instant;
 use bytes::{BufMut, Bytes, BytesMut};
 
 use crate::config::SlowConsumerPolicy;
-use crate::telemetry::EventTrace;
+use crate::telemetry::{EventTrace, FanoutCounts};
 
 /// A bridge-assigned event id: the run that assigned it and a sequence number.
 ///
@@ -66,14 +66,19 @@ pub fn new_run_id() -> u64 {
 /// entry id (`a`-`b`: milliseconds and sequence). Ordered as the broker orders them.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
 pub struct Pos {
+    /// JetStream stream sequence, or a Redis id's milliseconds.
     pub a: u64,
+    /// A Redis id's sequence within its millisecond; 0 for JetStream.
     pub b: u64,
 }
 
 /// One message, sequenced and framed, shared by every subscriber that receives it.
 #[derive(Debug)]
 pub struct Event {
+    /// The id clients resume from.
     pub id: EventId,
+    /// The broker's name for the stream (NATS subject, Redis channel or key), matched against
+    /// subscribers' filters.
     pub topic: Arc<str>,
     /// The complete SSE frame, ready for the socket.
     pub frame: Bytes,
@@ -88,6 +93,31 @@ pub struct Event {
     /// Index of the durable stream (JetStream, Redis Streams) the event came from, if any:
     /// its broker can replay it, so resumes need not find it in the ring.
     pub durable: Option<(u16, Pos)>,
+}
+
+/// What one fan-out did, for metrics and traces.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct FanoutStats {
+    /// Queues the event was placed in.
+    pub delivered: usize,
+    /// Subscribers that overflowed on this event and were disconnected.
+    pub overflowed: usize,
+    /// Older queued events dropped to make room (`drop-oldest`, `latest` without a match).
+    pub dropped: usize,
+    /// Older queued events of the same topic replaced (`latest`).
+    pub conflated: usize,
+}
+
+impl FanoutStats {
+    /// The figures the fan-out and delivery spans record.
+    pub fn span_counts(self) -> FanoutCounts {
+        FanoutCounts {
+            subscribers: self.delivered,
+            dropped: self.overflowed + self.dropped,
+            conflated: self.conflated,
+            disconnected: self.overflowed,
+        }
+    }
 }
 
 /// Event types that publishers may not use, because the bridge itself speaks with them

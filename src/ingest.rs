@@ -1,27 +1,33 @@
 //! The one sequencer: every message from every source passes here, one at a time.
 //!
 //! For each message it assigns the next id of this run, builds the SSE frame once, retains the
-//! event in the replay store, publishes the new "last sequence" and then fans the event out. Because one task does all of this in
-//! order, every subscriber queue receives events in strictly increasing id order, and a single
-//! id is a complete resume cursor for any set of topics (see `docs/architecture.md`).
+//! event in the replay store, publishes the new "last sequence" and then fans the event out.
+//! Because one task does all of this in order, every subscriber queue receives events in
+//! strictly increasing id order, and a single id is a complete resume cursor for any set of
+//! topics (see `docs/architecture.md`).
+//!
+//! [`Pipeline`] is everything the sequencer writes to; it is built here from the
+//! configuration and shared with the request handlers through the application state.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
+use bytes::Bytes;
 use prometheus_client::metrics::counter::Counter;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, trace};
 
+use crate::config::Config;
 use crate::durable::{Catalog, Pos, Positions};
-use crate::event::{Event, EventId, frame_event_with};
+use crate::event::{Event, EventId, frame_event_with, new_run_id};
 use crate::memory::{CHECK_EVERY, MemoryBudget};
 use crate::metrics::Metrics;
 use crate::policy::DeliveryRules;
 use crate::registry::Registry;
 use crate::replay::ReplayStore;
 use crate::sources::{SourceKind, SourceMessage};
-use crate::telemetry::Telemetry;
+use crate::telemetry::{Receive, Telemetry};
 
 /// The highest sequence number assigned so far in this run, published by the sequencer
 /// *before* it fans an event out (the ordering the resume check relies on).
@@ -35,27 +41,58 @@ impl LastSeq {
     }
 }
 
-/// What the sequencer hands events to: shared with the request handlers and the admin side.
+/// The sequencer's shared parts: everything it writes to, which the request handlers, the
+/// resume path and the admin side read. Built once from the configuration and shared (as an
+/// `Arc<Pipeline>`) by the sequencer and the application state, so there is one owner of each.
 #[derive(Debug, Clone)]
 pub struct Pipeline {
+    /// This process's run id: the first half of every event id it assigns.
+    pub run_id: u64,
+    /// The last sequence assigned, published before each fan-out (the resume check reads it).
     pub last_seq: Arc<LastSeq>,
+    /// Who listens to what; the sequencer fans each event out through it.
     pub registry: Arc<Registry>,
+    /// Recent events per topic, retained before the fan-out, for resumes.
     pub replay: Arc<ReplayStore>,
+    /// Per-topic slow-consumer policy, looked up once per event.
     pub rules: DeliveryRules,
+    /// Checked every `CHECK_EVERY` events; sheds rings and slow streams when over.
     pub memory: Arc<MemoryBudget>,
+    /// Traces; `Telemetry::off()` unless `telemetry.traces` is on.
     pub telemetry: Arc<Telemetry>,
+    /// The daemon's metrics, shared with everything that counts.
     pub metrics: Arc<Metrics>,
-    /// Durable streams (JetStream, Redis Streams) and where the sequencer stands in each.
+    /// Durable streams (JetStream, Redis Streams): the id suffix of each event names them.
     pub catalog: Arc<Catalog>,
+    /// Where the sequencer stands in each durable stream, as of the last sequence published.
     pub positions: Arc<Positions>,
+}
+
+impl Pipeline {
+    /// The pipeline a validated configuration describes, for a new run: a fresh run id, empty
+    /// registry and rings (their budget capped by the memory budget), fresh metrics.
+    pub fn new(config: &Config, telemetry: Telemetry) -> Self {
+        let memory = MemoryBudget::from_config(&config.memory);
+        Pipeline {
+            run_id: new_run_id(),
+            last_seq: Arc::default(),
+            registry: Registry::new(config.fanout.shards),
+            replay: Arc::new(ReplayStore::new(memory.ring_config(&config.replay))),
+            rules: DeliveryRules::new(&config.delivery, config.server.slow_consumer),
+            memory: Arc::new(memory),
+            telemetry: Arc::new(telemetry),
+            metrics: Arc::new(Metrics::new()),
+            catalog: Arc::new(Catalog::from_config(config)),
+            positions: Arc::default(),
+        }
+    }
 }
 
 /// Assigns ids, frames events and hands them to the registry's fan-out.
 #[derive(Debug)]
 pub struct Sequencer {
-    run: u64,
     next_seq: u64,
-    p: Pipeline,
+    p: Arc<Pipeline>,
     received: [Counter; 5],
     /// Position of every durable stream as of the last sequenced event.
     vector: Vec<Option<Pos>>,
@@ -64,13 +101,13 @@ pub struct Sequencer {
 }
 
 impl Sequencer {
-    /// A sequencer for run `run`, starting at sequence 1.
-    pub fn new(run: u64, pipeline: Pipeline) -> Self {
+    /// A sequencer for the pipeline's run, starting at sequence 1.
+    pub fn new(pipeline: Arc<Pipeline>) -> Self {
         let received =
             [SourceKind::Nats, SourceKind::Redis, SourceKind::Publish, SourceKind::JetStream, SourceKind::RedisStreams]
-                .map(|k| pipeline.metrics.received_counter(k));
+                .map(|k| pipeline.metrics.received_counter(k.as_str()));
         let vector = vec![None; pipeline.catalog.len()];
-        Sequencer { run, next_seq: 1, p: pipeline, received, vector, suffix: String::new() }
+        Sequencer { next_seq: 1, p: pipeline, received, vector, suffix: String::new() }
     }
 
     /// Consumes messages until every sender is gone or `shutdown` fires.
@@ -102,11 +139,33 @@ impl Sequencer {
                 return None;
             }
         }
-        let p = &self.p;
-        let id = EventId { run: self.run, seq: self.next_seq };
+        let id = EventId { run: self.p.run_id, seq: self.next_seq };
         self.next_seq += 1;
         // Tracing off: `receive` is None after one branch; nothing below allocates for it.
-        let receive = p.telemetry.receive(&msg.trace, msg.source, &msg.topic, msg.received_at);
+        let receive = self.p.telemetry.receive(&msg.trace, msg.source.as_str(), &msg.topic, msg.received_at);
+        let frame = self.frame(id, &msg);
+        let p = &self.p;
+        let event = Arc::new(Event {
+            id,
+            policy: p.rules.policy_for(&msg.topic),
+            topic: Arc::from(msg.topic),
+            frame,
+            received_at: msg.received_at,
+            trace: receive.as_ref().map(|r| r.sequenced(id)),
+            published_at_ms: msg.trace.published_at_ms,
+            durable: msg.durable.map(|m| (m.stream, m.pos)),
+        });
+        self.publish_and_fan_out(&event, receive);
+        if let Some(reply) = msg.reply {
+            let _ = reply.send(format!("{id}{}", self.suffix));
+        }
+        Some(event)
+    }
+
+    /// Builds the SSE frame of `msg` as event `id`, counting the message and what framing had
+    /// to change; every [`CHECK_EVERY`] events, checks the memory budget too.
+    fn frame(&self, id: EventId, msg: &SourceMessage) -> Bytes {
+        let p = &self.p;
         let (frame, notes) = frame_event_with(id, &self.suffix, msg.event_type.as_deref(), &msg.payload);
         if notes.replaced_invalid_utf8 {
             p.metrics.events_non_utf8.inc();
@@ -119,32 +178,25 @@ impl Sequencer {
             && p.memory.limit().is_some()
             && let Some(shed) = p.memory.check(&p.replay, &p.registry)
         {
-            p.metrics.count_shed(shed);
+            p.metrics.count_shed(shed.ring_bytes, shed.streams_closed);
         }
-        let policy = p.rules.policy_for(&msg.topic);
-        let trace = receive.as_ref().map(|r| r.sequenced(id));
-        let published_at_ms = msg.trace.published_at_ms;
-        let event = Arc::new(Event {
-            id,
-            topic: Arc::from(msg.topic),
-            frame,
-            received_at: msg.received_at,
-            policy,
-            trace,
-            published_at_ms,
-            durable: msg.durable.map(|m| (m.stream, m.pos)),
-        });
+        frame
+    }
+
+    /// Retains `event`, publishes its sequence, then fans it out and counts what that did.
+    fn publish_and_fan_out(&self, event: &Arc<Event>, receive: Option<Receive>) {
+        let p = &self.p;
         // Retain, then publish, then fan out: a subscriber that registers after the store sees
         // the sequence and finds the event in the replay store (see docs/architecture.md).
-        p.replay.append(&event);
+        p.replay.append(event);
         if event.durable.is_some() {
-            p.positions.publish(id.seq, &self.vector);
+            p.positions.publish(event.id.seq, &self.vector);
         }
-        p.last_seq.0.store(id.seq, Ordering::Release);
+        p.last_seq.0.store(event.id.seq, Ordering::Release);
         let fan_out_started = receive.as_ref().map(|_| std::time::SystemTime::now());
-        let stats = p.registry.fan_out(&event);
+        let stats = p.registry.fan_out(event);
         if let (Some(r), Some(t), Some(started)) = (receive, &event.trace, fan_out_started) {
-            r.fanned_out(started, &event.topic, stats, t);
+            r.fanned_out(started, &event.topic, stats.span_counts(), t);
         }
         p.metrics.deliveries.inc_by(stats.delivered as u64);
         if stats.dropped > 0 {
@@ -153,10 +205,25 @@ impl Sequencer {
         if stats.conflated > 0 {
             p.metrics.count_drops("conflated", stats.conflated as u64);
         }
-        trace!(topic = %event.topic, %id, delivered = stats.delivered, overflowed = stats.overflowed, "Event fanned out.");
-        if let Some(reply) = msg.reply {
-            let _ = reply.send(format!("{id}{}", self.suffix));
-        }
-        Some(event)
+        trace!(topic = %event.topic, id = %event.id, delivered = stats.delivered, overflowed = stats.overflowed, "Event fanned out.");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_pipeline_stands_on_its_configuration_alone() {
+        let config = Config::default();
+        let p = Arc::new(Pipeline::new(&config, Telemetry::off()));
+        assert!(p.run_id < 1 << 48);
+        assert_eq!(p.last_seq.get(), 0);
+        let mut seq = Sequencer::new(p.clone());
+        let msg = SourceMessage::new(SourceKind::Publish, "t".into(), bytes::Bytes::from_static(b"x"));
+        let event = seq.ingest(msg).expect("an event");
+        assert_eq!(event.id, EventId { run: p.run_id, seq: 1 });
+        assert_eq!(p.last_seq.get(), 1);
+        assert_eq!(p.replay.stats().events, 1);
     }
 }

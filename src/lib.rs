@@ -60,6 +60,7 @@ pub mod logging;
 pub mod memory;
 pub mod metrics;
 pub mod policy;
+pub mod process;
 pub mod registry;
 pub mod replay;
 pub mod resume;

@@ -16,10 +16,11 @@
 
 use std::sync::atomic::{AtomicBool, Ordering};
 
-use tracing::warn;
+use tracing::{info, warn};
 
 use crate::client::CloseReason;
-use crate::config::MemoryConfig;
+use crate::config::{MemoryConfig, ReplayConfig};
+use crate::process;
 use crate::registry::Registry;
 use crate::replay::ReplayStore;
 
@@ -40,7 +41,9 @@ pub struct MemoryBudget {
 /// What one shedding pass did.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
 pub struct Shed {
+    /// Replay-ring bytes evicted.
     pub ring_bytes: usize,
+    /// Slow streams closed (their clients reconnect and resume).
     pub streams_closed: usize,
 }
 
@@ -55,6 +58,23 @@ impl MemoryBudget {
     /// The budget in bytes, if there is one.
     pub fn limit(&self) -> Option<usize> {
         self.limit
+    }
+
+    /// The replay store's bounds, with its global budget capped at half the memory budget so
+    /// the rings alone never push the process over it.
+    pub fn ring_config(&self, configured: &ReplayConfig) -> ReplayConfig {
+        let mut ring = configured.clone();
+        if let Some(limit) = self.limit
+            && ring.max_total_bytes > limit / 2
+        {
+            info!(
+                configured = ring.max_total_bytes,
+                capped = limit / 2,
+                "Replay budget capped at half the memory budget."
+            );
+            ring.max_total_bytes = limit / 2;
+        }
+        ring
     }
 
     /// Whether the process is over budget. Once a check found it over, this re-measures (a
@@ -108,16 +128,10 @@ const SLOW_QUEUE: usize = 64;
 
 /// Live heap bytes from jemalloc when it is the allocator; else the resident set size.
 pub fn used_bytes() -> usize {
-    match heap_bytes() {
+    match process::heap_bytes() {
         Some(b) if b > 0 => b,
-        _ => crate::metrics::resident_memory_bytes() as usize,
+        _ => process::resident_memory_bytes() as usize,
     }
-}
-
-/// Bytes allocated and not yet freed, as jemalloc counts them (None if unavailable).
-pub fn heap_bytes() -> Option<usize> {
-    tikv_jemalloc_ctl::epoch::advance().ok()?;
-    tikv_jemalloc_ctl::stats::allocated::read().ok()
 }
 
 /// The memory limit of this process's cgroup (v2 `memory.max`, or v1 `memory.limit_in_bytes`).
@@ -126,4 +140,18 @@ pub fn cgroup_limit() -> Option<usize> {
     let v = read("/sys/fs/cgroup/memory.max").or_else(|| read("/sys/fs/cgroup/memory/memory.limit_in_bytes"))?;
     // v1 reports "unlimited" as a number near i64::MAX.
     (v < (1 << 60)).then_some(v as usize)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_rings_get_at_most_half_the_budget() {
+        let replay = ReplayConfig { max_total_bytes: 1000, ..ReplayConfig::default() };
+        let budget = MemoryBudget::from_config(&MemoryConfig { limit: 1500 });
+        assert_eq!(budget.ring_config(&replay).max_total_bytes, 750);
+        let budget = MemoryBudget::from_config(&MemoryConfig { limit: 4000 });
+        assert_eq!(budget.ring_config(&replay), replay);
+    }
 }

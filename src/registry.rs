@@ -18,7 +18,7 @@ use parking_lot::RwLock;
 use slab::Slab;
 
 use crate::client::{ClientQueue, CloseReason, PushOutcome};
-use crate::event::Event;
+use crate::event::{Event, FanoutStats};
 use crate::topic::{Pattern, TopicFilter};
 
 /// The sharded topic → subscriber index.
@@ -43,19 +43,6 @@ struct Sub {
     /// Sequence of the last event queued for this subscriber (or covered by its replay);
     /// suppresses duplicates when several filters match one event and at the replay seam.
     last_seq: AtomicU64,
-}
-
-/// What one fan-out did, for metrics and traces.
-#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
-pub struct FanoutStats {
-    /// Queues the event was placed in.
-    pub delivered: usize,
-    /// Subscribers that overflowed on this event and were disconnected.
-    pub overflowed: usize,
-    /// Older queued events dropped to make room (`drop-oldest`, `latest` without a match).
-    pub dropped: usize,
-    /// Older queued events of the same topic replaced (`latest`).
-    pub conflated: usize,
 }
 
 /// A registered subscriber; dropping it removes every registry entry of the connection.

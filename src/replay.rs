@@ -57,6 +57,7 @@ struct TopicRing {
 /// bridge could not prove completeness.
 #[derive(Debug, Default)]
 pub struct Replay {
+    /// The events after the resume cursor, to queue before live ones.
     pub events: Vec<Arc<Event>>,
     /// Topics (or, for unseen topics, the filters) on which events may have been missed.
     pub incomplete: Vec<String>,
@@ -125,8 +126,11 @@ pub struct ResumePlan {
 /// Totals for metrics.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct ReplayStats {
+    /// Topics with a ring.
     pub topics: usize,
+    /// Events held, over all rings.
     pub events: usize,
+    /// Bytes held: frames and bookkeeping.
     pub bytes: usize,
 }
 

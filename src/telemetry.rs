@@ -32,9 +32,33 @@ use opentelemetry_sdk::trace::{Sampler, SdkTracer, SdkTracerProvider, Span};
 use parking_lot::Mutex;
 
 use crate::config::TelemetryConfig;
-use crate::event::EventId;
-use crate::registry::FanoutStats;
-use crate::sources::{SourceKind, TraceContext};
+
+/// W3C trace context as the publisher sent it; kept so traces can follow the event later.
+/// Sources fill it from broker headers or envelopes; the receive span continues it.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct TraceContext {
+    /// The W3C `traceparent` (version, trace id, parent span id, flags).
+    pub traceparent: Option<String>,
+    /// The W3C `tracestate`: vendor entries passed on as received.
+    pub tracestate: Option<String>,
+    /// When the publisher published, in Unix milliseconds, if it said (`Sse-Published-At`
+    /// header, `published_at` envelope field): the start of publish-to-write latency.
+    pub published_at_ms: Option<u64>,
+}
+
+/// What one fan-out did, in the terms its span records. The sequencer fills it from the
+/// registry's `FanoutStats` (`FanoutStats::span_counts`), so this module needs no event type.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct FanoutCounts {
+    /// Queues the event was placed in: the copies the delivery span waits for.
+    pub subscribers: usize,
+    /// Copies lost: subscribers cut for overflowing, plus older events dropped to make room.
+    pub dropped: usize,
+    /// Older queued events of the same topic replaced (`latest`).
+    pub conflated: usize,
+    /// Subscribers cut for overflowing on this event: their copy is never written.
+    pub disconnected: usize,
+}
 
 /// Why tracing could not be set up.
 #[derive(Debug, thiserror::Error)]
@@ -100,8 +124,15 @@ impl Telemetry {
         }
     }
 
-    /// Starts the receive span of a message; None when off or not sampled.
-    pub fn receive(&self, trace: &TraceContext, source: SourceKind, topic: &str, received: Instant) -> Option<Receive> {
+    /// Starts the receive span of a message from the source named `source`
+    /// (`SourceKind::as_str`); None when off or not sampled.
+    pub fn receive(
+        &self,
+        trace: &TraceContext,
+        source: &'static str,
+        topic: &str,
+        received: Instant,
+    ) -> Option<Receive> {
         let tracer = self.tracer.as_ref()?;
         let parent = if trace.traceparent.is_some() {
             TraceContextPropagator::new().extract(&HeaderPair(trace))
@@ -114,7 +145,7 @@ impl Telemetry {
             .with_kind(SpanKind::Consumer)
             .with_start_time(start)
             .with_attributes([
-                KeyValue::new("messaging.system", source.as_str()),
+                KeyValue::new("messaging.system", source),
                 KeyValue::new("messaging.destination.name", topic.to_owned()),
             ])
             .start_with_context(tracer, &parent);
@@ -171,7 +202,7 @@ impl std::fmt::Debug for Receive {
 impl Receive {
     /// Names the event and starts its delivery span (a child of the receive span); the
     /// returned tracker travels with the event into every queue.
-    pub fn sequenced(&self, id: EventId) -> Arc<EventTrace> {
+    pub fn sequenced(&self, id: impl std::fmt::Display) -> Arc<EventTrace> {
         self.cx.span().set_attribute(KeyValue::new("sse_bridge.event_id", id.to_string()));
         let span = self
             .tracer
@@ -189,7 +220,7 @@ impl Receive {
 
     /// Records the fan-out (which ran from `started` to now), arms the delivery span with the
     /// number of queues the event went into, and ends the receive span.
-    pub fn fanned_out(self, started: SystemTime, topic: &str, stats: FanoutStats, trace: &EventTrace) {
+    pub fn fanned_out(self, started: SystemTime, topic: &str, fanout: FanoutCounts, trace: &EventTrace) {
         let mut span = self
             .tracer
             .span_builder("sse_bridge.fan_out")
@@ -197,13 +228,13 @@ impl Receive {
             .start_with_context(&self.tracer, &self.cx);
         span.set_attributes([
             KeyValue::new("messaging.destination.name", topic.to_owned()),
-            KeyValue::new("sse_bridge.subscribers", stats.delivered as i64),
-            KeyValue::new("sse_bridge.dropped", (stats.overflowed + stats.dropped) as i64),
-            KeyValue::new("sse_bridge.conflated", stats.conflated as i64),
+            KeyValue::new("sse_bridge.subscribers", fanout.subscribers as i64),
+            KeyValue::new("sse_bridge.dropped", fanout.dropped as i64),
+            KeyValue::new("sse_bridge.conflated", fanout.conflated as i64),
         ]);
         span.end();
-        trace.dropped.fetch_add(stats.overflowed as u64, Ordering::Relaxed);
-        trace.expect(stats.delivered);
+        trace.dropped.fetch_add(fanout.disconnected as u64, Ordering::Relaxed);
+        trace.expect(fanout.subscribers);
         self.cx.span().end();
     }
 }

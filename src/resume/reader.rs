@@ -181,7 +181,7 @@ impl BrokerReader {
         let now = self.active.fetch_sub(1, Ordering::AcqRel) - 1;
         self.metrics.resume_reads_active.set(now as i64);
         let outcome = out.gap.map_or("ok", ReadGap::as_str);
-        self.metrics.count_resume_read(stream.kind, outcome);
+        self.metrics.count_resume_read(stream.kind.as_str(), outcome);
         debug!(stream = %stream.name, events = out.events.len(), outcome, "Resume read from the broker.");
         out
     }

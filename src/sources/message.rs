@@ -8,6 +8,7 @@ use bytes::Bytes;
 use tokio::sync::{mpsc, oneshot};
 
 use crate::durable::DurableMark;
+use crate::telemetry::TraceContext;
 
 /// Which kind of source a message came from; a metrics label.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -36,16 +37,6 @@ impl fmt::Display for SourceKind {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(self.as_str())
     }
-}
-
-/// W3C trace context as the publisher sent it; kept so traces can follow the event later.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct TraceContext {
-    pub traceparent: Option<String>,
-    pub tracestate: Option<String>,
-    /// When the publisher published, in Unix milliseconds, if it said (`Sse-Published-At`
-    /// header, `published_at` envelope field): the start of publish-to-write latency.
-    pub published_at_ms: Option<u64>,
 }
 
 /// Header (NATS, `/publish`) carrying the publisher's timestamp in Unix milliseconds.

@@ -32,7 +32,7 @@ pub mod redis_streams;
 pub use backoff::{Backoff, backoff_delay};
 pub use bounds::{BrokerInput, LOG_INTERVAL};
 pub use configured::{ConfiguredSource, configured};
-pub use message::{IngestSender, PUBLISHED_AT_HEADER, SourceKind, SourceMessage, TraceContext};
+pub use message::{IngestSender, PUBLISHED_AT_HEADER, SourceKind, SourceMessage};
 pub use redis_client::RedisEndpoint;
 pub use session::{BrokerError, ClientError, Session, SessionEnd, supervise};
 pub use status::SourceStatus;

@@ -17,10 +17,11 @@ use tracing::{debug, info, warn};
 
 use super::backoff::backoff_delay;
 use super::bounds::BrokerInput;
-use super::message::{IngestSender, PUBLISHED_AT_HEADER, SourceKind, SourceMessage, TraceContext};
+use super::message::{IngestSender, PUBLISHED_AT_HEADER, SourceKind, SourceMessage};
 use super::session::{BrokerError, SessionEnd, forward};
 use super::status::SourceStatus;
 use crate::config::NatsConfig;
+use crate::telemetry::TraceContext;
 
 /// Messages async-nats may buffer per subscription before it reports a slow consumer and
 /// drops; the bound between the broker and our ingest channel.

@@ -7,7 +7,8 @@ use std::time::Instant;
 use bytes::Bytes;
 use tokio::sync::oneshot;
 
-use super::message::{IngestSender, SourceKind, SourceMessage, TraceContext};
+use super::message::{IngestSender, SourceKind, SourceMessage};
+use crate::telemetry::TraceContext;
 
 /// Why a publish did not get an id.
 #[derive(Debug, thiserror::Error)]

@@ -22,11 +22,12 @@ use tokio_util::sync::CancellationToken;
 use tracing::info;
 
 use super::bounds::BrokerInput;
-use super::message::{IngestSender, SourceKind, SourceMessage, TraceContext};
+use super::message::{IngestSender, SourceKind, SourceMessage};
 use super::redis_client::{RedisEndpoint, redacted};
 use super::session::{BrokerError, Session, SessionEnd, forward, supervise};
 use super::status::SourceStatus;
 use crate::config::RedisConfig;
+use crate::telemetry::TraceContext;
 
 /// Runs the Redis source until `shutdown`.
 pub async fn run(

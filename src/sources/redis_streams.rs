@@ -21,12 +21,13 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, info};
 
 use super::bounds::BrokerInput;
-use super::message::{IngestSender, SourceKind, SourceMessage, TraceContext};
+use super::message::{IngestSender, SourceKind, SourceMessage};
 use super::redis_client::{RedisEndpoint, redacted};
 use super::session::{BrokerError, Session, SessionEnd, forward, send_baseline, supervise};
 use super::status::SourceStatus;
 use crate::config::RedisStreamsConfig;
 use crate::durable::{Catalog, DurableKind, DurableMark, Pos};
+use crate::telemetry::TraceContext;
 
 /// Entries asked for per `XREAD`.
 const READ_COUNT: usize = 512;

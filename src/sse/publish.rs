@@ -16,9 +16,10 @@ use super::guard;
 use super::request::PublishQuery;
 use super::response::{Refused, bad_request, json, over_budget, text};
 use crate::event::RESERVED_EVENT_PREFIX;
+use crate::sources::PUBLISHED_AT_HEADER;
 use crate::sources::publish::{PublishError, publish as send};
-use crate::sources::{PUBLISHED_AT_HEADER, TraceContext};
 use crate::state::AppState;
+use crate::telemetry::TraceContext;
 use crate::topic::{TopicFilter, truncate};
 
 /// What a publish request sends, once checked.

@@ -1,0 +1,139 @@
+//! The slow-consumer policies, the backlog, heartbeats and deadlines of one queue.
+
+use super::*;
+use crate::event::{EventId, frame_event};
+use std::task::Waker;
+
+fn poll(q: &ClientQueue) -> Poll<Next> {
+    q.poll_next(&mut Context::from_waker(Waker::noop()))
+}
+
+fn frame(q: &ClientQueue) -> String {
+    match poll(q) {
+        Poll::Ready(Next::Frame { frame, .. }) => String::from_utf8(frame.to_vec()).unwrap(),
+        other => panic!("expected a frame, got {other:?}"),
+    }
+}
+
+fn ev(seq: u64, topic: &str, policy: SlowConsumerPolicy) -> Arc<Event> {
+    let id = EventId { run: 1, seq };
+    let frame = frame_event(id, None, seq.to_string().as_bytes()).0;
+    Arc::new(Event {
+        id,
+        topic: topic.into(),
+        frame,
+        received_at: Instant::now(),
+        policy,
+        trace: None,
+        published_at_ms: None,
+        durable: None,
+    })
+}
+
+fn q(cap: usize) -> (ClientQueue, ConnHandle) {
+    let conn = ConnHandle::default();
+    (ClientQueue::new(cap, conn.clone(), None), conn)
+}
+
+#[test]
+fn overflow_disconnects_and_frees() {
+    let (q, conn) = q(2);
+    let p = SlowConsumerPolicy::Disconnect;
+    assert_eq!(q.push(&ev(1, "t", p)), PushOutcome::Queued);
+    assert_eq!(q.push(&ev(2, "t", p)), PushOutcome::Queued);
+    assert_eq!(q.push(&ev(3, "t", p)), PushOutcome::Overflowed);
+    assert!(conn.kill.is_cancelled());
+    assert_eq!(q.len(), 0);
+    assert!(matches!(poll(&q), Poll::Ready(Next::Closed(CloseReason::SlowConsumer))));
+    assert_eq!(q.push(&ev(4, "t", p)), PushOutcome::Closed);
+}
+
+#[test]
+fn drop_oldest_reports_a_gap_before_the_next_event() {
+    let (q, conn) = q(2);
+    let p = SlowConsumerPolicy::DropOldest;
+    q.push(&ev(1, "a", p));
+    q.push(&ev(2, "b", p));
+    assert_eq!(q.push(&ev(3, "b", p)), PushOutcome::DroppedOldest);
+    assert!(!conn.kill.is_cancelled());
+    let gap = frame(&q);
+    assert!(gap.starts_with("event: sse-bridge.gap\n"), "{gap}");
+    assert!(gap.contains(r#""reason":"dropped""#) && gap.contains(r#""topics":["a"]"#), "{gap}");
+    assert!(frame(&q).contains("data: 2"));
+    assert!(frame(&q).contains("data: 3"));
+}
+
+#[test]
+fn latest_replaces_the_same_topic_and_keeps_order() {
+    let (q, _) = q(2);
+    let p = SlowConsumerPolicy::Latest;
+    q.push(&ev(1, "price", p));
+    q.push(&ev(2, "volume", p));
+    assert_eq!(q.push(&ev(3, "price", p)), PushOutcome::Conflated);
+    assert!(frame(&q).contains("data: 2"));
+    assert!(frame(&q).contains("data: 3"), "no gap event: conflation is the point");
+}
+
+#[test]
+fn backlog_does_not_count_against_capacity() {
+    let (q, _) = q(1);
+    for _ in 0..5 {
+        q.push_backlog(Bytes::from_static(b"r"));
+    }
+    assert_eq!(q.push(&ev(1, "t", SlowConsumerPolicy::Disconnect)), PushOutcome::Queued);
+    assert_eq!(q.push(&ev(2, "t", SlowConsumerPolicy::Disconnect)), PushOutcome::Overflowed);
+}
+
+#[test]
+fn clean_close_drains_first() {
+    let (q, conn) = q(4);
+    q.push(&ev(1, "t", SlowConsumerPolicy::Disconnect));
+    q.close(CloseReason::Shutdown);
+    assert!(!conn.kill.is_cancelled());
+    assert!(matches!(poll(&q), Poll::Ready(Next::Frame { event: Some(_), .. })));
+    assert!(matches!(poll(&q), Poll::Ready(Next::Closed(CloseReason::Shutdown))));
+}
+
+#[test]
+fn heartbeat_only_when_idle() {
+    let (q, _) = q(4);
+    let hb = Bytes::from_static(b":\n\n");
+    q.push(&ev(1, "t", SlowConsumerPolicy::Disconnect));
+    let _ = poll(&q);
+    q.offer_heartbeat(&hb); // active since last offer: skipped
+    assert_eq!(q.len(), 0);
+    q.offer_heartbeat(&hb); // idle for a whole interval: sent
+    assert_eq!(q.len(), 1);
+    let _ = poll(&q);
+    q.offer_heartbeat(&hb); // a heartbeat does not count as activity
+    assert_eq!(q.len(), 1);
+}
+
+#[test]
+fn deadlines() {
+    let conn = ConnHandle::default();
+    let q = ClientQueue::new(4, conn.clone(), Some(Duration::from_millis(50)));
+    let now = now_ms();
+    assert_eq!(q.enforce_deadlines(now, Duration::from_secs(1)), None);
+    assert_eq!(q.enforce_deadlines(now + 60, Duration::from_secs(1)), Some(CloseReason::MaxAge));
+    assert!(!conn.kill.is_cancelled(), "max age ends the stream cleanly");
+
+    let conn = ConnHandle::default();
+    let q = ClientQueue::new(4, conn.clone(), None);
+    conn.write.blocked();
+    let now = now_ms();
+    assert_eq!(q.enforce_deadlines(now + 500, Duration::from_secs(1)), None);
+    assert_eq!(q.enforce_deadlines(now + 1500, Duration::from_secs(1)), Some(CloseReason::WriteTimeout));
+    assert!(conn.kill.is_cancelled());
+    conn.write.progressed();
+    assert_eq!(conn.write.blocked_for(now + 2000), None);
+
+    // A stream that ended cleanly but cannot write its end is still cut.
+    let conn = ConnHandle::default();
+    let q = ClientQueue::new(4, conn.clone(), None);
+    q.close(CloseReason::MaxAge);
+    conn.write.blocked();
+    let now = now_ms();
+    assert_eq!(q.enforce_deadlines(now + 1500, Duration::from_secs(1)), Some(CloseReason::WriteTimeout));
+    assert!(conn.kill.is_cancelled());
+}
