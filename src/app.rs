@@ -18,6 +18,7 @@ use tracing::{error, info, warn};
 use crate::admin;
 use crate::client::{CloseReason, now_ms};
 use crate::config::Config;
+use crate::drain;
 use crate::ingest::Sequencer;
 use crate::sources::{self, SourceMessage};
 use crate::sse::conn::Lifecycle;
@@ -145,21 +146,40 @@ fn start_listeners(state: &Arc<AppState>, listener: TcpListener, admin_listener:
     life.tracker.spawn(server::serve(admin_listener, builder, admin, None, life.clone(), "admin", Default::default()));
 }
 
-/// The shutdown sequence: stop accepting, end every stream, stop the sources and the
-/// sequencer, then wait up to `server.drain_timeout` before cutting what is left.
+/// The shutdown sequence (a "lame duck"): readiness fails and new streams get the draining
+/// refusal at once; open streams end in batches over `drain_spread` × `drain_timeout` (see
+/// [`crate::drain`]) while the listeners and the sources keep running, so streams waiting for
+/// their turn keep receiving events; once the last stream has ended, stop accepting, stop the
+/// sources and the sequencer, and wait for every task up to `drain_timeout` after the signal
+/// before cutting what is left.
 async fn drain(state: &AppState, tasks: &Tasks) -> RunOutcome {
     let cfg = &state.config.server;
     let (life, tracker) = (&tasks.life, &tasks.tracker);
+    let deadline = tokio::time::Instant::now() + cfg.drain_timeout;
+    let window = cfg.drain_timeout.mul_f64(cfg.drain_spread);
     let open = state.registry.subscriber_count();
-    info!(open_streams = open, drain_timeout = ?cfg.drain_timeout, "Shutting down: ending streams.");
+    info!(open_streams = open, drain_timeout = ?cfg.drain_timeout, ?window, "Shutting down: ending streams.");
     state.start_draining();
-    life.stop_accepting.cancel();
+    let retry = || state.limits.draining_hint();
+    if window.is_zero() {
+        drain::end_streams_now(&state.registry, retry);
+    } else {
+        drain::end_streams_paced(&state.registry, window, retry, &state.metrics).await;
+    }
+    // A stream that slipped in while the flag was being set ends too, and none can start now.
     state.registry.close_all(CloseReason::Shutdown);
+    let all_ended = async {
+        while state.registry.subscriber_count() > 0 {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    };
+    let _ = tokio::time::timeout_at(deadline, all_ended).await;
+    life.stop_accepting.cancel();
     life.graceful.cancel();
     tasks.stop_sources.cancel();
     tasks.stop_ingest.cancel();
     tracker.close();
-    match tokio::time::timeout(cfg.drain_timeout, tracker.wait()).await {
+    match tokio::time::timeout_at(deadline, tracker.wait()).await {
         Ok(()) => RunOutcome::Drained,
         Err(_) => {
             warn!(remaining_tasks = tracker.len(), "Drain time ran out; cutting remaining connections.");

@@ -264,6 +264,19 @@ impl ClientQueue {
         }
     }
 
+    /// Ends the stream cleanly after what is queued and then `last` (the drain's jittered
+    /// `retry:`), outside the capacity; nothing if the stream has already ended.
+    pub fn end_with(&self, last: Bytes) {
+        {
+            let mut st = self.state.lock();
+            if st.closed.is_some() {
+                return;
+            }
+            st.items.push_back(Item::Control(last));
+        }
+        self.close(CloseReason::Shutdown);
+    }
+
     /// Records the durable positions the client already has (see the `have` field).
     pub fn set_have(&self, positions: Vec<Option<crate::event::Pos>>) {
         let _ = self.have.set(positions.into_boxed_slice());

@@ -52,6 +52,7 @@ pub mod app;
 pub mod auth;
 pub mod client;
 pub mod config;
+pub mod drain;
 pub mod durable;
 pub mod event;
 pub mod ingest;

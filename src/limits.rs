@@ -118,6 +118,11 @@ impl Limits {
         self.refuse(reason, ip, message.into())
     }
 
+    /// The jittered `retry:` of a stream ended (or refused) because this replica drains.
+    pub fn draining_hint(&self) -> Duration {
+        self.hints.draining()
+    }
+
     fn release(&self, ip: IpAddr) {
         self.open.fetch_sub(1, Ordering::AcqRel);
         let mut m = self.per_ip.lock();

@@ -69,7 +69,7 @@ fn main() -> ExitCode {
     runtime.block_on(async move {
         // Before binding: a signal must never find the port open and the handlers missing.
         let stop = shutdown::signal();
-        let listener = match TcpListener::bind(config.server.listen).await {
+        let listener = match bind_with_backlog(config.server.listen, config.server.listen_backlog) {
             Ok(l) => l,
             Err(e) => {
                 error!(addr = %config.server.listen, error = %e, "Cannot bind server.listen.");
@@ -109,4 +109,14 @@ fn raise_open_file_limit() {
         Ok((soft, _)) => info!(limit = soft, "Open-file limit."),
         Err(e) => tracing::warn!(error = %e, "Cannot read the open-file limit."),
     }
+}
+
+/// Binds the public listener with `server.listen_backlog` (tokio's `bind` uses 1024): a
+/// reconnect herd after a rollout arrives within milliseconds, and every connect the kernel
+/// drops for a full backlog costs that client a one-second SYN retry.
+fn bind_with_backlog(addr: SocketAddr, backlog: u32) -> std::io::Result<TcpListener> {
+    let socket = if addr.is_ipv4() { tokio::net::TcpSocket::new_v4()? } else { tokio::net::TcpSocket::new_v6()? };
+    socket.set_reuseaddr(true)?;
+    socket.bind(addr)?;
+    socket.listen(backlog)
 }

@@ -78,6 +78,7 @@ pub struct Metrics {
     pub replay_bytes: Gauge,
     pub replay_topics: Gauge,
     pub open_streams: Gauge,
+    pub drain_streams_left: Gauge,
     pub subscription_filters: Gauge,
     pub queued_frames: Gauge,
     pub ingest_queue_depth: Gauge,
@@ -149,6 +150,7 @@ impl Metrics {
             replay_bytes: Gauge::default(),
             replay_topics: Gauge::default(),
             open_streams: Gauge::default(),
+            drain_streams_left: Gauge::default(),
             subscription_filters: Gauge::default(),
             queued_frames: Gauge::default(),
             ingest_queue_depth: Gauge::default(),
@@ -237,6 +239,12 @@ impl Metrics {
         add(r, "disconnects", "SSE streams ended, by reason", &self.disconnects);
         add(r, "requests_rejected", "Requests refused before a stream started, by reason", &self.requests_rejected);
         add(r, "open_streams", "SSE streams open now", &self.open_streams);
+        add(
+            r,
+            "drain_streams_left",
+            "Streams still to be ended by the paced drain after SIGTERM (0 when not draining)",
+            &self.drain_streams_left,
+        );
     }
 
     /// The replay rings and the resumes they serve.

@@ -163,6 +163,15 @@ impl Registry {
         }
     }
 
+    /// The queues of every registered stream, as of now; for ending them in batches.
+    pub fn queues(&self) -> Vec<Arc<ClientQueue>> {
+        let mut out = Vec::with_capacity(self.subscriber_count());
+        for shard in self.shards.iter() {
+            out.extend(shard.read().subs.iter().map(|(_, sub)| sub.queue.clone()));
+        }
+        out
+    }
+
     /// Ends every stream cleanly and closes streams subscribed from now on.
     pub fn close_all(&self, reason: CloseReason) {
         self.closed.store(true, Ordering::Release);

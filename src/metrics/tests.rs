@@ -13,6 +13,7 @@ const EXPECTED_META: &str = r#"
 # HELP sse_bridge_deliveries Events placed in a subscriber queue.
 # HELP sse_bridge_delivery_latency_seconds From the broker message's arrival at the bridge to its hand-off to the socket.
 # HELP sse_bridge_disconnects SSE streams ended, by reason.
+# HELP sse_bridge_drain_streams_left Streams still to be ended by the paced drain after SIGTERM (0 when not draining).
 # HELP sse_bridge_dropped_events Queued events dropped by drop-oldest or replaced by latest, by reason.
 # HELP sse_bridge_event_types_dropped Event types left out because they were unusable or reserved.
 # HELP sse_bridge_events_malformed Broker messages dropped: not a valid envelope, or larger than the source's max_message_bytes.
@@ -49,6 +50,7 @@ const EXPECTED_META: &str = r#"
 # TYPE sse_bridge_deliveries counter
 # TYPE sse_bridge_delivery_latency_seconds histogram
 # TYPE sse_bridge_disconnects counter
+# TYPE sse_bridge_drain_streams_left gauge
 # TYPE sse_bridge_dropped_events counter
 # TYPE sse_bridge_event_types_dropped counter
 # TYPE sse_bridge_events_malformed counter
