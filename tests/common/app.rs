@@ -142,8 +142,16 @@ impl TestApp {
 
     /// Stops the bridge like a signal would and returns how the drain went.
     pub async fn stop(mut self) -> RunOutcome {
-        let _ = self.stop.take().unwrap().send(());
+        self.signal_stop();
         self.handle.take().unwrap().await.unwrap()
+    }
+
+    /// Sends the shutdown signal without waiting: the app starts draining (as on SIGTERM)
+    /// while the test goes on; [`TestApp::stop`] then waits for the end.
+    pub fn signal_stop(&mut self) {
+        if let Some(tx) = self.stop.take() {
+            let _ = tx.send(());
+        }
     }
 }
 
