@@ -50,16 +50,11 @@ fn batch_count(streams: usize, window: Duration) -> usize {
     streams.min(slots).max(1)
 }
 
-/// `items` in `n` consecutive batches whose sizes differ by at most one.
+/// `items` in `n` consecutive batches whose sizes differ by at most one, the larger ones spread
+/// evenly (batch `i` ends at `(i + 1) * len / n`), so the rate of ends is even over the window.
 fn split_evenly<T>(items: &[T], n: usize) -> impl Iterator<Item = &[T]> {
-    let (base, extra) = (items.len() / n, items.len() % n);
-    let mut at = 0;
-    (0..n).map(move |i| {
-        let len = base + usize::from(i < extra);
-        let batch = &items[at..at + len];
-        at += len;
-        batch
-    })
+    let len = items.len();
+    (0..n).map(move |i| &items[i * len / n..(i + 1) * len / n])
 }
 
 /// The last frame of a drained stream: its reconnect delay.
