@@ -29,7 +29,7 @@ fi
 echo "== cargo test (every crate, every target: unit, integration, the fan-out allocation check)"
 mkdir -p target
 set +e
-cargo test --workspace --all-targets "$@" 2>&1 | tee target/test-output.log
+cargo test --workspace --all-targets --no-fail-fast "$@" 2>&1 | tee target/test-output.log
 status=${PIPESTATUS[0]}
 set -e
 # One closing line for the whole suite (cargo prints one per test binary).

@@ -73,6 +73,19 @@ struct PageEvent {
 
 impl Browser {
     fn launch(url: &str, page_port: u16, count: usize, event_types: &[&str], exit_on_closed: bool) -> Browser {
+        Self::launch_sources(url, page_port, count, event_types, exit_on_closed, 1)
+    }
+
+    /// Like [`Browser::launch`] with `sources` EventSources on the one page (lines then carry
+    /// `"source": i`).
+    fn launch_sources(
+        url: &str,
+        page_port: u16,
+        count: usize,
+        event_types: &[&str],
+        exit_on_closed: bool,
+        sources: usize,
+    ) -> Browser {
         require_browser_tooling();
         let mut cmd = Command::new("node");
         cmd.current_dir(crate_root())
@@ -81,6 +94,7 @@ impl Browser {
             .args(["--page-port", &page_port.to_string()])
             .args(["--count", &count.to_string()])
             .args(["--timeout-ms", &HARNESS_TIMEOUT_MS.to_string()])
+            .args(["--sources", &sources.to_string()])
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
@@ -452,4 +466,142 @@ async fn browser_resumes_a_jetstream_topic_across_a_bridge_restart() {
     assert!(got.iter().all(|e| e.last_event_id.contains("_j")), "ids carry the stream position: {got:?}");
     let (status, _) = browser.finish().await;
     assert!(status.success(), "harness exit {status}; stderr:\n{}", browser.stderr());
+}
+
+/// Issue #12: a refusal that time can fix must not kill an `EventSource`. One page opens three
+/// at once against a bridge that admits one connect per address at a time (burst 1): two are
+/// refused, take the `retry:` hint, reconnect by themselves and are admitted; all three then
+/// receive an event published after they opened. None ever reaches `CLOSED`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_event_sources_ride_through_connect_rate_refusals() {
+    require_browser_tooling();
+    let page_port = brokers::free_port();
+    let mut c = test_config();
+    c.server.cors_origins = vec![page_origin(page_port)];
+    c.limits.connect_rate_per_ip = 20;
+    c.limits.connect_burst_per_ip = 1;
+    let app = start_app(c).await;
+    let url = app.url("/events?topic=herd.t");
+    let mut browser = Browser::launch_sources(&url, page_port, 3, &[], true, 3);
+    common::wait_until("all three streams admitted", async || app.state.registry.subscriber_count() == 3).await;
+    let id = app.publish("herd.t", None, "after all opened").await;
+    let mut seen = std::collections::BTreeSet::new();
+    let mut reopened = 0;
+    while seen.len() < 3 {
+        let v = browser.expect_line(EVENT_TIMEOUT, "an event on every source").await;
+        match v["type"].as_str() {
+            Some("event") => {
+                assert_eq!(v["data"], "after all opened", "{v}");
+                assert_eq!(v["lastEventId"], id.as_str(), "{v}");
+                seen.insert(v["source"].as_u64().expect("source tag"));
+            }
+            Some("reopen") => reopened += 1,
+            Some("open") => {}
+            Some("error") => assert_ne!(v["readyState"], 2, "an EventSource was closed for good: {v}"),
+            _ => panic!("unexpected line {v}; stderr:\n{}", browser.stderr()),
+        }
+    }
+    let metrics = common::admin_metrics(&app).await;
+    let refused = common::sample(&metrics, &common::rejected_series("ip_connect_rate")).unwrap_or(0.0);
+    println!("3 EventSources: {refused} connect-rate refusals, {reopened} reopens before the event");
+    assert!(refused >= 1.0, "the burst of 1 refused at least one of the three: {metrics}");
+    let (status, _) = browser.finish().await;
+    assert!(status.success(), "harness exit {status}; stderr:\n{}", browser.stderr());
+}
+
+/// Issue #12: a page whose stream is drained by a shutdown reconnects by itself, through a
+/// load balancer, to another replica and resumes there: the JetStream topic with no loss and
+/// no duplicate, the ring-only core NATS topic with an `sse-bridge.gap` event naming it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_drained_page_resumes_on_another_replica() {
+    require_browser_tooling();
+    let nats = NatsServer::start().await;
+    let nc = brokers::nats_client(&nats.url()).await;
+    let js = async_nats::jetstream::new(nc.clone());
+    js.create_stream(async_nats::jetstream::stream::Config {
+        name: "ROLL".into(),
+        subjects: vec!["roll.js.>".into()],
+        ..Default::default()
+    })
+    .await
+    .expect("create stream");
+    let page_port = brokers::free_port();
+    let config = || {
+        let mut c = test_config();
+        c.server.cors_origins = vec![page_origin(page_port)];
+        c.server.retry = Duration::from_millis(500);
+        c.nats = Some(nats_config(&nats.url(), &["roll.core.>"]));
+        c.jetstream = Some(sse_bridge::config::JetStreamConfig {
+            url: nats.url(),
+            streams: vec!["ROLL".into()],
+            ..Default::default()
+        });
+        c
+    };
+    let mut a = start_app(config()).await;
+    let b = start_app(config()).await;
+    a.wait_sources_connected().await;
+    b.wait_sources_connected().await;
+    let lb = common::balancer::Balancer::start(&[a.addr, b.addr]).await;
+    let publish_js = |n: u32| {
+        let js = js.clone();
+        async move { js.publish("roll.js.x", format!("m{n}").into()).await.unwrap().await.expect("ack") }
+    };
+    let url = format!("http://{}/events?topic=roll.js.x&topic=roll.core.x", lb.addr);
+    let mut browser = Browser::launch(&url, page_port, 100, &["sse-bridge.gap"], true);
+    browser.expect_open().await;
+    common::wait_until("the page's stream is on A", async || a.state.registry.subscriber_count() == 1).await;
+    publish_js(1).await;
+    nc.publish("roll.core.x", "c1".into()).await.unwrap();
+    nc.flush().await.unwrap();
+
+    let mut js_data = Vec::new();
+    let mut core_data = Vec::new();
+    let mut gap_topics: Option<Vec<String>> = None;
+    let mut reopened = false;
+    let mut published_after_move = false;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(40);
+    while !(published_after_move && js_data.len() == 3 && core_data.last().is_some_and(|d| d == "c3")) {
+        assert!(tokio::time::Instant::now() < deadline, "js {js_data:?}, core {core_data:?}, gap {gap_topics:?}");
+        let v = browser.expect_line(EVENT_TIMEOUT, "the page's next event").await;
+        match (v["type"].as_str(), v["event"].as_str()) {
+            (Some("event"), Some("sse-bridge.gap")) => {
+                let data: Value = serde_json::from_str(v["data"].as_str().unwrap()).unwrap();
+                gap_topics =
+                    Some(data["topics"].as_array().unwrap().iter().map(|t| t.as_str().unwrap().into()).collect());
+            }
+            (Some("event"), _) => {
+                let d = v["data"].as_str().unwrap().to_owned();
+                if d.starts_with('m') {
+                    js_data.push(d)
+                } else {
+                    core_data.push(d)
+                }
+                if js_data.len() == 1 && core_data.len() == 1 && !reopened && a.state.registry.subscriber_count() == 1 {
+                    // Both first events arrived on A: drain A (as on SIGTERM); m2 is published
+                    // while the page is away.
+                    a.signal_stop();
+                    common::wait_until("A's stream ended", async || a.state.registry.subscriber_count() == 0).await;
+                    publish_js(2).await;
+                }
+            }
+            (Some("reopen"), _) => {
+                reopened = true;
+                common::wait_until("the page resumed on B", async || b.state.registry.subscriber_count() == 1).await;
+                publish_js(3).await;
+                nc.publish("roll.core.x", "c3".into()).await.unwrap();
+                nc.flush().await.unwrap();
+                published_after_move = true;
+            }
+            (Some("error"), _) => assert_ne!(v["readyState"], 2, "the EventSource was closed for good: {v}"),
+            _ => panic!("unexpected line {v}; stderr:\n{}", browser.stderr()),
+        }
+    }
+    assert_eq!(js_data, ["m1", "m2", "m3"], "the JetStream topic: every event once, in order");
+    assert_eq!(core_data.first().map(String::as_str), Some("c1"));
+    let gap = gap_topics.expect("a gap event for the ring-only topic");
+    assert!(gap.iter().any(|t| t == "roll.core.x"), "the gap names the core topic: {gap:?}");
+    assert!(!gap.iter().any(|t| t == "roll.js.x"), "the durable topic resumed without a gap: {gap:?}");
+    drop(browser);
+    a.stop().await;
 }

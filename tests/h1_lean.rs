@@ -359,6 +359,10 @@ async fn shutdown_ends_a_lean_stream_with_its_last_chunk() {
     let app = start_app(test_config()).await;
     let (mut r, _) = subscribe_raw(&app, "lean.end").await;
     let stop = tokio::spawn(app.stop());
+    // A paced drain ends each stream with its own jittered `retry:` hint, then the last chunk.
+    let hint = r.chunk().await.expect("the drain's retry: hint before the last chunk");
+    let hint = String::from_utf8(hint).unwrap();
+    assert!(hint.starts_with("retry: ") && hint.ends_with("\n\n"), "{hint:?}");
     assert_eq!(r.chunk().await, None, "the last chunk: {:?}", r.text());
     assert!(r.rest().await.is_empty(), "nothing after the last chunk, then the connection closes");
     assert_eq!(stop.await.unwrap(), RunOutcome::Drained);
