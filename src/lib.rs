@@ -37,9 +37,11 @@
 //!   beyond a small head buffer; chunked, vectored writes) and hyper 1.x for everything else
 //!   (other routes, h2c): routes, CORS, and the stream body that drains
 //!   a client queue into the socket.
-//! - [`admin`]: `/healthz`, `/readyz`, `/metrics` on a separate (loopback) listener.
+//! - [`admin`]: `/healthz`, `/readyz`, `/metrics` on a separate (loopback) listener, and with
+//!   `admin.profiling` the heap and CPU profiles (pprof) and a runtime dump.
 //! - [`memory`]: the process memory budget and what is shed when it is reached.
-//! - [`metrics`]: Prometheus metrics of the daemon's own health.
+//! - [`metrics`]: Prometheus metrics of the daemon's own health, and the standard `process_*`.
+//! - [`process`], [`allocator`]: what the kernel and jemalloc report about this process.
 //! - [`telemetry`]: OpenTelemetry spans per event (receive → fan-out → delivery, ending at the
 //!   last subscriber's write) and per stream; nothing at all when tracing is off.
 //! - [`app`]: owns the tasks and the shutdown sequence; `App::run(listener, admin, shutdown)`.
@@ -48,6 +50,7 @@
 //! - [`shutdown`], [`logging`]: signal future and log setup for `main`.
 
 pub mod admin;
+pub mod allocator;
 pub mod app;
 pub mod auth;
 pub mod client;

@@ -1,0 +1,149 @@
+//! Profiles in pprof format on the admin listener (`admin.profiling = true`), for the "RSS
+//! climbing" and "CPU high" runbooks (docs/observability.md): what holds memory, what burns CPU.
+//!
+//! - `GET /debug/pprof/heap`: jemalloc's own sampled heap profile (one sample per 512 KiB
+//!   allocated on average, with its stack), live allocations as of now, converted to pprof by
+//!   `jemalloc_pprof` and symbolized in process. Sampling runs from startup when profiling is on
+//!   ([`activate`]), so the profile covers every allocation still live; its cost is measured in
+//!   docs/benchmarks.md. Two profiles minutes apart, diffed with `pprof -base`, show what grew.
+//! - `GET /debug/pprof/profile?seconds=N`: a CPU profile over the next N seconds (default 10, at
+//!   most 60), sampled at 99 Hz with `SIGPROF` by the `pprof` crate. One at a time.
+//!
+//! Both answer `application/octet-stream`, a gzipped `perftools.profiles.Profile` protobuf, as
+//! Go's `net/http/pprof` does, so `go tool pprof http://admin:9090/debug/pprof/heap` works.
+//! Dumping and symbolizing run on the blocking pool, never on a runtime worker.
+
+use std::io::Write;
+use std::time::Duration;
+
+use flate2::Compression;
+use flate2::write::GzEncoder;
+use http::header::{CONTENT_DISPOSITION, CONTENT_TYPE, HeaderValue};
+use http::{Response, StatusCode};
+use pprof::protos::Message;
+use tracing::{info, warn};
+
+use crate::sse::body::ResponseBody;
+use crate::sse::response::text;
+
+/// CPU profile length when the request names none.
+pub const DEFAULT_CPU_SECONDS: u64 = 10;
+/// Longest CPU profile: the request holds an admin connection and a blocking thread that long.
+pub const MAX_CPU_SECONDS: u64 = 60;
+/// Samples per second: not 100, so sampling does not run in lockstep with 10 ms timers.
+const CPU_FREQUENCY_HZ: i32 = 99;
+/// Libraries whose frames are not unwound from the signal handler: unwinding through them
+/// can deadlock (the `pprof` crate's advice).
+const CPU_BLOCKLIST: [&str; 4] = ["libc", "libgcc", "pthread", "vdso"];
+
+/// Turns jemalloc's heap sampling on at startup when `admin.profiling` is set. The binary is
+/// built with jemalloc's profiler compiled in but inactive (`main.rs`); without profiling it
+/// stays inactive and costs one branch per sampled allocation interval.
+pub async fn activate(profiling: bool) {
+    if !profiling {
+        return;
+    }
+    let Some(ctl) = jemalloc_pprof::PROF_CTL.as_ref() else {
+        warn!("admin.profiling: jemalloc's profiler is not available in this process; heap profiles answer 501.");
+        return;
+    };
+    let mut ctl = ctl.lock().await;
+    match ctl.activate() {
+        Ok(()) => info!(sample_bytes = 1u64 << ctl.lg_sample(), "Heap sampling on (admin.profiling)."),
+        Err(e) => warn!(error = %e, "admin.profiling: cannot turn heap sampling on."),
+    }
+}
+
+/// `GET /debug/pprof/heap`: the sampled live heap, gzipped pprof.
+pub async fn heap() -> Response<ResponseBody> {
+    let Some(ctl) = jemalloc_pprof::PROF_CTL.as_ref() else {
+        return text(
+            StatusCode::NOT_IMPLEMENTED,
+            "heap profiles need the sse-bridge binary: jemalloc's profiler is not this process's allocator",
+        );
+    };
+    let mut ctl = ctl.clone().lock_owned().await;
+    if !ctl.activated() {
+        return text(
+            StatusCode::CONFLICT,
+            "heap sampling is off: it starts with the process when admin.profiling is set",
+        );
+    }
+    // jemalloc writes the dump to a file (in TMPDIR) that is read back and converted.
+    match tokio::task::spawn_blocking(move || ctl.dump_pprof()).await {
+        Ok(Ok(profile)) => pprof_response(profile, "heap.pb.gz"),
+        Ok(Err(e)) => text(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            &format!("heap profile failed (jemalloc writes it to a file in TMPDIR, which must be writable): {e:#}"),
+        ),
+        Err(e) => text(StatusCode::INTERNAL_SERVER_ERROR, &format!("heap profile failed: {e}")),
+    }
+}
+
+/// `GET /debug/pprof/profile?seconds=N`: a CPU profile over the next N seconds, gzipped pprof.
+pub async fn cpu(query: Option<&str>) -> Response<ResponseBody> {
+    let seconds = match cpu_seconds(query) {
+        Ok(s) => s,
+        Err(reason) => return text(StatusCode::BAD_REQUEST, &reason),
+    };
+    match tokio::task::spawn_blocking(move || cpu_profile(Duration::from_secs(seconds))).await {
+        Ok(Ok(profile)) => pprof_response(profile, "cpu.pb.gz"),
+        Ok(Err(pprof::Error::Running)) => {
+            text(StatusCode::CONFLICT, "a CPU profile is already running; retry after it")
+        }
+        Ok(Err(e)) => text(StatusCode::INTERNAL_SERVER_ERROR, &format!("CPU profile failed: {e}")),
+        Err(e) => text(StatusCode::INTERNAL_SERVER_ERROR, &format!("CPU profile failed: {e}")),
+    }
+}
+
+/// The `seconds` query parameter: 1 to [`MAX_CPU_SECONDS`], [`DEFAULT_CPU_SECONDS`] if absent.
+fn cpu_seconds(query: Option<&str>) -> Result<u64, String> {
+    let given = form_urlencoded::parse(query.unwrap_or("").as_bytes()).find(|(k, _)| k == "seconds").map(|(_, v)| v);
+    let Some(v) = given else { return Ok(DEFAULT_CPU_SECONDS) };
+    match v.parse::<u64>() {
+        Ok(s) if (1..=MAX_CPU_SECONDS).contains(&s) => Ok(s),
+        _ => Err(format!("seconds={v}: must be a whole number from 1 to {MAX_CPU_SECONDS}")),
+    }
+}
+
+/// Samples every thread for `length` (this blocking thread sleeps meanwhile), then symbolizes.
+fn cpu_profile(length: Duration) -> pprof::Result<Vec<u8>> {
+    let guard = pprof::ProfilerGuardBuilder::default().frequency(CPU_FREQUENCY_HZ).blocklist(&CPU_BLOCKLIST).build()?;
+    std::thread::sleep(length);
+    let profile = guard.report().build()?.pprof()?;
+    drop(guard);
+    Ok(gzip(&profile.encode_to_vec()))
+}
+
+fn gzip(bytes: &[u8]) -> Vec<u8> {
+    let mut gz = GzEncoder::new(Vec::with_capacity(bytes.len() / 4), Compression::default());
+    gz.write_all(bytes).expect("writing to a Vec cannot fail");
+    gz.finish().expect("writing to a Vec cannot fail")
+}
+
+/// `200` with a gzipped pprof body, named for `curl -OJ`.
+fn pprof_response(profile: Vec<u8>, file: &'static str) -> Response<ResponseBody> {
+    let mut r = Response::new(ResponseBody::full(profile));
+    let h = r.headers_mut();
+    h.insert(CONTENT_TYPE, HeaderValue::from_static("application/octet-stream"));
+    if let Ok(v) = HeaderValue::from_str(&format!("attachment; filename=\"{file}\"")) {
+        h.insert(CONTENT_DISPOSITION, v);
+    }
+    r
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cpu_seconds_are_bounded() {
+        assert_eq!(cpu_seconds(None), Ok(DEFAULT_CPU_SECONDS));
+        assert_eq!(cpu_seconds(Some("debug=1")), Ok(DEFAULT_CPU_SECONDS));
+        assert_eq!(cpu_seconds(Some("seconds=3")), Ok(3));
+        assert_eq!(cpu_seconds(Some("seconds=60")), Ok(60));
+        for bad in ["seconds=0", "seconds=61", "seconds=-1", "seconds=x", "seconds="] {
+            assert!(cpu_seconds(Some(bad)).is_err(), "{bad}");
+        }
+    }
+}
