@@ -3,24 +3,24 @@
 //!
 //! - `GET /debug/pprof/heap`: jemalloc's own sampled heap profile (one sample per 512 KiB
 //!   allocated on average, with its stack), live allocations as of now, converted to pprof by
-//!   `jemalloc_pprof` and symbolized in process. Sampling runs from startup when profiling is on
-//!   ([`activate`]), so the profile covers every allocation still live; its cost is measured in
-//!   docs/benchmarks.md. Two profiles minutes apart, diffed with `pprof -base`, show what grew.
+//!   `jemalloc_pprof`. Sampling runs from startup when profiling is on ([`activate`]), so the
+//!   profile covers every allocation still live; its cost is measured in docs/benchmarks.md.
+//!   Two profiles minutes apart, diffed with `pprof -base`, show what grew.
 //! - `GET /debug/pprof/profile?seconds=N`: a CPU profile over the next N seconds (default 10, at
 //!   most 60), sampled at 99 Hz with `SIGPROF` by the `pprof` crate. One at a time.
 //!
 //! Both answer `application/octet-stream`, a gzipped `perftools.profiles.Profile` protobuf, as
-//! Go's `net/http/pprof` does, so `go tool pprof http://admin:9090/debug/pprof/heap` works.
-//! Dumping and symbolizing run on the blocking pool, never on a runtime worker.
+//! Go's `net/http/pprof` does. They are not symbolized in process: that parses the binary's
+//! DWARF and keeps 100-200 MB of it on the heap for the life of the process (measured), the
+//! opposite of what a memory runbook needs. They carry return addresses and the mappings
+//! (with build ids) they fall in, and `pprof` symbolizes them with a copy of the binary
+//! (`go tool pprof ./sse-bridge heap.pb.gz`). Dumping runs on the blocking pool.
 
-use std::io::Write;
 use std::time::Duration;
 
-use flate2::Compression;
-use flate2::write::GzEncoder;
 use http::header::{CONTENT_DISPOSITION, CONTENT_TYPE, HeaderValue};
 use http::{Response, StatusCode};
-use pprof::protos::Message;
+use jemalloc_pprof::{Mapping, StackProfile, WeightedStack};
 use tracing::{info, warn};
 
 use crate::sse::body::ResponseBody;
@@ -52,6 +52,22 @@ pub async fn activate(profiling: bool) {
         Ok(()) => info!(sample_bytes = 1u64 << ctl.lg_sample(), "Heap sampling on (admin.profiling)."),
         Err(e) => warn!(error = %e, "admin.profiling: cannot turn heap sampling on."),
     }
+    // Said now rather than when the first profile is needed (a read-only root filesystem).
+    if let Err(e) = temp_dir_writable() {
+        warn!(
+            dir = %std::env::temp_dir().display(),
+            error = %e,
+            "admin.profiling: heap profiles go through a temporary file and this directory is not \
+             writable; mount one (an emptyDir at /tmp) or set TMPDIR."
+        );
+    }
+}
+
+/// Creates and removes a file in the temporary directory, where jemalloc dumps heap profiles.
+fn temp_dir_writable() -> std::io::Result<()> {
+    let probe = std::env::temp_dir().join(format!(".sse-bridge-probe-{}", std::process::id()));
+    std::fs::File::create(&probe)?;
+    std::fs::remove_file(&probe)
 }
 
 /// `GET /debug/pprof/heap`: the sampled live heap, gzipped pprof.
@@ -106,19 +122,54 @@ fn cpu_seconds(query: Option<&str>) -> Result<u64, String> {
     }
 }
 
-/// Samples every thread for `length` (this blocking thread sleeps meanwhile), then symbolizes.
+/// Samples every thread for `length` (this blocking thread sleeps meanwhile), then encodes the
+/// stacks unresolved: addresses and the mappings they fall in.
 fn cpu_profile(length: Duration) -> pprof::Result<Vec<u8>> {
     let guard = pprof::ProfilerGuardBuilder::default().frequency(CPU_FREQUENCY_HZ).blocklist(&CPU_BLOCKLIST).build()?;
     std::thread::sleep(length);
-    let profile = guard.report().build()?.pprof()?;
+    let report = guard.report().build_unresolved()?;
     drop(guard);
-    Ok(gzip(&profile.encode_to_vec()))
+    let mappings = mappings::MAPPINGS.as_deref().unwrap_or_default();
+    let stacks = report.data.iter().map(|(frames, &count)| {
+        // A walk can end on a null return address; it names no code.
+        let ips: Vec<usize> = frames.frames.iter().map(|f| f.ip() as usize).filter(|&ip| ip != 0).collect();
+        (interrupted_frames(&ips, mappings).to_vec(), count.max(0) as u64)
+    });
+    Ok(cpu_pprof(stacks, mappings))
 }
 
-fn gzip(bytes: &[u8]) -> Vec<u8> {
-    let mut gz = GzEncoder::new(Vec::with_capacity(bytes.len() / 4), Compression::default());
-    gz.write_all(bytes).expect("writing to a Vec cannot fail");
-    gz.finish().expect("writing to a Vec cannot fail")
+/// Encodes CPU samples (leaf-first stacks of return addresses, and how often each was seen) as
+/// gzipped pprof: one value per stack, the CPU time its samples stand for.
+fn cpu_pprof(stacks: impl Iterator<Item = (Vec<usize>, u64)>, mappings: &[Mapping]) -> Vec<u8> {
+    let mut profile = StackProfile::default();
+    for m in mappings {
+        profile.push_mapping(m.clone());
+    }
+    let nanos_per_sample = 1e9 / f64::from(CPU_FREQUENCY_HZ);
+    for (mut addrs, count) in stacks {
+        // StackProfile lists a stack from its outermost frame.
+        addrs.reverse();
+        profile.push_stack(WeightedStack { addrs, weight: count as f64 * nanos_per_sample }, None);
+    }
+    profile.to_pprof(("cpu", "nanoseconds"), ("cpu", "nanoseconds"), None)
+}
+
+/// The interrupted code's frames of a stack walked from inside the `SIGPROF` handler: the walk
+/// starts with the unwinder's and the handler's own frames, then the signal-return trampoline
+/// (`__restore_rt`, in libc), then what was running. Samples taken inside libc are dropped by
+/// [`CPU_BLOCKLIST`], so the first libc frame is the trampoline, and everything up to it goes.
+/// (`pprof` itself finds the handler by symbolizing, which this avoids.)
+fn interrupted_frames<'a>(ips: &'a [usize], mappings: &[Mapping]) -> &'a [usize] {
+    let in_libc = |ip: usize| {
+        mappings.iter().any(|m| {
+            (m.memory_start..m.memory_end).contains(&ip)
+                && m.pathname.file_name().and_then(|n| n.to_str()).is_some_and(|n| n.starts_with("libc.so"))
+        })
+    };
+    match ips.iter().position(|&ip| in_libc(ip)) {
+        Some(i) => &ips[i + 1..],
+        None => ips,
+    }
 }
 
 /// `200` with a gzipped pprof body, named for `curl -OJ`.
