@@ -56,7 +56,7 @@ async fn debug(req: &Request<Incoming>, state: &AppState, tasks: &TaskTracker) -
     }
     match req.uri().path() {
         "/debug/pprof/heap" => profile::heap().await,
-        "/debug/pprof/profile" => profile::cpu(req.uri().query()).await,
+        "/debug/pprof/profile" => profile::cpu(req.uri().query(), &state.memory).await,
         "/debug/runtime" => json(StatusCode::OK, &runtime::dump(state, tasks)),
         _ => text(
             StatusCode::NOT_FOUND,

@@ -155,3 +155,16 @@ async fn metrics_have_the_standard_process_families_and_allocator_figures() {
     assert!(m.ends_with("# EOF\n"));
     bridge.stop();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_cpu_profile_without_room_under_the_memory_budget() {
+    // 64 MiB: far less than the ~170 MB the CPU profiler keeps from its first run on.
+    let extra = format!("{PUBLISH}\n[memory]\nlimit = 67108864\n");
+    let bridge = BridgeProcess::start(&extra, &[("SSE_BRIDGE_ADMIN__PROFILING", "true")]);
+    let r = get(&bridge.admin_url("/debug/pprof/profile?seconds=1")).await;
+    assert_eq!(r.status(), 503);
+    assert!(r.text().await.unwrap().contains("memory.limit"));
+    // The heap profile costs a few MB and stays available.
+    assert_eq!(get(&bridge.admin_url("/debug/pprof/heap")).await.status(), 200);
+    bridge.stop();
+}

@@ -7,7 +7,9 @@
 //!   profile covers every allocation still live; its cost is measured in docs/benchmarks.md.
 //!   Two profiles minutes apart, diffed with `pprof -base`, show what grew.
 //! - `GET /debug/pprof/profile?seconds=N`: a CPU profile over the next N seconds (default 10, at
-//!   most 60), sampled at 99 Hz with `SIGPROF` by the `pprof` crate. One at a time.
+//!   most 60), sampled at 99 Hz with `SIGPROF` by the `pprof` crate. One at a time. The crate
+//!   keeps ~170 MB on the heap from its first profile on ([`CPU_PROFILER_HEAP_BYTES`]), so the
+//!   first is refused when the memory budget has no room for it.
 //!
 //! Both answer `application/octet-stream`, a gzipped `perftools.profiles.Profile` protobuf, as
 //! Go's `net/http/pprof` does. They are not symbolized in process: that parses the binary's
@@ -16,6 +18,7 @@
 //! (with build ids) they fall in, and `pprof` symbolizes them with a copy of the binary
 //! (`go tool pprof ./sse-bridge heap.pb.gz`). Dumping runs on the blocking pool.
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use http::header::{CONTENT_DISPOSITION, CONTENT_TYPE, HeaderValue};
@@ -23,6 +26,7 @@ use http::{Response, StatusCode};
 use jemalloc_pprof::{Mapping, StackProfile, WeightedStack};
 use tracing::{info, warn};
 
+use crate::memory::{MemoryBudget, used_bytes};
 use crate::sse::body::ResponseBody;
 use crate::sse::response::text;
 
@@ -96,12 +100,36 @@ pub async fn heap() -> Response<ResponseBody> {
     }
 }
 
+/// What the `pprof` crate keeps on the heap from its first profile on, for the life of the
+/// process, with headroom: its sample table (~80 MB) and the symbol tables its start-up
+/// resolves (~90 MB on the release binary); measured in docs/benchmarks.md.
+pub const CPU_PROFILER_HEAP_BYTES: usize = 256 << 20;
+
+/// Whether the `pprof` crate's tables exist already (a profile ran in this process).
+static CPU_PROFILER_LOADED: AtomicBool = AtomicBool::new(false);
+
 /// `GET /debug/pprof/profile?seconds=N`: a CPU profile over the next N seconds, gzipped pprof.
-pub async fn cpu(query: Option<&str>) -> Response<ResponseBody> {
+/// The first one is refused when the memory budget has no room for the profiler's tables: a
+/// profile must not make the bridge shed streams.
+pub async fn cpu(query: Option<&str>, memory: &MemoryBudget) -> Response<ResponseBody> {
     let seconds = match cpu_seconds(query) {
         Ok(s) => s,
         Err(reason) => return text(StatusCode::BAD_REQUEST, &reason),
     };
+    if let Some(limit) = memory.limit()
+        && !CPU_PROFILER_LOADED.load(Ordering::Relaxed)
+        && used_bytes() + CPU_PROFILER_HEAP_BYTES > limit
+    {
+        return text(
+            StatusCode::SERVICE_UNAVAILABLE,
+            &format!(
+                "the CPU profiler keeps ~{} MiB on the heap from its first run on, and memory.limit leaves no room \
+                 for it; use perf from a debug container instead",
+                CPU_PROFILER_HEAP_BYTES >> 20
+            ),
+        );
+    }
+    CPU_PROFILER_LOADED.store(true, Ordering::Relaxed);
     match tokio::task::spawn_blocking(move || cpu_profile(Duration::from_secs(seconds))).await {
         Ok(Ok(profile)) => pprof_response(profile, "cpu.pb.gz"),
         Ok(Err(pprof::Error::Running)) => {
