@@ -1,11 +1,18 @@
 //! The admin listener: `/healthz` (the process is alive), `/readyz` (ready to serve),
 //! `/metrics` (Prometheus). Bound to loopback by default.
 //!
+//! With `admin.profiling = true`, also the profiles the runbooks need ([`profile`]: heap and
+//! CPU in pprof format) and a dump of what the runtime is doing ([`runtime`]). They exist on
+//! this listener only: the public listener never routes them.
+//!
 //! Readiness is about this process only: listening and not draining. A broker outage does not
 //! make the bridge unready: streams stay open, `/publish` and other sources keep working, and
 //! taking every replica out of a load balancer during a shared broker outage would turn a
 //! partial outage into a total one. Broker state is reported in the `/readyz` body and in
 //! `sse_bridge_broker_up`, where alerts belong.
+
+pub mod profile;
+pub mod runtime;
 
 use std::convert::Infallible;
 use std::sync::Arc;
@@ -13,6 +20,7 @@ use std::sync::Arc;
 use http::header::{CONTENT_TYPE, HeaderValue};
 use http::{Method, Request, Response, StatusCode};
 use hyper::body::Incoming;
+use tokio_util::task::TaskTracker;
 
 use crate::metrics::{LeLabel, QUEUE_DEPTH_BUCKETS, SourceLabel};
 use crate::process::{cpu_seconds, heap_bytes, resident_memory_bytes};
@@ -20,17 +28,41 @@ use crate::sse::body::ResponseBody;
 use crate::sse::response::{json, text};
 use crate::state::AppState;
 
-/// Answers one admin request.
-pub async fn handle(req: Request<Incoming>, state: Arc<AppState>) -> Result<Response<ResponseBody>, Infallible> {
+/// Answers one admin request. `tasks` is the app's task tracker, which `/debug/runtime` counts.
+pub async fn handle(
+    req: Request<Incoming>,
+    state: Arc<AppState>,
+    tasks: TaskTracker,
+) -> Result<Response<ResponseBody>, Infallible> {
     if req.method() != Method::GET {
         return Ok(text(StatusCode::METHOD_NOT_ALLOWED, "admin endpoints take GET"));
     }
-    Ok(match req.uri().path() {
+    let path = req.uri().path();
+    if path.starts_with("/debug/") {
+        return Ok(debug(&req, &state, &tasks).await);
+    }
+    Ok(match path {
         "/healthz" => text(StatusCode::OK, "ok"),
         "/readyz" => readyz(&state),
         "/metrics" => metrics(&state),
         _ => text(StatusCode::NOT_FOUND, "no such endpoint: /healthz, /readyz, /metrics"),
     })
+}
+
+/// The profiling endpoints, when `admin.profiling` is on; 404 otherwise, as if absent.
+async fn debug(req: &Request<Incoming>, state: &AppState, tasks: &TaskTracker) -> Response<ResponseBody> {
+    if !state.config.admin.profiling {
+        return text(StatusCode::NOT_FOUND, "no such endpoint: profiling is off (admin.profiling = false)");
+    }
+    match req.uri().path() {
+        "/debug/pprof/heap" => profile::heap().await,
+        "/debug/pprof/profile" => profile::cpu(req.uri().query(), &state.memory).await,
+        "/debug/runtime" => json(StatusCode::OK, &runtime::dump(state, tasks)),
+        _ => text(
+            StatusCode::NOT_FOUND,
+            "no such endpoint: /debug/pprof/heap, /debug/pprof/profile?seconds=N, /debug/runtime",
+        ),
+    }
 }
 
 fn readyz(state: &AppState) -> Response<ResponseBody> {

@@ -99,6 +99,8 @@ impl App {
             stop_sources: CancellationToken::new(),
             stop_ingest: CancellationToken::new(),
         };
+        // Heap sampling starts before anything allocates for clients, so profiles see it all.
+        admin::profile::activate(state.config.admin.profiling).await;
         start_ingest(&state, self.ingest_rx, &tasks);
         tasks.tracker.spawn(housekeeping(state.clone(), tasks.life.graceful.clone()));
         start_listeners(&state, listener, admin_listener, &tasks.life);
@@ -141,8 +143,8 @@ fn start_listeners(state: &Arc<AppState>, listener: TcpListener, admin_listener:
     });
     let conns = state.metrics.open_connections.clone();
     life.tracker.spawn(server::serve(listener, builder.clone(), public, Some(lean), life.clone(), "public", conns));
-    let admin_state = state.clone();
-    let admin = move |req, _conn| admin::handle(req, admin_state.clone());
+    let (admin_state, tracker) = (state.clone(), life.tracker.clone());
+    let admin = move |req, _conn| admin::handle(req, admin_state.clone(), tracker.clone());
     life.tracker.spawn(server::serve(admin_listener, builder, admin, None, life.clone(), "admin", Default::default()));
 }
 

@@ -11,11 +11,12 @@
 //! fan-out. The modules below are listed from the bottom layer up: a module imports only
 //! modules listed above it (`tests/layering.rs` fails on any import cycle).
 //!
-//! **Leaves** (import nothing of the crate):
+//! **Leaves** (import nothing of the crate but each other):
 //! - [`topic`]: topic names and NATS-style patterns (`*`, `>`): parse, validate, match.
-//! - [`metrics`]: Prometheus metrics of the daemon's own health; labels are plain strings, so
-//!   it imports no domain module.
-//! - [`process`]: RSS, heap and task figures of this process, read where the platform has them.
+//! - [`process`], [`allocator`]: what the kernel (`/proc`, through `procfs`) and jemalloc
+//!   report about this process: RSS, CPU, open files, live heap and the allocator's own figures.
+//! - [`metrics`]: Prometheus metrics of the daemon's own health and the standard `process_*`
+//!   metrics; labels are plain strings, so it imports no domain module.
 //! - [`retry_hint`]: the `retry:` a refused or drained client is told, spread so a reconnect
 //!   herd comes back at the configured rate instead of at once.
 //! - [`shutdown`]: the signal future `main` hands to the app.
@@ -66,11 +67,13 @@
 //!   chunked vectored writes) and hyper 1.x for everything else (other routes, h2c); routes,
 //!   CORS, refusals an `EventSource` survives, and the stream that drains a client queue into
 //!   the socket.
-//! - [`admin`]: `/healthz`, `/readyz`, `/metrics` on a separate (loopback) listener.
+//! - [`admin`]: `/healthz`, `/readyz`, `/metrics` on a separate (loopback) listener, and with
+//!   `admin.profiling` the heap and CPU profiles (pprof) and a runtime dump.
 //! - [`app`]: owns the tasks and the shutdown sequence (readiness off → paced drain → sources
 //!   stop); `App::run(listener, admin, shutdown)`.
 
 pub mod admin;
+pub mod allocator;
 pub mod app;
 pub mod auth;
 pub mod client;

@@ -16,6 +16,16 @@ use tracing::{error, info};
 #[global_allocator]
 static ALLOC: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 
+/// jemalloc's options, read once when it starts (its documented `malloc_conf` symbol, under the
+/// `_rjem_` prefix tikv-jemalloc-sys builds it with). `prof:true` makes the heap profiler
+/// available; `prof_active:false` keeps it from sampling until `admin.profiling` turns it on
+/// (`sse_bridge::admin::profile::activate`); `lg_prof_sample:19` samples one allocation per
+/// 512 KiB allocated on average, cheap enough to leave on (docs/benchmarks.md). The
+/// `_RJEM_MALLOC_CONF` environment variable overrides it (e.g. `prof:false`). A reference to an
+/// array is a thin pointer: the symbol holds the address of the C string, as `const char *`.
+#[unsafe(export_name = "_rjem_malloc_conf")]
+pub static MALLOC_CONF: &[u8; 46] = b"prof:true,prof_active:false,lg_prof_sample:19\0";
+
 /// Streams NATS subjects and Redis channels to browsers over Server-Sent Events.
 #[derive(Debug, Parser)]
 #[command(version, about)]

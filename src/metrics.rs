@@ -5,11 +5,17 @@
 //! event). Gauges that mirror state owned elsewhere (open streams, queue depth, tasks, RSS,
 //! broker state) are read when `/metrics` is scraped, so they cost nothing between scrapes.
 //!
+//! Two registries are encoded into one exposition: the bridge's own metrics under the
+//! `sse_bridge_` prefix, and the standard `process_*` families ([`process`]) under the names
+//! every stock dashboard uses. jemalloc's figures ([`allocator`]) are read on each scrape too.
+//!
 //! This module knows no domain type: label values are `&'static str` that the callers take
 //! from their own types (`reason.as_str()`, `kind.as_str()`), so every layer above may count
 //! without this one importing it.
 
+mod allocator;
 mod latency;
+mod process;
 #[cfg(test)]
 mod tests;
 
@@ -19,7 +25,9 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::{Metric, Registry, Unit};
 
+pub use allocator::AllocatorCollector;
 pub use latency::LatencyHistogram;
+pub use process::ProcessCollector;
 
 /// Label set with the source of an event.
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -58,6 +66,8 @@ pub struct ReasonLabel {
 #[derive(Debug)]
 pub struct Metrics {
     registry: Registry,
+    /// Unprefixed: the standard `process_*` families.
+    standard: Registry,
     pub events_received: Family<SourceLabel, Counter>,
     pub events_malformed: Family<SourceLabel, Counter>,
     pub events_non_utf8: Counter,
@@ -123,6 +133,8 @@ impl Metrics {
         m.register_replay();
         m.register_resume();
         m.register_process();
+        m.registry.register_collector(Box::new(AllocatorCollector));
+        m.standard.register_collector(Box::new(ProcessCollector));
         m
     }
 
@@ -130,6 +142,7 @@ impl Metrics {
     fn unregistered() -> Self {
         Metrics {
             registry: Registry::with_prefix("sse_bridge"),
+            standard: Registry::default(),
             events_received: Family::default(),
             events_malformed: Family::default(),
             events_non_utf8: Counter::default(),
@@ -359,10 +372,15 @@ impl Metrics {
         self.requests_rejected.get_or_create(&ReasonLabel { reason }).inc();
     }
 
-    /// Encodes everything in the Prometheus text format.
+    /// Encodes everything in the OpenMetrics text format: the bridge's families, then the
+    /// standard process families, then the one `# EOF`.
     pub fn encode(&self) -> String {
+        use prometheus_client::encoding::text::{encode_eof, encode_registry};
         let mut out = String::with_capacity(8192);
-        prometheus_client::encoding::text::encode(&mut out, &self.registry).expect("writing to a String cannot fail");
+        encode_registry(&mut out, &self.registry)
+            .and_then(|()| encode_registry(&mut out, &self.standard))
+            .and_then(|()| encode_eof(&mut out))
+            .expect("writing to a String cannot fail");
         out
     }
 }

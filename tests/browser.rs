@@ -12,12 +12,12 @@
 
 mod common;
 
-use std::path::{Path, PathBuf};
 use std::process::{ExitStatus, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use common::brokers::{self, NatsServer, RedisServer};
+use common::browser_tooling::{crate_root, require_browser_tooling};
 use common::{EVENT_TIMEOUT, TestApp, nats_config, redis_config, start_app, sync_on_probe, test_config};
 use serde_json::Value;
 use sse_bridge::event::EventId;
@@ -28,32 +28,6 @@ use tokio::process::{Child, ChildStdout, Command};
 const OPEN_TIMEOUT: Duration = Duration::from_secs(20);
 /// The harness's own overall timeout; it exits 1 (and prints a `timeout` line) after this.
 const HARNESS_TIMEOUT_MS: u64 = 25_000;
-
-fn crate_root() -> &'static Path {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-}
-
-/// Checks that node, Chromium and playwright-core are installed; fails with how to install.
-fn require_browser_tooling() {
-    let install = "install the browser test tooling (CI does this):\n  \
-                   apt-get install -y nodejs chromium\n  \
-                   npm ci --prefix tests/browser\n\
-                   see tests/browser/README.md";
-    match std::process::Command::new("node").arg("--version").output() {
-        Ok(o) if o.status.success() => {}
-        Ok(o) => panic!("`node --version` failed ({}); {install}", o.status),
-        Err(e) => panic!("`node` not found on PATH ({e}); {install}"),
-    }
-    let chromium =
-        std::env::var_os("CHROMIUM_PATH").map(PathBuf::from).unwrap_or_else(|| PathBuf::from("/usr/bin/chromium"));
-    assert!(
-        chromium.is_file(),
-        "Chromium not found at {} (set CHROMIUM_PATH to use another); {install}",
-        chromium.display()
-    );
-    let playwright = crate_root().join("tests/browser/node_modules/playwright-core");
-    assert!(playwright.is_dir(), "{} is missing; {install}", playwright.display());
-}
 
 /// One `eventsource.mjs` run: a headless Chromium page with an `EventSource`.
 struct Browser {

@@ -66,6 +66,10 @@ pub struct ServerConfig {
     /// accepted. A reconnect herd after a rollout arrives at once; the kernel caps the value
     /// at `net.core.somaxconn`.
     pub listen_backlog: u32,
+    /// Serve the demo page at `GET /`: a small page that subscribes to `demo` and `demo.>` with
+    /// `EventSource` and shows events, ids, gaps and reconnects, and can publish through
+    /// `/publish`. For newcomers and smoke tests; off by default (`GET /` is then a 404).
+    pub demo_page: bool,
 }
 
 /// How refusals that time can fix are answered (see [`ServerConfig::refusal`]).
@@ -98,6 +102,7 @@ impl Default for ServerConfig {
             retry_max: Duration::from_secs(30),
             drain_spread: 0.5,
             listen_backlog: 4096,
+            demo_page: false,
         }
     }
 }
@@ -200,11 +205,16 @@ impl DeliveryRule {
 pub struct AdminConfig {
     /// Address for `/healthz`, `/readyz` and `/metrics`; loopback so it is not public by accident.
     pub listen: SocketAddr,
+    /// Profiling on the admin listener: `/debug/pprof/heap` (jemalloc's sampled heap profile,
+    /// sampling from startup), `/debug/pprof/profile?seconds=N` (CPU) and `/debug/runtime`
+    /// (tasks by kind, runtime workers, allocator figures). Off by default: the endpoints answer
+    /// 404 and the heap is not sampled. Never on the public listener.
+    pub profiling: bool,
 }
 
 impl Default for AdminConfig {
     fn default() -> Self {
-        AdminConfig { listen: ([127, 0, 0, 1], 9090).into() }
+        AdminConfig { listen: ([127, 0, 0, 1], 9090).into(), profiling: false }
     }
 }
 

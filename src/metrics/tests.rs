@@ -6,8 +6,16 @@ use std::time::Duration;
 use super::*;
 
 /// Every `# HELP`, `# TYPE` and `# UNIT` line of a fresh registry, sorted, as captured before
-/// `Metrics::new` was split by concern; a change here breaks dashboards.
+/// `Metrics::new` was split by concern, plus the standard `process_*` families and jemalloc's
+/// figures; a change here breaks dashboards.
 const EXPECTED_META: &str = r#"
+# HELP process_cpu_seconds Total user and system CPU time spent in seconds.
+# HELP process_max_fds Maximum number of open file descriptors.
+# HELP process_open_fds Number of open file descriptors.
+# HELP process_resident_memory_bytes Resident memory size in bytes.
+# HELP process_start_time_seconds Start time of the process since unix epoch in seconds.
+# HELP process_threads Number of OS threads in the process.
+# HELP process_virtual_memory_bytes Virtual memory size in bytes.
 # HELP sse_bridge_broker_reconnects Broker reconnections after the first connection.
 # HELP sse_bridge_broker_up 1 while the source's broker connection is up.
 # HELP sse_bridge_deliveries Events placed in a subscriber queue.
@@ -22,6 +30,12 @@ const EXPECTED_META: &str = r#"
 # HELP sse_bridge_gap_events sse-bridge.gap signals sent, by reason.
 # HELP sse_bridge_heap_allocated_bytes Live heap (jemalloc stats.allocated).
 # HELP sse_bridge_ingest_queue_depth Messages waiting between the sources and the sequencer.
+# HELP sse_bridge_jemalloc_active_bytes Bytes in pages holding live allocations (jemalloc stats.active).
+# HELP sse_bridge_jemalloc_dirty_bytes Freed pages jemalloc has not yet returned to the OS (purged on decay).
+# HELP sse_bridge_jemalloc_mapped_bytes Bytes in extents mapped by jemalloc (jemalloc stats.mapped).
+# HELP sse_bridge_jemalloc_metadata_bytes Bytes of jemalloc's own metadata (jemalloc stats.metadata).
+# HELP sse_bridge_jemalloc_resident_bytes Bytes in resident pages mapped by jemalloc: active, dirty, metadata.
+# HELP sse_bridge_jemalloc_retained_bytes Virtual memory jemalloc returned to the OS but keeps mapped for reuse.
 # HELP sse_bridge_memory_limit_bytes The memory budget (0: none).
 # HELP sse_bridge_memory_shed_ring_bytes Replay bytes evicted because the memory budget was reached.
 # HELP sse_bridge_memory_shed_streams Streams closed because the memory budget was reached.
@@ -45,6 +59,13 @@ const EXPECTED_META: &str = r#"
 # HELP sse_bridge_streams_opened SSE streams opened.
 # HELP sse_bridge_subscription_filters Distinct topics and patterns with subscribers, summed over registry shards.
 # HELP sse_bridge_tokio_alive_tasks Tasks alive in the runtime.
+# TYPE process_cpu_seconds counter
+# TYPE process_max_fds gauge
+# TYPE process_open_fds gauge
+# TYPE process_resident_memory_bytes gauge
+# TYPE process_start_time_seconds gauge
+# TYPE process_threads gauge
+# TYPE process_virtual_memory_bytes gauge
 # TYPE sse_bridge_broker_reconnects counter
 # TYPE sse_bridge_broker_up gauge
 # TYPE sse_bridge_deliveries counter
@@ -59,6 +80,12 @@ const EXPECTED_META: &str = r#"
 # TYPE sse_bridge_gap_events counter
 # TYPE sse_bridge_heap_allocated_bytes gauge
 # TYPE sse_bridge_ingest_queue_depth gauge
+# TYPE sse_bridge_jemalloc_active_bytes gauge
+# TYPE sse_bridge_jemalloc_dirty_bytes gauge
+# TYPE sse_bridge_jemalloc_mapped_bytes gauge
+# TYPE sse_bridge_jemalloc_metadata_bytes gauge
+# TYPE sse_bridge_jemalloc_resident_bytes gauge
+# TYPE sse_bridge_jemalloc_retained_bytes gauge
 # TYPE sse_bridge_memory_limit_bytes gauge
 # TYPE sse_bridge_memory_shed_ring_bytes counter
 # TYPE sse_bridge_memory_shed_streams counter
@@ -82,8 +109,18 @@ const EXPECTED_META: &str = r#"
 # TYPE sse_bridge_streams_opened counter
 # TYPE sse_bridge_subscription_filters gauge
 # TYPE sse_bridge_tokio_alive_tasks gauge
+# UNIT process_cpu_seconds seconds
+# UNIT process_resident_memory_bytes bytes
+# UNIT process_start_time_seconds seconds
+# UNIT process_virtual_memory_bytes bytes
 # UNIT sse_bridge_delivery_latency_seconds seconds
 # UNIT sse_bridge_heap_allocated_bytes bytes
+# UNIT sse_bridge_jemalloc_active_bytes bytes
+# UNIT sse_bridge_jemalloc_dirty_bytes bytes
+# UNIT sse_bridge_jemalloc_mapped_bytes bytes
+# UNIT sse_bridge_jemalloc_metadata_bytes bytes
+# UNIT sse_bridge_jemalloc_resident_bytes bytes
+# UNIT sse_bridge_jemalloc_retained_bytes bytes
 # UNIT sse_bridge_memory_limit_bytes bytes
 # UNIT sse_bridge_memory_shed_ring_bytes bytes
 # UNIT sse_bridge_process_cpu_seconds seconds

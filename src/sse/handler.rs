@@ -1,5 +1,6 @@
 //! Routes and request handling for the public listener: `GET /events` (SSE), `POST /publish`
-//! (in [`super::publish`]), CORS preflight. A refusal that time can fix is a short event stream
+//! (in [`super::publish`]), CORS preflight, and `GET /` (the demo page, [`super::demo`]) when
+//! `server.demo_page` is on. A refusal that time can fix is a short event stream
 //! with a `retry:` hint ([`super::refusal`]); every other refusal is a plain HTTP status with a
 //! one-line reason.
 //!
@@ -20,6 +21,7 @@ use tracing::debug;
 
 use super::body::{ResponseBody, SseBody, StreamParts};
 use super::conn::Conn;
+use super::demo;
 use super::guard;
 use super::public_state::PublicState;
 use super::publish::publish;
@@ -46,8 +48,11 @@ pub async fn handle(
     }
     let origin = req.headers().get(header::ORIGIN).cloned();
     let preflight_req = req.method() == Method::OPTIONS;
+    let demo_page = state.app.config.server.demo_page;
     let mut resp = match (req.method(), req.uri().path()) {
         (&Method::POST, "/publish") => publish(req, &state.app).await,
+        (&Method::GET, "/") if demo_page => demo::page(),
+        (_, "/") if demo_page => method_not_allowed("GET"),
         (&Method::OPTIONS, "/events" | "/publish") => preflight(),
         (_, "/events") => method_not_allowed("GET, OPTIONS"),
         (_, "/publish") => method_not_allowed("POST, OPTIONS"),

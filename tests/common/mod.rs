@@ -4,6 +4,7 @@
 //!   config and the publish credential;
 //! - [`balancer`]: a load-balancer stand-in in front of several bridge processes;
 //! - [`bridge_process`] and [`daemon`]: the real `sse-bridge` binary as a child process;
+//! - [`browser_tooling`]: node, Chromium and the harness package the real-browser tests need;
 //! - [`brokers`]: private `nats-server` / `redis-server` instances;
 //! - [`sse_client`]: an EventSource-exact SSE client and parser;
 //! - [`chunked`]: an HTTP/1.1 chunked-body decoder for tests that read raw sockets;
@@ -19,6 +20,7 @@ pub mod app;
 pub mod balancer;
 pub mod bridge_process;
 pub mod brokers;
+pub mod browser_tooling;
 pub mod chunked;
 pub mod daemon;
 pub mod events;
