@@ -572,9 +572,9 @@ def specific_checks(chart: helm.Chart, renders: dict[str, dict]) -> None:
             assert "nats" not in toml and "redis" not in toml and "publish" not in toml, toml
             assert "env" not in container(kinds), container(kinds).get("env")
             limit = quantity_bytes(chart.values["resources"]["limits"]["memory"])
-            assert toml["memory"]["limit"] == limit * 75 // 100, toml["memory"]
+            assert toml["memory"]["limit"] == limit * 50 // 100, toml["memory"]
 
-        check("default: no source, no publish token, budget 75% of the memory limit", defaults_are_quiet)
+        check("default: no source, no publish token, budget 50% of the memory limit", defaults_are_quiet)
 
     if "all-on" in renders:
         kinds = by_kind(renders["all-on"])
@@ -674,9 +674,9 @@ def specific_checks(chart: helm.Chart, renders: dict[str, dict]) -> None:
         for q, want in (("1Gi", 2**30), ("1.5G", 1_500_000_000), (536870912, 2**29), ("2048Mi", 2**31),
                         ("786432Ki", 786432 * 1024)):
             toml = bridge_toml(by_kind(render(chart, {"resources": {"limits": {"memory": q}}})))
-            assert toml["memory"]["limit"] == want * 75 // 100, (q, toml["memory"]["limit"], want * 75 // 100)
+            assert toml["memory"]["limit"] == want * 50 // 100, (q, toml["memory"]["limit"], want * 50 // 100)
 
-    check("memory.limit = 75% of Ki/Mi/Gi/G/byte quantities", quantities)
+    check("memory.limit = 50% (the default) of Ki/Mi/Gi/G/byte quantities", quantities)
 
     def toml_strings():
         nasty = 'a"b\\c <>&é\u2028 \t#x'
