@@ -435,6 +435,7 @@ def exercise(b: Bridge) -> None:
     except urllib.error.HTTPError as e:
         assert e.code == 400, e
     wait_until("a refused request", lambda: "sse_bridge_requests_rejected_total{" in b.metrics())
+    wait_until("every stream closed", lambda: b.sample("sse_bridge_open_streams") == 0)
 
 
 def run_hook_script(script: str, url: str) -> subprocess.CompletedProcess[str]:
@@ -449,6 +450,7 @@ def check_hook(b: Bridge, script: str) -> None:
     url = f"http://127.0.0.1:{b.port}/events?topic=helm-test"
     r = run_hook_script(script, url)
     assert r.returncode == 0 and "ok: the bridge serves streams" in r.stdout, f"helm test script failed:\n{r.stdout}{r.stderr}"
+    wait_until("the script's stream closed", lambda: b.sample("sse_bridge_open_streams") == 0)
     held = [b.open_stream("topic=helm-test") for _ in range(MAX_STREAMS)]
     try:
         for s in held:
