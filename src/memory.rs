@@ -11,7 +11,8 @@
 //!    freed by the ring alone), the slow streams (64 or more events queued, or half their
 //!    capacity) are closed as under the `disconnect` policy; their clients reconnect and resume.
 //!
-//! While over budget, new streams and `/publish` get `503`. The ring's own budget is capped at
+//! While over budget, new streams get the memory refusal (a `retry:` hint an `EventSource`
+//! follows, see `crate::retry_hint`) and `/publish` gets `503`. The ring's own budget is capped at
 //! half the memory budget at startup, so in steady state rings alone never trip it.
 
 use std::sync::atomic::{AtomicBool, Ordering};
