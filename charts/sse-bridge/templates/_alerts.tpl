@@ -19,6 +19,8 @@ off (0, or no CPU limit) is left out. {{`{{ $labels.x }}`}} is Prometheus's temp
 {{- $ingest := 4096 -}}
 {{- with $cfg.fanout }}{{ with .ingest_queue }}{{ $ingest = int64 . }}{{ end }}{{ end -}}
 {{- $reads := 16 -}}
+{{- $drain := "10s" -}}
+{{- with $cfg.server }}{{ with .drain_timeout }}{{ $drain = . }}{{ end }}{{ end -}}
 {{- with $cfg.resume }}{{ with .max_concurrent_reads }}{{ $reads = int64 . }}{{ end }}{{ end -}}
 {{- $pod := "{{ $labels.namespace }}/{{ $labels.pod }}" -}}
 # Sources
@@ -133,6 +135,14 @@ off (0, or no CPU limit) is left out. {{`{{ $labels.x }}`}} is Prometheus's temp
   annotations:
     summary: {{ printf "%s refuses {{ $value | humanize }} streams/s by per-IP limit (%s)" $pod "{{ $labels.reason }}" | quote }}
     description: Behind a proxy that the bridge does not trust, every client shares the proxy's address (ingress.trustedProxies, docs/deploy.md).
+    runbook_url: {{ printf "%s#connections-and-streams" $doc }}
+- alert: SseBridgeDrainOverrun
+  expr: sse_bridge_drain_streams_left{ {{- $sel -}} } > 0
+  for: {{ printf "%ds" (add 60 (include "sse-bridge.durationSeconds" $drain | int64)) }}
+  labels: {severity: warning}
+  annotations:
+    summary: {{ printf "%s: a drain still has {{ $value }} streams to end, a minute past server.drain_timeout (%s)" $pod $drain | quote }}
+    description: A paced drain ends every stream within server.drain_timeout; streams still open after it are cut, and a pod still draining a minute later has not exited.
     runbook_url: {{ printf "%s#connections-and-streams" $doc }}
 # Delivery
 - alert: SseBridgeSlowConsumers
