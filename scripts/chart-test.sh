@@ -6,7 +6,10 @@
 # `sse-bridge`, with the service-link variables Kubernetes would inject), then runs
 # charts/sse-bridge/ci/chart_test.py: helm lint, values.schema.json, render of every
 # charts/sse-bridge/ci/*-values.yaml, kubernetes-validate --strict against pinned Kubernetes
-# versions, the chart's promises, values that must be refused, and hadolint on the Dockerfile.
+# versions, the chart's promises, values that must be refused, the ops kit against the live
+# binary (every metric name of the PrometheusRule and the dashboard in its /metrics, with a
+# private redis-server; the `helm test` script against a stream and a refusal), and hadolint
+# on the Dockerfile. Installs redis-server and curl when missing (apt-get).
 #
 #   scripts/chart-test.sh                  # everything
 #   CHART_TEST_NO_BRIDGE=1 scripts/chart-test.sh   # skip the cargo build and --check-config
@@ -32,6 +35,25 @@ if [ "${CHART_TEST_NO_BRIDGE:-}" != 1 ] && [ -z "${SSE_BRIDGE_BIN:-}" ]; then
   export SSE_BRIDGE_BIN="${CARGO_TARGET_DIR:-$PWD/target}/debug/sse-bridge"
 fi
 export HADOLINT="$PWD/$venv/bin/hadolint"
+
+# The ops kit's live check (charts/sse-bridge/ci/ops_kit.py) starts the bridge with a private
+# redis-server and runs the `helm test` script with sh and curl.
+if [ -n "${SSE_BRIDGE_BIN:-}" ]; then
+  missing=()
+  command -v redis-server >/dev/null || missing+=(redis-server)
+  command -v curl >/dev/null || missing+=(curl)
+  if [ ${#missing[@]} -gt 0 ]; then
+    echo "== installing: ${missing[*]}"
+    sudo=""
+    [ "$(id -u)" = 0 ] || sudo="sudo"
+    $sudo apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends "${missing[@]}"
+  fi
+fi
+# Metric names the ops kit (PrometheusRule, dashboard) uses that another branch adds to the
+# bridge (#13 item 10: the standard process collector's names). The live check skips them
+# while they are listed here; empty the list once they are in /metrics (the check says when).
+export OPS_KIT_PENDING_METRICS="${OPS_KIT_PENDING_METRICS-process_open_fds process_max_fds}"
 
 echo "== chart tests"
 exec "$venv/bin/python" charts/sse-bridge/ci/chart_test.py

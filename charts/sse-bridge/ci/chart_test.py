@@ -8,10 +8,13 @@ into a virtualenv first. Each values file in this folder (`*-values.yaml`) is:
   2. checked against values.schema.json and rendered as `helm template` would;
   3. validated manifest by manifest against the Kubernetes OpenAPI schemas of each pinned
      Kubernetes version, offline and strict (kubernetes-validate --strict: unknown fields fail);
-     the ServiceMonitor (a CRD, not in those schemas) against a subset schema below;
+     the ServiceMonitor and PrometheusRule (CRDs, not in those schemas) against subset schemas
+     below;
   4. checked for what the chart promises: listeners off loopback, probes on the admin port,
-     memory.limit derived from the memory limit, grace period > preStop + drain, the security
-     context, Secrets by name, checksum roll on config change, the optional resources;
+     the admin port on its own ClusterIP Service only, memory.limit derived from the memory
+     limit, memory request = limit, grace period > preStop + drain, the security context,
+     Secrets by name, checksum roll on config change, the optional resources (the PDB on
+     whenever more than one pod runs);
   5. its rendered bridge.toml is run through `sse-bridge --check-config` when a binary is given
      (SSE_BRIDGE_BIN), so the chart cannot emit a config the bridge refuses;
   6. rendered again as the release `sse-bridge` (whose Service names map to the bridge's own
@@ -20,8 +23,12 @@ into a virtualenv first. Each values file in this folder (`*-values.yaml`) is:
      (service links), although the pod spec turns service links off.
 
 Then wrong values must be refused: by the schema (wrong types, unknown keys, keys the chart
-owns) and by the template checks the schema cannot express. And the Dockerfile is linted with
-hadolint when HADOLINT names it.
+owns, an ingress without trusted proxies) and by the template checks the schema cannot express
+(heartbeat against the ingress read timeout, a CPU target without a CPU request, …). The ops
+kit (ops_kit.py) is checked against a live bridge when SSE_BRIDGE_BIN is given: every metric
+name of the PrometheusRule and the dashboard must be in its /metrics, every runbook link must
+point at a heading that exists, and the `helm test` pod's script must pass against a stream and
+fail against a refusal. And the Dockerfile is linted with hadolint when HADOLINT names it.
 
 Ends with "N passed, N failed"; exits 1 on any failure.
 """
@@ -33,6 +40,7 @@ import copy
 import hashlib
 import json
 import os
+import re
 import subprocess
 import sys
 import tempfile
@@ -45,13 +53,18 @@ import helm_python as helm
 import jsonschema
 import yaml
 
+import ops_kit
+
 HERE = Path(__file__).resolve().parent
 CHART = HERE.parent
 REPO = CHART.parent.parent
 # Pinned: the oldest Kubernetes the chart supports (Chart.yaml kubeVersion) and a current one.
 KUBE_VERSIONS = os.environ.get("CHART_TEST_KUBE_VERSIONS", "1.30.0 1.34.0").split()
 RELEASE, NAMESPACE = "bridge", "realtime"
-OPTIONAL_KINDS = {"HorizontalPodAutoscaler", "PodDisruptionBudget", "ServiceMonitor", "Ingress", "NetworkPolicy"}
+OPTIONAL_KINDS = {"HorizontalPodAutoscaler", "PodDisruptionBudget", "ServiceMonitor", "Ingress", "NetworkPolicy",
+                  "PrometheusRule", "ConfigMap/dashboard", "Pod/test-stream"}
+# Kinds that are CRDs: no Kubernetes schema, a subset schema here instead.
+CRD_KINDS = ("ServiceMonitor", "PrometheusRule")
 
 passed: list[str] = []
 failed: list[str] = []
@@ -91,11 +104,16 @@ def render(chart: helm.Chart, values: dict[str, Any], release: str = RELEASE) ->
 
 
 def by_kind(docs: dict[str, list[dict[str, Any]]]) -> dict[str, dict[str, Any]]:
+    """Manifests by kind. The one named like the release (its full name) is `Kind`; another of
+    the same kind is `Kind/<suffix>` (`Service/admin`, `ConfigMap/dashboard`, `Pod/test-stream`)."""
+    full = next(m["metadata"]["name"] for ms in docs.values() for m in ms if m["kind"] == "Deployment")
     kinds: dict[str, dict[str, Any]] = {}
     for manifests in docs.values():
         for m in manifests:
-            assert m["kind"] not in kinds, f"two {m['kind']} manifests"
-            kinds[m["kind"]] = m
+            name = m["metadata"]["name"]
+            key = m["kind"] if name == full else f"{m['kind']}/{name.removeprefix(full + '-')}"
+            assert key not in kinds, f"two {key} manifests"
+            kinds[key] = m
     return kinds
 
 
@@ -170,7 +188,7 @@ SERVICE_MONITOR_SCHEMA = {
 
 
 def kubernetes_validate(files: list[Path], version: str) -> None:
-    """kubernetes-validate --strict on every file; only the ServiceMonitor may lack a schema."""
+    """kubernetes-validate --strict on every file; only the CRDs may lack a schema."""
     exe = Path(sys.executable).with_name("kubernetes-validate")
     r = subprocess.run(
         [str(exe), "--strict", "--kubernetes-version", version, *map(str, files)],
@@ -180,7 +198,7 @@ def kubernetes_validate(files: list[Path], version: str) -> None:
     )
     lines = (r.stdout + r.stderr).splitlines()
     errors = [ln for ln in lines if ln.startswith(("ERROR", "FATAL"))]
-    warns = [ln for ln in lines if ln.startswith("WARN") and "ServiceMonitor" not in ln]
+    warns = [ln for ln in lines if ln.startswith("WARN") and not any(k in ln for k in CRD_KINDS)]
     infos = [ln for ln in lines if ln.startswith("INFO") and "passed" in ln]
     assert r.returncode == 0 and not errors and not warns, "\n".join(errors + warns) or r.stdout + r.stderr
     assert infos, f"kubernetes-validate validated nothing:\n{r.stdout}{r.stderr}"
@@ -237,6 +255,8 @@ def secret_env_for_check(kinds: dict[str, dict[str, Any]]) -> dict[str, str]:
         "SSE_BRIDGE_PUBLISH__TOKEN": "a-long-test-token",
         "SSE_BRIDGE_NATS__URL": "nats://user:pass@nats.example:4222",
         "SSE_BRIDGE_REDIS__URL": "redis://user:pass@redis.example:6379/0",
+        "SSE_BRIDGE_JETSTREAM__URL": "nats://user:pass@nats.example:4222",
+        "SSE_BRIDGE_REDIS_STREAMS__URL": "rediss://user:pass@redis.example:6380/0",
         "SSE_BRIDGE_AUTH__SECRET": "a-test-hs256-secret-of-at-least-32-bytes",
     }
     env = {}
@@ -315,8 +335,9 @@ def check_service_links(name: str, chart: helm.Chart, values: dict[str, Any]) ->
 
 
 def container(kinds: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    """The bridge's container (extraContainers may add sidecars after it)."""
     cs = kinds["Deployment"]["spec"]["template"]["spec"]["containers"]
-    assert len(cs) == 1
+    assert cs[0]["name"] == "sse-bridge", [c["name"] for c in cs]
     return cs[0]
 
 
@@ -342,7 +363,12 @@ def check_common(name: str, chart: helm.Chart, values: dict[str, Any], docs: dic
         ports = {p["name"]: p["containerPort"] for p in c["ports"]}
         assert ports == {"http": merged["containerPorts"]["http"], "admin": merged["containerPorts"]["admin"]}, ports
         svc = {p["name"]: (p["port"], p["targetPort"]) for p in kinds["Service"]["spec"]["ports"]}
-        assert svc == {"http": (merged["service"]["port"], "http"), "admin": (merged["service"]["adminPort"], "admin")}, svc
+        assert svc == {"http": (merged["service"]["port"], "http")}, f"the public Service carries the SSE port only: {svc}"
+        admin = kinds["Service/admin"]
+        ports = {p["name"]: (p["port"], p["targetPort"]) for p in admin["spec"]["ports"]}
+        assert ports == {"admin": (merged["service"]["adminPort"], "admin")}, ports
+        assert admin["spec"]["type"] == "ClusterIP", admin["spec"]
+        assert admin["metadata"]["name"] == f"{kinds['Service']['metadata']['name']}-admin"
 
     def config_mount():
         assert c["args"] == ["--config", "/etc/sse-bridge/bridge.toml"], c["args"]
@@ -360,9 +386,18 @@ def check_common(name: str, chart: helm.Chart, values: dict[str, Any], docs: dic
             for k, v in (table or {}).items():
                 if section == "memory" and k == "limit" and not v:
                     continue
+                if (section, k) == ("server", "trusted_proxies"):  # plus ingress.trustedProxies
+                    assert set(v) <= set(toml[section][k]), (v, toml[section][k])
+                    continue
                 assert toml[section][k] == v, f"{section}.{k}: values {v!r}, bridge.toml {toml[section].get(k)!r}"
         for section in ("nats", "redis"):
             assert (section in toml) == bool(merged["config"].get(section)), section
+
+    def trusted_proxies():
+        want = list((merged["config"].get("server") or {}).get("trusted_proxies") or [])
+        if merged["ingress"]["enabled"]:
+            want += [p for p in merged["ingress"]["trustedProxies"] if p not in want]
+        assert toml["server"].get("trusted_proxies", []) == want, (toml["server"].get("trusted_proxies"), want)
 
     def memory_budget():
         explicit = (merged["config"].get("memory") or {}).get("limit") or 0
@@ -392,6 +427,8 @@ def check_common(name: str, chart: helm.Chart, values: dict[str, Any], docs: dic
 
     def resources():
         assert c["resources"]["limits"]["memory"] == merged["resources"]["limits"]["memory"]
+        want = (merged["resources"].get("requests") or {}).get("memory") or merged["resources"]["limits"]["memory"]
+        assert c["resources"]["requests"]["memory"] == want, c["resources"]
 
     def checksum():
         want = hashlib.sha256(chart.render(values, name=RELEASE, namespace=NAMESPACE, is_install=True)[
@@ -406,12 +443,17 @@ def check_common(name: str, chart: helm.Chart, values: dict[str, Any], docs: dic
             assert dep["spec"]["replicas"] == merged["replicaCount"]
 
     def optional_kinds():
+        pods = merged["autoscaling"]["minReplicas"] if merged["autoscaling"]["enabled"] else merged["replicaCount"]
+        pdb = merged["podDisruptionBudget"].get("enabled")
         want = {
             "HorizontalPodAutoscaler": merged["autoscaling"]["enabled"],
-            "PodDisruptionBudget": merged["podDisruptionBudget"]["enabled"],
+            "PodDisruptionBudget": pods > 1 if pdb is None else pdb,
             "ServiceMonitor": merged["serviceMonitor"]["enabled"],
             "Ingress": merged["ingress"]["enabled"],
             "NetworkPolicy": merged["networkPolicy"]["enabled"],
+            "PrometheusRule": merged["prometheusRule"]["enabled"],
+            "ConfigMap/dashboard": merged["grafanaDashboard"]["enabled"],
+            "Pod/test-stream": merged["helmTest"]["enabled"],
         }
         got = {k: k in kinds for k in OPTIONAL_KINDS}
         assert got == want, (got, want)
@@ -420,12 +462,51 @@ def check_common(name: str, chart: helm.Chart, values: dict[str, Any], docs: dic
         if "ServiceMonitor" in kinds:
             jsonschema.validate(kinds["ServiceMonitor"], SERVICE_MONITOR_SCHEMA)
             assert kinds["ServiceMonitor"]["spec"]["endpoints"][0]["port"] == "admin"
+            # It selects the admin Service, and only it.
+            sel = kinds["ServiceMonitor"]["spec"]["selector"]["matchLabels"]
+            chosen = [k for k, m in kinds.items() if m["kind"] == "Service"
+                      and all(m["metadata"]["labels"].get(a) == b for a, b in sel.items())]
+            assert chosen == ["Service/admin"], chosen
+
+    def prometheus_rule():
+        if "PrometheusRule" in kinds:
+            jsonschema.validate(kinds["PrometheusRule"], ops_kit.PROMETHEUS_RULE_SCHEMA)
+            ops_kit.check_rule(kinds["PrometheusRule"], merged)
+
+    def dashboard():
+        if "ConfigMap/dashboard" in kinds:
+            cm = kinds["ConfigMap/dashboard"]
+            for k, v in merged["grafanaDashboard"]["labels"].items():
+                assert cm["metadata"]["labels"].get(k) == v, cm["metadata"]["labels"]
+            shipped = json.loads((CHART / "dashboards" / "sse-bridge.json").read_text())
+            assert json.loads(cm["data"]["sse-bridge.json"]) == shipped, "the ConfigMap must carry the shipped file"
+
+    def test_pod():
+        if "Pod/test-stream" in kinds:
+            pod = kinds["Pod/test-stream"]
+            assert pod["metadata"]["annotations"]["helm.sh/hook"] == "test", pod["metadata"]
+            sel = kinds["Deployment"]["spec"]["selector"]["matchLabels"]
+            labels = pod["metadata"]["labels"]
+            assert not all(labels.get(k) == v for k, v in sel.items()), "a Service or the PDB would select the test pod"
+            env = {e["name"]: e["value"] for e in pod["spec"]["containers"][0]["env"]}
+            host = f"{kinds['Service']['metadata']['name']}.{NAMESPACE}.svc:{merged['service']['port']}"
+            assert env["STREAM_URL"].startswith(f"http://{host}/events?topic="), env
+
+    def probes_and_containers():
+        if merged["startupProbe"]["enabled"]:
+            assert c["startupProbe"]["httpGet"] == {"path": "/healthz", "port": "admin"}, c["startupProbe"]
+            assert "enabled" not in c["startupProbe"], c["startupProbe"]
+        else:
+            assert "startupProbe" not in c
+        assert pod.get("initContainers", []) == merged["initContainers"], pod.get("initContainers")
+        assert pod["containers"][1:] == merged["extraContainers"], pod["containers"][1:]
 
     def bridge_accepts():
         check_config(toml_text, secret_env_for_check(kinds))
 
-    for fn in (metadata, listeners, config_mount, config_roundtrip, memory_budget, probes, shutdown, security,
-               resources, checksum, replicas, optional_kinds, service_monitor, bridge_accepts):
+    for fn in (metadata, listeners, config_mount, config_roundtrip, trusted_proxies, memory_budget, probes, shutdown, security,
+               resources, checksum, replicas, optional_kinds, service_monitor, prometheus_rule, dashboard, test_pod,
+               probes_and_containers, bridge_accepts):
         check(f"{name}: {fn.__name__}", fn)
 
     files = []
@@ -474,6 +555,7 @@ def main() -> int:
     specific_checks(chart, renders)
     schema_rejections(chart)
     render_rejections(chart)
+    ops_kit_live(renders)
     dockerfile_lint()
 
     work.cleanup()
@@ -489,9 +571,10 @@ def specific_checks(chart: helm.Chart, renders: dict[str, dict]) -> None:
             toml = bridge_toml(kinds)
             assert "nats" not in toml and "redis" not in toml and "publish" not in toml, toml
             assert "env" not in container(kinds), container(kinds).get("env")
-            assert toml["memory"]["limit"] == 512 * 2**20 * 75 // 100, toml["memory"]
+            limit = quantity_bytes(chart.values["resources"]["limits"]["memory"])
+            assert toml["memory"]["limit"] == limit * 50 // 100, toml["memory"]
 
-        check("default: no source, no publish token, budget 75% of 512Mi", defaults_are_quiet)
+        check("default: no source, no publish token, budget 50% of the memory limit", defaults_are_quiet)
 
     if "all-on" in renders:
         kinds = by_kind(renders["all-on"])
@@ -529,7 +612,7 @@ def specific_checks(chart: helm.Chart, renders: dict[str, dict]) -> None:
         def network_policy():
             np = kinds["NetworkPolicy"]["spec"]
             assert np["policyTypes"] == ["Ingress", "Egress"]
-            assert [r["ports"][0]["port"] for r in np["ingress"]] == ["http", "admin"]
+            assert [r["ports"][0]["port"] for r in np["ingress"]] == ["http", "http", "admin"], np["ingress"]
             assert np["egress"][0]["ports"][0]["port"] == 53 and len(np["egress"]) == 3, np["egress"]
 
         def image_digest():
@@ -562,11 +645,14 @@ def specific_checks(chart: helm.Chart, renders: dict[str, dict]) -> None:
                 "SSE_BRIDGE_PUBLISH__TOKEN": {"name": "sse-bridge-publish", "key": "token"},
                 "SSE_BRIDGE_NATS__URL": {"name": "nats-credentials", "key": "url"},
                 "SSE_BRIDGE_REDIS__URL": {"name": "redis-credentials", "key": "redis-url"},
+                "SSE_BRIDGE_JETSTREAM__URL": {"name": "nats-credentials", "key": "jetstream-url"},
+                "SSE_BRIDGE_REDIS_STREAMS__URL": {"name": "redis-credentials", "key": "streams-url"},
                 "SSE_BRIDGE_AUTH__SECRET": {"name": "jwt-hs256", "key": "secret"},
             }, env
             assert container(kinds)["envFrom"] == [{"secretRef": {"name": "sse-bridge-extra"}}]
             toml = bridge_toml(kinds)
             assert "url" not in toml["nats"] and "url" not in toml["redis"] and "publish" not in toml, toml
+            assert "url" not in toml["jetstream"] and "url" not in toml["redis_streams"], toml
             assert "secret" not in toml["auth"], toml["auth"]
             assert "Secret" not in kinds, "the chart must not create Secrets"
 
@@ -579,7 +665,7 @@ def specific_checks(chart: helm.Chart, renders: dict[str, dict]) -> None:
 
         base = sum_of({})
         assert sum_of({"config": {"server": {"retry": "5s"}}}) != base, "config change must change the checksum"
-        assert sum_of({"resources": {"limits": {"memory": "1Gi"}}}) != base, "memory.limit follows the limit"
+        assert sum_of({"resources": {"limits": {"memory": "3Gi"}}}) != base, "memory.limit follows the limit"
         assert sum_of({"replicaCount": 5}) == base, "a non-config change must not roll the pods"
 
     check("checksum/config changes with the config, only with it", checksum_rolls)
@@ -588,9 +674,9 @@ def specific_checks(chart: helm.Chart, renders: dict[str, dict]) -> None:
         for q, want in (("1Gi", 2**30), ("1.5G", 1_500_000_000), (536870912, 2**29), ("2048Mi", 2**31),
                         ("786432Ki", 786432 * 1024)):
             toml = bridge_toml(by_kind(render(chart, {"resources": {"limits": {"memory": q}}})))
-            assert toml["memory"]["limit"] == want * 75 // 100, (q, toml["memory"]["limit"], want * 75 // 100)
+            assert toml["memory"]["limit"] == want * 50 // 100, (q, toml["memory"]["limit"], want * 50 // 100)
 
-    check("memory.limit = 75% of Ki/Mi/Gi/G/byte quantities", quantities)
+    check("memory.limit = 50% (the default) of Ki/Mi/Gi/G/byte quantities", quantities)
 
     def toml_strings():
         nasty = 'a"b\\c <>&é\u2028 \t#x'
@@ -616,6 +702,140 @@ def specific_checks(chart: helm.Chart, renders: dict[str, dict]) -> None:
         assert auth == {"algorithm": "RS256", "jwks_file": "/etc/sse-bridge-auth/jwks.json"}, auth
 
     check("secrets.authKeys format jwks sets auth.jwks_file", jwks_from_secret)
+    operator_checks(chart, renders)
+
+
+def operator_checks(chart: helm.Chart, renders: dict[str, dict]) -> None:
+    """Issue #13: per-IP limits behind an ingress, a private admin port, disruption defaults,
+    the ops kit, `helm test`, and the schema's new keys."""
+    ing = {"ingress": {"enabled": True, "trustedProxies": ["10.244.0.0/16"]}}
+
+    def kinds_of(values: dict[str, Any]) -> dict[str, dict[str, Any]]:
+        return by_kind(render(chart, values))
+
+    def notes(values: dict[str, Any]) -> str:
+        return chart.render(values, name=RELEASE, namespace=NAMESPACE, is_install=True)["sse-bridge/templates/NOTES.txt"]
+
+    def proxies_from_ingress():
+        toml = bridge_toml(kinds_of(ing))
+        assert toml["server"]["trusted_proxies"] == ["10.244.0.0/16"], toml["server"]
+        both = deep_merge(ing, {"config": {"server": {"trusted_proxies": ["10.0.0.1", "10.244.0.0/16"]}}})
+        assert bridge_toml(kinds_of(both))["server"]["trusted_proxies"] == ["10.0.0.1", "10.244.0.0/16"]
+        off = {"ingress": {"enabled": False, "trustedProxies": ["10.244.0.0/16"]}}
+        assert "trusted_proxies" not in bridge_toml(kinds_of(off))["server"], "ingress off: its proxies are not trusted"
+        own = {"ingress": {"enabled": True}, "config": {"server": {"trusted_proxies": ["192.0.2.0/24"]}}}
+        assert bridge_toml(kinds_of(own))["server"]["trusted_proxies"] == ["192.0.2.0/24"]
+        text = notes(ing)
+        assert "X-Forwarded-For" in text and "10.244.0.0/16" in text and "Raise them" not in text, text
+
+    def per_proxy_limits():
+        values = {"ingress": {"enabled": True, "perProxyLimits": True}}
+        assert "trusted_proxies" not in bridge_toml(kinds_of(values))["server"]
+        assert "count each ingress controller pod as one client" in notes(values), notes(values)
+
+    def admin_private():
+        for t in ("ClusterIP", "NodePort", "LoadBalancer"):
+            k = kinds_of({"service": {"type": t}})
+            assert [p["name"] for p in k["Service"]["spec"]["ports"]] == ["http"], (t, k["Service"]["spec"])
+            assert k["Service/admin"]["spec"]["type"] == "ClusterIP", t
+        svc = by_kind(renders["all-on"])["Service"]["spec"]
+        assert (svc["type"], svc["externalTrafficPolicy"], svc["loadBalancerSourceRanges"], svc["sessionAffinity"]) == (
+            "LoadBalancer", "Local", ["203.0.113.0/24"], "ClientIP"), svc
+        cip = kinds_of({"service": {"externalTrafficPolicy": "Local", "loadBalancerSourceRanges": ["10.0.0.0/8"]}})
+        assert "externalTrafficPolicy" not in cip["Service"]["spec"] and "loadBalancerSourceRanges" not in cip["Service"]["spec"]
+        long = render(chart, {"fullnameOverride": "x" * 63, "grafanaDashboard": {"enabled": True}})
+        names = [m["metadata"]["name"] for ms in long.values() for m in ms]
+        assert all(len(n) <= 63 for n in names), names
+
+    def disruption_defaults():
+        def pdb(values):
+            return kinds_of(values).get("PodDisruptionBudget")
+        assert pdb({})["spec"]["maxUnavailable"] == 1, "two replicas by default: a PDB by default"
+        assert pdb({"replicaCount": 1}) is None
+        assert pdb({"replicaCount": 1, "podDisruptionBudget": {"enabled": True}}) is not None
+        assert pdb({"replicaCount": 3, "podDisruptionBudget": {"enabled": False}}) is None
+        assert pdb({"replicaCount": 1, "autoscaling": {"enabled": True, "minReplicas": 2}}) is not None
+        assert pdb({"autoscaling": {"enabled": True, "minReplicas": 1}}) is None
+        res = container(kinds_of({}))["resources"]
+        assert res["requests"]["memory"] == res["limits"]["memory"], res
+        res = container(kinds_of({"resources": {"limits": {"memory": "3Gi"}}}))["resources"]
+        assert res["requests"]["memory"] == "3Gi" and res["requests"]["cpu"] == "100m", res
+        hpa = kinds_of({"autoscaling": {"enabled": True, "targetCPUUtilizationPercentage": 0,
+                                        "targetMemoryUtilizationPercentage": 80}, "resources": {"requests": {"cpu": None}}})
+        assert [m["resource"]["name"] for m in hpa["HorizontalPodAutoscaler"]["spec"]["metrics"]] == ["memory"]
+
+    def heartbeat_vs_ingress():
+        for hb, timeout in (("15s", 30), ("30m", 3600), ("1h", 7200), ("500ms", 30), ("1m 30s", 180)):
+            kinds_of(deep_merge(ing, {"ingress": {"readTimeoutSeconds": timeout},
+                                      "config": {"server": {"heartbeat_interval": hb}}}))
+
+    def rule_follows_values():
+        k = kinds_of({"prometheusRule": {"enabled": True}})
+        rules = {r["alert"]: r for r in k["PrometheusRule"]["spec"]["groups"][0]["rules"]}
+        assert 'job="bridge-sse-bridge-admin"' in rules["SseBridgeBrokerDown"]["expr"], rules["SseBridgeBrokerDown"]
+        assert "SseBridgeCpuSaturated" not in rules, "no CPU limit by default: no CPU ceiling alert"
+        assert str(2**30) in rules["SseBridgeRssNearLimit"]["expr"], rules["SseBridgeRssNearLimit"]["expr"]
+        assert "100000" in rules["SseBridgeNearStreamCap"]["expr"]
+        assert rules["SseBridgeBrokerDown"]["annotations"]["runbook_url"] == "docs/observability.md#runbook-broker-down"
+        k = kinds_of({"prometheusRule": {"enabled": True, "selector": 'cluster="eu", app="sse"',
+                                         "disabledAlerts": ["SseBridgeNoEvents"],
+                                         "additionalRules": [{"alert": "Mine", "expr": "vector(1)"}]},
+                      "config": {"limits": {"max_streams": 0}, "fanout": {"ingest_queue": 100}},
+                      "resources": {"limits": {"cpu": "1500m", "memory": "1Gi"}}})
+        rules = {r["alert"]: r for r in k["PrometheusRule"]["spec"]["groups"][0]["rules"]}
+        assert "SseBridgeNoEvents" not in rules and "SseBridgeNearStreamCap" not in rules and "Mine" in rules
+        assert all('cluster="eu", app="sse"' in r["expr"] for n, r in rules.items() if n != "Mine")
+        assert "> 1.35" in rules["SseBridgeCpuSaturated"]["expr"], rules["SseBridgeCpuSaturated"]["expr"]
+        assert "> 100 * 0.8" in rules["SseBridgeIngestSaturated"]["expr"], rules["SseBridgeIngestSaturated"]["expr"]
+        all_on = by_kind(renders["all-on"])["PrometheusRule"]
+        assert all_on["metadata"]["labels"]["release"] == "prometheus"
+        ops_kit.check_rule(all_on, chart.merge_values(load_values(HERE / "all-on-values.yaml")))
+
+    def rule_covers_observability():
+        # Every metric docs/observability.md gives an alert for appears in some alert.
+        rule = by_kind(renders["all-on"])["PrometheusRule"]
+        used = set(ops_kit.kit_names(rule, {"panels": []}))
+        doc = (REPO / "docs" / "observability.md").read_text()
+        alerting = set()
+        for line in doc.splitlines():
+            cells = [c.strip() for c in line.split("|")]
+            if len(cells) > 4 and cells[1].startswith("`sse_bridge_") and cells[-2] not in ("alert", "—", ""):
+                for name in re.findall(r"`(sse_bridge_[a-z0-9_]+)", cells[1]):
+                    alerting.add(name)
+        skip = {"sse_bridge_replay_retained_events", "sse_bridge_replay_retained_bytes", "sse_bridge_replay_topics",
+                "sse_bridge_resume_broker_reads_peak"}  # "pinned at the limit is normal" / peak is a record
+        hist = {n.removesuffix("_bucket") for n in used}
+        missing = sorted(n for n in alerting - skip if n not in used and n not in hist)
+        assert not missing, f"docs/observability.md gives these an alert, the PrometheusRule does not: {missing}"
+
+    def dashboard_panels():
+        dash = json.loads((CHART / "dashboards" / "sse-bridge.json").read_text())
+        names = set(ops_kit.kit_names(None, dash))
+        want = {"sse_bridge_resident_memory_bytes", "sse_bridge_heap_allocated_bytes", "sse_bridge_tokio_alive_tasks",
+                "sse_bridge_open_streams", "sse_bridge_deliveries_total", "sse_bridge_delivery_latency_seconds_bucket",
+                "sse_bridge_queue_depth_streams", "sse_bridge_dropped_events_total", "sse_bridge_requests_rejected_total",
+                "sse_bridge_broker_up", "process_open_fds", "process_max_fds"}
+        assert want <= names, f"the dashboard lacks {sorted(want - names)}"
+        exprs = [e for w, e in ops_kit.dashboard_exprs(dash) if w.startswith("panel")]
+        assert all('pod=~"$pod"' in e for e in exprs), [e for e in exprs if 'pod=~"$pod"' not in e]
+        ids = [p["id"] for p in dash["panels"]]
+        assert len(ids) == len(set(ids)), "panel ids must be unique"
+        k = kinds_of({"grafanaDashboard": {"enabled": True, "namespace": "monitoring"}})
+        assert k["ConfigMap/dashboard"]["metadata"]["namespace"] == "monitoring"
+        assert k["ConfigMap/dashboard"]["metadata"]["labels"]["grafana_dashboard"] == "1"
+
+    def helm_test_pod():
+        assert "Pod/test-stream" not in kinds_of({"helmTest": {"enabled": False}})
+        k = kinds_of({"helmTest": {"topic": "a b&c"}})
+        env = k["Pod/test-stream"]["spec"]["containers"][0]["env"][0]["value"]
+        assert env.endswith("/events?topic=a+b%26c"), env
+        np = by_kind(renders["all-on"])["NetworkPolicy"]["spec"]["ingress"]
+        assert any(r.get("from", [{}])[0].get("podSelector", {}).get("matchLabels", {}).get("sse-bridge/helm-test") == "true"
+                   for r in np), np
+
+    for fn in (proxies_from_ingress, per_proxy_limits, admin_private, disruption_defaults, heartbeat_vs_ingress,
+               rule_follows_values, rule_covers_observability, dashboard_panels, helm_test_pod):
+        check(f"#13: {fn.__name__}", fn)
 
 
 def deep_merge(base: dict, over: dict) -> dict:
@@ -661,6 +881,25 @@ def schema_rejections(chart: helm.Chart) -> None:
         ("an auth algorithm typo", {"config": {"auth": {"algorithm": "none"}}}, "algorithm"),
         ("sampling_ratio above 1", {"config": {"telemetry": {"sampling_ratio": 2}}}, "sampling_ratio"),
         ("an authKeys format typo", {"secrets": {"authKeys": {"existingSecret": "k", "key": "k.pem", "format": "der"}}}, "format"),
+        ("an ingress with neither trusted proxies nor perProxyLimits", {"ingress": {"enabled": True}}, "trustedProxies"),
+        ("a trusted proxy that is not an address", {"ingress": {"trustedProxies": ["ingress-nginx"]}}, "trustedProxies"),
+        ("externalTrafficPolicy in lower case", {"service": {"externalTrafficPolicy": "local"}}, "externalTrafficPolicy"),
+        ("a sessionAffinity typo", {"service": {"sessionAffinity": "Sticky"}}, "sessionAffinity"),
+        ("a loadBalancerSourceRange that is not a CIDR", {"service": {"loadBalancerSourceRanges": ["any"]}},
+         "loadBalancerSourceRanges"),
+        ("a service key typo", {"service": {"externalTrafficPolicies": "Local"}}, "externalTrafficPolicies"),
+        ("a startupProbe typo", {"startupProbe": {"enable": True}}, "enable"),
+        ("an init container without a name", {"initContainers": [{"image": "busybox"}]}, "name"),
+        ("initContainers as a map", {"initContainers": {"name": "x"}}, "initContainers"),
+        ("extraContainer (singular)", {"extraContainer": [{"name": "x"}]}, "extraContainer"),
+        ("a resources.requests typo", {"resources": {"requests": {"memroy": "1Gi"}}}, "memroy"),
+        ("a PDB enabled as a string", {"podDisruptionBudget": {"enabled": "yes"}}, "enabled"),
+        ("a jetstreamUrl secret as a string", {"secrets": {"jetstreamUrl": "nats-credentials"}}, "jetstreamUrl"),
+        ("a prometheusRule typo", {"prometheusRule": {"enable": True}}, "enable"),
+        ("a disabled alert that is not one", {"prometheusRule": {"disabledAlerts": ["NoEvents"]}}, "disabledAlerts"),
+        ("a grafanaDashboard label that is not a string", {"grafanaDashboard": {"labels": {"grafana_dashboard": 1}}},
+         "grafana_dashboard"),
+        ("a helmTest image without a tag", {"helmTest": {"image": {"repository": "curl", "tag": ""}}}, "tag"),
     ]
     defaults = chart.values
     for label, bad, needle in cases:
@@ -705,6 +944,18 @@ def render_rejections(chart: helm.Chart) -> None:
         ("an HS256 secret with algorithm ES256", {"config": {"auth": {"algorithm": "ES256"}},
                                                   "secrets": {"authSecret": {"existingSecret": "s", "key": "secret"}}}, "HS256"),
         ("autoscaling min above max", {"autoscaling": {"enabled": True, "minReplicas": 5, "maxReplicas": 2}}, "minReplicas"),
+        ("an HPA CPU target without a CPU request",
+         {"autoscaling": {"enabled": True}, "resources": {"requests": {"cpu": None}}}, "resources.requests.cpu"),
+        ("a heartbeat above half the ingress read timeout",
+         {"ingress": {"enabled": True, "perProxyLimits": True, "readTimeoutSeconds": 60},
+          "config": {"server": {"heartbeat_interval": "45s"}}}, "heartbeat_interval"),
+        ("a 1h 30m heartbeat with the default 3600 s read timeout",
+         {"ingress": {"enabled": True, "perProxyLimits": True}, "config": {"server": {"heartbeat_interval": "1h 30m"}}},
+         "heartbeat_interval"),
+        ("a JetStream secret with no streams", {"secrets": {"jetstreamUrl": {"existingSecret": "n", "key": "url"}}},
+         "config.jetstream"),
+        ("a Redis Streams secret with no keys", {"secrets": {"redisStreamsUrl": {"existingSecret": "r", "key": "url"}}},
+         "config.redis_streams"),
     ]
     for label, bad, needle in cases:
         def one(bad=bad, needle=needle):
@@ -716,6 +967,21 @@ def render_rejections(chart: helm.Chart) -> None:
                 raise AssertionError(f"rendered {bad}")
 
         check(f"templates refuse {label}", one)
+
+
+def ops_kit_live(renders: dict[str, dict]) -> None:
+    """The PrometheusRule (of all-on, where every optional alert renders), the dashboard and the
+    default `helm test` script against a live bridge, when SSE_BRIDGE_BIN names one."""
+    binary = os.environ.get("SSE_BRIDGE_BIN")
+    if not binary:
+        print("skip ops kit against a live bridge (SSE_BRIDGE_BIN unset)")
+        return
+    rule = by_kind(renders["all-on"]).get("PrometheusRule") if "all-on" in renders else None
+    check("ops kit: all-on renders a PrometheusRule", lambda: rule or fail("no PrometheusRule in all-on"))
+    pod = by_kind(renders["default"]).get("Pod/test-stream") if "default" in renders else None
+    script = pod["spec"]["containers"][0]["args"][0] if pod else None
+    check("ops kit: default renders the helm test pod", lambda: script or fail("no helm test pod in default"))
+    ops_kit.live_check(binary, rule, script, check)
 
 
 def dockerfile_lint() -> None:

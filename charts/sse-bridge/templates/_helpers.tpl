@@ -16,6 +16,34 @@
 {{- end }}
 {{- end }}
 
+{{/* The admin Service's name: <fullname>-admin, within 63 characters. */}}
+{{- define "sse-bridge.adminServiceName" -}}
+{{- printf "%s-admin" (include "sse-bridge.fullname" . | trunc 57 | trimSuffix "-") }}
+{{- end }}
+
+{{/* Whether the PodDisruptionBudget renders: podDisruptionBudget.enabled, or when it is null,
+whenever the release runs more than one pod. Prints "true" or nothing. */}}
+{{- define "sse-bridge.pdbEnabled" -}}
+{{- $e := .Values.podDisruptionBudget.enabled }}
+{{- if kindIs "bool" $e }}
+{{- if $e }}true{{ end }}
+{{- else if .Values.autoscaling.enabled }}
+{{- if gt (int .Values.autoscaling.minReplicas) 1 }}true{{ end }}
+{{- else if gt (int .Values.replicaCount) 1 }}true{{ end }}
+{{- end }}
+
+{{/* resources, with requests.memory defaulting to limits.memory (no eviction under node memory
+pressure of a pod that stays within its request). */}}
+{{- define "sse-bridge.resources" -}}
+{{- $r := deepCopy .Values.resources }}
+{{- $req := default dict $r.requests }}
+{{- if not $req.memory }}
+{{- $_ := set $req "memory" $r.limits.memory }}
+{{- end }}
+{{- $_ := set $r "requests" $req }}
+{{- toYaml $r }}
+{{- end }}
+
 {{- define "sse-bridge.chart" -}}
 {{- printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" | trunc 63 | trimSuffix "-" }}
 {{- end }}
@@ -100,6 +128,30 @@ values.schema.json admits only the forms handled here.
 {{- end }}
 
 {{/*
+Any duration bridge.toml accepts ("15s", "1h 30m", "500ms", "2min") in seconds, as a float;
+`what` names the key in the error. Units as humantime parses them.
+*/}}
+{{- define "sse-bridge.anyDurationSeconds" -}}
+{{- $d := toString (index . 0) }}
+{{- $what := index . 1 }}
+{{- $units := dict "ns" 0.000000001 "nsec" 0.000000001 "us" 0.000001 "usec" 0.000001 "µs" 0.000001 "ms" 0.001 "msec" 0.001 "s" 1.0 "sec" 1.0 "second" 1.0 "seconds" 1.0 "m" 60.0 "min" 60.0 "minute" 60.0 "minutes" 60.0 "h" 3600.0 "hr" 3600.0 "hour" 3600.0 "hours" 3600.0 "d" 86400.0 "day" 86400.0 "days" 86400.0 "w" 604800.0 "week" 604800.0 "weeks" 604800.0 }}
+{{- $total := 0.0 }}
+{{- $parts := regexFindAll "[0-9]+\\s*[a-zA-Zµ]+" $d -1 }}
+{{- if not $parts }}
+{{- fail (printf "%s: %q is not a duration (e.g. 15s)" $what $d) }}
+{{- end }}
+{{- range $parts }}
+{{- $n := regexFind "^[0-9]+" . }}
+{{- $u := trim (trimPrefix $n .) }}
+{{- if not (hasKey $units $u) }}
+{{- fail (printf "%s: unit %q of %q is not one the chart can check (ms, s, m, h, d)" $what $u $d) }}
+{{- end }}
+{{- $total = addf $total (mulf (float64 $n) (get $units $u)) }}
+{{- end }}
+{{- $total }}
+{{- end }}
+
+{{/*
 Refuses values that the schema cannot express: they would install, then fail or lose streams.
 */}}
 {{- define "sse-bridge.validate" -}}
@@ -150,12 +202,45 @@ Refuses values that the schema cannot express: they would install, then fail or 
 {{- if and .Values.secrets.authSecret.existingSecret (has $auth.algorithm (list "RS256" "ES256")) }}
 {{- fail "secrets.authSecret is an HS256 secret, but config.auth.algorithm is not HS256" }}
 {{- end }}
-{{- if and .Values.podDisruptionBudget.enabled (kindIs "invalid" .Values.podDisruptionBudget.minAvailable) (kindIs "invalid" .Values.podDisruptionBudget.maxUnavailable) }}
+{{- if and (include "sse-bridge.pdbEnabled" .) (kindIs "invalid" .Values.podDisruptionBudget.minAvailable) (kindIs "invalid" .Values.podDisruptionBudget.maxUnavailable) }}
 {{- fail "podDisruptionBudget: set minAvailable or maxUnavailable" }}
 {{- end }}
 {{- if and .Values.autoscaling.enabled (gt (int .Values.autoscaling.minReplicas) (int .Values.autoscaling.maxReplicas)) }}
 {{- fail "autoscaling.minReplicas is above autoscaling.maxReplicas" }}
 {{- end }}
+{{- if and .Values.autoscaling.enabled .Values.autoscaling.targetCPUUtilizationPercentage (not (and .Values.resources.requests .Values.resources.requests.cpu)) }}
+{{- fail "autoscaling.targetCPUUtilizationPercentage is a percentage of resources.requests.cpu, which is not set: set a CPU request, or set the target to 0 and scale on memory or autoscaling.metrics" }}
+{{- end }}
+{{- with .Values.secrets.jetstreamUrl }}{{ if and .existingSecret (not $.Values.config.jetstream) }}
+{{- fail "secrets.jetstreamUrl is set but config.jetstream is empty: set config.jetstream.streams to turn the JetStream source on" }}
+{{- end }}{{ end }}
+{{- with .Values.secrets.redisStreamsUrl }}{{ if and .existingSecret (not $.Values.config.redis_streams) }}
+{{- fail "secrets.redisStreamsUrl is set but config.redis_streams is empty: set config.redis_streams.keys to turn the Redis Streams source on" }}
+{{- end }}{{ end }}
+{{- if .Values.ingress.enabled }}
+{{- $server := default dict .Values.config.server }}
+{{- $hb := "15s" }}
+{{- with $server.heartbeat_interval }}{{ $hb = . }}{{ end }}
+{{- $hbS := include "sse-bridge.anyDurationSeconds" (list $hb "config.server.heartbeat_interval") | float64 }}
+{{- $read := float64 .Values.ingress.readTimeoutSeconds }}
+{{- if gt (mulf $hbS 2.0) $read }}
+{{- fail (printf "config.server.heartbeat_interval (%s) must be at most half of ingress.readTimeoutSeconds (%d): the proxy would cut quiet streams between heartbeats" $hb (int .Values.ingress.readTimeoutSeconds)) }}
+{{- end }}
+{{- if not (or .Values.ingress.trustedProxies $server.trusted_proxies .Values.ingress.perProxyLimits) }}
+{{- fail "ingress.enabled: set ingress.trustedProxies to the ingress controller pods' addresses (the per-IP limits then count clients from X-Forwarded-For), or set ingress.perProxyLimits: true to count them per proxy knowingly" }}
+{{- end }}
+{{- end }}
+{{- end }}
+
+{{/* server.trusted_proxies: config.server.trusted_proxies plus ingress.trustedProxies with the
+ingress on, without duplicates. */}}
+{{- define "sse-bridge.trustedProxies" -}}
+{{- $server := default dict .Values.config.server }}
+{{- $list := default list $server.trusted_proxies }}
+{{- if .Values.ingress.enabled }}
+{{- $list = concat $list (default list .Values.ingress.trustedProxies) }}
+{{- end }}
+{{- toJson (uniq $list) }}
 {{- end }}
 
 {{/*
@@ -198,6 +283,8 @@ string), whole numbers as integers, lists inline, maps as inline tables.
 {{- $c := deepCopy (default dict .Values.config) -}}
 {{- $parts := list -}}
 {{- $server := merge (dict "listen" (printf "0.0.0.0:%d" (int .Values.containerPorts.http))) (default dict $c.server) -}}
+{{- $proxies := include "sse-bridge.trustedProxies" . | fromJsonArray -}}
+{{- if $proxies }}{{ $_ := set $server "trusted_proxies" $proxies }}{{ end -}}
 {{- $parts = append $parts (include "sse-bridge.tomlSection" (list "server" $server)) -}}
 {{- $parts = append $parts (include "sse-bridge.tomlSection" (list "admin" (dict "listen" (printf "0.0.0.0:%d" (int .Values.containerPorts.admin))))) -}}
 {{- $how := printf "%v%% of resources.limits.memory (%v)" .Values.memoryBudgetPercent .Values.resources.limits.memory -}}
