@@ -25,6 +25,7 @@ use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
+use hdrhistogram::Histogram;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpSocket, TcpStream};
 use tokio::sync::OwnedSemaphorePermit;
@@ -38,12 +39,16 @@ pub const MAX_TOPICS: usize = 4;
 /// Width of one timeline bucket.
 pub const BUCKET: Duration = Duration::from_millis(100);
 
+/// Latency histograms (a client records into shard `client % LATENCY_SHARDS`).
+const LATENCY_SHARDS: usize = 16;
+
 /// Buckets kept (20 minutes); later moments fall into the last one.
 const MAX_BUCKETS: usize = 12_000;
 
-/// A connect that took this long waited for at least one SYN retransmission (the first comes
-/// after 1 s): the server's listen queue dropped the first SYN.
-const SYN_RETRIED: Duration = Duration::from_millis(900);
+/// A connect that took this long probably waited for a SYN retransmission (the first comes
+/// after 1 s: the server's listen queue dropped the first SYN); on a starved machine it may
+/// also be the client's own runtime noticing late. `ListenOverflows` tells the two apart.
+const SLOW_CONNECT: Duration = Duration::from_millis(900);
 
 /// Longest wait for a TCP connect, and for the response head, before it counts as a network
 /// error (then: wait the reconnection time, connect again).
@@ -62,13 +67,38 @@ enum Kind {
     Other,
 }
 
+/// The `reason`s of sse-bridge's gap events (docs/delivery.md), in the order of the counters;
+/// anything else counts as the last, `other`.
+pub const GAP_REASONS: [&str; 9] = [
+    "evicted",
+    "unknown-run",
+    "malformed-id",
+    "retention",
+    "replay-limit",
+    "broker-unavailable",
+    "unknown-position",
+    "dropped",
+    "other",
+];
+
+/// The index in [`GAP_REASONS`] of the reason a gap event's data names.
+fn gap_reason(data: &[u8]) -> u8 {
+    let Some(at) = data.windows(10).position(|w| w == b"\"reason\":\"") else {
+        return (GAP_REASONS.len() - 1) as u8;
+    };
+    let rest = &data[at + 10..];
+    let value = &rest[..rest.iter().position(|&b| b == b'"').unwrap_or(rest.len())];
+    GAP_REASONS.iter().position(|r| r.as_bytes() == value).unwrap_or(GAP_REASONS.len() - 1) as u8
+}
+
 /// One dispatched event, as the benchmark counts it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Dispatched {
     /// A message whose data is one of the load generator's stamps.
     Stamp(Stamp),
-    /// An `sse-bridge.gap` event; bit `i` set when its data names topic `i`.
-    Gap(u8),
+    /// An `sse-bridge.gap` event: bit `i` of `named` set when its data names topic `i`;
+    /// `reason` indexes [`GAP_REASONS`].
+    Gap { named: u8, reason: u8 },
     /// Any other event.
     Other,
 }
@@ -120,6 +150,8 @@ pub struct EsParser {
     stamp: Option<Stamp>,
     /// Topics named in the event's data (gap events).
     named: u8,
+    /// The gap reason the event's data names (index in [`GAP_REASONS`]).
+    reason: u8,
     /// The last event ID buffer: becomes the last event ID string at the next dispatch.
     id_buf: String,
 }
@@ -167,6 +199,7 @@ impl EsParser {
                 let stamp = if self.has_data { None } else { parse_payload(value) };
                 if stamp.is_none() {
                     self.named |= topics.named_in(value);
+                    self.reason = gap_reason(value);
                 }
                 self.stamp = stamp;
                 self.has_data = true;
@@ -188,7 +221,7 @@ impl EsParser {
         }
         if self.has_data {
             on(match (self.kind, self.stamp) {
-                (Kind::Gap, _) => Dispatched::Gap(self.named),
+                (Kind::Gap, _) => Dispatched::Gap { named: self.named, reason: self.reason },
                 (Kind::Message, Some(s)) => Dispatched::Stamp(s),
                 _ => Dispatched::Other,
             });
@@ -197,6 +230,7 @@ impl EsParser {
         self.has_data = false;
         self.stamp = None;
         self.named = 0;
+        self.reason = 0;
     }
 }
 
@@ -319,14 +353,19 @@ pub struct Fleet {
     pub dead: AtomicU64,
     /// Stamped events received per topic, over all clients.
     pub received: [AtomicU64; MAX_TOPICS],
-    /// Connects that waited for a SYN retransmission (the listen queue dropped the first SYN).
-    pub syn_retried: AtomicU64,
+    /// Connects that took [`SLOW_CONNECT`] or more.
+    pub slow_connects: AtomicU64,
     /// Connects refused (nothing listening): the client tried the next address.
     pub conn_refused: AtomicU64,
     /// Connections that failed before an answer, or timed out.
     pub net_errors: AtomicU64,
     /// Longest TCP connect, in microseconds.
     pub max_connect_us: AtomicU64,
+    /// Gap events per topic and reason (index in [`GAP_REASONS`]).
+    pub gap_reasons: [[AtomicU64; GAP_REASONS.len()]; MAX_TOPICS],
+    /// Publish→receive latency of stamped events, microseconds: `[0]` before the signal (the
+    /// steady state), `[1]` after; each sharded by client.
+    pub latency: [Vec<Mutex<Histogram<u64>>>; 2],
     pub first_dead: Mutex<Option<String>>,
     read_buf: usize,
     reconnect_ms: u64,
@@ -364,10 +403,16 @@ impl Fleet {
             back: AtomicU64::new(0),
             dead: AtomicU64::new(0),
             received: Default::default(),
-            syn_retried: AtomicU64::new(0),
+            slow_connects: AtomicU64::new(0),
             conn_refused: AtomicU64::new(0),
             net_errors: AtomicU64::new(0),
             max_connect_us: AtomicU64::new(0),
+            gap_reasons: Default::default(),
+            latency: [(); 2].map(|_| {
+                (0..LATENCY_SHARDS)
+                    .map(|_| Mutex::new(Histogram::new_with_bounds(1, 600_000_000, 2).expect("valid histogram bounds")))
+                    .collect()
+            }),
             first_dead: Mutex::new(None),
             read_buf,
             reconnect_ms,
@@ -403,47 +448,63 @@ enum Outcome {
     Reconnect,
 }
 
+/// One client's state across its connections.
+struct Client {
+    src: Option<IpAddr>,
+    /// The address of the current (or last) connection.
+    at: usize,
+    es: EsState,
+    buf: Box<[u8]>,
+    res: ClientResult,
+    /// The initial connect's share of `--connect-concurrency`, released at the first answer.
+    permit: Option<OwnedSemaphorePermit>,
+    /// Its latency histogram shard.
+    shard: usize,
+}
+
 /// One browser-like client from its first connect to the end of the run. `permit` (the
 /// initial connect's share of `--connect-concurrency`) is released once the first answer came.
-pub async fn client(src: Option<IpAddr>, fleet: std::sync::Arc<Fleet>, permit: OwnedSemaphorePermit) -> ClientResult {
-    let mut res = ClientResult::default();
-    let mut es = EsState { last_event_id: String::new(), retry_ms: fleet.reconnect_ms };
-    let mut buf = vec![0u8; fleet.read_buf].into_boxed_slice();
-    let mut permit = Some(permit);
-    let mut at = 0;
+pub async fn client(
+    id: usize,
+    src: Option<IpAddr>,
+    fleet: std::sync::Arc<Fleet>,
+    permit: OwnedSemaphorePermit,
+) -> ClientResult {
+    let mut c = Client {
+        src,
+        at: 0,
+        es: EsState { last_event_id: String::new(), retry_ms: fleet.reconnect_ms },
+        buf: vec![0u8; fleet.read_buf].into_boxed_slice(),
+        res: ClientResult::default(),
+        permit: Some(permit),
+        shard: id % LATENCY_SHARDS,
+    };
     loop {
-        match connection(&fleet, &mut at, src, &mut es, &mut buf, &mut res, &mut permit).await {
-            Outcome::Stopped => return res,
+        match connection(&fleet, &mut c).await {
+            Outcome::Stopped => return c.res,
             Outcome::Dead(why) => {
-                res.dead = true;
+                c.res.dead = true;
                 fleet.dead.fetch_add(1, Ordering::Relaxed);
                 fleet.first_dead.lock().unwrap().get_or_insert(why);
-                return res;
+                return c.res;
             }
             Outcome::Reconnect => {}
         }
-        let wait = Duration::from_millis(es.retry_ms.min(3_600_000));
+        let wait = Duration::from_millis(c.es.retry_ms.min(3_600_000));
         tokio::select! {
             _ = tokio::time::sleep(wait) => {}
-            _ = fleet.stop.cancelled() => return res,
+            _ = fleet.stop.cancelled() => return c.res,
         }
-        at = fleet.next_live(at);
+        c.at = fleet.next_live(c.at);
     }
 }
 
-/// Connects (to `*at`, or past it when addresses refuse), asks for the stream, and reads it to
-/// its end.
-async fn connection(
-    fleet: &Fleet,
-    at: &mut usize,
-    src: Option<IpAddr>,
-    es: &mut EsState,
-    buf: &mut [u8],
-    res: &mut ClientResult,
-    permit: &mut Option<OwnedSemaphorePermit>,
-) -> Outcome {
+/// Connects (to `c.at`, or past it when addresses refuse), asks for the stream, and reads it
+/// to its end.
+async fn connection(fleet: &Fleet, c: &mut Client) -> Outcome {
+    let Client { src, at, es, buf, res, permit, shard } = c;
     let mut stream = tokio::select! {
-        s = connect(fleet, at, src) => match s {
+        s = connect(fleet, at, *src) => match s {
             Some(s) => s,
             None => return Outcome::Reconnect,
         },
@@ -521,10 +582,17 @@ async fn connection(
                 Dispatched::Stamp(s) if (s.topic as usize) < MAX_TOPICS => {
                     res.seq[s.topic as usize].observe(s.seq);
                     fleet.received[s.topic as usize].fetch_add(1, Ordering::Relaxed);
+                    let now = fleet.now_ns();
+                    let phase = usize::from(fleet.signal_ns.load(Ordering::Relaxed) != 0);
+                    let us = now.saturating_sub(s.sent_ns) / 1000;
+                    fleet.latency[phase][*shard].lock().unwrap().saturating_record(us.max(1));
                 }
-                Dispatched::Gap(named) => {
+                Dispatched::Gap { named, reason } => {
                     for (i, g) in res.gaps.iter_mut().enumerate() {
-                        *g += u32::from(named >> i & 1);
+                        if named >> i & 1 == 1 {
+                            *g += 1;
+                            fleet.gap_reasons[i][reason as usize].fetch_add(1, Ordering::Relaxed);
+                        }
                     }
                 }
                 _ => {}
@@ -573,8 +641,8 @@ async fn connect(fleet: &Fleet, at: &mut usize, src: Option<IpAddr>) -> Option<T
                 let took = t0.elapsed();
                 fleet.tick(*at, Tick::Connected);
                 fleet.max_connect_us.fetch_max(took.as_micros() as u64, Ordering::Relaxed);
-                if took >= SYN_RETRIED {
-                    fleet.syn_retried.fetch_add(1, Ordering::Relaxed);
+                if took >= SLOW_CONNECT {
+                    fleet.slow_connects.fetch_add(1, Ordering::Relaxed);
                 }
                 return Some(s);
             }
@@ -620,7 +688,7 @@ mod tests {
                     Dispatched::Stamp(Stamp { topic: 0, seq: 1, sent_ns: 5 }),
                     Dispatched::Stamp(Stamp { topic: 1, seq: 1, sent_ns: 6 }),
                     Dispatched::Other,
-                    Dispatched::Gap(0b10),
+                    Dispatched::Gap { named: 0b10, reason: 1 },
                     Dispatched::Stamp(Stamp { topic: 0, seq: 2, sent_ns: 7 }),
                     Dispatched::Other,
                 ],

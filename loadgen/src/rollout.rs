@@ -22,7 +22,7 @@ use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 
 use crate::args::{Args, MAX_DURATION_S};
-use crate::eventsource::{self, BUCKET, ClientResult, Fleet, MAX_TOPICS, Tick, Timeline};
+use crate::eventsource::{self, BUCKET, ClientResult, Fleet, GAP_REASONS, MAX_TOPICS, Tick, Timeline};
 use crate::procstat;
 use crate::publish::{self, Plan, PubStats, Via};
 use crate::target::{encode, loopback_addr};
@@ -58,7 +58,7 @@ pub async fn run(args: Args) -> Result<bool, String> {
             IpAddr::V6(_) => None,
         };
         let permit = gate.clone().acquire_owned().await.expect("semaphore open");
-        tasks.push(tokio::spawn(eventsource::client(src, fleet.clone(), permit)));
+        tasks.push(tokio::spawn(eventsource::client(i, src, fleet.clone(), permit)));
     }
     let deadline = Instant::now() + Duration::from_secs_f64(30.0 + n as f64 / 500.0);
     while (fleet.open.load(Ordering::Relaxed) + fleet.dead.load(Ordering::Relaxed)) < n as u64
@@ -162,6 +162,20 @@ pub async fn run(args: Args) -> Result<bool, String> {
     let secs = |ns: u64| round((ns.saturating_sub(signal_ns)) as f64 / 1e9, 3);
     let per_client = |after: u64, before: u64| (after as f64 - before as f64) / n as f64;
     let self_cpu = self_end.cpu_s - self_base.cpu_s;
+    let reasons: Vec<String> = (0..k).map(|t| gap_reasons(&fleet, t)).collect();
+    let hists = fleet.latency.each_ref().map(|shards| {
+        let mut hist =
+            hdrhistogram::Histogram::<u64>::new_with_bounds(1, 600_000_000, 2).expect("valid histogram bounds");
+        for h in shards {
+            let _ = hist.add(&*h.lock().unwrap());
+        }
+        hist
+    });
+    let q_ms = |phase: usize, q: f64| {
+        let h = &hists[phase];
+        if h.is_empty() { 0.0 } else { round(h.value_at_quantile(q) as f64 / 1000.0, 1) }
+    };
+    let latency = |phase: usize| json!({ "p50": q_ms(phase, 0.5), "p99": q_ms(phase, 0.99), "p999": q_ms(phase, 0.999), "max": q_ms(phase, 1.0) });
     let out = json!({
         "label": args.label,
         "scenario": args.scenario,
@@ -186,6 +200,9 @@ pub async fn run(args: Args) -> Result<bool, String> {
         "durable_duplicated": r.behind[..durable],
         "durable_clients_affected": r.affected,
         "gap_events": r.gaps[..k],
+        "gap_reasons": reasons,
+        "latency_ms_before_signal": latency(0),
+        "latency_ms_after_signal": latency(1),
         "clients_with_gap": r.clients_with_gap[..k],
         "core_missed": r.missing[durable..k],
         "core_duplicated": r.behind[durable..k],
@@ -196,7 +213,7 @@ pub async fn run(args: Args) -> Result<bool, String> {
         "listen_drops": delta(1),
         "syncookies_sent": delta(2),
         "net_window_s": secs(end_ns),
-        "syn_retried_connects": fleet.syn_retried.load(Ordering::Relaxed),
+        "slow_connects": fleet.slow_connects.load(Ordering::Relaxed),
         "max_connect_ms": round(fleet.max_connect_us.load(Ordering::Relaxed) as f64 / 1000.0, 3),
         "connection_refused": fleet.conn_refused.load(Ordering::Relaxed),
         "network_errors": fleet.net_errors.load(Ordering::Relaxed),
@@ -239,14 +256,23 @@ pub async fn run(args: Args) -> Result<bool, String> {
     }
     for (t, name) in topics.iter().enumerate().take(durable) {
         println!(
-            "  durable topic    {}: {} lost, {} duplicated over all clients ({} clients affected); {} gap events",
-            name, r.missing[t], r.behind[t], r.affected[t], r.gaps[t]
+            "  durable topic    {}: {} lost, {} duplicated over all clients ({} clients affected); {} gap events{}",
+            name, r.missing[t], r.behind[t], r.affected[t], r.gaps[t], reasons[t]
         );
     }
     for (t, name) in topics.iter().enumerate().skip(durable) {
         println!(
-            "  core topic       {}: {} gap events ({} clients), {} events missed by the move, {} duplicated",
-            name, r.gaps[t], r.clients_with_gap[t], r.missing[t], r.behind[t]
+            "  core topic       {}: {} gap events{} at {} clients, {} events missed by the move, {} duplicated",
+            name, r.gaps[t], reasons[t], r.clients_with_gap[t], r.missing[t], r.behind[t]
+        );
+    }
+    for (phase, when) in ["before SIGTERM", "after SIGTERM"].iter().enumerate() {
+        println!(
+            "  latency          {when}: publish→receive p50 {} ms, p99 {} ms, p99.9 {} ms, max {} ms",
+            q_ms(phase, 0.5),
+            q_ms(phase, 0.99),
+            q_ms(phase, 0.999),
+            q_ms(phase, 1.0)
         );
     }
     match r.last_back_ns {
@@ -260,11 +286,11 @@ pub async fn run(args: Args) -> Result<bool, String> {
     }
     println!(
         "  listen queue     ListenOverflows +{}, ListenDrops +{}, SyncookiesSent +{} (this network namespace, SIGTERM to \
-         end of publishing); connects that needed a SYN retry {}, longest connect {:.1} ms",
+         end of publishing); connects of 0.9 s or more (a SYN retry, or a busy client) {}, longest connect {:.1} ms",
         out["listen_overflows"],
         out["listen_drops"],
         out["syncookies_sent"],
-        out["syn_retried_connects"],
+        out["slow_connects"],
         out["max_connect_ms"]
     );
     println!(
@@ -375,6 +401,16 @@ impl Report {
         let n = self.back_ns.len();
         (n > 0).then(|| self.back_ns[((n as f64 * q).ceil() as usize).clamp(1, n) - 1])
     }
+}
+
+/// The gap reasons counted for topic `t`, as ` (reason n, …)` (empty when none).
+fn gap_reasons(fleet: &Fleet, t: usize) -> String {
+    let counts: Vec<String> = GAP_REASONS
+        .iter()
+        .zip(&fleet.gap_reasons[t])
+        .filter_map(|(r, c)| Some(c.load(Ordering::Relaxed)).filter(|&c| c > 0).map(|c| format!("{r} {c}")))
+        .collect();
+    if counts.is_empty() { String::new() } else { format!(" ({})", counts.join(", ")) }
 }
 
 /// One line per second of 100 ms buckets, from `lead` buckets before the signal.
