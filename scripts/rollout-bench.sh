@@ -16,7 +16,7 @@
 #   b      all at once: server.drain_spread = 0 (every stream ends at once; each still gets
 #          its own jittered retry: of server.retry +-50 %)
 #   c      as a, and B with limits.connect_rate_per_ip = 100 (burst 100): refused clients are
-#          told when to come back and return later
+#          told when to come back and return later (5,000 behind one address: about 50 s)
 #   a-10k, b-10k   a and b with 10,000 clients (the listen-overflow figure)
 # Per-IP limits are off unless the scenario sets them (as in the other benchmarks), and all
 # clients come from one source address, as behind an ingress that hides client addresses.
@@ -91,10 +91,10 @@ ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
 nofile=$(ulimit -n)
 
 # --- scenarios -------------------------------------------------------------------------
-# name clients drain_spread connect_rate_per_ip(B)
-scenarios=("a $clients 0.5 0" "b $clients 0 0" "c $clients 0.5 100")
+# name clients drain_spread connect_rate_per_ip(B) resume.max_events(B)
+scenarios=("a $clients 0.5 0 1000" "b $clients 0 0 1000" "c $clients 0.5 100 1000")
 if [ "$big" -gt 0 ]; then
-  scenarios+=("a-10k $big 0.5 0" "b-10k $big 0 0")
+  scenarios+=("a-10k $big 0.5 0 1000" "b-10k $big 0 0 1000")
 fi
 
 # --- processes -------------------------------------------------------------------------
@@ -152,7 +152,7 @@ while True:
 PY
 }
 
-# bridge_config FILE PORT ADMIN_PORT NATS_PORT DRAIN_SPREAD CONNECT_RATE
+# bridge_config FILE PORT ADMIN_PORT NATS_PORT DRAIN_SPREAD CONNECT_RATE MAX_EVENTS
 bridge_config() {
   cat >"$1" <<CONFIG
 [server]
@@ -170,6 +170,8 @@ subjects = ["roll.core.>"]
 [jetstream]
 url = "nats://127.0.0.1:$4"
 streams = ["ROLL"]
+[resume]
+max_events = $7
 [log]
 level = "warn"
 CONFIG
@@ -185,8 +187,8 @@ wait_ready() { # admin_port: /readyz 200 with every source connected
   return 1
 }
 
-run_scenario() { # name clients drain_spread connect_rate_b
-  local name=$1 n=$2 spread=$3 rate_b=$4
+run_scenario() { # name clients drain_spread connect_rate_b max_events_b
+  local name=$1 n=$2 spread=$3 rate_b=$4 max_events_b=$5
   if [ "$n" -gt $((nofile - 200)) ]; then
     echo "== $name: $n clients exceed RLIMIT_NOFILE $nofile here; skipped"
     return 0
@@ -199,14 +201,15 @@ run_scenario() { # name clients drain_spread connect_rate_b
   wait_port "$nport" 15 || { echo "nats-server did not start"; cat "$out/$name-nats.log"; exit 1; }
   create_stream "$nport"
   aport=$(free_port); aadm=$(free_port); bport=$(free_port); badm=$(free_port)
-  bridge_config "$tmp/$name/a.toml" "$aport" "$aadm" "$nport" "$spread" 0
-  bridge_config "$tmp/$name/b.toml" "$bport" "$badm" "$nport" "$spread" "$rate_b"
+  bridge_config "$tmp/$name/a.toml" "$aport" "$aadm" "$nport" "$spread" 0 1000
+  bridge_config "$tmp/$name/b.toml" "$bport" "$badm" "$nport" "$spread" "$rate_b" "$max_events_b"
   "$bridge_bin" --config "$tmp/$name/a.toml" >"$out/$name-a.log" 2>&1 &
   a_pid=$!
   "$bridge_bin" --config "$tmp/$name/b.toml" >"$out/$name-b.log" 2>&1 &
   b_pid=$!
   wait_ready "$aadm"; wait_ready "$badm"
-  echo "== $name: $n clients on A (:$aport), SIGTERM A, move to B (:$bport); drain_spread $spread; B connect_rate_per_ip $rate_b"
+  echo "== $name: $n clients on A (:$aport), SIGTERM A, move to B (:$bport); drain_spread $spread;" \
+    "B: connect_rate_per_ip $rate_b, resume.max_events $max_events_b"
   local status=0
   "$loadgen_bin" --mode rollout --label bridge --scenario "$name" --connections "$n" \
     --targets "127.0.0.1:$aport,127.0.0.1:$bport" --durable-topic roll.js.x --core-topic roll.core.x \
@@ -228,7 +231,7 @@ run_scenario() { # name clients drain_spread connect_rate_b
   [ "$status" = 0 ] || echo "   sse-loadgen exit status $status (3: a figure missed its target; see above)"
   # B's own account: streams it closed (and why), refusals, resume reads, gap events.
   curl -s -m 5 "http://127.0.0.1:$badm/metrics" >"$out/$name-b.metrics" || true
-  grep -E '^sse_bridge_[a-z_]*(closed|rejected|gap|resume_broker_reads|shed)[a-z_]*[{ ]' "$out/$name-b.metrics" \
+  grep -E '^sse_bridge_[a-z_]*(closed|disconnects|rejected|gap|resume_broker_reads|shed|open_streams)[a-z_]*[{ ]' "$out/$name-b.metrics" \
     | grep -v ' 0$' | sed 's/^/   B: /' || true
   stop_pid "$b_pid"; b_pid=""
   stop_pid "$nats_pid"; nats_pid=""
@@ -238,9 +241,9 @@ run_scenario() { # name clients drain_spread connect_rate_b
 echo "== results in $out (RLIMIT_NOFILE $nofile; $(nproc) cores shared by nats-server, both bridges and the clients)"
 : >"$out/timeline.csv"
 for sc in "${scenarios[@]}"; do
-  read -r name n spread rate_b <<<"$sc"
+  read -r name n spread rate_b max_events_b <<<"$sc"
   if [ ${#only[@]} -gt 0 ] && ! printf '%s\n' "${only[@]}" | grep -qx "$name"; then continue; fi
-  run_scenario "$name" "$n" "$spread" "$rate_b"
+  run_scenario "$name" "$n" "$spread" "$rate_b" "$max_events_b"
 done
 
 # --- summary and plot --------------------------------------------------------------------

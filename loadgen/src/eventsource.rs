@@ -274,6 +274,10 @@ pub struct ClientResult {
     /// The connection failed for good (non-`200`, or not an event stream).
     pub dead: bool,
     /// When the first stream admitted after the signal opened (ns on the fleet's clock).
+    pub admitted_ns: Option<u64>,
+    /// When the first event (a gap event, a replayed or a live one) arrived on a stream
+    /// admitted after the signal: the client is back. A stream resuming from a broker sends
+    /// its head at once but its first event only after the broker read.
     pub back_ns: Option<u64>,
     /// The target whose admitted stream was open at the end.
     pub open_at_end: Option<u8>,
@@ -348,7 +352,8 @@ pub struct Fleet {
     pub timeline: Timeline,
     /// Admitted streams open now.
     pub open: AtomicU64,
-    /// Clients whose first stream admitted after the signal has opened.
+    /// Clients that got an event on a stream admitted after the signal (see
+    /// [`ClientResult::back_ns`]).
     pub back: AtomicU64,
     pub dead: AtomicU64,
     /// Stamped events received per topic, over all clients.
@@ -567,35 +572,42 @@ async fn connection(fleet: &Fleet, c: &mut Client) -> Outcome {
         None => {
             fleet.tick(*at, Tick::Admitted);
             fleet.open.fetch_add(1, Ordering::Relaxed);
-            if fleet.signal_ns.load(Ordering::Relaxed) != 0 && res.back_ns.is_none() {
-                res.back_ns = Some(fleet.now_ns());
-                fleet.back.fetch_add(1, Ordering::Relaxed);
+            if fleet.signal_ns.load(Ordering::Relaxed) != 0 && res.admitted_ns.is_none() {
+                res.admitted_ns = Some(fleet.now_ns());
             }
             true
         }
     };
     let mut decoder = BodyDecoder::for_head(&head);
     let mut parser = EsParser::new(&es.last_event_id);
+    // Events on this stream bring the client back (the first one after the signal counts).
+    let brings_back = admitted && res.admitted_ns.is_some() && res.back_ns.is_none();
     let mut on_body = |data: &[u8], es: &mut EsState, res: &mut ClientResult| -> bool {
         let ended = decoder.feed(data, |piece| {
-            parser.feed(piece, &fleet.topics, es, |d| match d {
-                Dispatched::Stamp(s) if (s.topic as usize) < MAX_TOPICS => {
-                    res.seq[s.topic as usize].observe(s.seq);
-                    fleet.received[s.topic as usize].fetch_add(1, Ordering::Relaxed);
-                    let now = fleet.now_ns();
-                    let phase = usize::from(fleet.signal_ns.load(Ordering::Relaxed) != 0);
-                    let us = now.saturating_sub(s.sent_ns) / 1000;
-                    fleet.latency[phase][*shard].lock().unwrap().saturating_record(us.max(1));
+            parser.feed(piece, &fleet.topics, es, |d| {
+                if brings_back && res.back_ns.is_none() {
+                    res.back_ns = Some(fleet.now_ns());
+                    fleet.back.fetch_add(1, Ordering::Relaxed);
                 }
-                Dispatched::Gap { named, reason } => {
-                    for (i, g) in res.gaps.iter_mut().enumerate() {
-                        if named >> i & 1 == 1 {
-                            *g += 1;
-                            fleet.gap_reasons[i][reason as usize].fetch_add(1, Ordering::Relaxed);
+                match d {
+                    Dispatched::Stamp(s) if (s.topic as usize) < MAX_TOPICS => {
+                        res.seq[s.topic as usize].observe(s.seq);
+                        fleet.received[s.topic as usize].fetch_add(1, Ordering::Relaxed);
+                        let now = fleet.now_ns();
+                        let phase = usize::from(fleet.signal_ns.load(Ordering::Relaxed) != 0);
+                        let us = now.saturating_sub(s.sent_ns) / 1000;
+                        fleet.latency[phase][*shard].lock().unwrap().saturating_record(us.max(1));
+                    }
+                    Dispatched::Gap { named, reason } => {
+                        for (i, g) in res.gaps.iter_mut().enumerate() {
+                            if named >> i & 1 == 1 {
+                                *g += 1;
+                                fleet.gap_reasons[i][reason as usize].fetch_add(1, Ordering::Relaxed);
+                            }
                         }
                     }
+                    _ => {}
                 }
-                _ => {}
             })
         });
         !matches!(ended, Ok(false))

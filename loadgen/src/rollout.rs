@@ -105,7 +105,7 @@ pub async fn run(args: Args) -> Result<bool, String> {
     }
     let waited_back_ns = fleet.now_ns();
     eprintln!(
-        "rollout: {} back, {} dead, {:.2} s after SIGTERM",
+        "rollout: {} back (receiving events on a new stream), {} dead, {:.2} s after SIGTERM",
         fleet.back.load(Ordering::Relaxed),
         fleet.dead.load(Ordering::Relaxed),
         (waited_back_ns - signal_ns) as f64 / 1e9
@@ -207,6 +207,7 @@ pub async fn run(args: Args) -> Result<bool, String> {
         "core_missed": r.missing[durable..k],
         "core_duplicated": r.behind[durable..k],
         "all_back_s": r.last_back_ns.map(secs),
+        "all_admitted_s": r.last_admitted_ns.map(secs),
         "back_p50_s": r.back_q(0.5).map(secs),
         "back_p99_s": r.back_q(0.99).map(secs),
         "listen_overflows": delta(0),
@@ -277,10 +278,12 @@ pub async fn run(args: Args) -> Result<bool, String> {
     }
     match r.last_back_ns {
         Some(last) => println!(
-            "  time until back  {:.2} s after SIGTERM for all back (p50 {:.2} s, p99 {:.2} s)",
+            "  time until back  {:.2} s after SIGTERM for all back, receiving events again (p50 {:.2} s, p99 \
+             {:.2} s); the last stream was admitted at {:.2} s",
             secs(last),
             r.back_q(0.5).map(secs).unwrap_or(0.0),
-            r.back_q(0.99).map(secs).unwrap_or(0.0)
+            r.back_q(0.99).map(secs).unwrap_or(0.0),
+            r.last_admitted_ns.map(secs).unwrap_or(0.0)
         ),
         None => println!("  time until back  nobody came back"),
     }
@@ -348,6 +351,9 @@ struct Report {
     /// Back times (ns on the fleet's clock), sorted.
     back_ns: Vec<u64>,
     last_back_ns: Option<u64>,
+    /// The last admission of a stream after the signal (a resuming stream is admitted before
+    /// its broker read; back after it).
+    last_admitted_ns: Option<u64>,
 }
 
 impl Report {
@@ -364,6 +370,7 @@ impl Report {
             ended_before_signal: 0,
             back_ns: Vec::with_capacity(results.len()),
             last_back_ns: None,
+            last_admitted_ns: results.iter().filter(|c| !c.dead).filter_map(|c| c.admitted_ns).max(),
         };
         for c in results {
             r.ended_before_signal += u64::from(c.ended_before_signal);
