@@ -644,6 +644,7 @@ async fn connect(fleet: &Fleet, at: &mut usize, src: Option<IpAddr>) -> Option<T
         let addr = fleet.targets[*at].addr;
         let sock = if addr.is_ipv4() { TcpSocket::new_v4() } else { TcpSocket::new_v6() }.ok()?;
         if let Some(ip) = src {
+            defer_port_choice(&sock);
             sock.bind((ip, 0).into()).ok()?;
         }
         fleet.tick(*at, Tick::Attempt);
@@ -668,6 +669,25 @@ async fn connect(fleet: &Fleet, at: &mut usize, src: Option<IpAddr>) -> Option<T
     }
     fleet.net_errors.fetch_add(1, Ordering::Relaxed);
     None
+}
+
+/// Lets `connect` choose the source port (`IP_BIND_ADDRESS_NO_PORT`) instead of `bind`: a
+/// bind to port 0 searches for a port no other socket of that address holds, which grows slow
+/// with thousands of sockets on one address (10,000 clients took 9.5 s to connect, their
+/// reconnects stretched over 12 s), while `connect` only needs the 4-tuple to be unique.
+fn defer_port_choice(sock: &TcpSocket) {
+    use std::os::fd::AsRawFd as _;
+    let one: libc::c_int = 1;
+    // SAFETY: setsockopt on a socket we own, with a pointer to an int and its size.
+    unsafe {
+        libc::setsockopt(
+            sock.as_raw_fd(),
+            libc::IPPROTO_IP,
+            libc::IP_BIND_ADDRESS_NO_PORT,
+            (&one as *const libc::c_int).cast(),
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        );
+    }
 }
 
 #[cfg(test)]
