@@ -30,6 +30,8 @@
 #                        a-10k and b-10k (default: the same)
 #   --source-ips S       source addresses of the clients (default 1)
 #   --out DIR            output directory (default target/rollout-bench/<date-time>)
+#   --bridge-extra TOML  appended to both bridges' configuration (a section of its own, e.g.
+#                        $'[resume]\nmax_concurrent_reads = 64'), for experiments
 #   --bridge-bin PATH    use this sse-bridge binary instead of building one
 #   --loadgen-bin PATH   use this sse-loadgen binary instead of building one
 # Installs nats-server (apt) and matplotlib (pip) if they are missing. A's and B's logs go to
@@ -47,6 +49,7 @@ big_rate=""
 source_ips=1
 out=""
 bridge_bin="${SSE_BRIDGE_BIN:-}"
+bridge_extra=""
 loadgen_bin="${SSE_LOADGEN_BIN:-}"
 while [ $# -gt 0 ]; do
   case "$1" in
@@ -58,8 +61,9 @@ while [ $# -gt 0 ]; do
     --source-ips) source_ips="$2"; shift ;;
     --out) out="$2"; shift ;;
     --bridge-bin) bridge_bin="$2"; shift ;;
+    --bridge-extra) bridge_extra="$2"; shift ;;
     --loadgen-bin) loadgen_bin="$2"; shift ;;
-    -h|--help) sed -n '2,36p' "$0"; exit 0 ;;
+    -h|--help) sed -n '2,38p' "$0"; exit 0 ;;
     *) echo "unknown option: $1 (see --help)" >&2; exit 2 ;;
   esac
   shift
@@ -176,6 +180,7 @@ url = "nats://127.0.0.1:$4"
 streams = ["ROLL"]
 [log]
 level = "warn"
+$bridge_extra
 CONFIG
 }
 

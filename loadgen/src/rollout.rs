@@ -431,7 +431,7 @@ fn print_series(title: &str, s: &[u32], lead: usize) {
     );
     let last = s.iter().rposition(|&v| v > 0).map_or(lead, |i| i.max(lead));
     for (sec, row) in s[..=last.min(s.len() - 1)].chunks(10).enumerate() {
-        let cells: Vec<String> = row.iter().map(|v| format!("{v:>4}")).collect();
+        let cells: Vec<String> = row.iter().map(|v| format!("{v:>5}")).collect();
         println!("    {:>+4} s {}", sec as i64 - (lead / 10) as i64, cells.join(""));
     }
 }
