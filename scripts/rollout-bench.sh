@@ -323,8 +323,7 @@ if "c" in order:
         pts = series["c"][b][col]  # per 1 s here: 100 ms buckets of a 100 /s rate are mostly noise
         secs = [(pts[i][0], sum(p[1] for p in pts[i:i + 10]) / 10) for i in range(0, len(pts), 10)]
         line(axes[2], secs, label=f"{col} at B", color=color, drawstyle="steps-post")
-    axes[2].set_title("c: B with connect_rate_per_ip = 100 (all clients behind one address): connects, "
-                      "admitted streams and retry refusals per second (1 s bins)")
+    axes[2].set_title("c: B with connect_rate_per_ip = 100, all clients behind one address (1 s bins)")
 for ax in axes:
     ax.set_ylabel("per second"); ax.grid(True, alpha=0.3)
     if ax.get_legend_handles_labels()[0]:
