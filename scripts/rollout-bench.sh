@@ -63,7 +63,7 @@ while [ $# -gt 0 ]; do
     --bridge-bin) bridge_bin="$2"; shift ;;
     --bridge-extra) bridge_extra="$2"; shift ;;
     --loadgen-bin) loadgen_bin="$2"; shift ;;
-    -h|--help) sed -n '2,38p' "$0"; exit 0 ;;
+    -h|--help) sed -n '2,39p' "$0"; exit 0 ;;
     *) echo "unknown option: $1 (see --help)" >&2; exit 2 ;;
   esac
   shift
