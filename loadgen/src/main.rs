@@ -11,8 +11,11 @@
 // serde_json's json! macro recurses once per token of the report below.
 #![recursion_limit = "256"]
 
+mod args;
+mod eventsource;
 mod procstat;
 mod publish;
+mod rollout;
 mod sse;
 mod target;
 
@@ -22,7 +25,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use clap::{Parser, ValueEnum};
+use clap::Parser;
 use hdrhistogram::Histogram;
 use serde_json::json;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -30,115 +33,10 @@ use tokio::net::TcpSocket;
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 
+use crate::args::{Args, Mode, Publisher, check};
 use crate::publish::{Plan, PubStats, Via};
 use crate::sse::{BodyDecoder, LineSplitter, SeqTracker, data_value, parse_head, parse_payload};
 use crate::target::{UrlTemplate, loopback_addr};
-
-/// Hard bounds, so no invocation runs away.
-const MAX_CONNECTIONS: usize = 200_000;
-const MAX_DURATION_S: f64 = 3600.0;
-const MAX_RATE: f64 = 1_000_000.0;
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
-enum Mode {
-    /// Connect, publish at a fixed rate, measure delivery.
-    Load,
-    /// Connect, publish nothing, measure the server's memory per idle connection.
-    Idle,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
-enum Publisher {
-    /// POST to --pub-url (the server's own publish endpoint).
-    Http,
-    /// PUB on NATS (text protocol) at --nats.
-    Nats,
-    /// PUBLISH on Redis at --redis.
-    Redis,
-}
-
-/// Load generator for SSE servers on this machine (loopback addresses only).
-#[derive(Debug, Parser)]
-#[command(name = "sse-loadgen", version)]
-struct Args {
-    /// What to measure.
-    #[arg(long, value_enum, default_value = "load")]
-    mode: Mode,
-    /// Subscribe URL; {topic} is replaced by each connection's topic.
-    #[arg(long, default_value = "http://127.0.0.1:8080/events?topic={topic}")]
-    sub_url: String,
-    /// SSE connections to open.
-    #[arg(long, short = 'c', default_value_t = 100)]
-    connections: usize,
-    /// Topics; connection i subscribes to topic i % K, event i goes to topic i % K.
-    #[arg(long, short = 'k', default_value_t = 10)]
-    topics: usize,
-    /// Topic names are PREFIX.0 … PREFIX.K-1 (default: bench.<random>, fresh per run).
-    #[arg(long)]
-    topic_prefix: Option<String>,
-    /// Events per second, over all topics.
-    #[arg(long, short = 'r', default_value_t = 100.0)]
-    rate: f64,
-    /// Seconds of publishing (load) or of waiting once connected (idle).
-    #[arg(long, short = 'd', default_value_t = 10.0)]
-    duration: f64,
-    /// Payload size in bytes (the stamp is padded to it).
-    #[arg(long, default_value_t = 256)]
-    payload_bytes: usize,
-    /// How events are published.
-    #[arg(long, value_enum, default_value = "http")]
-    publisher: Publisher,
-    /// Publish URL for --publisher http; {topic} is replaced.
-    #[arg(long, default_value = "http://127.0.0.1:8080/publish?topic={topic}")]
-    pub_url: String,
-    /// Bearer token for the publish URL (sse-bridge's publish.token).
-    #[arg(long, env = "SSE_LOADGEN_PUB_TOKEN")]
-    pub_token: Option<String>,
-    /// Concurrent HTTP publish connections (each topic always uses the same one).
-    #[arg(long, default_value_t = 4)]
-    pub_conns: usize,
-    /// NATS address for --publisher nats.
-    #[arg(long, default_value = "127.0.0.1:4222")]
-    nats: String,
-    /// Redis address for --publisher redis.
-    #[arg(long, default_value = "127.0.0.1:6379")]
-    redis: String,
-    /// Server process ids (comma-separated; all of nginx's workers) for CPU and memory.
-    #[arg(long, value_delimiter = ',')]
-    server_pid: Vec<u32>,
-    /// Source addresses 127.0.0.2 … 127.0.0.(1+S) the connections are spread over, so more
-    /// connections fit than one address has ephemeral ports.
-    #[arg(long, default_value_t = 8)]
-    source_ips: u8,
-    /// Connection attempts in flight at once.
-    #[arg(long, default_value_t = 256)]
-    connect_concurrency: usize,
-    /// Seconds to wait after everyone connected, before measuring (lets the server settle).
-    #[arg(long, default_value_t = 1.0)]
-    settle: f64,
-    /// Seconds to wait for the last deliveries after publishing ends.
-    #[arg(long, default_value_t = 5.0)]
-    drain: f64,
-    /// Read buffer per connection, bytes.
-    #[arg(long, default_value_t = 2048)]
-    read_buf: usize,
-    /// Tokio worker threads of the load generator.
-    #[arg(long, default_value_t = 1)]
-    threads: usize,
-    /// A label copied into the JSON line (e.g. "bridge", "nchan").
-    #[arg(long, default_value = "")]
-    label: String,
-    /// A scenario name copied into the JSON line (e.g. "1k-x-1000"), for scripts.
-    #[arg(long, default_value = "")]
-    scenario: String,
-    /// Append the JSON line to this file too.
-    #[arg(long)]
-    json_out: Option<std::path::PathBuf>,
-    /// Extra connections (spread over the topics) that subscribe and then never read, with a
-    /// 4 KiB receive buffer: stalled clients, to measure whether they delay the others.
-    #[arg(long, default_value_t = 0)]
-    stalled: usize,
-}
 
 fn main() -> ExitCode {
     let args = Args::parse();
@@ -158,7 +56,8 @@ fn main() -> ExitCode {
             return ExitCode::from(1);
         }
     };
-    match rt.block_on(run(args)) {
+    let outcome = if args.mode == Mode::Rollout { rt.block_on(rollout::run(args)) } else { rt.block_on(run(args)) };
+    match outcome {
         Ok(clean) if clean => ExitCode::SUCCESS,
         Ok(_) => ExitCode::from(3),
         Err(e) => {
@@ -166,40 +65,6 @@ fn main() -> ExitCode {
             ExitCode::from(1)
         }
     }
-}
-
-fn check(a: &Args) -> Result<(), String> {
-    if a.connections == 0 || a.connections > MAX_CONNECTIONS {
-        return Err(format!("--connections must be 1..={MAX_CONNECTIONS}"));
-    }
-    if !(a.duration > 0.0 && a.duration <= MAX_DURATION_S) {
-        return Err(format!("--duration must be in (0, {MAX_DURATION_S}] seconds"));
-    }
-    if !(a.rate > 0.0 && a.rate <= MAX_RATE) {
-        return Err(format!("--rate must be in (0, {MAX_RATE}]"));
-    }
-    if a.topics == 0 || a.topics > 100_000 {
-        return Err("--topics must be 1..=100000".into());
-    }
-    if !(0.0..=600.0).contains(&a.drain) || !(0.0..=600.0).contains(&a.settle) {
-        return Err("--drain and --settle must be 0..=600 seconds".into());
-    }
-    if a.read_buf < 512 {
-        return Err("--read-buf must be at least 512".into());
-    }
-    if a.stalled > 10_000 {
-        return Err("--stalled must be 0..=10000".into());
-    }
-    if a.source_ips == 0 || a.source_ips > 250 {
-        return Err("--source-ips must be 1..=250".into());
-    }
-    UrlTemplate::parse(&a.sub_url)?;
-    match a.publisher {
-        Publisher::Http => drop(UrlTemplate::parse(&a.pub_url)?),
-        Publisher::Nats => drop(loopback_addr(&a.nats)?),
-        Publisher::Redis => drop(loopback_addr(&a.redis)?),
-    }
-    Ok(())
 }
 
 /// State shared by every subscriber.
@@ -408,7 +273,7 @@ async fn run(args: Args) -> Result<bool, String> {
     let out = json!({
         "label": args.label,
         "scenario": args.scenario,
-        "mode": match args.mode { Mode::Load => "load", Mode::Idle => "idle" },
+        "mode": if args.mode == Mode::Load { "load" } else { "idle" },
         "sub_url": args.sub_url,
         "connections": n,
         "connections_ok": ok,

@@ -104,6 +104,18 @@ pub fn raise_nofile(want: u64) -> u64 {
     }
 }
 
+/// Counters of the `TcpExt` line of `/proc/net/netstat` (this network namespace, every
+/// process in it): `ListenOverflows` counts connects dropped because a listen queue was full,
+/// each of which costs its client a SYN retransmission (1 s, then 3 s, …). `None` for names
+/// the kernel does not have (or when the file cannot be read).
+pub fn tcp_ext(names: &[&str]) -> Vec<Option<u64>> {
+    let text = fs::read_to_string("/proc/net/netstat").unwrap_or_default();
+    let mut rows = text.lines().filter(|l| l.starts_with("TcpExt:"));
+    let (Some(keys), Some(values)) = (rows.next(), rows.next()) else { return vec![None; names.len()] };
+    let pairs: Vec<(&str, &str)> = keys.split_whitespace().zip(values.split_whitespace()).skip(1).collect();
+    names.iter().map(|n| pairs.iter().find(|(k, _)| k == n).and_then(|(_, v)| v.parse().ok())).collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -115,5 +127,7 @@ mod tests {
         assert!(s.rss_bytes > 0 && s.pss_bytes > 0);
         assert!(cpu_seconds(std::process::id()).is_some());
         assert_eq!(sample(&[u32::MAX]).missing, 1);
+        let c = tcp_ext(&["ListenOverflows", "NoSuchCounter"]);
+        assert!(c[0].is_some() && c[1].is_none());
     }
 }

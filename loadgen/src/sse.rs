@@ -9,8 +9,23 @@
 pub struct Head {
     pub status: u16,
     pub chunked: bool,
+    /// `Content-Length`, when the body has one (a refusal; streams are chunked).
+    pub content_length: Option<u64>,
+    /// `Content-Type` is `text/event-stream` (an EventSource fails the connection otherwise).
+    pub event_stream: bool,
+    /// The `sse-bridge-refusal` header: why sse-bridge refused the stream (`None`: admitted).
+    pub refusal: Option<Refusal>,
     /// Bytes of the buffer taken by the head (the body starts there).
     pub len: usize,
+}
+
+/// The reason in sse-bridge's `sse-bridge-refusal` header, as far as a client acts on it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Refusal {
+    /// The replica is going away: a load balancer stops sending clients there.
+    Draining,
+    /// Any other reason (connect rate, caps, memory budget): come back after the hint.
+    Other,
 }
 
 /// Parses a response head if `buf` holds all of it (`Ok(None)`: read more).
@@ -31,23 +46,34 @@ pub fn parse_head(buf: &[u8]) -> Result<Option<Head>, String> {
     }
     let status: u16 =
         parts.next().and_then(|s| s.parse().ok()).ok_or_else(|| format!("bad status line: {status_line:?}"))?;
-    let mut chunked = false;
+    let (mut chunked, mut content_length, mut event_stream, mut refusal) = (false, None, false, None);
     for l in lines {
-        if let Some((k, v)) = l.split_once(':')
-            && k.trim().eq_ignore_ascii_case("transfer-encoding")
-            && v.to_ascii_lowercase().contains("chunked")
-        {
-            chunked = true;
+        let Some((k, v)) = l.split_once(':') else { continue };
+        let (k, v) = (k.trim(), v.trim());
+        if k.eq_ignore_ascii_case("transfer-encoding") {
+            chunked |= v.to_ascii_lowercase().contains("chunked");
+        } else if k.eq_ignore_ascii_case("content-length") {
+            content_length = Some(v.parse().map_err(|_| format!("bad content-length: {v:?}"))?);
+        } else if k.eq_ignore_ascii_case("content-type") {
+            // The essence only: `text/event-stream; charset=utf-8` is an event stream too.
+            event_stream = v.split(';').next().is_some_and(|m| m.trim().eq_ignore_ascii_case("text/event-stream"));
+        } else if k.eq_ignore_ascii_case("sse-bridge-refusal") {
+            refusal = Some(if v.eq_ignore_ascii_case("draining") { Refusal::Draining } else { Refusal::Other });
         }
     }
-    Ok(Some(Head { status, chunked, len: end + 4 }))
+    Ok(Some(Head { status, chunked, content_length, event_stream, refusal, len: end + 4 }))
 }
 
 /// Incremental HTTP/1.1 body decoder: chunked transfer coding, or the bytes as they come.
 #[derive(Debug)]
 pub enum BodyDecoder {
     Identity,
-    Chunked { phase: Phase, size: u64 },
+    /// A `Content-Length` body: this many bytes left.
+    Length(u64),
+    Chunked {
+        phase: Phase,
+        size: u64,
+    },
     Done,
 }
 
@@ -72,6 +98,15 @@ impl BodyDecoder {
         if chunked { BodyDecoder::Chunked { phase: Phase::Size, size: 0 } } else { BodyDecoder::Identity }
     }
 
+    /// The decoder `head` calls for: chunked, then `Content-Length`, else up to the close.
+    pub fn for_head(head: &Head) -> Self {
+        match (head.chunked, head.content_length) {
+            (false, Some(0)) => BodyDecoder::Done,
+            (false, Some(n)) => BodyDecoder::Length(n),
+            (chunked, _) => Self::new(chunked),
+        }
+    }
+
     /// Feeds raw bytes; calls `out` with each piece of body. Returns `Ok(true)` when the body
     /// ended (last chunk), `Err` on a malformed chunk.
     pub fn feed(&mut self, mut data: &[u8], mut out: impl FnMut(&[u8])) -> Result<bool, &'static str> {
@@ -83,6 +118,17 @@ impl BodyDecoder {
                         out(data);
                     }
                     return Ok(false);
+                }
+                BodyDecoder::Length(left) => {
+                    let n = (*left).min(data.len() as u64) as usize;
+                    if n > 0 {
+                        out(&data[..n]);
+                    }
+                    *left -= n as u64;
+                    if *left > 0 {
+                        return Ok(false);
+                    }
+                    *self = BodyDecoder::Done;
                 }
                 BodyDecoder::Chunked { phase, size } => {
                     if data.is_empty() {

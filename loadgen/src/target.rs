@@ -67,7 +67,8 @@ pub fn loopback_addr(s: &str) -> Result<SocketAddr, String> {
     Ok(SocketAddr::new(ip, port))
 }
 
-fn encode(s: &str) -> String {
+/// Percent-encodes `s` for a query value (topic patterns keep `*` and `>` readable).
+pub fn encode(s: &str) -> String {
     let mut out = String::with_capacity(s.len());
     for b in s.bytes() {
         match b {

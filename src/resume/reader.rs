@@ -74,6 +74,30 @@ struct ReadKey {
 
 type SharedRead = Shared<BoxFuture<'static, Arc<ReadOutcome>>>;
 
+/// One read holding its permit, counted in `resume_broker_reads_active` until it ends. The
+/// count is taken back on drop, not at the end of `read_now`: a read whose clients all left
+/// (a stream cut while it waited) is dropped midway, and would otherwise stay counted forever.
+struct ActiveRead<'a> {
+    reader: &'a BrokerReader,
+}
+
+impl<'a> ActiveRead<'a> {
+    fn start(reader: &'a BrokerReader) -> Self {
+        let now = reader.active.fetch_add(1, Ordering::AcqRel) + 1;
+        reader.peak.fetch_max(now, Ordering::AcqRel);
+        reader.metrics.resume_reads_active.set(now as i64);
+        reader.metrics.resume_reads_peak.set(reader.peak.load(Ordering::Relaxed) as i64);
+        ActiveRead { reader }
+    }
+}
+
+impl Drop for ActiveRead<'_> {
+    fn drop(&mut self) {
+        let now = self.reader.active.fetch_sub(1, Ordering::AcqRel) - 1;
+        self.reader.metrics.resume_reads_active.set(now as i64);
+    }
+}
+
 /// The bounded, coalescing reader shared by every resume.
 pub struct BrokerReader {
     catalog: Arc<Catalog>,
@@ -155,10 +179,7 @@ impl BrokerReader {
         let Ok(_permit) = self.permits.acquire().await else {
             return ReadOutcome { events: Vec::new(), gap: Some(ReadGap::Unavailable) };
         };
-        let now = self.active.fetch_add(1, Ordering::AcqRel) + 1;
-        self.peak.fetch_max(now, Ordering::AcqRel);
-        self.metrics.resume_reads_active.set(now as i64);
-        self.metrics.resume_reads_peak.set(self.peak.load(Ordering::Relaxed) as i64);
+        let _active = ActiveRead::start(self);
         let stream = self.catalog.get(key.stream);
         let read = async {
             match stream.kind {
@@ -178,8 +199,6 @@ impl BrokerReader {
                 ReadOutcome { events: Vec::new(), gap: Some(ReadGap::Unavailable) }
             }
         };
-        let now = self.active.fetch_sub(1, Ordering::AcqRel) - 1;
-        self.metrics.resume_reads_active.set(now as i64);
         let outcome = out.gap.map_or("ok", ReadGap::as_str);
         self.metrics.count_resume_read(stream.kind.as_str(), outcome);
         debug!(stream = %stream.name, events = out.events.len(), outcome, "Resume read from the broker.");
