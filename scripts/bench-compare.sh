@@ -11,6 +11,8 @@
 #   load-1k   1,000 connections x 1,000 events/s over 10 topics, 256-byte payloads
 #   load-10k 10,000 connections x    50 events/s over 10 topics, 256-byte payloads
 #   idle-20k 20,000 idle connections (capped by RLIMIT_NOFILE): server memory per connection
+#   churn    connect / first bytes / close with 200 in parallel (sse-churn): how fast each
+#            server opens streams, the cost of a reconnect herd
 # Both servers are restarted before each scenario, so every memory figure starts from a fresh
 # process. Results: OUT/results.jsonl (one JSON line per run), OUT/summary.md, OUT/compare.png.
 #
@@ -75,6 +77,7 @@ if [ -z "$bridge_bin" ] || [ -z "$loadgen_bin" ]; then
   [ -n "$bridge_bin" ] || bridge_bin="$tdir/release/sse-bridge"
   [ -n "$loadgen_bin" ] || loadgen_bin="$tdir/release/sse-loadgen"
 fi
+churn_bin="$(dirname "$loadgen_bin")/sse-churn"
 
 # Every process started here gets the most file descriptors it may have.
 ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
@@ -194,6 +197,22 @@ for sc in "${scenarios[@]}"; do
     done
   done
 done
+# Churn: both servers fresh, same client, same order alternation as above.
+if [ -z "$only" ] || [ "$only" = churn ]; then
+  churn_s=$([ "$quick" = 1 ] && echo 3 || echo 10)
+  for r in $(seq "$rounds"); do
+    if [ $((r % 2)) = 1 ]; then order="bridge nchan"; else order="nchan bridge"; fi
+    for server in $order; do
+      stop_servers
+      start_servers
+      port=$([ "$server" = bridge ] && echo "$bport" || echo "$nport")
+      echo "== churn on $server: connect, first bytes, close; 200 in parallel for ${churn_s}s"
+      "$churn_bin" --url "http://127.0.0.1:$port/events?topic=churn" --parallel 200 --duration "$churn_s" \
+        --label "$server" | tee -a "$out/churn.log" || echo "   (sse-churn reported failures)"
+      sleep 2
+    done
+  done
+fi
 stop_servers
 
 # --- summary and plot --------------------------------------------------------------------
@@ -287,4 +306,8 @@ fig.tight_layout()
 fig.savefig(os.path.join(out, "compare.png"), dpi=110)
 print(f"\nplot: {os.path.join(out, 'compare.png')}")
 PY
+if [ -s "$out/churn.log" ]; then
+  { echo; echo "Churn (sse-churn, 200 in parallel):"; echo; sed 's/^/    /' "$out/churn.log"; } >>"$out/summary.md"
+  cat "$out/churn.log"
+fi
 echo "== done: $out"

@@ -286,7 +286,8 @@ string), whole numbers as integers, lists inline, maps as inline tables.
 {{- $proxies := include "sse-bridge.trustedProxies" . | fromJsonArray -}}
 {{- if $proxies }}{{ $_ := set $server "trusted_proxies" $proxies }}{{ end -}}
 {{- $parts = append $parts (include "sse-bridge.tomlSection" (list "server" $server)) -}}
-{{- $parts = append $parts (include "sse-bridge.tomlSection" (list "admin" (dict "listen" (printf "0.0.0.0:%d" (int .Values.containerPorts.admin))))) -}}
+{{- $admin := merge (dict "listen" (printf "0.0.0.0:%d" (int .Values.containerPorts.admin))) (default dict $c.admin) -}}
+{{- $parts = append $parts (include "sse-bridge.tomlSection" (list "admin" $admin)) -}}
 {{- $how := printf "%v%% of resources.limits.memory (%v)" .Values.memoryBudgetPercent .Values.resources.limits.memory -}}
 {{- if and $c.memory $c.memory.limit }}{{ $how = "config.memory.limit" }}{{ end -}}
 {{- $memory := dict "limit" (include "sse-bridge.memoryBudget" . | int64) -}}
