@@ -72,6 +72,14 @@ off (0, or no CPU limit) is left out. {{`{{ $labels.x }}`}} is Prometheus's temp
     summary: {{ printf "%s: live heap above 90%% of the memory budget" $pod | quote }}
     description: At the budget the bridge sheds replay entries, then closes the slowest streams, and refuses new ones. The pod is too small for its load (docs/capacity.md).
     runbook_url: {{ printf "%s#runbook-rss-climbing" $doc }}
+- alert: SseBridgeAllocatorRetention
+  expr: sse_bridge_jemalloc_dirty_bytes{ {{- $sel -}} } > 64 * 1024 * 1024 and sse_bridge_jemalloc_dirty_bytes{ {{- $sel -}} } > 0.25 * sse_bridge_jemalloc_resident_bytes{ {{- $sel -}} }
+  for: 15m
+  labels: {severity: info}
+  annotations:
+    summary: {{ printf "%s: jemalloc holds {{ $value | humanize1024 }}B of freed pages not yet returned to the OS" $pod | quote }}
+    description: RSS above the live heap because the allocator keeps freed pages (normal for a few seconds after a burst, not for minutes). Runbook, case "heap flat, RSS up"; dirty_decay_ms can be shortened.
+    runbook_url: {{ printf "%s#runbook-rss-climbing" $doc }}
 - alert: SseBridgeMemoryShed
   expr: increase(sse_bridge_memory_shed_streams_total{ {{- $sel -}} }[10m]) > 0 or increase(sse_bridge_memory_shed_ring_bytes_total{ {{- $sel -}} }[10m]) > 0
   labels: {severity: warning}
