@@ -66,17 +66,8 @@ if ! command -v nginx >/dev/null || [ ! -f "$NCHAN_MODULE" ]; then
   $sudo apt-get update -qq
   DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends nginx libnginx-mod-nchan
 fi
-if ! python3 -c 'import matplotlib' 2>/dev/null; then
-  echo "== installing matplotlib (pip)"
-  python3 -m pip install -q matplotlib || echo "warning: no matplotlib; the plot will be skipped" >&2
-fi
-if [ -z "$bridge_bin" ] || [ -z "$loadgen_bin" ]; then
-  echo "== building release binaries"
-  cargo build --release --quiet -p sse-bridge -p sse-loadgen --bins
-  tdir="${CARGO_TARGET_DIR:-$ROOT/target}"
-  [ -n "$bridge_bin" ] || bridge_bin="$tdir/release/sse-bridge"
-  [ -n "$loadgen_bin" ] || loadgen_bin="$tdir/release/sse-loadgen"
-fi
+. scripts/bench-lib.sh
+bench_prepare
 churn_bin="$(dirname "$loadgen_bin")/sse-churn"
 
 # Every process started here gets the most file descriptors it may have.
@@ -98,7 +89,6 @@ fi
 tmp=$(mktemp -d /tmp/sse-bench.XXXXXX)
 bridge_pid=""
 nginx_pid=""
-. scripts/bench-lib.sh
 token="bench-$(od -An -N8 -tx8 /dev/urandom | tr -d ' ')"
 
 stop_servers() {

@@ -25,3 +25,20 @@ connect_rate_per_ip = 0
 level = "warn"
 CONFIG
 }
+
+# bench_prepare: what every benchmark needs before it runs: matplotlib for its plot (pip, if
+# missing), and release binaries of the bridge and the load generator unless $bridge_bin and
+# $loadgen_bin already name them (the caller's options); sets both.
+bench_prepare() {
+  if ! python3 -c 'import matplotlib' 2>/dev/null; then
+    echo "== installing matplotlib (pip)"
+    python3 -m pip install -q matplotlib || echo "warning: no matplotlib; the plot will be skipped" >&2
+  fi
+  if [ -z "$bridge_bin" ] || [ -z "$loadgen_bin" ]; then
+    echo "== building release binaries"
+    cargo build --release --quiet -p sse-bridge -p sse-loadgen --bins
+    tdir="${CARGO_TARGET_DIR:-$ROOT/target}"
+    [ -n "$bridge_bin" ] || bridge_bin="$tdir/release/sse-bridge"
+    [ -n "$loadgen_bin" ] || loadgen_bin="$tdir/release/sse-loadgen"
+  fi
+}

@@ -81,17 +81,8 @@ if ! command -v nats-server >/dev/null; then
   $sudo apt-get update -qq
   DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends nats-server
 fi
-if ! python3 -c 'import matplotlib' 2>/dev/null; then
-  echo "== installing matplotlib (pip)"
-  python3 -m pip install -q matplotlib || echo "warning: no matplotlib; the plot will be skipped" >&2
-fi
-if [ -z "$bridge_bin" ] || [ -z "$loadgen_bin" ]; then
-  echo "== building release binaries"
-  cargo build --release --quiet -p sse-bridge -p sse-loadgen --bins
-  tdir="${CARGO_TARGET_DIR:-$ROOT/target}"
-  [ -n "$bridge_bin" ] || bridge_bin="$tdir/release/sse-bridge"
-  [ -n "$loadgen_bin" ] || loadgen_bin="$tdir/release/sse-loadgen"
-fi
+. scripts/bench-lib.sh
+bench_prepare
 
 # Every process started here gets the most file descriptors it may have.
 ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
@@ -107,7 +98,6 @@ fi
 
 # --- processes -------------------------------------------------------------------------
 tmp=$(mktemp -d /tmp/sse-rollout.XXXXXX)
-. scripts/bench-lib.sh
 nats_pid=""; a_pid=""; b_pid=""
 
 stop_pid() { # pid: SIGTERM, wait up to 15 s, then SIGKILL
