@@ -115,13 +115,6 @@ cleanup() {
 trap cleanup EXIT
 trap 'exit 130' INT TERM
 
-wait_port() { # port seconds
-  for _ in $(seq $(($2 * 10))); do
-    (echo >"/dev/tcp/127.0.0.1/$1") 2>/dev/null && return 0
-    sleep 0.1
-  done
-  return 1
-}
 
 start_servers() {
   bport=$(free_port); aport=$(free_port); nport=$(free_port)
@@ -206,7 +199,7 @@ fi
 stop_servers
 
 # --- summary and plot --------------------------------------------------------------------
-python3 - "$out" <<'PY'
+[ -s "$out/results.jsonl" ] && python3 - "$out" <<'PY'
 import json, sys, os, collections
 out = sys.argv[1]
 runs = [json.loads(l) for l in open(os.path.join(out, "results.jsonl")) if l.strip()]

@@ -4,6 +4,15 @@
 # A port that is free now (bind-and-release; the caller binds it soon after).
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 
+# wait_port PORT SECONDS: until something listens on 127.0.0.1:PORT (non-zero after SECONDS).
+wait_port() { # port seconds
+  for _ in $(seq $(($2 * 10))); do
+    (echo >"/dev/tcp/127.0.0.1/$1") 2>/dev/null && return 0
+    sleep 0.1
+  done
+  return 1
+}
+
 # bench_bridge_config FILE BRIDGE_PORT ADMIN_PORT TOKEN
 # A bridge with POST /publish on (TOKEN) and no brokers. The load comes from a few loopback
 # addresses, so per-IP admission limits are off (nginx + nchan has none either); 0 means

@@ -116,13 +116,6 @@ cleanup() { stop_all; rm -rf "$tmp"; }
 trap cleanup EXIT
 trap 'exit 130' INT TERM
 
-wait_port() { # port seconds
-  for _ in $(seq $(($2 * 10))); do
-    (echo >"/dev/tcp/127.0.0.1/$1") 2>/dev/null && return 0
-    sleep 0.1
-  done
-  return 1
-}
 
 # Creates the JetStream stream ROLL (subjects roll.js.>) over the NATS text protocol.
 create_stream() { # nats_port
