@@ -135,6 +135,7 @@ fn start_listeners(state: &Arc<AppState>, listener: TcpListener, admin_listener:
     let builder = Arc::new(server::http_builder(life.tracker.clone(), cfg.header_read_timeout));
     let public_state = Arc::new(PublicState::new(state.clone()));
     let hyper_state = public_state.clone();
+    let trusted_proxies = public_state.trusted_proxies.clone();
     let public = move |req, conn| handler::handle(req, hyper_state.clone(), conn);
     // Plain HTTP/1.x `GET /events` skips hyper (and its 16 KiB of buffers per connection).
     let lean = Arc::new(LeanEvents {
@@ -142,10 +143,15 @@ fn start_listeners(state: &Arc<AppState>, listener: TcpListener, admin_listener:
         header_read_timeout: cfg.header_read_timeout,
     });
     let conns = state.metrics.open_connections.clone();
-    life.tracker.spawn(server::serve(listener, builder.clone(), public, Some(lean), life.clone(), "public", conns));
+    let heads =
+        Arc::new(server::HeadGate { limits: state.limits.clone(), trusted_proxies, metrics: state.metrics.clone() });
+    let public =
+        server::serve(listener, builder.clone(), public, Some(lean), Some(heads), life.clone(), "public", conns);
+    life.tracker.spawn(public);
     let (admin_state, tracker) = (state.clone(), life.tracker.clone());
     let admin = move |req, _conn| admin::handle(req, admin_state.clone(), tracker.clone());
-    life.tracker.spawn(server::serve(admin_listener, builder, admin, None, life.clone(), "admin", Default::default()));
+    let admin = server::serve(admin_listener, builder, admin, None, None, life.clone(), "admin", Default::default());
+    life.tracker.spawn(admin);
 }
 
 /// The shutdown sequence (a "lame duck"): readiness fails and new streams get the draining

@@ -9,6 +9,14 @@
 //! bucket (governor). Its keys, and the refusal history of the retry hints, are pruned on every
 //! housekeeping pass ([`Limits::prune`]), so many distinct client addresses cannot grow their
 //! memory without bound.
+//!
+//! Connections still sending their request head ([`Limits::admit_head`]) are counted too: each
+//! may hold a head buffer of up to 64 KiB for `server.header_read_timeout`. They have their own
+//! count against the same caps (at most `max_streams_per_ip` per address, `max_streams` in all),
+//! so a client at its stream cap still gets its head read and the usual refusal, and a flood of
+//! half-sent heads is bounded. A connection over the head cap is closed at once, before anything
+//! is read; the count goes back down when the head is in (the connection becomes a request, and a
+//! stream is then admitted by [`Limits::admit`]) or the connection closes.
 
 use std::collections::HashMap;
 use std::net::IpAddr;
@@ -44,6 +52,57 @@ pub struct Limits {
     per_ip: Mutex<HashMap<IpAddr, usize>>,
     rate: Option<DefaultKeyedRateLimiter<IpAddr>>,
     hints: RetryHints,
+    /// Connections still sending their request head, in all and per address.
+    heads: AtomicUsize,
+    heads_per_ip: Mutex<HashMap<IpAddr, usize>>,
+}
+
+/// Why a connection was closed while still in its request head.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum HeadRefused {
+    /// `limits.max_streams_per_ip` connections of this address are already in their head.
+    #[error("too many connections from this address still sending their request head")]
+    PerIp,
+    /// `limits.max_streams` connections are already in their head.
+    #[error("too many connections still sending their request head")]
+    Global,
+}
+
+impl HeadRefused {
+    /// Label in `sse_bridge_requests_rejected_total{reason}`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            HeadRefused::PerIp => "ip_head_limit",
+            HeadRefused::Global => "head_capacity",
+        }
+    }
+}
+
+/// Held by a connection while it sends its request head; gives its slot back when released
+/// (the head is in) or dropped (the connection closed), whichever comes first.
+#[derive(Debug)]
+pub struct HeadPermit {
+    limits: Arc<Limits>,
+    /// The address counted; `None` when only the global count applies (a trusted proxy).
+    ip: Option<IpAddr>,
+    released: std::sync::atomic::AtomicBool,
+}
+
+impl HeadPermit {
+    /// Gives the slot back; returns whether this call did (later calls do nothing).
+    pub fn release(&self) -> bool {
+        if self.released.swap(true, Ordering::AcqRel) {
+            return false;
+        }
+        self.limits.release_head(self.ip);
+        true
+    }
+}
+
+impl Drop for HeadPermit {
+    fn drop(&mut self) {
+        self.release();
+    }
 }
 
 /// Held by an open stream; releases its slot when dropped.
@@ -68,7 +127,64 @@ impl Limits {
             RateLimiter::keyed(Quota::per_second(r).allow_burst(burst))
         });
         let hints = RetryHints::new(retry, retry_max, cfg.connect_rate_per_ip);
-        Arc::new(Limits { cfg, open: AtomicUsize::new(0), per_ip: Mutex::new(HashMap::new()), rate, hints })
+        Arc::new(Limits {
+            cfg,
+            open: AtomicUsize::new(0),
+            per_ip: Mutex::new(HashMap::new()),
+            rate,
+            hints,
+            heads: AtomicUsize::new(0),
+            heads_per_ip: Mutex::new(HashMap::new()),
+        })
+    }
+
+    /// Counts a new connection as sending its request head, or says it is over the head caps
+    /// (see the module docs). `ip` is the TCP peer; `None` counts it globally only (a trusted
+    /// proxy, whose connections carry many clients).
+    pub fn admit_head(self: &Arc<Self>, ip: Option<IpAddr>) -> Result<HeadPermit, HeadRefused> {
+        let max = self.cfg.max_streams;
+        if self.heads.fetch_add(1, Ordering::AcqRel) >= max && max > 0 {
+            self.heads.fetch_sub(1, Ordering::AcqRel);
+            return Err(HeadRefused::Global);
+        }
+        let per_ip_max = self.cfg.max_streams_per_ip;
+        if let Some(ip) = ip {
+            let mut m = self.heads_per_ip.lock();
+            let n = m.entry(ip).or_insert(0);
+            if per_ip_max > 0 && *n >= per_ip_max {
+                if *n == 0 {
+                    m.remove(&ip);
+                }
+                drop(m);
+                self.heads.fetch_sub(1, Ordering::AcqRel);
+                return Err(HeadRefused::PerIp);
+            }
+            *n += 1;
+        }
+        Ok(HeadPermit { limits: self.clone(), ip, released: std::sync::atomic::AtomicBool::new(false) })
+    }
+
+    fn release_head(&self, ip: Option<IpAddr>) {
+        self.heads.fetch_sub(1, Ordering::AcqRel);
+        if let Some(ip) = ip {
+            let mut m = self.heads_per_ip.lock();
+            if let Some(n) = m.get_mut(&ip) {
+                *n -= 1;
+                if *n == 0 {
+                    m.remove(&ip);
+                }
+            }
+        }
+    }
+
+    /// Connections sending their request head now.
+    pub fn heads_open(&self) -> usize {
+        self.heads.load(Ordering::Acquire)
+    }
+
+    /// Connections of `ip` sending their request head now.
+    pub fn heads_of(&self, ip: IpAddr) -> usize {
+        self.heads_per_ip.lock().get(&ip).copied().unwrap_or(0)
     }
 
     /// Admits a new stream from `ip`, or says why not and when to come back.
@@ -204,6 +320,26 @@ mod tests {
         assert!(refused.retry > Duration::ZERO && refused.retry <= Duration::from_secs(3), "{:?}", refused.retry);
         assert_eq!(l.open_streams(), 2, "a refusal holds no slot");
         assert!(l.rate_keys() >= 1);
+    }
+
+    #[test]
+    fn heads_are_capped_per_address_and_globally_and_released_once() {
+        let l = limits(3, 2, 0, 0);
+        let a: IpAddr = "127.0.0.1".parse().unwrap();
+        let b: IpAddr = "127.0.0.2".parse().unwrap();
+        let h1 = l.admit_head(Some(a)).unwrap();
+        let _h2 = l.admit_head(Some(a)).unwrap();
+        assert_eq!(l.admit_head(Some(a)).unwrap_err(), HeadRefused::PerIp);
+        let _h3 = l.admit_head(Some(b)).unwrap();
+        assert_eq!(l.admit_head(None).unwrap_err(), HeadRefused::Global);
+        assert_eq!((l.heads_open(), l.heads_of(a)), (3, 2));
+        assert!(h1.release());
+        assert!(!h1.release(), "a second release does nothing");
+        drop(h1);
+        assert_eq!((l.heads_open(), l.heads_of(a)), (2, 1));
+        // Heads do not take stream slots: a head and a stream of one address coexist.
+        let _s = l.admit(a).unwrap();
+        assert_eq!(l.open_streams(), 1);
     }
 
     #[test]

@@ -105,6 +105,9 @@ pub struct Metrics {
     pub resume_reads_peak: Gauge,
     pub resume_reads_coalesced: Counter,
     pub replayed_from_broker: Counter,
+    pub connections_in_head: Gauge,
+    pub replay_inflight_bytes: Gauge,
+    pub allocator_purges: Counter,
 }
 
 impl Default for Metrics {
@@ -133,6 +136,7 @@ impl Metrics {
         m.register_replay();
         m.register_resume();
         m.register_process();
+        m.register_bounds();
         m.registry.register_collector(Box::new(AllocatorCollector));
         m.standard.register_collector(Box::new(ProcessCollector));
         m
@@ -180,6 +184,9 @@ impl Metrics {
             resume_reads_peak: Gauge::default(),
             resume_reads_coalesced: Counter::default(),
             replayed_from_broker: Counter::default(),
+            connections_in_head: Gauge::default(),
+            replay_inflight_bytes: Gauge::default(),
+            allocator_purges: Counter::default(),
         }
     }
 
@@ -331,6 +338,31 @@ impl Metrics {
             "memory_shed_streams",
             "Streams closed because the memory budget was reached",
             &self.memory_shed_streams,
+        );
+    }
+
+    /// What bounds bytes held for clients: connections still in their head, replay frames
+    /// queued ahead of live events, and the allocator giving freed pages back.
+    fn register_bounds(&mut self) {
+        let r = &mut self.registry;
+        add(
+            r,
+            "connections_in_head",
+            "Connections on the public listener still sending their request head",
+            &self.connections_in_head,
+        );
+        add_in(
+            r,
+            "replay_inflight",
+            "Frames queued ahead of live events (replays, gap signals) and not yet written, all streams",
+            Unit::Bytes,
+            &self.replay_inflight_bytes,
+        );
+        add(
+            r,
+            "allocator_purges",
+            "Times freed allocator pages were given back to the OS because resident memory was far above the live heap",
+            &self.allocator_purges,
         );
     }
 

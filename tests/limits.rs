@@ -294,3 +294,83 @@ async fn per_ip_limits_see_clients_behind_trusted_proxies() {
     let e = common::sse_client::connect(&url, &[("x-forwarded-for", "198.51.100.2")]).await.err().expect("refused");
     assert_eq!(e.status().map(|s| s.as_u16()), Some(429));
 }
+
+// ---------------------------------------------------------------------------------------------
+// 5. Connections still sending their request head count against the caps (issue 14, item 6).
+
+/// Opens a connection from `from` and sends the first half of a request head, never the rest.
+async fn half_head(addr: SocketAddr, from: Ipv4Addr) -> TcpStream {
+    let sock = TcpSocket::new_v4().unwrap();
+    sock.bind((from, 0).into()).unwrap_or_else(|e| panic!("bind {from}: {e}"));
+    let mut s = sock.connect(addr).await.unwrap_or_else(|e| panic!("connect from {from}: {e}"));
+    s.write_all(b"GET /events?topic=slow HTTP/1.1\r\nHost: x\r\nX-Pad: ").await.unwrap();
+    s
+}
+
+#[tokio::test]
+async fn connections_in_their_head_are_capped_per_address_counted_and_released() {
+    const CAP: usize = 5;
+    const OPENED: usize = 40;
+    let app = start_app(limits_config(|c| {
+        c.limits.max_streams_per_ip = CAP;
+        // Long enough that no head times out during the test: only the cap may close them.
+        c.server.header_read_timeout = Duration::from_secs(60);
+    }))
+    .await;
+    let local = Ipv4Addr::LOCALHOST;
+    let in_head = async || sample(&admin_metrics(&app).await, "sse_bridge_connections_in_head");
+    assert_eq!(in_head().await, Some(0.0), "baseline");
+
+    let mut held = Vec::new();
+    for _ in 0..OPENED {
+        held.push(half_head(app.addr, local).await);
+    }
+    // The cap holds: CAP heads counted, the rest closed before anything was read.
+    wait_until("the cap's worth of heads counted, the rest refused", async || {
+        let m = admin_metrics(&app).await;
+        sample(&m, "sse_bridge_connections_in_head") == Some(CAP as f64)
+            && sample(&m, &rejected_series("ip_head_limit")) == Some((OPENED - CAP) as f64)
+    })
+    .await;
+    assert_eq!(app.state.limits.heads_of(local.into()), CAP);
+    let mut closed = 0;
+    for s in &mut held {
+        let mut b = [0u8; 64];
+        // A refused connection was closed by the bridge: EOF or reset at once. A counted one
+        // is still waiting for the rest of its head: nothing to read.
+        match tokio::time::timeout(Duration::from_millis(50), s.read(&mut b)).await {
+            Ok(Ok(0)) | Ok(Err(_)) => closed += 1,
+            Ok(Ok(n)) => panic!("a half-sent head got an answer: {:?}", String::from_utf8_lossy(&b[..n])),
+            Err(_) => {}
+        }
+    }
+    assert_eq!(closed, OPENED - CAP, "every connection over the cap was closed");
+
+    // Another address has its own share, and a full request from it is served.
+    let (status, other) = raw_get(app.addr, Ipv4Addr::new(127, 0, 0, 2), "/events?topic=ok").await;
+    assert_eq!(status, 200);
+
+    // A head that completes leaves the head count and becomes a stream.
+    let mut done = Vec::new();
+    for mut s in held.drain(..) {
+        let mut b = [0u8; 1];
+        if tokio::time::timeout(Duration::from_millis(1), s.read(&mut b)).await.is_err() {
+            done.push(s);
+        }
+    }
+    assert_eq!(done.len(), CAP);
+    let mut finished = done.pop().unwrap();
+    finished.write_all(b"1\r\n\r\n").await.unwrap();
+    let mut b = [0u8; 12];
+    finished.read_exact(&mut b).await.unwrap();
+    assert_eq!(&b, b"HTTP/1.1 200");
+    wait_until("the completed head left the count", async || in_head().await == Some((CAP - 1) as f64)).await;
+    assert_eq!(app.state.limits.open_streams(), 2);
+
+    // Closing the rest returns the count to its baseline.
+    drop(done);
+    wait_until("every head slot given back", async || in_head().await == Some(0.0)).await;
+    assert_eq!(app.state.limits.heads_open(), 0);
+    assert_eq!(app.state.limits.heads_of(local.into()), 0);
+    drop((finished, other));
+}

@@ -15,7 +15,10 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use prometheus_client::metrics::gauge::Gauge;
+
 use crate::client::{ConnHandle, WriteWatch};
+use crate::limits::HeadPermit;
 
 /// Why a connection ended other than normally; logged at debug level (client disconnects
 /// are normal for streams), never an error.
@@ -54,6 +57,36 @@ pub enum ConnEnd {
     /// hyper ended the connection with an error.
     #[error("{0}")]
     Http(Box<dyn std::error::Error + Send + Sync>),
+}
+
+/// A connection still sending its request head: its slot in the head caps
+/// ([`crate::limits::Limits::admit_head`]) and its place in `sse_bridge_connections_in_head`.
+/// Both are given back by [`InHead::done`] (the head is in) or on drop (the connection closed).
+#[derive(Debug)]
+pub struct InHead {
+    permit: HeadPermit,
+    gauge: Gauge,
+}
+
+impl InHead {
+    /// Counts the connection of `permit` in `gauge` until it is done.
+    pub fn new(permit: HeadPermit, gauge: Gauge) -> Self {
+        gauge.inc();
+        InHead { permit, gauge }
+    }
+
+    /// The request head is in: the connection no longer counts as in its head. Idempotent.
+    pub fn done(&self) {
+        if self.permit.release() {
+            self.gauge.dec();
+        }
+    }
+}
+
+impl Drop for InHead {
+    fn drop(&mut self) {
+        self.done();
+    }
 }
 
 impl ConnEnd {

@@ -21,18 +21,36 @@ use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use prometheus_client::metrics::gauge::Gauge;
 use tokio::net::{TcpListener, TcpStream};
+use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{debug, warn};
 
 use super::body::ResponseBody;
-use super::conn::{Conn, ConnEnd, Lifecycle, Rewind, WatchedIo};
+use super::client_ip::TrustedProxies;
+use super::conn::{Conn, ConnEnd, InHead, Lifecycle, Rewind, WatchedIo};
 use super::h1::{self, LeanEvents};
 use crate::client::ConnHandle;
+use crate::limits::Limits;
+use crate::metrics::Metrics;
 
 /// A hyper executor that spawns onto the app's [`TaskTracker`], so HTTP/2 stream tasks are
 /// counted and awaited like connection tasks.
+///
+/// It also gives every HTTP/2 stream its own kill switch. The slow-consumer policy and the
+/// write timeout end a stream by cancelling its [`ConnHandle::kill`]; on HTTP/1 that drops the
+/// connection, which is the stream. On HTTP/2 the connection carries many streams, and a
+/// stalled one (its flow-control window closed) is never polled, so ending it means dropping
+/// its task: hyper then resets that stream alone (`RST_STREAM`) and its siblings keep going.
+/// hyper calls the service for a new h2 stream and spawns the stream's task right after, in
+/// the same poll on the same thread, so the service leaves the stream's switch in
+/// [`NEXT_H2_STREAM_KILL`] and [`TrackedExecutor::execute`] takes it for the task it spawns.
 #[derive(Debug, Clone)]
 pub struct TrackedExecutor(pub TaskTracker);
+
+thread_local! {
+    /// The kill switch of the HTTP/2 stream whose task hyper spawns next on this thread.
+    static NEXT_H2_STREAM_KILL: std::cell::RefCell<Option<CancellationToken>> = const { std::cell::RefCell::new(None) };
+}
 
 impl<F> hyper::rt::Executor<F> for TrackedExecutor
 where
@@ -40,8 +58,33 @@ where
     F::Output: Send + 'static,
 {
     fn execute(&self, fut: F) {
-        self.0.spawn(fut);
+        match NEXT_H2_STREAM_KILL.with(|k| k.borrow_mut().take()) {
+            Some(kill) => {
+                self.0.spawn(async move {
+                    tokio::select! {
+                        _ = fut => {}
+                        // Dropping the stream's task resets that stream only.
+                        _ = kill.cancelled() => {}
+                    }
+                });
+            }
+            None => {
+                self.0.spawn(fut);
+            }
+        }
     }
+}
+
+/// The handle for a request on a connection: HTTP/2 streams get their own kill switch (a child
+/// of the connection's, see [`TrackedExecutor`]) and share the socket's write watch; an HTTP/1
+/// request is the connection's only stream and uses the connection's handle.
+fn stream_handle<B>(req: &Request<B>, conn: &ConnHandle) -> ConnHandle {
+    if req.version() != http::Version::HTTP_2 {
+        return conn.clone();
+    }
+    let kill = conn.kill.child_token();
+    NEXT_H2_STREAM_KILL.with(|k| *k.borrow_mut() = Some(kill.clone()));
+    ConnHandle { kill, write: conn.write.clone() }
 }
 
 /// HTTP/1.1 and h2c (prior knowledge) on one port, with a header read timeout.
@@ -65,16 +108,47 @@ impl Drop for DecOnDrop {
     }
 }
 
+/// Counts the public listener's connections that are still sending their request head against
+/// the stream caps (see [`crate::limits`]): one over them is closed at once, before anything is
+/// read, and counted in `sse_bridge_requests_rejected_total{reason="ip_head_limit"|"head_capacity"}`.
+#[derive(Debug)]
+pub struct HeadGate {
+    /// The caps.
+    pub limits: Arc<Limits>,
+    /// Peers whose connections carry many clients: counted globally only, not per address.
+    pub trusted_proxies: TrustedProxies,
+    /// `sse_bridge_connections_in_head` and the refusal counter.
+    pub metrics: Arc<Metrics>,
+}
+
+impl HeadGate {
+    /// The new connection from `peer`, counted as in its head; `None` when it is over a cap.
+    fn admit(&self, peer: SocketAddr) -> Option<InHead> {
+        let ip = (!self.trusted_proxies.trusts(peer.ip())).then_some(peer.ip());
+        match self.limits.admit_head(ip) {
+            Ok(permit) => Some(InHead::new(permit, self.metrics.connections_in_head.clone())),
+            Err(refused) => {
+                self.metrics.count_rejected(refused.as_str());
+                debug!(%peer, reason = refused.as_str(), "Connection closed while in its head: {refused}.");
+                None
+            }
+        }
+    }
+}
+
 /// Accepts connections until `stop_accepting`, serving each with `handler`.
 ///
 /// `handler` gets each request and the connection it arrived on. With `lean`, a connection
 /// whose first request is a plain HTTP/1.x `GET /events` is served by [`h1`] instead of hyper
-/// (no hyper buffers for the life of the stream); every other connection goes to hyper.
+/// (no hyper buffers for the life of the stream); every other connection goes to hyper. With
+/// `heads`, connections still sending their request head are counted against the caps.
+#[allow(clippy::too_many_arguments)]
 pub async fn serve<H, Fut>(
     listener: TcpListener,
     builder: Arc<auto::Builder<TrackedExecutor>>,
     handler: H,
     lean: Option<Arc<LeanEvents>>,
+    heads: Option<Arc<HeadGate>>,
     life: Lifecycle,
     name: &'static str,
     open_connections: Gauge,
@@ -97,6 +171,14 @@ pub async fn serve<H, Fut>(
                 continue;
             }
         };
+        let in_head = match &heads {
+            Some(gate) => match gate.admit(peer) {
+                Some(h) => Some(h),
+                // Over the head caps: closed before anything is read.
+                None => continue,
+            },
+            None => None,
+        };
         // Events are small and must leave at once; Nagle would hold them for an ACK.
         let _ = stream.set_nodelay(true);
         let builder = builder.clone();
@@ -107,7 +189,7 @@ pub async fn serve<H, Fut>(
         open_connections.inc();
         life.tracker.spawn(async move {
             let _open = DecOnDrop(open_connections);
-            let outcome = connection(stream, peer, lean, builder, handler, life2).await;
+            let outcome = connection(stream, peer, lean, in_head, builder, handler, life2).await;
             // Client disconnects are normal for streams: debug, never error.
             match outcome {
                 None => debug!(listener = name, %peer, "Connection closed."),
@@ -127,6 +209,7 @@ async fn connection<H, Fut>(
     stream: TcpStream,
     peer: SocketAddr,
     lean: Option<Arc<LeanEvents>>,
+    in_head: Option<InHead>,
     builder: Arc<auto::Builder<TrackedExecutor>>,
     handler: H,
     life: Lifecycle,
@@ -137,13 +220,16 @@ where
 {
     let handle = ConnHandle::default();
     let (stream, read) = match lean {
-        Some(lean) => match h1::serve(stream, peer, &lean, &handle, &life).await {
+        Some(lean) => match h1::serve(stream, peer, &lean, &handle, &life, in_head.as_ref()).await {
             h1::Served::Done(outcome) => return outcome,
             h1::Served::Hyper(stream, read) => (stream, read),
         },
         None => (stream, Bytes::new()),
     };
-    Box::pin(serve_hyper(Rewind::new(read, stream), peer, builder, handler, handle, life)).await
+    // A stream served by the lean path let its head slot go above; here it goes with the
+    // first request hyper reads.
+    let in_head = in_head.map(Arc::new);
+    Box::pin(serve_hyper(Rewind::new(read, stream), peer, builder, handler, handle, in_head, life)).await
 }
 
 /// hyper serves the connection (HTTP/1.1 keep-alive or h2c), until it finishes, its kill
@@ -154,6 +240,7 @@ async fn serve_hyper<H, Fut>(
     builder: Arc<auto::Builder<TrackedExecutor>>,
     handler: H,
     handle: ConnHandle,
+    in_head: Option<Arc<InHead>>,
     life: Lifecycle,
 ) -> Option<ConnEnd>
 where
@@ -163,7 +250,13 @@ where
     let kill = handle.kill.clone();
     let io = WatchedIo::new(io, handle.write.clone());
     let info = Conn { handle, peer };
-    let svc = service_fn(move |req| handler(req, info.clone()));
+    let svc = service_fn(move |req: Request<Incoming>| {
+        if let Some(h) = &in_head {
+            h.done();
+        }
+        let conn = Conn { handle: stream_handle(&req, &info.handle), peer: info.peer };
+        handler(req, conn)
+    });
     let conn = builder.serve_connection(TokioIo::new(io), svc);
     tokio::pin!(conn);
     tokio::select! {

@@ -13,7 +13,7 @@ use super::head::{Head, read_head};
 use super::reply::{EventsHandler, Reply, respond};
 use super::writer::{Cuts, stream_body};
 use crate::client::ConnHandle;
-use crate::sse::conn::{Conn, ConnEnd, Lifecycle, WatchedIo};
+use crate::sse::conn::{Conn, ConnEnd, InHead, Lifecycle, WatchedIo};
 
 /// What the lean path needs from the listener: the `/events` handler and the time a client has
 /// to send its request head (hyper's `header_read_timeout`, which applies again after a
@@ -40,13 +40,15 @@ pub enum Served {
 }
 
 /// Serves one connection's first request if it is a plain `GET /events`; otherwise returns the
-/// socket and what was read from it, for hyper.
+/// socket and what was read from it, for hyper. `in_head` (the connection's place in the head
+/// caps) is let go once the head is in, before the stream is admitted.
 pub async fn serve(
     mut stream: TcpStream,
     peer: SocketAddr,
     lean: &LeanEvents,
     handle: &ConnHandle,
     life: &Lifecycle,
+    in_head: Option<&InHead>,
 ) -> Served {
     let head = tokio::select! {
         biased;
@@ -65,6 +67,9 @@ pub async fn serve(
         }
         Ok(Ok(Head::Events(req))) => req,
     };
+    if let Some(h) = in_head {
+        h.done();
+    }
     let conn = Conn { handle: handle.clone(), peer };
     match respond(req, &lean.handler, conn) {
         Reply::Full(bytes) => {
