@@ -318,3 +318,61 @@ fn ten_thousand_garbage_requests_leave_the_daemon_serving_with_flat_memory() {
     });
     bridge.stop();
 }
+
+/// Reads `resp`'s body until it holds `needle`; panics after [`EVENT_TIMEOUT`].
+async fn read_until(resp: &mut reqwest::Response, text: &mut String, needle: &str) {
+    tokio::time::timeout(EVENT_TIMEOUT, async {
+        while !text.contains(needle) {
+            let chunk = resp.chunk().await.expect("body chunk").expect("stream still open");
+            text.push_str(&String::from_utf8_lossy(&chunk));
+        }
+    })
+    .await
+    .unwrap_or_else(|_| panic!("{needle:?} did not arrive; got {text:?}"));
+}
+
+/// Issue 14, item 7: two HTTP/2 streams on one h2c connection; one is never read (a small
+/// per-stream window, so the bridge cannot write to it) until its queue overflows under the
+/// `disconnect` policy. That stream alone is reset; its sibling keeps receiving.
+#[tokio::test]
+async fn an_h2_stream_that_overflows_ends_alone_its_sibling_keeps_receiving() {
+    let mut cfg = test_config();
+    cfg.server.queue_capacity = 8;
+    let app = start_app(cfg).await;
+    let h2 = reqwest::Client::builder()
+        .http2_prior_knowledge()
+        .http2_initial_stream_window_size(4096)
+        .http2_initial_connection_window_size(16 * 1024 * 1024)
+        .http2_adaptive_window(false)
+        .build()
+        .unwrap();
+    let mut live = h2.get(app.url("/events?topic=live")).send().await.unwrap();
+    assert_eq!(live.version(), reqwest::Version::HTTP_2);
+    let mut live_text = String::new();
+    read_until(&mut live, &mut live_text, "\n\n").await; // the opening comment
+    let stalled = h2.get(app.url("/events?topic=stall")).send().await.unwrap();
+    assert_eq!(stalled.status(), 200);
+    let metrics = admin_metrics(&app).await;
+    assert_eq!(common::sample(&metrics, "sse_bridge_open_connections"), Some(1.0), "one h2 connection:\n{metrics}");
+
+    // Fill the stalled stream's window, then its queue, until the policy ends it.
+    let payload = "x".repeat(16 * 1024);
+    let slow = "sse_bridge_disconnects_total{reason=\"slow_consumer\"}";
+    let mut published = 0;
+    loop {
+        app.publish("stall", None, payload.clone()).await;
+        published += 1;
+        if common::sample(&admin_metrics(&app).await, slow) == Some(1.0) {
+            break;
+        }
+        assert!(published < 200, "the stalled stream never overflowed");
+    }
+
+    // Its sibling on the same connection is still open and receiving.
+    app.publish("live", None, "still-flowing").await;
+    read_until(&mut live, &mut live_text, "data: still-flowing\n").await;
+    let metrics = admin_metrics(&app).await;
+    assert_eq!(common::sample(&metrics, "sse_bridge_open_streams"), Some(1.0), "{metrics}");
+    assert_eq!(common::sample(&metrics, "sse_bridge_open_connections"), Some(1.0), "{metrics}");
+    drop(stalled);
+}
