@@ -6,6 +6,10 @@
 //! the freed pages jemalloc keeps until its decay timer purges them, `resident` everything it
 //! has in RAM (metadata included), `retained` the address space it unmapped from RAM but keeps
 //! for reuse. Read on demand (a `/metrics` scrape, `/debug/runtime`), never on the delivery path.
+//!
+//! [`purge`] gives freed pages back at once; the memory budget's housekeeping calls it when
+//! freed pages are many and large against the live heap (`crate::memory`), so RSS follows the
+//! live heap within a second or two after a flood instead of staying at its peak.
 
 use tikv_jemalloc_ctl::{Access, AsName};
 
@@ -50,6 +54,31 @@ pub fn stats() -> Option<AllocatorStats> {
     })
 }
 
+/// Gives every arena's unused dirty and muzzy pages back to the OS now
+/// (`arena.<MALLCTL_ARENAS_ALL>.purge`), instead of when jemalloc's decay timer gets to them
+/// (which, without a background thread, happens only on later allocator activity: an idle
+/// process after a flood keeps its RSS). Returns whether jemalloc did it.
+pub fn purge() -> bool {
+    use std::ffi::{c_char, c_int, c_void};
+    // tikv-jemalloc-sys builds jemalloc with the `_rjem_` prefix (see `main.rs`'s malloc conf);
+    // `arena.<i>.purge` takes no value, so it is called with null pointers, which
+    // tikv-jemalloc-ctl's typed accessors cannot do.
+    unsafe extern "C" {
+        #[link_name = "_rjem_mallctl"]
+        fn mallctl(
+            name: *const c_char,
+            oldp: *mut c_void,
+            oldlenp: *mut usize,
+            newp: *mut c_void,
+            newlen: usize,
+        ) -> c_int;
+    }
+    let name = b"arena.4096.purge\0";
+    let null = std::ptr::null_mut();
+    // SAFETY: a NUL-terminated name and no value in or out, as `arena.<i>.purge` expects.
+    unsafe { mallctl(name.as_ptr().cast(), null, std::ptr::null_mut(), null, 0) == 0 }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -59,5 +88,12 @@ mod tests {
         let s = stats().expect("jemalloc is linked");
         assert!(s.allocated <= s.active, "{s:?}");
         assert!(s.active <= s.resident && s.active <= s.mapped, "{s:?}");
+    }
+
+    #[test]
+    fn purge_gives_dirty_pages_back() {
+        assert!(purge(), "jemalloc accepts arena.<all>.purge");
+        let s = stats().expect("jemalloc is linked");
+        assert_eq!(s.dirty, 0, "{s:?}");
     }
 }

@@ -232,5 +232,6 @@ async fn housekeeping(state: Arc<AppState>, stop: CancellationToken) {
         if let Some(shed) = state.memory.check(&state.replay, &state.registry) {
             state.metrics.count_shed(shed.ring_bytes, shed.streams_closed);
         }
+        state.memory.release_freed(&state.metrics);
     }
 }

@@ -15,6 +15,12 @@
 //!
 //! Frames queued with [`ClientQueue::push_backlog`] (opening comment, gap, replay) precede live
 //! events and do not count against the capacity; the replay store bounds them.
+//!
+//! Bytes are counted too ([`ClientQueue::with_bytes`]): live events against `server.queue_bytes`
+//! (a full queue in bytes is full, with the same policy, so 1,024 frames of 16 KiB cannot pin
+//! 16 MiB per stalled client), and backlog frames in the `sse_bridge_replay_inflight_bytes`
+//! gauge shared by every queue, which caps resumes at admission (`resume.max_inflight_bytes`).
+//! The memory budget sheds the streams that hold the most bytes, backlog included.
 
 use std::collections::VecDeque;
 use std::sync::Arc;
@@ -24,6 +30,7 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use parking_lot::{Mutex, MutexGuard};
+use prometheus_client::metrics::gauge::Gauge;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::SlowConsumerPolicy;
@@ -147,6 +154,10 @@ pub struct ClientQueue {
     /// at or below them are skipped, so a replica that lags the one the client came from sends
     /// no duplicates. Empty unless the stream resumed with a durable cursor.
     have: std::sync::OnceLock<Box<[Option<crate::event::Pos>]>>,
+    /// Live bytes beyond which the queue is full (0: only the count bounds it).
+    max_bytes: usize,
+    /// Where backlog bytes are counted across all queues (replay in flight), if anywhere.
+    inflight: Option<Gauge>,
 }
 
 #[derive(Debug)]
@@ -169,6 +180,10 @@ struct State {
     /// While a resume reads from a broker: how many queued items may still leave before the
     /// replay is inserted (see [`ClientQueue::hold`]).
     held: Option<usize>,
+    /// Frame bytes of the queued live events.
+    live_bytes: usize,
+    /// Frame bytes of the queued control frames (backlog: opening, gaps, replay, heartbeats).
+    backlog_bytes: usize,
 }
 
 #[derive(Debug, Default)]
@@ -197,11 +212,55 @@ impl ClientQueue {
                 backlog: 0,
                 dropped: None,
                 held: None,
+                live_bytes: 0,
+                backlog_bytes: 0,
             }),
             capacity,
             conn,
             expires_ms: max_age.map_or(0, |a| now_ms() + a.as_millis() as u64),
             have: std::sync::OnceLock::new(),
+            max_bytes: 0,
+            inflight: None,
+        }
+    }
+
+    /// Bounds the live events also in bytes (`server.queue_bytes`; 0: by count only) and counts
+    /// backlog bytes in `inflight` (`sse_bridge_replay_inflight_bytes`). Call before anything is
+    /// queued.
+    pub fn with_bytes(mut self, max_bytes: usize, inflight: Gauge) -> Self {
+        self.max_bytes = max_bytes;
+        self.inflight = Some(inflight);
+        self
+    }
+
+    /// Whether a live event of `len` bytes finds the queue full: `capacity` events, or
+    /// `max_bytes` (one event always fits in an empty queue).
+    fn is_full(&self, st: &State, len: usize) -> bool {
+        let live = st.items.len() - st.backlog;
+        live >= self.capacity || (self.max_bytes > 0 && live > 0 && st.live_bytes + len > self.max_bytes)
+    }
+
+    /// Accounts for a control frame of `n` bytes queued (`add`) or gone.
+    fn control_bytes(&self, st: &mut State, n: usize, add: bool) {
+        if add {
+            st.backlog_bytes += n;
+        } else {
+            st.backlog_bytes -= n;
+        }
+        if let Some(g) = &self.inflight {
+            if add {
+                g.inc_by(n as i64);
+            } else {
+                g.dec_by(n as i64);
+            }
+        }
+    }
+
+    /// Accounts for `item` leaving the queue (written, dropped or discarded).
+    fn gone(&self, st: &mut State, item: &Item) {
+        match item {
+            Item::Event(e) => st.live_bytes -= e.frame.len(),
+            Item::Control(b) => self.control_bytes(st, b.len(), false),
         }
     }
 
@@ -217,19 +276,26 @@ impl ClientQueue {
             return PushOutcome::Closed;
         }
         let mut outcome = PushOutcome::Queued;
-        if st.items.len() - st.backlog >= self.capacity {
+        let len = event.frame.len();
+        if self.is_full(&st, len) {
             outcome = match event.policy {
                 SlowConsumerPolicy::Disconnect => {
                     self.overflow(st);
                     return PushOutcome::Overflowed;
                 }
-                SlowConsumerPolicy::Latest => conflate(&mut st, &event.topic),
+                SlowConsumerPolicy::Latest => self.conflate(&mut st, &event.topic),
                 SlowConsumerPolicy::DropOldest => {
-                    drop_oldest_live(&mut st);
+                    self.drop_oldest_live(&mut st);
                     PushOutcome::DroppedOldest
                 }
             };
+            // Full in bytes: one event out may not make room for a larger one.
+            while self.is_full(&st, len) && st.items.len() > st.backlog {
+                self.drop_oldest_live(&mut st);
+                outcome = PushOutcome::DroppedOldest;
+            }
         }
+        st.live_bytes += len;
         st.items.push_back(Item::Event(event.clone()));
         st.active = true;
         let waker = st.waker.take();
@@ -244,7 +310,7 @@ impl ClientQueue {
     /// the lock released) fires the kill switch and wakes the body to end the stream.
     fn overflow(&self, mut st: MutexGuard<'_, State>) {
         st.closed = Some(CloseReason::SlowConsumer);
-        discard_all(&mut st);
+        self.discard_all(&mut st);
         let waker = st.waker.take();
         drop(st);
         self.conn.kill.cancel();
@@ -259,6 +325,7 @@ impl ClientQueue {
     pub fn push_backlog(&self, frame: Bytes) {
         let mut st = self.state.lock();
         if st.closed.is_none() {
+            self.control_bytes(&mut st, frame.len(), true);
             st.items.push_back(Item::Control(frame));
             st.backlog += 1;
         }
@@ -272,6 +339,7 @@ impl ClientQueue {
             if st.closed.is_some() {
                 return;
             }
+            self.control_bytes(&mut st, last.len(), true);
             st.items.push_back(Item::Control(last));
         }
         self.close(CloseReason::Shutdown);
@@ -304,6 +372,7 @@ impl ClientQueue {
             if st.closed.is_none_or(CloseReason::is_clean) {
                 let n = frames.len();
                 for (i, f) in frames.into_iter().enumerate() {
+                    self.control_bytes(&mut st, f.len(), true);
                     st.items.insert(at + i, Item::Control(f));
                 }
                 st.backlog += n;
@@ -325,6 +394,7 @@ impl ClientQueue {
             if !idle {
                 return;
             }
+            self.control_bytes(&mut st, frame.len(), true);
             st.items.push_back(Item::Control(frame.clone()));
             st.backlog += 1;
             st.waker.take()
@@ -347,7 +417,7 @@ impl ClientQueue {
             }
             st.closed = Some(reason);
             if !reason.is_clean() {
-                discard_all(&mut st);
+                self.discard_all(&mut st);
             }
             st.waker.take()
         };
@@ -394,6 +464,7 @@ impl ClientQueue {
             return Poll::Ready(Next::Frame { frame: dropped_gap(&d), event: None });
         }
         if let Some(item) = st.items.pop_front() {
+            self.gone(&mut st, &item);
             st.backlog = st.backlog.saturating_sub(1);
             if let Some(n) = &mut st.held {
                 *n -= 1;
@@ -437,6 +508,18 @@ impl ClientQueue {
         self.len() == 0
     }
 
+    /// Bytes waiting to be written: live events and backlog frames (what the memory budget
+    /// sheds by).
+    pub fn queued_bytes(&self) -> usize {
+        let st = self.state.lock();
+        st.live_bytes + st.backlog_bytes
+    }
+
+    /// Bytes of the backlog frames waiting (replay, gap signals, opening comment, heartbeats).
+    pub fn backlog_bytes(&self) -> usize {
+        self.state.lock().backlog_bytes
+    }
+
     /// Why the queue was closed, if it was. Lets the stream body name the reason of a stream
     /// that was cut while hyper was blocked writing (and so never saw the close).
     pub fn closed_reason(&self) -> Option<CloseReason> {
@@ -447,7 +530,69 @@ impl ClientQueue {
 impl Drop for ClientQueue {
     fn drop(&mut self) {
         // The client is gone: copies still queued were never written.
-        discard_all(self.state.get_mut());
+        let mut st = std::mem::replace(
+            self.state.get_mut(),
+            State {
+                items: VecDeque::new(),
+                closed: None,
+                waker: None,
+                active: false,
+                backlog: 0,
+                dropped: None,
+                held: None,
+                live_bytes: 0,
+                backlog_bytes: 0,
+            },
+        );
+        self.discard_all(&mut st);
+    }
+}
+
+impl ClientQueue {
+    fn discard_all(&self, st: &mut State) {
+        st.backlog = 0;
+        st.live_bytes = 0;
+        let backlog_bytes = std::mem::take(&mut st.backlog_bytes);
+        if let Some(g) = &self.inflight {
+            g.dec_by(backlog_bytes as i64);
+        }
+        for item in std::mem::take(&mut st.items) {
+            discard(item);
+        }
+    }
+
+    /// The `latest` policy: makes room by replacing the oldest queued event of `topic`, or else
+    /// like `drop-oldest`.
+    fn conflate(&self, st: &mut State, topic: &Arc<str>) -> PushOutcome {
+        let first_live = st.backlog;
+        let same = st.items.iter().skip(first_live).position(|i| matches!(i, Item::Event(e) if e.topic == *topic));
+        match same {
+            Some(pos) => {
+                if let Some(old) = st.items.remove(first_live + pos) {
+                    self.gone(st, &old);
+                    discard(old);
+                }
+                PushOutcome::Conflated
+            }
+            None => {
+                self.drop_oldest_live(st);
+                PushOutcome::DroppedOldest
+            }
+        }
+    }
+
+    fn drop_oldest_live(&self, st: &mut State) {
+        let first_live = st.backlog;
+        let Some(item) = st.items.remove(first_live) else { return };
+        self.gone(st, &item);
+        if let Item::Event(e) = &item {
+            let d = st.dropped.get_or_insert_with(Dropped::default);
+            d.count += 1;
+            if d.topics.len() < MAX_GAP_TOPICS && !d.topics.contains(&e.topic) {
+                d.topics.push(e.topic.clone());
+            }
+        }
+        discard(item);
     }
 }
 
@@ -457,44 +602,6 @@ fn discard(item: Item) {
         && let Some(t) = &e.trace
     {
         t.discarded();
-    }
-}
-
-fn discard_all(st: &mut State) {
-    st.backlog = 0;
-    for item in std::mem::take(&mut st.items) {
-        discard(item);
-    }
-}
-
-/// The `latest` policy: makes room by replacing the oldest queued event of `topic`, or else
-/// like `drop-oldest`.
-fn conflate(st: &mut State, topic: &Arc<str>) -> PushOutcome {
-    let first_live = st.backlog;
-    let same = st.items.iter().skip(first_live).position(|i| matches!(i, Item::Event(e) if e.topic == *topic));
-    match same {
-        Some(pos) => {
-            if let Some(old) = st.items.remove(first_live + pos) {
-                discard(old);
-            }
-            PushOutcome::Conflated
-        }
-        None => {
-            drop_oldest_live(st);
-            PushOutcome::DroppedOldest
-        }
-    }
-}
-
-fn drop_oldest_live(st: &mut State) {
-    let first_live = st.backlog;
-    if let Some(Item::Event(e)) = st.items.remove(first_live) {
-        let d = st.dropped.get_or_insert_with(Dropped::default);
-        d.count += 1;
-        if d.topics.len() < MAX_GAP_TOPICS && !d.topics.contains(&e.topic) {
-            d.topics.push(e.topic.clone());
-        }
-        discard(Item::Event(e));
     }
 }
 

@@ -8,19 +8,30 @@
 //! 1. the oldest replay-ring entries, enough to cover the overshoot (clients resuming from
 //!    before them get a gap event, as with any eviction);
 //! 2. then, if the heap is still over (ring entries still queued for slow clients are not
-//!    freed by the ring alone), the slow streams (64 or more events queued, or half their
-//!    capacity) are closed as under the `disconnect` policy; their clients reconnect and resume.
+//!    freed by the ring alone, and replayed frames are not in the ring at all), the streams that
+//!    hold the most queued bytes, backlog (replay) included, are closed as under the
+//!    `disconnect` policy, largest first, until what they held covers the overshoot (the next
+//!    check sheds more if that was not enough: events shared by many queues count in each); a stream
+//!    counts as slow with 64 or more live events queued (or half its capacity) or
+//!    [`SLOW_BYTES`] queued. Their clients reconnect and resume (a resume is refused while the
+//!    replay in flight is at `resume.max_inflight_bytes`).
+//!
+//! Independently of any budget, [`MemoryBudget::release_freed`] (every housekeeping tick) gives
+//! freed allocator pages back to the OS when they are many against the live heap, so RSS
+//! follows the live heap within seconds after a flood.
 //!
 //! While over budget, new streams get the memory refusal (a `retry:` hint an `EventSource`
 //! follows, see `crate::retry_hint`) and `/publish` gets `503`. The ring's own budget is capped at
 //! half the memory budget at startup, so in steady state rings alone never trip it.
 
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 use tracing::{info, warn};
 
-use crate::client::CloseReason;
+use crate::allocator;
+use crate::client::{CloseReason, now_ms};
 use crate::config::{MemoryConfig, ReplayConfig};
+use crate::metrics::Metrics;
 use crate::process;
 use crate::registry::Registry;
 use crate::replay::ReplayStore;
@@ -37,6 +48,8 @@ const CGROUP_SHARE: f64 = 0.75;
 pub struct MemoryBudget {
     limit: Option<usize>,
     over: AtomicBool,
+    /// When [`MemoryBudget::release_freed`] last looked, in `now_ms` time.
+    last_release_ms: AtomicU64,
 }
 
 /// What one shedding pass did.
@@ -53,7 +66,7 @@ impl MemoryBudget {
     pub fn from_config(cfg: &MemoryConfig) -> Self {
         let limit =
             if cfg.limit > 0 { Some(cfg.limit) } else { cgroup_limit().map(|l| (l as f64 * CGROUP_SHARE) as usize) };
-        MemoryBudget { limit, over: AtomicBool::new(false) }
+        MemoryBudget { limit, over: AtomicBool::new(false), last_release_ms: AtomicU64::new(0) }
     }
 
     /// The budget in bytes, if there is one.
@@ -100,14 +113,27 @@ impl MemoryBudget {
         // Shed a little more than the overshoot, so the next check does not shed again at once.
         let overshoot = used - limit + limit / 20;
         let mut shed = Shed { ring_bytes: replay.shed(overshoot), streams_closed: 0 };
-        // Ring entries still queued for slow clients are not freed by the ring alone.
-        if used_bytes() > limit {
-            registry.for_each_queue(|q| {
-                if q.live_len() >= SLOW_QUEUE.min(q.capacity() / 2).max(1) {
-                    q.close(CloseReason::SlowConsumer);
-                    shed.streams_closed += 1;
+        // Ring entries still queued for slow clients are not freed by the ring alone, and
+        // replayed frames are not in the ring: close the streams that hold the most.
+        let now = used_bytes();
+        if now > limit {
+            let mut slow: Vec<_> = registry
+                .queues()
+                .into_iter()
+                .map(|q| (q.queued_bytes(), q))
+                .filter(|(bytes, q)| *bytes >= SLOW_BYTES || q.live_len() >= SLOW_QUEUE.min(q.capacity() / 2).max(1))
+                .collect();
+            slow.sort_unstable_by_key(|(bytes, _)| std::cmp::Reverse(*bytes));
+            let want = now - limit + limit / 20;
+            let mut freed = 0;
+            for (bytes, q) in slow {
+                if freed >= want {
+                    break;
                 }
-            });
+                q.close(CloseReason::SlowConsumer);
+                shed.streams_closed += 1;
+                freed += bytes;
+            }
         }
         let still_over = used_bytes() > limit;
         self.over.store(still_over, Ordering::Release);
@@ -121,11 +147,37 @@ impl MemoryBudget {
         );
         Some(shed)
     }
+
+    /// Gives freed allocator pages back to the OS when they are many ([`RELEASE_ABOVE`]) and at
+    /// least half the live heap, at most once a second; counted in
+    /// `sse_bridge_allocator_purges_total`. jemalloc's own decay purges only on allocator
+    /// activity, so after a flood an idle bridge would otherwise keep its peak RSS.
+    pub fn release_freed(&self, metrics: &Metrics) {
+        let now = now_ms();
+        let last = self.last_release_ms.load(Ordering::Relaxed);
+        if now.saturating_sub(last) < 1000 {
+            return;
+        }
+        self.last_release_ms.store(now, Ordering::Relaxed);
+        let Some(s) = allocator::stats() else { return };
+        if s.dirty >= RELEASE_ABOVE && s.dirty >= s.allocated / 2 && allocator::purge() {
+            metrics.allocator_purges.inc();
+            info!(freed = s.dirty, live_heap = s.allocated, "Gave freed allocator pages back to the OS.");
+        }
+    }
 }
+
+/// Freed allocator pages (bytes) below which [`MemoryBudget::release_freed`] leaves them to
+/// jemalloc's decay: a few MiB of dirty pages are reused at once under load.
+pub const RELEASE_ABOVE: u64 = 16 * 1024 * 1024;
 
 /// Queued live events at which a stream counts as slow when shedding for memory (or half its
 /// capacity, if smaller). A reader that keeps up has next to nothing queued.
 const SLOW_QUEUE: usize = 64;
+
+/// Queued bytes (live and backlog) at which a stream counts as slow when shedding for memory;
+/// a resume's replay that is not being read counts here.
+pub const SLOW_BYTES: usize = 1024 * 1024;
 
 /// Live heap bytes from jemalloc when it is the allocator; else the resident set size.
 pub fn used_bytes() -> usize {

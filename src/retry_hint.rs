@@ -9,7 +9,7 @@
 //! - **connect rate**: each refused client of one address gets its own future slot, one
 //!   token-refill interval after the previous one (plus jitter inside the interval), so a herd
 //!   behind one address comes back at the configured rate instead of all at the next refill;
-//! - **stream caps and memory budget**: a growing back-off per address (`retry`, doubled per
+//! - **stream caps, memory budget and replay budget**: a growing back-off per address (`retry`, doubled per
 //!   refusal in a row, up to `retry_max`) with full jitter over its upper half;
 //! - **draining**: `retry` jittered ±50 %, so the streams of a replica that is going away
 //!   reach the other replicas spread out.
@@ -44,6 +44,9 @@ pub enum RetryReason {
     MemoryBudget,
     /// SIGTERM: this replica is going away; another one will take the stream.
     Draining,
+    /// `resume.max_inflight_bytes`: replayed frames waiting across all streams are at the cap;
+    /// a resume is refused until clients drain theirs.
+    ReplayBudget,
 }
 
 impl RetryReason {
@@ -55,6 +58,7 @@ impl RetryReason {
             RetryReason::AtCapacity => "at_capacity",
             RetryReason::MemoryBudget => "memory_budget",
             RetryReason::Draining => "draining",
+            RetryReason::ReplayBudget => "replay_budget",
         }
     }
 
@@ -65,6 +69,7 @@ impl RetryReason {
         match self {
             RetryReason::ConnectRate | RetryReason::IpStreamLimit => 429,
             RetryReason::AtCapacity | RetryReason::MemoryBudget | RetryReason::Draining => 503,
+            RetryReason::ReplayBudget => 503,
         }
     }
 }
@@ -106,6 +111,7 @@ impl RetryHints {
             RetryReason::ConnectRate => self.rate_slot(ip, wait, now),
             RetryReason::IpStreamLimit | RetryReason::AtCapacity | RetryReason::MemoryBudget => self.backoff(ip, now),
             RetryReason::Draining => self.draining(),
+            RetryReason::ReplayBudget => self.backoff(ip, now),
         }
     }
 

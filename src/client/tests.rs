@@ -137,3 +137,49 @@ fn deadlines() {
     assert_eq!(q.enforce_deadlines(now + 1500, Duration::from_secs(1)), Some(CloseReason::WriteTimeout));
     assert!(conn.kill.is_cancelled());
 }
+
+fn big(seq: u64, len: usize, policy: SlowConsumerPolicy) -> Arc<Event> {
+    let id = EventId { run: 1, seq };
+    let frame = frame_event(id, None, &vec![b'x'; len]).0;
+    Arc::new(Event {
+        id,
+        topic: "t".into(),
+        frame,
+        received_at: Instant::now(),
+        policy,
+        trace: None,
+        published_at_ms: None,
+        durable: None,
+    })
+}
+
+#[test]
+fn queue_bytes_bound_live_events_with_the_policy_and_backlog_is_metered() {
+    let inflight = Gauge::default();
+    // Room for 100 events by count, but only about three of 1 KiB by bytes.
+    let q = ClientQueue::new(100, ConnHandle::default(), None).with_bytes(3500, inflight.clone());
+    q.push_backlog(Bytes::from_static(b": hello\n\n"));
+    assert_eq!(inflight.get(), 9);
+    for i in 0..3 {
+        assert_eq!(q.push(&big(i, 1000, SlowConsumerPolicy::DropOldest)), PushOutcome::Queued);
+    }
+    // The fourth does not fit in bytes: the oldest goes.
+    assert_eq!(q.push(&big(3, 1000, SlowConsumerPolicy::DropOldest)), PushOutcome::DroppedOldest);
+    assert_eq!(q.live_len(), 3);
+    assert!(q.queued_bytes() <= 3500 + 9, "{}", q.queued_bytes());
+    // One larger than the whole bound still fits alone, after everything live went.
+    assert_eq!(q.push(&big(4, 5000, SlowConsumerPolicy::DropOldest)), PushOutcome::DroppedOldest);
+    assert_eq!(q.live_len(), 1);
+    // Under `disconnect`, full in bytes closes the stream and the meter goes back to zero.
+    assert_eq!(q.push(&big(5, 10, SlowConsumerPolicy::Disconnect)), PushOutcome::Overflowed);
+    assert_eq!((q.queued_bytes(), inflight.get()), (0, 0));
+
+    let q = ClientQueue::new(100, ConnHandle::default(), None).with_bytes(0, inflight.clone());
+    q.push_backlog(Bytes::from_static(b"replayed\n\n"));
+    q.release(vec![Bytes::from_static(b"more\n\n")]);
+    assert_eq!((q.backlog_bytes(), inflight.get()), (16, 16));
+    frame(&q);
+    assert_eq!(inflight.get(), 10, "release without a hold inserts in front: \"more\" left first");
+    drop(q);
+    assert_eq!(inflight.get(), 0, "a dropped queue gives its backlog bytes back");
+}

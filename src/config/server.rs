@@ -70,6 +70,10 @@ pub struct ServerConfig {
     /// `EventSource` and shows events, ids, gaps and reconnects, and can publish through
     /// `/publish`. For newcomers and smoke tests; off by default (`GET /` is then a 404).
     pub demo_page: bool,
+    /// Bytes of live events that may wait for one slow client before the slow-consumer policy
+    /// applies, beside `queue_capacity` (whichever is reached first). One event always fits.
+    /// 0: the count alone bounds the queue.
+    pub queue_bytes: usize,
 }
 
 /// How refusals that time can fix are answered (see [`ServerConfig::refusal`]).
@@ -103,6 +107,7 @@ impl Default for ServerConfig {
             drain_spread: 0.5,
             listen_backlog: 4096,
             demo_page: false,
+            queue_bytes: 4 * 1024 * 1024,
         }
     }
 }

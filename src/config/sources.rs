@@ -272,11 +272,21 @@ pub struct ResumeConfig {
     /// Time one broker read may take before the resume gives up with a gap event.
     #[serde(with = "humantime_serde")]
     pub read_timeout: Duration,
+    /// Bytes of replayed frames (and other frames queued ahead of live events) waiting to be
+    /// written, across all streams, beyond which new resumes are refused (reason
+    /// `replay_budget`, with a `retry:` an EventSource follows) until clients drain theirs.
+    /// 0: no cap.
+    pub max_inflight_bytes: usize,
 }
 
 impl Default for ResumeConfig {
     fn default() -> Self {
-        ResumeConfig { max_concurrent_reads: 16, max_events: 1000, read_timeout: Duration::from_secs(10) }
+        ResumeConfig {
+            max_concurrent_reads: 16,
+            max_events: 1000,
+            read_timeout: Duration::from_secs(10),
+            max_inflight_bytes: 256 * 1024 * 1024,
+        }
     }
 }
 

@@ -83,7 +83,7 @@ fn events<B>(req: &Request<B>, state: &PublicState, conn: Conn) -> Result<Respon
     let request = EventsRequest::parse(req, bounds).map_err(|e| e.refuse(&app.metrics))?;
     // Input bounds (headers, Last-Event-ID) and topic authorization; see sse/guard.rs.
     guard::events(app, req, &request)?;
-    let permit = admit(state, req, conn.peer)?;
+    let permit = admit(state, req, conn.peer, request.last_event_id.is_some())?;
     let stream = subscribe(state, request, conn.handle);
     Ok(respond(app, stream, permit))
 }
@@ -91,11 +91,15 @@ fn events<B>(req: &Request<B>, state: &PublicState, conn: Conn) -> Result<Respon
 /// Admission, last: a malformed or unauthorized request never consumes a connect token or a
 /// stream slot. Refused over the memory budget, at the stream caps or the connect rate, with
 /// the answer an EventSource survives ([`super::refusal`]).
-fn admit<B>(state: &PublicState, req: &Request<B>, peer: SocketAddr) -> Result<StreamPermit, Refused> {
+fn admit<B>(state: &PublicState, req: &Request<B>, peer: SocketAddr, resuming: bool) -> Result<StreamPermit, Refused> {
     let app = &state.app;
     let client_ip = state.trusted_proxies.client_ip(peer.ip(), req.headers());
+    let replay_cap = app.config.resume.max_inflight_bytes;
     let admitted = if app.memory.is_over() {
         Err(app.limits.refusal(RetryReason::MemoryBudget, client_ip, "over the memory budget"))
+    } else if resuming && replay_cap > 0 && app.metrics.replay_inflight_bytes.get() >= replay_cap as i64 {
+        // Replayed frames waiting across all streams are at resume.max_inflight_bytes.
+        Err(app.limits.refusal(RetryReason::ReplayBudget, client_ip, "too much replay in flight; resume later"))
     } else {
         app.limits.admit(client_ip)
     };
@@ -120,7 +124,8 @@ fn subscribe(state: &PublicState, request: EventsRequest, conn: ConnHandle) -> S
     let cfg = &app.config.server;
     let EventsRequest { filters, last_event_id, .. } = request;
     let rate = app.rules.rate_for(&filters);
-    let queue = Arc::new(ClientQueue::new(cfg.queue_capacity, conn, jittered(cfg.max_stream_age)));
+    let queue = ClientQueue::new(cfg.queue_capacity, conn, jittered(cfg.max_stream_age));
+    let queue = Arc::new(queue.with_bytes(cfg.queue_bytes, app.metrics.replay_inflight_bytes.clone()));
     queue.push_backlog(state.opening_frame.clone());
     let topics: Vec<String> = filters.iter().map(|f| f.as_str().to_owned()).collect();
     let mut span = app.telemetry.stream(&topics, last_event_id.is_some());
