@@ -114,3 +114,188 @@ async fn publish_flood_stays_within_the_memory_budget() {
     daemon.signal(Signal::SIGTERM);
     assert!(daemon.wait_exit(Duration::from_secs(15)).is_some_and(|s| s.success()));
 }
+
+/// Reads a response head from `s` (up to the blank line); the status line and headers, lowercased.
+async fn read_head(s: &mut tokio::net::TcpStream) -> String {
+    use tokio::io::AsyncReadExt;
+    let mut head = Vec::new();
+    let mut b = [0u8; 1];
+    tokio::time::timeout(EVENT_TIMEOUT, async {
+        while !head.ends_with(b"\r\n\r\n") {
+            let n = s.read(&mut b).await.expect("read head");
+            assert!(n > 0, "closed before the head: {:?}", String::from_utf8_lossy(&head));
+            head.push(b[0]);
+        }
+    })
+    .await
+    .expect("a response head in time");
+    String::from_utf8_lossy(&head).to_lowercase()
+}
+
+/// Issue 14, item 5 (scaled): many clients resume hundreds of 64 KiB events each and never read
+/// them. The replay queued ahead of live events is counted (`sse_bridge_replay_inflight_bytes`)
+/// and capped (`resume.max_inflight_bytes`): resumes past the cap get the `replay_budget`
+/// refusal an EventSource follows, RSS stays under the budget plus fixed overhead, and a live
+/// stream keeps flowing. Once the stalled resumers leave, the meter is back to zero and a resume
+/// is admitted again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_resume_storm_is_capped_by_the_replay_in_flight() {
+    const CLIENTS: usize = 60;
+    const EVENTS: usize = 400; // 400 × 64 KiB = 25 MiB replayed per resume
+    const CAP: u64 = 16 * MIB;
+    let bridge = BridgeProcess::start(
+        &format!(
+            "[publish]\ntoken = \"{TOKEN}\"\n\n\
+             [limits]\nconnect_rate_per_ip = 0\nmax_streams_per_ip = 0\n\n\
+             [memory]\nlimit = {}\n\n\
+             [resume]\nmax_inflight_bytes = {CAP}\n\n\
+             [replay]\nmax_events_per_topic = 1000\nmax_bytes_per_topic = 67108864\nmax_total_bytes = 67108864\n",
+            64 * MIB
+        ),
+        &[],
+    );
+    let pid = bridge.daemon.pid().as_raw();
+    let start_rss = bridge.rss_bytes();
+    let payload = vec![b'r'; PAYLOAD];
+    let first = bridge.publish("big", payload.clone()).await;
+    for _ in 1..EVENTS {
+        bridge.publish("big", payload.clone()).await;
+    }
+    let mut live = sse_client::connect(&bridge.url("/events?topic=live"), &[]).await.unwrap();
+    live.wait_for_comments(1, EVENT_TIMEOUT).await;
+
+    let mut admitted = Vec::new();
+    let mut refused = 0;
+    let mut peak = 0;
+    for i in 0..CLIENTS {
+        let mut s = tokio::net::TcpStream::connect(bridge.addr).await.unwrap();
+        let req = format!("GET /events?topic=big HTTP/1.1\r\nHost: x\r\nLast-Event-ID: {first}\r\n\r\n");
+        s.write_all(req.as_bytes()).await.unwrap();
+        let head = read_head(&mut s).await;
+        assert!(head.starts_with("http/1.1 200"), "{head}");
+        if head.contains("sse-bridge-refusal: replay_budget") {
+            refused += 1; // a clear signal: a retry: hint, then the end of the body
+        } else {
+            assert!(!head.contains("sse-bridge-refusal"), "{head}");
+            admitted.push(s); // never read: its replay stays queued
+        }
+        peak = peak.max(rss_of(pid).unwrap_or(0));
+        if i % 10 == 9 {
+            bridge.publish("live", format!("flowing {i}")).await;
+            assert_eq!(live.next_event(EVENT_TIMEOUT).await.unwrap().data, format!("flowing {i}"));
+        }
+    }
+    let metrics = bridge.metrics().await;
+    let inflight = sample(&metrics, "sse_bridge_replay_inflight_bytes").unwrap();
+    println!(
+        "{CLIENTS} resumes of {EVENTS} × 64 KiB: {} admitted, {refused} refused (replay_budget); replay in flight {} MiB \
+         (cap {} MiB); RSS {} MiB at start, peak {} MiB",
+        admitted.len(),
+        inflight as u64 / MIB,
+        CAP / MIB,
+        start_rss / MIB,
+        peak / MIB
+    );
+    assert!(refused > 0 && !admitted.is_empty(), "some resumes admitted, the rest refused");
+    assert_eq!(sample(&metrics, &common::rejected_series("replay_budget")), Some(refused as f64), "{metrics}");
+    // A soft cap: resumes admitted just below it still queue their whole replay.
+    assert!(inflight < (CAP + 2 * EVENTS as u64 * PAYLOAD as u64) as f64, "replay in flight {inflight}");
+    assert!(peak < 64 * MIB + OVERHEAD, "peak RSS {} MiB", peak / MIB);
+
+    drop(admitted);
+    common::wait_until("the stalled resumers' replay is given back", async || {
+        sample(&bridge.metrics().await, "sse_bridge_replay_inflight_bytes") == Some(0.0)
+    })
+    .await;
+    let mut again = sse_client::connect(&bridge.url("/events?topic=big"), &[("last-event-id", &first)]).await.unwrap();
+    assert_eq!(again.next_event(EVENT_TIMEOUT).await.unwrap().data.len(), PAYLOAD, "a resume is admitted again");
+    drop(again);
+    bridge.stop();
+}
+
+/// Issue 14, item 8 (the client queues and the allocator): a flood of 16 KiB messages to
+/// readers that never read (`drop-oldest`, so they stay open and full), then the stalled
+/// streams end. Each queue holds at most `server.queue_bytes`, and once the streams are gone
+/// the freed pages go back to the OS: RSS returns near its start within seconds.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn after_a_flood_to_stalled_readers_rss_returns_to_its_start() {
+    const FLOOD: usize = 20_000;
+    const SIZE: usize = 16 * 1024;
+    let bridge = BridgeProcess::start(
+        &format!(
+            "[publish]\ntoken = \"{TOKEN}\"\n\n\
+             [limits]\nconnect_rate_per_ip = 0\nmax_streams_per_ip = 0\n\n\
+             [replay]\nmax_total_bytes = 1048576\n"
+        ),
+        &[("SSE_BRIDGE_SERVER__SLOW_CONSUMER", "drop-oldest")],
+    );
+    let pid = bridge.daemon.pid().as_raw();
+    let mut healthy = sse_client::connect(&bridge.url("/events?topic=other"), &[]).await.unwrap();
+    healthy.wait_for_comments(1, EVENT_TIMEOUT).await;
+    let start = bridge.rss_bytes();
+    let mut stalled = Vec::new();
+    for _ in 0..10 {
+        let mut s = tokio::net::TcpStream::connect(bridge.addr).await.unwrap();
+        s.write_all(b"GET /events?topic=flood HTTP/1.1\r\nHost: x\r\n\r\n").await.unwrap();
+        stalled.push(s);
+    }
+    common::wait_until("the stalled streams are open", async || {
+        sample(&bridge.metrics().await, "sse_bridge_open_streams") == Some(11.0)
+    })
+    .await;
+
+    let http = sse_client::test_client();
+    let body = bytes::Bytes::from(vec![b'f'; SIZE]);
+    let mut tasks = tokio::task::JoinSet::new();
+    for worker in 0..4 {
+        let (http, body, url) = (http.clone(), body.clone(), bridge.url("/publish?topic=flood"));
+        tasks.spawn(async move {
+            for _ in (worker..FLOOD).step_by(4) {
+                let r = http.post(&url).bearer_auth(TOKEN).body(body.clone()).send().await.unwrap();
+                assert!(matches!(r.status().as_u16(), 200 | 503), "{}", r.status());
+            }
+        });
+    }
+    let mut peak = 0;
+    while !tasks.is_empty() {
+        if let Ok(Some(r)) = tokio::time::timeout(Duration::from_millis(20), tasks.join_next()).await {
+            r.unwrap();
+        }
+        peak = peak.max(rss_of(pid).unwrap_or(0));
+    }
+    let metrics = bridge.metrics().await;
+    let heap_at_peak = sample(&metrics, "sse_bridge_heap_allocated_bytes").unwrap_or(0.0);
+    drop(stalled);
+    common::wait_until("the stalled streams ended", async || {
+        sample(&bridge.metrics().await, "sse_bridge_open_streams") == Some(1.0)
+    })
+    .await;
+    let ended = std::time::Instant::now();
+    // RSS within 20% of its start (plus 4 MiB for thread stacks and socket bookkeeping of a
+    // small process), polled until 15 s after the streams ended.
+    let target = start + start / 5 + 4 * MIB;
+    let mut settled = rss_of(pid).unwrap_or(u64::MAX);
+    while settled > target && ended.elapsed() < Duration::from_secs(15) {
+        tokio::time::sleep(Duration::from_millis(100)).await; // polling interval
+        settled = rss_of(pid).unwrap_or(u64::MAX);
+    }
+    let m = bridge.metrics().await;
+    let jem = |k: &str| sample(&m, &format!("sse_bridge_{k}_bytes")).unwrap_or(-1.0) as u64 / 1024;
+    println!(
+        "flood of {FLOOD} × 16 KiB to 10 stalled readers: RSS start {} KiB, peak {} KiB (live heap after the flood {} KiB), \
+         {} KiB {:?} after the stalled streams ended; heap {} KiB, jemalloc resident {} KiB, dirty {} KiB; {} allocator purges",
+        start / 1024,
+        peak / 1024,
+        heap_at_peak as u64 / 1024,
+        settled / 1024,
+        ended.elapsed(),
+        jem("heap_allocated"),
+        jem("jemalloc_resident"),
+        jem("jemalloc_dirty"),
+        sample(&m, "sse_bridge_allocator_purges_total").unwrap_or(0.0),
+    );
+    assert!(settled <= target, "RSS {} KiB, start {} KiB", settled / 1024, start / 1024);
+    bridge.publish("other", "still here").await;
+    assert_eq!(healthy.next_event(EVENT_TIMEOUT).await.unwrap().data, "still here");
+    bridge.stop();
+}

@@ -16,8 +16,10 @@ const EXPECTED_META: &str = r#"
 # HELP process_start_time_seconds Start time of the process since unix epoch in seconds.
 # HELP process_threads Number of OS threads in the process.
 # HELP process_virtual_memory_bytes Virtual memory size in bytes.
+# HELP sse_bridge_allocator_purges Times freed allocator pages were given back to the OS because resident memory was far above the live heap.
 # HELP sse_bridge_broker_reconnects Broker reconnections after the first connection.
 # HELP sse_bridge_broker_up 1 while the source's broker connection is up.
+# HELP sse_bridge_connections_in_head Connections on the public listener still sending their request head.
 # HELP sse_bridge_deliveries Events placed in a subscriber queue.
 # HELP sse_bridge_delivery_latency_seconds From the broker message's arrival at the bridge to its hand-off to the socket.
 # HELP sse_bridge_disconnects SSE streams ended, by reason.
@@ -45,6 +47,7 @@ const EXPECTED_META: &str = r#"
 # HELP sse_bridge_publish_latency_seconds From the publisher's timestamp (Sse-Published-At, envelope published_at) to the hand-off to the socket.
 # HELP sse_bridge_queue_depth_streams Streams by live events queued, cumulative (le).
 # HELP sse_bridge_queued_frames Frames waiting in subscriber queues.
+# HELP sse_bridge_replay_inflight_bytes Frames queued ahead of live events (replays, gap signals) and not yet written, all streams.
 # HELP sse_bridge_replay_retained_bytes Bytes held in the replay store (frames and bookkeeping).
 # HELP sse_bridge_replay_retained_events Events held in the replay store.
 # HELP sse_bridge_replay_topics Topics with a replay ring.
@@ -66,8 +69,10 @@ const EXPECTED_META: &str = r#"
 # TYPE process_start_time_seconds gauge
 # TYPE process_threads gauge
 # TYPE process_virtual_memory_bytes gauge
+# TYPE sse_bridge_allocator_purges counter
 # TYPE sse_bridge_broker_reconnects counter
 # TYPE sse_bridge_broker_up gauge
+# TYPE sse_bridge_connections_in_head gauge
 # TYPE sse_bridge_deliveries counter
 # TYPE sse_bridge_delivery_latency_seconds histogram
 # TYPE sse_bridge_disconnects counter
@@ -95,6 +100,7 @@ const EXPECTED_META: &str = r#"
 # TYPE sse_bridge_publish_latency_seconds histogram
 # TYPE sse_bridge_queue_depth_streams gauge
 # TYPE sse_bridge_queued_frames gauge
+# TYPE sse_bridge_replay_inflight_bytes gauge
 # TYPE sse_bridge_replay_retained_bytes gauge
 # TYPE sse_bridge_replay_retained_events gauge
 # TYPE sse_bridge_replay_topics gauge
@@ -125,6 +131,7 @@ const EXPECTED_META: &str = r#"
 # UNIT sse_bridge_memory_shed_ring_bytes bytes
 # UNIT sse_bridge_process_cpu_seconds seconds
 # UNIT sse_bridge_publish_latency_seconds seconds
+# UNIT sse_bridge_replay_inflight_bytes bytes
 # UNIT sse_bridge_replay_retained_bytes bytes
 # UNIT sse_bridge_resident_memory_bytes bytes
 "#;
