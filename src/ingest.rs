@@ -125,8 +125,14 @@ impl Sequencer {
     }
 
     /// Sequences, frames and fans out one message; returns the event (None for a durable
-    /// stream's baseline, which moves the position vector without an event).
+    /// stream's baseline, which moves the position vector without an event, and for a core
+    /// NATS copy of a message a JetStream stream delivers: `Catalog::shadowed`).
     pub fn ingest(&mut self, msg: SourceMessage) -> Option<Arc<Event>> {
+        if msg.source == SourceKind::Nats && self.p.catalog.shadowed(&msg.topic) {
+            // A JetStream stream captures this subject too: its copy is the one delivered.
+            self.p.metrics.events_duplicate_dropped.inc();
+            return None;
+        }
         if let Some(mark) = msg.durable {
             self.vector[mark.stream as usize] = Some(mark.pos);
             self.suffix.clear();

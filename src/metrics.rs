@@ -72,6 +72,8 @@ pub struct Metrics {
     pub events_malformed: Family<SourceLabel, Counter>,
     pub events_non_utf8: Counter,
     pub event_types_dropped: Counter,
+    /// Core NATS copies of messages a JetStream stream also delivers, dropped.
+    pub events_duplicate_dropped: Counter,
     pub deliveries: Counter,
     pub delivery_latency: LatencyHistogram,
     pub publish_latency: LatencyHistogram,
@@ -151,6 +153,7 @@ impl Metrics {
             events_malformed: Family::default(),
             events_non_utf8: Counter::default(),
             event_types_dropped: Counter::default(),
+            events_duplicate_dropped: Counter::default(),
             deliveries: Counter::default(),
             delivery_latency: LatencyHistogram::default(),
             publish_latency: LatencyHistogram::default(),
@@ -211,6 +214,12 @@ impl Metrics {
             "event_types_dropped",
             "Event types left out because they were unusable or reserved",
             &self.event_types_dropped,
+        );
+        add(
+            r,
+            "events_duplicate_dropped",
+            "Core NATS messages dropped because a JetStream stream captures their subject and delivers them",
+            &self.events_duplicate_dropped,
         );
         add(
             r,

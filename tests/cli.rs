@@ -270,3 +270,47 @@ fn http_get(addr: SocketAddr, path: &str) -> String {
     s.read_to_string(&mut buf).unwrap();
     buf
 }
+
+/// Two sources on one broker that would deliver the same messages are refused before anything
+/// starts, by `--check-config` and by a normal start alike, naming both keys and values.
+#[test]
+fn overlapping_sources_are_refused_naming_both() {
+    let sb = Sandbox::new();
+    let nats_js = sb.file(
+        "overlap-nats.toml",
+        "[nats]\nsubjects = [\"demo.>\", \"bench.>\"]\n\n[jetstream]\nstreams = [\"BENCH\"]\nsubjects = [\"bench.js.>\"]\n",
+    );
+    for out in [sb.check(&nats_js), daemon::run(sb.cmd().arg("--config").arg(&nats_js), RUN_TIMEOUT)] {
+        assert_invalid(&out);
+        assert_contains(
+            &out,
+            &[
+                "`nats.subjects[1]`",
+                "\"bench.>\"",
+                "`jetstream.subjects[0]` = \"bench.js.>\"",
+                &nats_js.display().to_string(),
+                "both deliver",
+            ],
+        );
+    }
+    let channel = sb.file(
+        "overlap-redis.toml",
+        "[redis]\nchannels = [\"audit\"]\n\n[redis_streams]\nkeys = [\"orders\", \"audit\"]\n",
+    );
+    let out = sb.check(&channel);
+    assert_invalid(&out);
+    assert_contains(&out, &["`redis.channels[0]`", "\"audit\"", "`redis_streams.keys[1]` = \"audit\""]);
+    let pattern =
+        sb.file("overlap-glob.toml", "[redis]\npatterns = [\"demo.*\"]\n\n[redis_streams]\nkeys = [\"demo.audit\"]\n");
+    let out = sb.check(&pattern);
+    assert_invalid(&out);
+    assert_contains(&out, &["`redis.patterns[0]`", "\"demo.*\"", "`redis_streams.keys[0]` = \"demo.audit\""]);
+    // The shipped demo sources beside durable sources that cannot overlap them are fine.
+    let fine = sb.file(
+        "no-overlap.toml",
+        "[nats]\nsubjects = [\"demo.>\"]\n\n[redis]\nchannels = [\"demo\"]\npatterns = [\"demo.*\"]\n\n\
+         [jetstream]\nstreams = [\"BENCH\"]\nsubjects = [\"bench.js.>\"]\n\n[redis_streams]\nkeys = [\"audit\"]\n",
+    );
+    let out = sb.check(&fine);
+    assert_eq!(out.code(), 0, "stderr:\n{}", out.stderr);
+}

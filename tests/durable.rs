@@ -483,3 +483,147 @@ async fn one_id_resumes_topics_from_jetstream_and_redis_streams_together() {
     xadd(&mut conn, "audit", "r3").await;
     assert_eq!(data(&take_no_gap(&mut r, 1).await), ["r3"]);
 }
+
+/// #16 item 7: a Redis pattern that cannot match the durable topics leaves their resume
+/// durable. The shipped sources (`nats.subjects = ["demo.>"]`, `redis.channels = ["demo"]`)
+/// plus `redis.patterns = ["bench.core.*"]`, a JetStream stream and a Redis Stream key; a client
+/// of one process resumes on the other: every missed event comes from the brokers, with no
+/// `unknown-run` gap (before: a gap for both topics and no replay).
+#[tokio::test]
+async fn redis_pattern_that_cannot_match_keeps_resume_durable_across_processes() {
+    let nats = NatsServer::start().await;
+    let redis = RedisServer::start().await;
+    let js = jetstream::new(nats_client(&nats.url()).await);
+    js.create_stream(jetstream::stream::Config {
+        name: "BENCH".into(),
+        subjects: vec!["bench.js.>".into()],
+        ..Default::default()
+    })
+    .await
+    .expect("create stream");
+    let mut conn = redis_conn(&redis.url()).await;
+    let (n, r) = (nats.url(), redis.url());
+    let sections = format!(
+        "[nats]\nurl = \"{n}\"\nsubjects = [\"demo.>\"]\n\n\
+         [redis]\nurl = \"{r}\"\nchannels = [\"demo\"]\npatterns = [\"bench.core.*\"]\n\n\
+         [jetstream]\nurl = \"{n}\"\nstreams = [\"BENCH\"]\n\n\
+         [redis_streams]\nurl = \"{r}\"\nkeys = [\"bench.audit\"]\nblock = \"500ms\"\n"
+    );
+    let a = BridgeProcess::start(&sections, &[]);
+    let b = BridgeProcess::start(&sections, &[]);
+    for p in [&a, &b] {
+        for source in ["nats", "redis", "jetstream", "redis_streams"] {
+            process_connected(p, source).await;
+        }
+    }
+    let path = "/events?topic=bench.js.>&topic=bench.audit";
+    let mut on_a = sse_client::connect(&a.url(path), &[]).await.unwrap();
+    on_a.wait_for_comments(1, EVENT_TIMEOUT).await;
+    js_publish(&js, "bench.js.1", "j1").await;
+    let _ = take_no_gap(&mut on_a, 1).await;
+    xadd(&mut conn, "bench.audit", "r1").await;
+    let cursor = take_no_gap(&mut on_a, 1).await[0].id.clone().unwrap();
+    drop(on_a);
+    js_publish(&js, "bench.js.2", "j2").await;
+    xadd(&mut conn, "bench.audit", "r2").await;
+    js_publish(&js, "bench.js.3", "j3").await;
+
+    let mut on_b = sse_client::connect(&b.url(path), &[("last-event-id", &cursor)]).await.unwrap();
+    let got = take_no_gap(&mut on_b, 3).await;
+    let d = data(&got);
+    assert!(d.iter().position(|x| *x == "j2") < d.iter().position(|x| *x == "j3"), "stream order kept: {d:?}");
+    let mut sorted = d.clone();
+    sorted.sort();
+    assert_eq!(sorted, ["j2", "j3", "r2"], "replayed from the brokers on the other process");
+    xadd(&mut conn, "bench.audit", "r3").await;
+    assert_eq!(data(&take_no_gap(&mut on_b, 1).await), ["r3"], "then live, nothing repeated");
+    drop(on_b);
+    a.stop();
+    b.stop();
+}
+
+/// #16 item 5: a JetStream stream deleted and recreated starts again at sequence 1. The source
+/// stays connected and reads the new stream from its start (live streams get its events), and
+/// a resume with an id from before the reset gets a `stream-reset` gap naming its topics, then
+/// the new stream's events: on another process (the id's position is beyond the new stream)
+/// and on the same one once its ring no longer covers the id.
+#[tokio::test]
+async fn jetstream_stream_recreated_is_read_from_its_start_and_resumes_across_it_get_a_gap() {
+    let nats = NatsServer::start().await;
+    let js = js_stream(&nats, -1).await;
+    let mut small_ring = js_config(&nats);
+    small_ring.replay.max_events_per_topic = 1;
+    let a = started(small_ring).await;
+    let b = started(js_config(&nats)).await;
+    let mut live = a.subscribe(&["orders.>"]).await;
+    let mut on_b = b.subscribe(&["orders.>"]).await;
+    for i in 1..=3 {
+        js_publish(&js, "orders.a", &format!("m{i}")).await;
+    }
+    let before = take_no_gap(&mut live, 3).await[2].id.clone().unwrap();
+    take_no_gap(&mut on_b, 3).await;
+
+    js.delete_stream(STREAM).await.expect("delete stream");
+    js.create_stream(jetstream::stream::Config {
+        name: STREAM.into(),
+        subjects: vec!["orders.>".into()],
+        ..Default::default()
+    })
+    .await
+    .expect("recreate stream");
+    js_publish(&js, "orders.a", "n1").await; // sequence 1 again
+    js_publish(&js, "orders.a", "n2").await;
+    assert_eq!(data(&take_no_gap(&mut live, 2).await), ["n1", "n2"], "the new stream is read from its start");
+    assert_eq!(data(&take_no_gap(&mut on_b, 2).await), ["n1", "n2"]);
+    assert!(a.state.sources[0].is_connected(), "the source stayed connected");
+    let m = common::admin_metrics(&a).await;
+    assert_eq!(common::sample(&m, "sse_bridge_broker_reconnects_total{source=\"jetstream\"}").unwrap_or(0.0), 0.0);
+
+    let mut new_stream = vec!["n1".to_owned(), "n2".to_owned()];
+    for (app, name) in [(&b, "another process"), (&a, "the same process, past its ring")] {
+        let mut r = app.resume(&["orders.>"], &before).await;
+        let gap = gap_of(&r.next_event(EVENT_TIMEOUT).await.unwrap());
+        assert_eq!(gap["reason"], "stream-reset", "{name}");
+        assert_eq!(gap["topics"], serde_json::json!(["orders.>"]), "{name}");
+        let replayed = take_no_gap(&mut r, new_stream.len()).await;
+        assert_eq!(data(&replayed), new_stream, "{name}: the new stream from its start");
+        let next = format!("live-{}", new_stream.len());
+        js_publish(&js, "orders.a", &next).await;
+        assert_eq!(data(&take_no_gap(&mut r, 1).await), [next.as_str()], "{name}: then live");
+        new_stream.push(next);
+        take_no_gap(&mut live, 1).await;
+        take_no_gap(&mut on_b, 1).await;
+    }
+}
+
+/// #16 item 6: core NATS bridging `orders.>` beside a JetStream stream that captures
+/// `orders.>`, with the stream's subjects learned from the server (no `jetstream.subjects`, so
+/// nothing to refuse at startup): each message is delivered once, the stream's copy (with its
+/// durable position), and the dropped core NATS copies are counted.
+#[tokio::test]
+async fn core_nats_and_a_jetstream_stream_on_the_same_subjects_deliver_once() {
+    let nats = NatsServer::start().await;
+    let js = js_stream(&nats, -1).await;
+    let mut c = js_config(&nats);
+    c.nats = Some(common::nats_config(&nats.url(), &["orders.>", "demo.>"]));
+    let app = started(c).await;
+    let mut s = app.subscribe(&["orders.>"]).await;
+    for i in 1..=3 {
+        js_publish(&js, "orders.a", &format!("m{i}")).await;
+    }
+    let got = take_no_gap(&mut s, 3).await;
+    assert_eq!(data(&got), ["m1", "m2", "m3"], "each once, in order");
+    assert!(got.iter().all(|e| e.id.as_deref().unwrap().contains("_j")), "the stream's copies: {got:?}");
+    wait_until("the core NATS copies are counted", async || {
+        common::sample(&common::admin_metrics(&app).await, "sse_bridge_events_duplicate_dropped_total") == Some(3.0)
+    })
+    .await;
+    // Subjects the stream does not capture still come from core NATS.
+    let mut demo = app.subscribe(&["demo.x"]).await;
+    let core = nats_client(&nats.url()).await;
+    core.publish("demo.x", "d1".into()).await.unwrap();
+    core.flush().await.unwrap();
+    assert_eq!(data(&take_no_gap(&mut demo, 1).await), ["d1"]);
+    js_publish(&js, "orders.a", "m4").await;
+    assert_eq!(data(&take_no_gap(&mut s, 1).await), ["m4"], "nothing twice");
+}

@@ -2,9 +2,11 @@
 //! the vector cursor (the `_tag:pos` part of an event id) read and written against them.
 
 use std::fmt::Write as _;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use parking_lot::RwLock;
 
+use super::redis_glob::RedisGlob;
 use crate::config::Config;
 use crate::event::Pos;
 use crate::topic::{Pattern, TopicFilter};
@@ -148,7 +150,11 @@ pub struct Catalog {
     /// Subjects and channels of the non-durable sources, for [`Catalog::durable_only`].
     nats_subjects: Vec<Pattern>,
     redis_channels: Vec<String>,
-    redis_patterns: bool,
+    /// `redis.patterns`: a filter is durable-only only if none of them can match its topics.
+    redis_patterns: Vec<RedisGlob>,
+    /// Set once a JetStream stream's subjects, learned from the server, overlap `nats.subjects`:
+    /// from then on core NATS copies of the stream's subjects are dropped ([`Catalog::shadowed`]).
+    shadowing: AtomicBool,
 }
 
 impl Catalog {
@@ -171,7 +177,8 @@ impl Catalog {
                 .filter_map(|s| Pattern::parse(s, usize::MAX).ok())
                 .collect(),
             redis_channels: c.redis.iter().flat_map(|r| r.channels.clone()).collect(),
-            redis_patterns: c.redis.as_ref().is_some_and(|r| !r.patterns.is_empty()),
+            redis_patterns: c.redis.iter().flat_map(|r| &r.patterns).map(|p| RedisGlob::new(p)).collect(),
+            shadowing: AtomicBool::new(false),
         }
     }
 
@@ -213,6 +220,37 @@ impl Catalog {
         *self.streams[idx].spaces.write() = Some(parsed);
     }
 
+    /// The `nats.subjects` entries (as `nats.subjects[i] = "…"`) that overlap what JetStream
+    /// stream `idx` bridges, as its subjects were last learned from the server: core NATS and
+    /// the stream would both deliver those messages. When there are any, core NATS copies of the
+    /// stream's subjects are dropped from then on ([`Catalog::shadowed`]); the caller logs it.
+    /// (With `jetstream.subjects` set, such an overlap is refused at startup instead:
+    /// [`source_overlap`].)
+    pub fn nats_overlap(&self, idx: usize) -> Vec<String> {
+        let stream = &self.streams[idx];
+        let found: Vec<String> = self
+            .nats_subjects
+            .iter()
+            .enumerate()
+            .filter(|(_, p)| {
+                stream.kind == DurableKind::JetStream && stream.may_serve(&TopicFilter::Pattern((*p).clone()))
+            })
+            .map(|(i, p)| format!("nats.subjects[{i}] = {:?}", p.as_str()))
+            .collect();
+        if !found.is_empty() {
+            self.shadowing.store(true, Ordering::Relaxed);
+        }
+        found
+    }
+
+    /// Whether a core NATS message on `topic` is a copy of one a JetStream stream captures
+    /// (only after [`Catalog::nats_overlap`] found an overlap): the sequencer drops it, so a
+    /// client gets the stream's copy, with its durable position, once.
+    pub fn shadowed(&self, topic: &str) -> bool {
+        self.shadowing.load(Ordering::Relaxed)
+            && self.streams.iter().any(|s| s.kind == DurableKind::JetStream && s.holds(topic))
+    }
+
     /// The durable stream `topic` belongs to, if any.
     pub fn owner_of(&self, topic: &str) -> Option<&DurableStream> {
         self.streams.iter().find(|s| s.holds(topic))
@@ -221,12 +259,14 @@ impl Catalog {
     /// Whether every event a filter can select comes from a durable stream: it lies inside one
     /// stream's topics and no non-durable source (core NATS, Redis pub/sub) can deliver to it.
     /// (`/publish` refuses durable topics, so it cannot either.) For such a filter a resume
-    /// needs no in-memory history at all.
+    /// needs no in-memory history at all. A Redis pattern counts only if it can match one of
+    /// the filter's topics (the exact test of [`RedisGlob::overlaps`]): `redis.patterns =
+    /// ["demo.*"]` leaves `orders.*` durable-only.
     pub fn durable_only(&self, f: &TopicFilter) -> bool {
         self.streams.iter().any(|s| s.contains(f))
             && !self.nats_subjects.iter().any(|p| f.overlaps(p))
             && !self.redis_channels.iter().any(|c| f.matches(c))
-            && !(self.redis_patterns)
+            && !self.redis_patterns.iter().any(|g| g.overlaps(f))
     }
 
     /// Appends `_tag:pos` for every stream with a known position: the vector part of an id.
@@ -260,6 +300,76 @@ impl Catalog {
         }
         (base, Some(positions))
     }
+}
+
+/// Two configured sources that would deliver the same messages, each under its own id.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SourceOverlap {
+    /// The first key (`nats.subjects[0]`) and its value.
+    pub key: String,
+    pub value: String,
+    /// The other key and its value.
+    pub other_key: String,
+    pub other_value: String,
+    /// What the two would do, for the operator.
+    pub why: &'static str,
+}
+
+/// The first pair of configured sources on one broker that overlap, if any (refused at
+/// startup): a `nats.subjects` pattern that overlaps a `jetstream.subjects` pattern (core NATS
+/// and the JetStream stream would both deliver each message), a `redis.channels` entry equal to,
+/// or a `redis.patterns` glob matching, a `redis_streams.keys` entry (one topic fed by pub/sub
+/// and by the stream: its resume could no longer come from the stream alone). A JetStream
+/// stream whose subjects are only known from the server is checked when they are learned
+/// ([`Catalog::nats_overlap`]).
+pub fn source_overlap(c: &Config) -> Option<SourceOverlap> {
+    let pair = |key: String, value: &str, other_key: String, other_value: &str, why| SourceOverlap {
+        key,
+        value: value.to_owned(),
+        other_key,
+        other_value: other_value.to_owned(),
+        why,
+    };
+    if let (Some(n), Some(j)) = (&c.nats, &c.jetstream) {
+        for (i, a) in n.subjects.iter().enumerate() {
+            let Ok(pa) = Pattern::parse(a, usize::MAX) else { continue };
+            for (k, b) in j.subjects.iter().enumerate() {
+                let Ok(pb) = Pattern::parse(b, usize::MAX) else { continue };
+                if TopicFilter::Pattern(pa.clone()).overlaps(&pb) {
+                    return Some(pair(
+                        format!("nats.subjects[{i}]"),
+                        a,
+                        format!("jetstream.subjects[{k}]"),
+                        b,
+                        "core NATS and the JetStream stream would both deliver each message on those subjects, under two ids",
+                    ));
+                }
+            }
+        }
+    }
+    if let (Some(r), Some(rs)) = (&c.redis, &c.redis_streams) {
+        for (k, key) in rs.keys.iter().enumerate() {
+            if let Some(i) = r.channels.iter().position(|ch| ch == key) {
+                return Some(pair(
+                    format!("redis.channels[{i}]"),
+                    &r.channels[i],
+                    format!("redis_streams.keys[{k}]"),
+                    key,
+                    "the topic would be fed both by pub/sub and by the stream",
+                ));
+            }
+            if let Some(i) = r.patterns.iter().position(|p| RedisGlob::new(p).matches(key)) {
+                return Some(pair(
+                    format!("redis.patterns[{i}]"),
+                    &r.patterns[i],
+                    format!("redis_streams.keys[{k}]"),
+                    key,
+                    "the topic would be fed both by pub/sub and by the stream",
+                ));
+            }
+        }
+    }
+    None
 }
 
 #[cfg(test)]
@@ -317,5 +427,85 @@ mod tests {
         assert!(!c.durable_only(&f(">")));
         assert!(c.durable_only(&f("audit")));
         assert_eq!(c.owner_of("orders.9").map(|s| s.name.as_str()), Some("ORDERS"));
+    }
+
+    /// A Redis pattern takes durable-only away only from the filters it can match.
+    #[test]
+    fn redis_patterns_only_count_where_they_can_match() {
+        let c = Config {
+            jetstream: Some(crate::config::JetStreamConfig { streams: vec!["ORDERS".into()], ..Default::default() }),
+            redis_streams: Some(crate::config::RedisStreamsConfig { keys: vec!["audit".into()], ..Default::default() }),
+            redis: Some(crate::config::RedisConfig {
+                patterns: vec!["bench.core.*".into(), "orders.eu.[0-9]".into(), "aud?t-old".into()],
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        let c = Catalog::from_config(&c);
+        c.set_subjects(0, &["orders.>".into()]);
+        let f = |s: &str| TopicFilter::parse(s, 256).unwrap();
+        assert!(c.durable_only(&f("audit")), "aud?t-old cannot match audit");
+        assert!(c.durable_only(&f("orders.us.1")));
+        assert!(!c.durable_only(&f("orders.eu.1")), "orders.eu.[0-9] matches it");
+        assert!(c.durable_only(&f("orders.eu.x")));
+        assert!(c.durable_only(&f("orders.us.*")));
+        assert!(!c.durable_only(&f("orders.eu.*")), "orders.eu.[0-9] can match one of its topics");
+        assert!(!c.durable_only(&f("orders.>")));
+    }
+
+    #[test]
+    fn overlapping_sources_are_named() {
+        let mut c = Config {
+            nats: Some(crate::config::NatsConfig {
+                subjects: vec!["demo.>".into(), "bench.>".into()],
+                ..Default::default()
+            }),
+            jetstream: Some(crate::config::JetStreamConfig {
+                streams: vec!["BENCH".into()],
+                subjects: vec!["orders.>".into()],
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        assert_eq!(source_overlap(&c), None);
+        c.jetstream.as_mut().unwrap().subjects.push("bench.js.>".into());
+        let o = source_overlap(&c).unwrap();
+        assert_eq!((o.key.as_str(), o.value.as_str()), ("nats.subjects[1]", "bench.>"));
+        assert_eq!((o.other_key.as_str(), o.other_value.as_str()), ("jetstream.subjects[1]", "bench.js.>"));
+
+        let mut c = Config {
+            redis: Some(crate::config::RedisConfig {
+                channels: vec!["demo".into()],
+                patterns: vec!["demo.*".into()],
+                ..Default::default()
+            }),
+            redis_streams: Some(crate::config::RedisStreamsConfig { keys: vec!["audit".into()], ..Default::default() }),
+            ..Default::default()
+        };
+        assert_eq!(source_overlap(&c), None);
+        c.redis_streams.as_mut().unwrap().keys.push("demo".into());
+        assert_eq!(source_overlap(&c).unwrap().key, "redis.channels[0]");
+        c.redis_streams.as_mut().unwrap().keys[1] = "demo.audit".into();
+        let o = source_overlap(&c).unwrap();
+        assert_eq!((o.key.as_str(), o.other_key.as_str()), ("redis.patterns[0]", "redis_streams.keys[1]"));
+    }
+
+    /// Subjects learned from the server that overlap `nats.subjects`: named, then deduplicated.
+    #[test]
+    fn runtime_overlap_turns_shadowing_on() {
+        let c = Config {
+            nats: Some(crate::config::NatsConfig {
+                subjects: vec!["demo.>".into(), "bench.>".into()],
+                ..Default::default()
+            }),
+            jetstream: Some(crate::config::JetStreamConfig { streams: vec!["BENCH".into()], ..Default::default() }),
+            ..Default::default()
+        };
+        let c = Catalog::from_config(&c);
+        assert!(!c.shadowed("bench.js.1"));
+        c.set_subjects(0, &["bench.js.>".into()]);
+        assert_eq!(c.nats_overlap(0), ["nats.subjects[1] = \"bench.>\""]);
+        assert!(c.shadowed("bench.js.1"));
+        assert!(!c.shadowed("bench.core.1"));
     }
 }

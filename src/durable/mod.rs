@@ -24,8 +24,9 @@
 
 mod catalog;
 mod positions;
+pub mod redis_glob;
 
-pub use catalog::{Catalog, DurableKind, DurableStream};
-pub use positions::{DurableMark, Positions, Snapshot};
+pub use catalog::{Catalog, DurableKind, DurableStream, SourceOverlap, source_overlap};
+pub use positions::{DurableMark, Positions, Reset, Snapshot};
 
 pub use crate::event::Pos;

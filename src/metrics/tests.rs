@@ -26,6 +26,7 @@ const EXPECTED_META: &str = r#"
 # HELP sse_bridge_drain_streams_left Streams still to be ended by the paced drain after SIGTERM (0 when not draining).
 # HELP sse_bridge_dropped_events Queued events dropped by drop-oldest or replaced by latest, by reason.
 # HELP sse_bridge_event_types_dropped Event types left out because they were unusable or reserved.
+# HELP sse_bridge_events_duplicate_dropped Core NATS messages dropped because a JetStream stream captures their subject and delivers them.
 # HELP sse_bridge_events_malformed Broker messages dropped: not a valid envelope, or larger than the source's max_message_bytes.
 # HELP sse_bridge_events_non_utf8 Payloads that were not UTF-8 and were sent with U+FFFD replacements.
 # HELP sse_bridge_events_received Messages received from each source and sequenced.
@@ -79,6 +80,7 @@ const EXPECTED_META: &str = r#"
 # TYPE sse_bridge_drain_streams_left gauge
 # TYPE sse_bridge_dropped_events counter
 # TYPE sse_bridge_event_types_dropped counter
+# TYPE sse_bridge_events_duplicate_dropped counter
 # TYPE sse_bridge_events_malformed counter
 # TYPE sse_bridge_events_non_utf8 counter
 # TYPE sse_bridge_events_received counter

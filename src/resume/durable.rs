@@ -64,7 +64,7 @@ pub(super) fn plan(
     id: &str,
 ) -> Option<(u64, Option<BrokerResume>)> {
     let (base, vector) = cx.catalog.parse_cursor(id);
-    let vector = vector?;
+    let mut vector = vector?;
     let cursor = Cursor::parse(base, cx.run_id, upto);
     let ours = match cursor {
         Cursor::Ours(seq) => {
@@ -77,7 +77,7 @@ pub(super) fn plan(
         Cursor::Malformed => None,
     };
     let covered = upto.max(snap.seq);
-    let (reads, mut gaps) = broker_reads(cx.catalog, filters, &vector, &snap);
+    let (reads, mut gaps) = broker_reads(cx.catalog, filters, &mut vector, &snap, ours);
     let events = from_ring(cx, filters, &vector, snap.seq, ours, covered, &mut gaps);
     queue.set_have(vector.clone());
     cx.metrics.replayed_events.inc_by(events.len() as u64);
@@ -113,16 +113,20 @@ pub(super) fn plan(
 }
 
 /// Per durable stream the filters may select: the range the broker must supply, or why it
-/// cannot (the id does not place the stream, or the sequencer has no position for it yet).
+/// cannot (the id does not place the stream, or the sequencer has no position for it yet). A
+/// position from before the stream started over (see [`Snapshot::crossed_reset`]) gets a
+/// `stream-reset` gap and the new stream from its start; `vector` then says so.
 fn broker_reads(
     catalog: &Catalog,
     filters: &[TopicFilter],
-    vector: &[Option<Pos>],
+    vector: &mut [Option<Pos>],
     snap: &Snapshot,
+    ours: Option<u64>,
 ) -> (Vec<Read>, Gaps) {
     let mut reads = Vec::new();
     let mut unavailable = Vec::new();
     let mut unplaced = Vec::new();
+    let mut reset = Vec::new();
     for (idx, stream) in catalog.iter() {
         let topics: Vec<String> =
             filters.iter().filter(|f| stream.may_serve(f)).map(|f| f.as_str().to_owned()).collect();
@@ -130,6 +134,11 @@ fn broker_reads(
             continue;
         }
         match (vector[idx], snap.positions.get(idx).copied().flatten()) {
+            (Some(after), now) if snap.crossed_reset(idx, after, ours) => {
+                reset.extend(topics);
+                vector[idx] = Some(Pos::default());
+                reads.extend(now.filter(|n| *n > Pos::default()).map(|n| (idx, Pos::default(), n)));
+            }
             (None, _) => unplaced.extend(topics),
             (Some(_), None) => unavailable.extend(topics),
             (Some(after), Some(now)) if after < now => reads.push((idx, after, now)),
@@ -142,6 +151,9 @@ fn broker_reads(
     }
     if !unavailable.is_empty() {
         gaps.push(("broker-unavailable", dedup(unavailable)));
+    }
+    if !reset.is_empty() {
+        gaps.push(("stream-reset", dedup(reset)));
     }
     (reads, gaps)
 }

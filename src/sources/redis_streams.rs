@@ -7,6 +7,14 @@
 //! session starts after the last entry id forwarded per key (on the first session: the key's
 //! newest entry, the baseline), so a Redis outage loses nothing the stream still holds.
 //!
+//! A key deleted and recreated with lower ids (ids given by the publisher) would be read as
+//! "nothing new" until its ids pass the old ones. So at every session start and whenever an
+//! `XREAD` comes back empty, the newest entry of each key is compared with the last one
+//! forwarded: below it, the key started over. That is logged, announced to the sequencer (a
+//! baseline below the old position: `durable::Reset`, which gives resumes from before it a
+//! `stream-reset` gap) and the key is read from its start. (A key recreated with `*` ids gets
+//! ids above the old ones: it reads on as usual.)
+//!
 //! Entries map like the pub/sub envelope: field `data` is the payload, `event` the SSE type,
 //! `traceparent`/`tracestate`/`published_at` the trace context. An entry without `data` is
 //! counted and skipped.
@@ -18,7 +26,7 @@ use bytes::Bytes;
 use redis::Value;
 use redis::aio::MultiplexedConnection;
 use tokio_util::sync::CancellationToken;
-use tracing::{debug, info};
+use tracing::{debug, info, warn};
 
 use super::bounds::BrokerInput;
 use super::message::{IngestSender, SourceKind, SourceMessage};
@@ -111,6 +119,11 @@ impl Session for RedisStreamsSession {
                     Err(e) => return BrokerError::broker("XREAD", e).into(),
                 },
             };
+            if reply == Value::Nil
+                && let Err(end) = self.check_resets(&mut conn).await
+            {
+                return end;
+            }
             if let Err(end) = self.forward_reply(&reply).await {
                 return end;
             }
@@ -119,24 +132,41 @@ impl Session for RedisStreamsSession {
 }
 
 impl RedisStreamsSession {
-    /// Announces the newest entry of each key not read before as its baseline.
+    /// Announces the newest entry of each key not read before as its baseline, and finds the
+    /// keys read before that started over.
     async fn baselines(&mut self, conn: &mut MultiplexedConnection) -> Result<(), SessionEnd> {
         for (k, (idx, key)) in self.keys.iter().enumerate() {
             if self.last[k].is_some() {
                 continue;
             }
-            let newest: Value = redis::cmd("XREVRANGE")
-                .arg(key)
-                .arg("+")
-                .arg("-")
-                .arg("COUNT")
-                .arg(1)
-                .query_async(conn)
-                .await
-                .map_err(|e| BrokerError::broker("XREVRANGE", e))?;
-            let pos = parse_entries(key, &newest).first().map_or(Pos::default(), |e| e.pos);
+            let pos = newest(conn, key).await?.unwrap_or_default();
             send_baseline(&self.tx, SourceKind::RedisStreams, *idx, pos).await?;
             self.last[k] = Some(pos);
+        }
+        self.check_resets(conn).await
+    }
+
+    /// Every key whose newest entry is below the last one forwarded was deleted and recreated
+    /// with lower ids: it is read again from its start.
+    async fn check_resets(&mut self, conn: &mut MultiplexedConnection) -> Result<(), SessionEnd> {
+        for (k, (idx, key)) in self.keys.iter().enumerate() {
+            let Some(last) = self.last[k] else { continue };
+            let Some(now) = newest(conn, key).await? else { continue };
+            if now >= last {
+                continue;
+            }
+            let (mut old, mut new) = (String::new(), String::new());
+            DurableKind::RedisStream.write_pos(last, &mut old);
+            DurableKind::RedisStream.write_pos(now, &mut new);
+            warn!(
+                source = "redis_streams",
+                key = %key,
+                old_position = %old,
+                new_position = %new,
+                "Stream key was deleted and recreated with lower ids; reading it from its start. Resumes from before it get a stream-reset gap."
+            );
+            send_baseline(&self.tx, SourceKind::RedisStreams, *idx, Pos::default()).await?;
+            self.last[k] = Some(Pos::default());
         }
         Ok(())
     }
@@ -189,6 +219,20 @@ impl RedisStreamsSession {
         }
         Ok(())
     }
+}
+
+/// The id of `key`'s newest entry (None: no entries).
+async fn newest(conn: &mut MultiplexedConnection, key: &str) -> Result<Option<Pos>, SessionEnd> {
+    let reply: Value = redis::cmd("XREVRANGE")
+        .arg(key)
+        .arg("+")
+        .arg("-")
+        .arg("COUNT")
+        .arg(1)
+        .query_async(conn)
+        .await
+        .map_err(|e| BrokerError::broker("XREVRANGE", e))?;
+    Ok(parse_entries(key, &reply).first().map(|e| e.pos))
 }
 
 fn as_bytes(v: &Value) -> Option<&[u8]> {
