@@ -83,6 +83,7 @@ fn metrics(state: &AppState) -> Response<ResponseBody> {
     m.subscription_filters.set(state.registry.filter_count() as i64);
     m.queued_frames.set(state.registry.queued_frames() as i64);
     m.ingest_queue_depth.set((state.ingest.max_capacity() - state.ingest.capacity()) as i64);
+    m.ingest_queue_bytes.set(state.ingest.queued_bytes() as i64);
     m.alive_tasks.set(tokio::runtime::Handle::current().metrics().num_alive_tasks() as i64);
     let replay = state.replay.stats();
     m.replay_events.set(replay.events as i64);

@@ -10,7 +10,6 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use tokio::net::TcpListener;
-use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{error, info, warn};
@@ -20,7 +19,7 @@ use crate::client::{CloseReason, now_ms};
 use crate::config::Config;
 use crate::drain;
 use crate::ingest::Sequencer;
-use crate::sources::{self, SourceMessage};
+use crate::sources::{self, IngestReceiver};
 use crate::sse::conn::Lifecycle;
 use crate::sse::h1::LeanEvents;
 use crate::sse::handler;
@@ -42,7 +41,7 @@ pub enum RunOutcome {
 #[derive(Debug)]
 pub struct App {
     state: Arc<AppState>,
-    ingest_rx: mpsc::Receiver<SourceMessage>,
+    ingest_rx: IngestReceiver,
 }
 
 /// Heartbeat comment: the shortest valid SSE comment; keeps proxies and dead-peer detection busy.
@@ -69,7 +68,7 @@ impl App {
 
     /// Like [`App::new`] with a given tracer (tests export to memory).
     pub fn with_telemetry(config: Config, telemetry: Telemetry) -> App {
-        let (tx, rx) = mpsc::channel(config.fanout.ingest_queue);
+        let (tx, rx) = sources::ingest_channel(config.fanout.ingest_queue, config.fanout.ingest_queue_bytes);
         App { state: Arc::new(AppState::new(config, telemetry, tx)), ingest_rx: rx }
     }
 
@@ -116,7 +115,7 @@ impl App {
 }
 
 /// Starts the sequencer on the ingest channel, and one task per configured broker source.
-fn start_ingest(state: &Arc<AppState>, ingest_rx: mpsc::Receiver<SourceMessage>, tasks: &Tasks) {
+fn start_ingest(state: &Arc<AppState>, ingest_rx: IngestReceiver, tasks: &Tasks) {
     let cfg = &state.config;
     let tracker = &tasks.tracker;
     let sequencer = Sequencer::new(state.pipeline.clone());

@@ -2,6 +2,8 @@
 //!
 //! For each message it assigns the next id of this run, builds the SSE frame once, retains the
 //! event in the replay store, publishes the new "last sequence" and then fans the event out.
+//! A live source's loss signal (an outage, a drop in its client) takes its place in the same
+//! order: recorded for resumes, then an `sse-bridge.gap` to the streams the source serves.
 //! Because one task does all of this in order, every subscriber queue receives events in
 //! strictly increasing id order, and a single id is a complete resume cursor for any set of
 //! topics (see `docs/architecture.md`).
@@ -9,24 +11,26 @@
 //! [`Pipeline`] is everything the sequencer writes to; it is built here from the
 //! configuration and shared with the request handlers through the application state.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use bytes::Bytes;
 use prometheus_client::metrics::counter::Counter;
-use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, trace};
 
-use crate::config::Config;
+use crate::client::{GAP_EVENT, PushOutcome};
+use crate::config::{Config, SlowConsumerPolicy};
 use crate::durable::{Catalog, Pos, Positions};
-use crate::event::{Event, EventId, frame_event_with, new_run_id};
+use crate::event::{Event, EventId, frame_control, frame_event_with, new_run_id};
 use crate::memory::{CHECK_EVERY, MemoryBudget};
 use crate::metrics::Metrics;
+use crate::outages::served;
 use crate::policy::DeliveryRules;
 use crate::registry::Registry;
 use crate::replay::ReplayStore;
-use crate::sources::{SourceKind, SourceMessage};
+use crate::sources::{Ingest, IngestReceiver, SourceKind, SourceMessage, SourceSignal};
 use crate::telemetry::{Receive, Telemetry};
 
 /// The highest sequence number assigned so far in this run, published by the sequencer
@@ -110,18 +114,54 @@ impl Sequencer {
         Sequencer { next_seq: 1, p: pipeline, received, vector, suffix: String::new() }
     }
 
-    /// Consumes messages until every sender is gone or `shutdown` fires.
-    pub async fn run(mut self, mut rx: mpsc::Receiver<SourceMessage>, shutdown: CancellationToken) {
+    /// Consumes messages and signals until every sender is gone or `shutdown` fires; gives
+    /// each message's bytes back to the channel once it has taken the message in.
+    pub async fn run(mut self, mut rx: IngestReceiver, shutdown: CancellationToken) {
         loop {
-            let msg = tokio::select! {
+            let item = tokio::select! {
                 biased;
                 m = rx.recv() => m,
                 _ = shutdown.cancelled() => None,
             };
-            let Some(msg) = msg else { break };
-            let _ = self.ingest(msg);
+            match item {
+                Some(Ingest::Message(msg, bytes)) => {
+                    let _ = self.ingest(msg);
+                    rx.release(bytes);
+                }
+                Some(Ingest::Signal(signal)) => self.signal(&signal),
+                None => break,
+            }
         }
         debug!(last_seq = self.next_seq - 1, "Sequencer stopped.");
+    }
+
+    /// A live source may have lost messages (an outage, or its client's buffer dropped):
+    /// records the loss for resumes (before telling anyone, as events are retained before they
+    /// are published), then queues an `sse-bridge.gap` for every stream whose filters the
+    /// source's concerned subscriptions may serve, in order: after every event sequenced before
+    /// and ahead of every event after. Each distinct gap frame is built once.
+    pub fn signal(&mut self, signal: &SourceSignal) {
+        let p = &self.p;
+        let reason = signal.gap.as_str();
+        let source = signal.source.as_str();
+        p.metrics.count_source_gap(source, reason, signal.lost);
+        p.replay.outages.record(self.next_seq - 1, signal.gap, signal.spaces.clone());
+        let mut frames: HashMap<Vec<String>, Arc<Event>> = HashMap::new();
+        let mut told = 0u64;
+        p.registry.for_each_subscriber(|filters, queue| {
+            let mut topics = served(filters, &signal.spaces);
+            topics.sort();
+            topics.dedup();
+            if topics.is_empty() {
+                return;
+            }
+            let event = frames.entry(topics).or_insert_with_key(|topics| source_gap_event(signal, topics)).clone();
+            if matches!(queue.push(&event), PushOutcome::Queued | PushOutcome::DroppedOldest | PushOutcome::Conflated) {
+                told += 1;
+                p.metrics.count_gap(reason);
+            }
+        });
+        debug!(source, reason, lost = signal.lost, streams = told, "Source loss told to the streams it serves.");
     }
 
     /// Sequences, frames and fans out one message; returns the event (None for a durable
@@ -213,6 +253,30 @@ impl Sequencer {
         }
         trace!(topic = %event.topic, id = %event.id, delivered = stats.delivered, overflowed = stats.overflowed, "Event fanned out.");
     }
+}
+
+/// The live gap event of `signal` for a stream whose concerned filters are `topics`: the same
+/// `sse-bridge.gap` as a resume's (no `id:`, JSON data with `reason` and `topics`), plus the
+/// `source` and, when known, how many messages were `lost`. It goes through the queue as an
+/// event (so it keeps its place among live events) on no topic (so `latest` never conflates
+/// it), under the `disconnect` policy: a stream too full to take it ends, and its resume from
+/// before the loss gets the same gap from the outage record.
+fn source_gap_event(signal: &SourceSignal, topics: &[String]) -> Arc<Event> {
+    let mut data =
+        serde_json::json!({ "reason": signal.gap.as_str(), "topics": topics, "source": signal.source.as_str() });
+    if signal.lost > 0 {
+        data["lost"] = signal.lost.into();
+    }
+    Arc::new(Event {
+        id: EventId { run: 0, seq: 0 },
+        topic: Arc::from(""),
+        frame: frame_control(GAP_EVENT, &data.to_string()),
+        received_at: std::time::Instant::now(),
+        policy: SlowConsumerPolicy::Disconnect,
+        trace: None,
+        published_at_ms: None,
+        durable: None,
+    })
 }
 
 #[cfg(test)]

@@ -37,6 +37,9 @@
 //! - [`event`]: the bridge's [`event::EventId`] (`run-seq`, plus durable positions) and the
 //!   SSE framing, done once per event into one refcounted `Bytes`.
 //! - [`client`]: one subscriber's bounded queue and the slow-consumer policies.
+//! - [`outages`]: where a live source (core NATS, Redis pub/sub) lost messages: the topic
+//!   spaces it serves, the `source-outage`/`source-dropped` reasons, and the bounded record of
+//!   those losses that a resume from before one reads.
 //! - [`replay`]: per-topic rings of recent events (count, bytes, global budget) that serve
 //!   `Last-Event-ID` resume and prove when a resume is complete.
 //! - [`durable`]: JetStream streams and Redis Streams as durable sources: their catalog and
@@ -86,6 +89,7 @@ pub mod limits;
 pub mod logging;
 pub mod memory;
 pub mod metrics;
+pub mod outages;
 pub mod policy;
 pub mod process;
 pub mod registry;

@@ -52,6 +52,13 @@ pub struct ResumeReadLabel {
     pub outcome: &'static str,
 }
 
+/// Label set of a live source's loss signal: the source and the gap reason.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct SourceGapLabel {
+    pub source: &'static str,
+    pub reason: &'static str,
+}
+
 /// Label set with a reason (why a stream ended, why a message was dropped).
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ReasonLabel {
@@ -110,6 +117,9 @@ pub struct Metrics {
     pub connections_in_head: Gauge,
     pub replay_inflight_bytes: Gauge,
     pub allocator_purges: Counter,
+    pub source_gaps: Family<SourceGapLabel, Counter>,
+    pub source_lost_messages: Family<SourceLabel, Counter>,
+    pub ingest_queue_bytes: Gauge,
 }
 
 impl Default for Metrics {
@@ -139,6 +149,7 @@ impl Metrics {
         m.register_resume();
         m.register_process();
         m.register_bounds();
+        m.register_source_losses();
         m.registry.register_collector(Box::new(AllocatorCollector));
         m.standard.register_collector(Box::new(ProcessCollector));
         m
@@ -190,6 +201,9 @@ impl Metrics {
             connections_in_head: Gauge::default(),
             replay_inflight_bytes: Gauge::default(),
             allocator_purges: Counter::default(),
+            source_gaps: Family::default(),
+            source_lost_messages: Family::default(),
+            ingest_queue_bytes: Gauge::default(),
         }
     }
 
@@ -327,6 +341,30 @@ impl Metrics {
         );
     }
 
+    /// Where live sources lost messages, and the bytes waiting for the sequencer.
+    fn register_source_losses(&mut self) {
+        let r = &mut self.registry;
+        add(
+            r,
+            "source_gaps",
+            "Losses a live source told its streams about (source-outage, source-dropped), by source and reason",
+            &self.source_gaps,
+        );
+        add(
+            r,
+            "source_lost_messages",
+            "Messages a live source's client or buffer dropped when full, by source (NATS: a lower bound)",
+            &self.source_lost_messages,
+        );
+        add_in(
+            r,
+            "ingest_queue",
+            "Bytes of the messages waiting between the sources and the sequencer",
+            Unit::Bytes,
+            &self.ingest_queue_bytes,
+        );
+    }
+
     /// The process itself and the memory budget.
     fn register_process(&mut self) {
         let r = &mut self.registry;
@@ -395,6 +433,15 @@ impl Metrics {
     pub fn count_shed(&self, ring_bytes: usize, streams_closed: usize) {
         self.memory_shed_ring.inc_by(ring_bytes as u64);
         self.memory_shed_streams.inc_by(streams_closed as u64);
+    }
+
+    /// Counts a live source's loss signal (`reason`: `source-outage`, `source-dropped`) and the
+    /// messages it says were lost.
+    pub fn count_source_gap(&self, source: &'static str, reason: &'static str, lost: u64) {
+        self.source_gaps.get_or_create(&SourceGapLabel { source, reason }).inc();
+        if lost > 0 {
+            self.source_lost_messages.get_or_create(&SourceLabel { source }).inc_by(lost);
+        }
     }
 
     /// Counts a gap signal.

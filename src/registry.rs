@@ -202,6 +202,17 @@ impl Registry {
     pub fn queued_frames(&self) -> usize {
         self.shards.iter().map(|s| s.read().subs.iter().map(|(_, sub)| sub.queue.len()).sum::<usize>()).sum()
     }
+
+    /// Calls `f` with every subscriber's filters and queue: for signals that concern streams
+    /// by what they subscribed to rather than by one event's topic (a source's outage). Holds
+    /// one shard's read lock at a time, like [`Registry::for_each_queue`].
+    pub fn for_each_subscriber(&self, mut f: impl FnMut(&[TopicFilter], &ClientQueue)) {
+        for shard in self.shards.iter() {
+            for (_, sub) in shard.read().subs.iter() {
+                f(&sub.filters, &sub.queue);
+            }
+        }
+    }
 }
 
 fn deliver(sub: &Sub, event: &Arc<Event>, stats: &mut FanoutStats) {

@@ -16,6 +16,7 @@ use parking_lot::Mutex;
 
 use crate::config::ReplayConfig;
 use crate::event::{Event, EventId};
+use crate::outages::OutageLog;
 use crate::topic::TopicFilter;
 
 /// Bookkeeping bytes charged per retained event on top of its frame (the `Event`, its `Arc`,
@@ -27,6 +28,9 @@ pub const PER_EVENT_OVERHEAD: usize = std::mem::size_of::<Event>() + 2 * std::me
 pub struct ReplayStore {
     inner: Mutex<Inner>,
     cfg: ReplayConfig,
+    /// Where the live sources lost messages (outages, client drops): a resume from before one
+    /// gets a `source-outage`/`source-dropped` gap. Held here so every resume path reaches it.
+    pub outages: OutageLog,
 }
 
 #[derive(Debug, Default)]
@@ -141,7 +145,7 @@ fn cost(e: &Event) -> usize {
 impl ReplayStore {
     /// An empty store with the given bounds.
     pub fn new(cfg: ReplayConfig) -> Self {
-        ReplayStore { inner: Mutex::new(Inner::default()), cfg }
+        ReplayStore { inner: Mutex::new(Inner::default()), cfg, outages: OutageLog::default() }
     }
 
     /// Retains `event`, evicting by the per-topic and global bounds. Called by the sequencer

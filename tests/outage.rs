@@ -13,7 +13,7 @@ use std::future::Future;
 use std::time::Duration;
 
 use common::brokers::{self, NatsServer, RedisServer};
-use common::events::event_id;
+use common::events::{GAP_EVENT, event_id, gap_data};
 use common::sse_client::{SseEvent, SseStream, test_client};
 use common::{EVENT_TIMEOUT, TestApp, nats_config, redis_config, start_app, test_config, wait_until};
 use sse_bridge::event::EventId;
@@ -109,6 +109,20 @@ async fn assert_serving_during_outage(app: &TestApp, stream: &mut SseStream, top
     event_id(&ev)
 }
 
+/// The next event on `stream` is the `source-outage` gap of `source`, naming `topics`.
+async fn expect_outage_gap(stream: &mut SseStream, source: &str, topics: &[&str]) {
+    let ev = loop {
+        let ev = stream.next_event(EVENT_TIMEOUT).await.expect("stream open after the broker came back");
+        if !is_probe(&ev) {
+            break ev; // late duplicates of probes sent before the outage are skipped
+        }
+    };
+    let gap = gap_data(&ev);
+    assert_eq!(gap["reason"], "source-outage", "{gap}");
+    assert_eq!(gap["source"], source, "{gap}");
+    assert_eq!(gap["topics"], serde_json::json!(topics), "{gap}");
+}
+
 fn outage_config() -> sse_bridge::Config {
     let mut cfg = test_config();
     // Heartbeats are the "stream is alive" signal during the outage.
@@ -144,6 +158,7 @@ async fn nats_kill9_and_restart_resumes_on_the_open_stream() {
     let during = assert_serving_during_outage(&app, &mut stream, "t.a", "nats").await;
 
     nats.restart().await;
+    expect_outage_gap(&mut stream, "nats", &["t.a"]).await;
     let client = brokers::nats_client(&nats.url()).await;
     let probe = await_probe(&mut stream, "nats-probe", || {
         let c = client.clone();
@@ -198,6 +213,7 @@ async fn redis_kill9_and_restart_resumes_on_the_open_stream() {
     // Redis pub/sub keeps nothing for absent subscribers: probes sent before the bridge has
     // re-subscribed are lost, so probe until one gets through.
     redis.restart().await;
+    expect_outage_gap(&mut stream, "redis", &["t.a"]).await;
     let mut conn = brokers::redis_conn(&redis.url()).await;
     let probe = await_probe(&mut stream, "redis-probe", || {
         let mut c = conn.clone();
@@ -291,4 +307,277 @@ async fn starts_and_serves_with_brokers_down_then_picks_them_up() {
     // First connections, not reconnections.
     assert!(app.state.sources.iter().all(|s| s.reconnects() == 0));
     assert!(!stream.is_ended());
+}
+
+// ---- Issue 16, item 8: an outage is told, live and to resumes across it ----------------------
+
+/// The first event of a stream resumed after `last_id` that is not a probe.
+async fn first_event_of_resume(app: &TestApp, topics: &[&str], last_id: &str) -> SseEvent {
+    let mut s = app.resume(topics, last_id).await;
+    loop {
+        let ev = s.next_event(EVENT_TIMEOUT).await.expect("resumed stream open");
+        if !is_probe(&ev) {
+            return ev;
+        }
+    }
+}
+
+/// A stream on a core NATS topic is told of the outage (`source-outage`, naming its topic)
+/// before the first event after NATS is back; a stream on a topic NATS does not serve is not;
+/// a resume from an id before the outage gets the gap, one from after it does not.
+#[tokio::test]
+async fn nats_outage_gap_reaches_open_streams_and_resumes_across_it() {
+    let mut nats = NatsServer::start().await;
+    let mut cfg = outage_config();
+    cfg.nats = Some(nats_config(&nats.url(), &["t.>"]));
+    let app = start_app(cfg).await;
+    app.wait_sources_connected().await;
+    let mut served = app.subscribe(&["t.a", "t.*"]).await;
+    let mut other = app.subscribe(&["u.a"]).await;
+
+    let before = {
+        let client = brokers::nats_client(&nats.url()).await;
+        let probe = await_probe(&mut served, "nats-probe", || {
+            let c = client.clone();
+            async move {
+                c.publish("t.a", "nats-probe".into()).await.unwrap();
+                c.flush().await.unwrap();
+            }
+        })
+        .await;
+        probe.id.clone().expect("probe id")
+    };
+
+    nats.kill9();
+    wait_until("NATS source reports disconnected", async || !app.state.sources[0].is_connected()).await;
+    nats.restart().await;
+    // Told at once, before any new message: a quiet topic learns too.
+    expect_outage_gap(&mut served, "nats", &["t.*", "t.a"]).await;
+
+    let client = brokers::nats_client(&nats.url()).await;
+    let probe = await_probe(&mut served, "after-probe", || {
+        let c = client.clone();
+        async move {
+            c.publish("t.a", "after-probe".into()).await.unwrap();
+            c.flush().await.unwrap();
+        }
+    })
+    .await;
+
+    // A topic NATS does not serve: no gap, its next event is its own.
+    app.publish("u.a", None, "other-after").await;
+    let ev = other.next_event(EVENT_TIMEOUT).await.expect("other stream open");
+    assert_eq!((ev.event.as_deref(), ev.data.as_str()), (None, "other-after"), "no gap for u.a: {ev:?}");
+
+    // A resume across the outage is told too; from after it, or on another topic, it is not.
+    let gap = gap_data(&first_event_of_resume(&app, &["t.a"], &before).await);
+    assert_eq!((gap["reason"].as_str(), gap["topics"].clone()), (Some("source-outage"), serde_json::json!(["t.a"])));
+    assert_eq!(gap["last_event_id"], before.as_str());
+    let after = probe.id.clone().expect("probe id");
+    app.publish("t.a", None, "tail").await;
+    let ev = first_event_of_resume(&app, &["t.a"], &after).await;
+    assert_eq!((ev.event.as_deref(), ev.data.as_str()), (None, "tail"), "{ev:?}");
+    let ev = first_event_of_resume(&app, &["u.a"], &before).await;
+    assert_eq!(ev.data, "other-after", "{ev:?}");
+
+    let metrics = common::metrics::admin_metrics(&app).await;
+    let told =
+        common::metrics::sample(&metrics, "sse_bridge_source_gaps_total{source=\"nats\",reason=\"source-outage\"}");
+    assert_eq!(told, Some(1.0), "one outage, told once");
+}
+
+/// The same for Redis pub/sub, a channel and a pattern: the stream on a channel and the stream
+/// on a topic the pattern serves are told; a resume across the outage is told too.
+#[tokio::test]
+async fn redis_outage_gap_reaches_open_streams_and_resumes_across_it() {
+    let mut redis = RedisServer::start().await;
+    let mut cfg = outage_config();
+    cfg.redis = Some(redis_config(&redis.url(), &["t.a"], &["r.*"]));
+    let app = start_app(cfg).await;
+    app.wait_sources_connected().await;
+    let mut channel = app.subscribe(&["t.a"]).await;
+    let mut pattern = app.subscribe(&["r.x"]).await;
+    let mut other = app.subscribe(&["u.a"]).await;
+
+    let before = {
+        let conn = brokers::redis_conn(&redis.url()).await;
+        let probe = await_probe(&mut channel, "redis-probe", || {
+            let mut c = conn.clone();
+            async move {
+                brokers::redis_publish(&mut c, "t.a", "redis-probe").await;
+            }
+        })
+        .await;
+        probe.id.clone().expect("probe id")
+    };
+
+    redis.kill9();
+    wait_until("Redis source reports disconnected", async || !app.state.sources[0].is_connected()).await;
+    redis.restart().await;
+    expect_outage_gap(&mut channel, "redis", &["t.a"]).await;
+    expect_outage_gap(&mut pattern, "redis", &["r.x"]).await;
+
+    let mut conn = brokers::redis_conn(&redis.url()).await;
+    await_probe(&mut channel, "after-probe", || {
+        let mut c = conn.clone();
+        async move {
+            brokers::redis_publish(&mut c, "t.a", "after-probe").await;
+        }
+    })
+    .await;
+    brokers::redis_publish(&mut conn, "r.x", "pattern-after").await;
+    let ev = pattern.next_event(EVENT_TIMEOUT).await.expect("pattern stream open");
+    assert_eq!(ev.data, "pattern-after");
+
+    app.publish("u.a", None, "other-after").await;
+    let ev = other.next_event(EVENT_TIMEOUT).await.expect("other stream open");
+    assert_eq!((ev.event.as_deref(), ev.data.as_str()), (None, "other-after"), "no gap for u.a: {ev:?}");
+
+    let gap = gap_data(&first_event_of_resume(&app, &["t.a", "r.*", "u.a"], &before).await);
+    assert_eq!(gap["reason"], "source-outage", "{gap}");
+    assert_eq!(gap["topics"], serde_json::json!(["r.*", "t.a"]), "the filters Redis serves: {gap}");
+}
+
+// ---- Issue 14, item 8: a client-side drop is told -------------------------------------------
+
+/// Payload size of the flood.
+const FLOOD_BYTES: usize = 16 * 1024;
+
+/// Reads `stream` until it falls quiet for 2 s (the burst is over); returns the gaps and events
+/// in arrival order.
+async fn read_flood(stream: &mut SseStream) -> Vec<SseEvent> {
+    let mut out = Vec::new();
+    while let Ok(Some(ev)) = stream.next_event_or_end(Duration::from_secs(2)).await {
+        out.push(ev);
+    }
+    out
+}
+
+/// Every numbered event that is missing lies behind a gap: between two received events `a`
+/// and `b > a + 1` there is an `sse-bridge.gap` from the source (`source-dropped`, or
+/// `source-outage` if the broker cut the bridge off as a slow consumer). Returns how many
+/// were missing.
+fn assert_every_skip_is_told(events: &[SseEvent], topic: &str) -> usize {
+    let mut last: Option<usize> = None;
+    let mut told = false;
+    let mut missing = 0;
+    for ev in events {
+        if ev.event.as_deref() == Some(GAP_EVENT) {
+            let gap = gap_data(ev);
+            assert!(gap["reason"] == "source-dropped" || gap["reason"] == "source-outage", "{gap}");
+            assert!(gap["topics"].as_array().unwrap().iter().any(|t| t == topic), "{gap}");
+            told = true;
+            continue;
+        }
+        let n: usize = ev.data[..ev.data.find(' ').unwrap_or(ev.data.len())].parse().expect("numbered event");
+        if let Some(a) = last {
+            assert!(n > a, "out of order: {a} then {n}");
+            if n > a + 1 {
+                assert!(told, "events {}..{} were skipped without a gap event", a + 1, n - 1);
+                missing += n - a - 1;
+            }
+        }
+        last = Some(n);
+        told = false;
+    }
+    missing
+}
+
+/// A burst of 16 KiB messages that the bridge cannot take in as fast as NATS delivers them:
+/// the NATS client's buffer (sized in bytes) drops, and the stream is told with a
+/// `source-dropped` gap before the first event after the drop; the drop is counted.
+#[tokio::test]
+async fn nats_client_drops_under_a_flood_are_told() {
+    let nats = NatsServer::start().await;
+    let mut cfg = test_config();
+    let mut n = nats_config(&nats.url(), &["flood.>"]);
+    n.max_message_bytes = FLOOD_BYTES + 64;
+    n.buffer_bytes = 4 * (FLOOD_BYTES + 64); // 3 messages here
+    cfg.nats = Some(n);
+    cfg.fanout.ingest_queue = 1;
+    cfg.fanout.ingest_queue_bytes = FLOOD_BYTES;
+    cfg.server.queue_capacity = 1 << 16;
+    let app = start_app(cfg).await;
+    app.wait_sources_connected().await;
+    let mut stream = app.subscribe(&["flood.a"]).await;
+    let client = brokers::nats_client(&nats.url()).await;
+    await_probe(&mut stream, "0 flood-probe", || {
+        let c = client.clone();
+        async move {
+            c.publish("flood.a", "0 flood-probe".into()).await.unwrap();
+            c.flush().await.unwrap();
+        }
+    })
+    .await;
+
+    let pad = "x".repeat(FLOOD_BYTES - 16);
+    let mut next = 1usize;
+    let mut events = Vec::new();
+    for _burst in 0..20 {
+        for _ in 0..2000 {
+            client.publish("flood.a", format!("{next} {pad}").into()).await.unwrap();
+            next += 1;
+        }
+        client.flush().await.unwrap();
+        events.extend(read_flood(&mut stream).await);
+        if events.iter().any(|e| e.event.as_deref() == Some(GAP_EVENT)) {
+            break;
+        }
+    }
+    let missing = assert_every_skip_is_told(&events, "flood.a");
+    assert!(missing > 0, "the flood dropped nothing: {} events of {} arrived", events.len(), next - 1);
+    let metrics = common::metrics::admin_metrics(&app).await;
+    let lost = common::metrics::sample(&metrics, "sse_bridge_source_lost_messages_total{source=\"nats\"}");
+    assert!(lost.is_some_and(|l| l > 0.0), "drops counted: {lost:?}");
+}
+
+/// The same for Redis pub/sub: the redis client buffers without bound, so the source bounds
+/// what waits in bytes (`redis.buffer_bytes`), drops past it and tells the streams.
+#[tokio::test]
+async fn redis_buffer_drops_under_a_flood_are_told() {
+    let redis = RedisServer::start().await;
+    let mut cfg = test_config();
+    let mut r = redis_config(&redis.url(), &["flood.a"], &[]);
+    r.max_message_bytes = FLOOD_BYTES + 64;
+    r.buffer_bytes = 4 * (FLOOD_BYTES + 64);
+    cfg.redis = Some(r);
+    cfg.fanout.ingest_queue = 1;
+    cfg.fanout.ingest_queue_bytes = FLOOD_BYTES;
+    cfg.server.queue_capacity = 1 << 16;
+    let app = start_app(cfg).await;
+    app.wait_sources_connected().await;
+    let mut stream = app.subscribe(&["flood.a"]).await;
+    let conn = brokers::redis_conn(&redis.url()).await;
+    await_probe(&mut stream, "0 flood-probe", || {
+        let mut c = conn.clone();
+        async move {
+            brokers::redis_publish(&mut c, "flood.a", "0 flood-probe").await;
+        }
+    })
+    .await;
+
+    let pad = "x".repeat(FLOOD_BYTES - 16);
+    let mut next = 1usize;
+    let mut events = Vec::new();
+    for _burst in 0..20 {
+        // Pipelines of 100: Redis writes the messages to the bridge as fast as it can.
+        for _ in 0..20 {
+            let mut pipe = redis::pipe();
+            for _ in 0..100 {
+                pipe.cmd("PUBLISH").arg("flood.a").arg(format!("{next} {pad}")).ignore();
+                next += 1;
+            }
+            let mut c = conn.clone();
+            let _: () = pipe.query_async(&mut c).await.expect("pipelined publish");
+        }
+        events.extend(read_flood(&mut stream).await);
+        if events.iter().any(|e| e.event.as_deref() == Some(GAP_EVENT)) {
+            break;
+        }
+    }
+    let missing = assert_every_skip_is_told(&events, "flood.a");
+    assert!(missing > 0, "the flood dropped nothing: {} events of {} arrived", events.len(), next - 1);
+    let metrics = common::metrics::admin_metrics(&app).await;
+    let lost = common::metrics::sample(&metrics, "sse_bridge_source_lost_messages_total{source=\"redis\"}");
+    assert!(lost.is_some_and(|l| l > 0.0), "drops counted: {lost:?}");
 }

@@ -15,11 +15,15 @@ pub struct FanoutConfig {
     /// Messages that may wait between the sources and the sequencer. When full, sources wait
     /// (backpressure reaches the broker client, whose own buffer then applies).
     pub ingest_queue: usize,
+    /// Bytes those messages may hold together (payload, topic, bookkeeping); the same policy
+    /// when reached: sources wait. A larger message waits for the queue to empty. At most
+    /// 4 GiB.
+    pub ingest_queue_bytes: usize,
 }
 
 impl Default for FanoutConfig {
     fn default() -> Self {
-        FanoutConfig { shards: 16, ingest_queue: 4096 }
+        FanoutConfig { shards: 16, ingest_queue: 4096, ingest_queue_bytes: 32 * 1024 * 1024 }
     }
 }
 
@@ -29,7 +33,12 @@ impl FanoutConfig {
         if self.shards == 0 || self.shards > 1024 {
             return Err(Invalid::new("fanout.shards", "must be between 1 and 1024"));
         }
-        at_least_one("fanout.ingest_queue", self.ingest_queue)
+        at_least_one("fanout.ingest_queue", self.ingest_queue)?;
+        at_least_one("fanout.ingest_queue_bytes", self.ingest_queue_bytes)?;
+        if self.ingest_queue_bytes > u32::MAX as usize {
+            return Err(Invalid::new("fanout.ingest_queue_bytes", "must be at most 4294967295 (4 GiB)"));
+        }
+        Ok(())
     }
 }
 

@@ -35,6 +35,10 @@ pub struct NatsConfig {
     /// Largest payload bridged; bigger messages are counted, logged (once per interval) and
     /// dropped. NATS servers cap payloads at 1 MiB by default too.
     pub max_message_bytes: usize,
+    /// Bytes the NATS client may buffer for all subjects together while the ingest queue is
+    /// full: each subject's buffer holds `buffer_bytes / subjects / max_message_bytes` messages
+    /// (at least one). Past it the client drops, and the streams are told (`source-dropped`).
+    pub buffer_bytes: usize,
 }
 
 impl Default for NatsConfig {
@@ -47,6 +51,7 @@ impl Default for NatsConfig {
             reconnect_max_delay: Duration::from_secs(5),
             connect_timeout: Duration::from_secs(5),
             max_message_bytes: 1024 * 1024,
+            buffer_bytes: 32 * 1024 * 1024,
         }
     }
 }
@@ -62,7 +67,8 @@ impl NatsConfig {
         if self.event_header.is_empty() {
             return Err(Invalid::new("nats.event_header", "must not be empty"));
         }
-        at_least_one("nats.max_message_bytes", self.max_message_bytes)
+        at_least_one("nats.max_message_bytes", self.max_message_bytes)?;
+        at_least_one_message("nats.buffer_bytes", self.buffer_bytes, self.max_message_bytes)
     }
 }
 
@@ -91,6 +97,10 @@ pub struct RedisConfig {
     /// Largest message bridged (the raw message, before envelope decoding); bigger messages
     /// are counted, logged (once per interval) and dropped.
     pub max_message_bytes: usize,
+    /// Bytes of messages read from Redis that may wait for the ingest queue. The redis client's
+    /// own buffer is unbounded, so the source keeps reading into this one; past it, messages
+    /// are dropped and the streams are told (`source-dropped`).
+    pub buffer_bytes: usize,
 }
 
 impl Default for RedisConfig {
@@ -104,6 +114,7 @@ impl Default for RedisConfig {
             connect_timeout: Duration::from_secs(5),
             ping_interval: Duration::from_secs(15),
             max_message_bytes: 1024 * 1024,
+            buffer_bytes: 32 * 1024 * 1024,
         }
     }
 }
@@ -113,6 +124,7 @@ impl RedisConfig {
     pub fn check(&self, max_topic_len: usize) -> Checked {
         check_url(&self.url, REDIS_SCHEMES).map_err(|r| Invalid::new("redis.url", format!("{:?}: {r}", self.url)))?;
         at_least_one("redis.max_message_bytes", self.max_message_bytes)?;
+        at_least_one_message("redis.buffer_bytes", self.buffer_bytes, self.max_message_bytes)?;
         if self.channels.is_empty() && self.patterns.is_empty() {
             return Err(Invalid::new("redis.channels", "and redis.patterns are both empty: name at least one"));
         }
@@ -243,6 +255,17 @@ impl RedisStreamsConfig {
         }
         at_least_one("redis_streams.max_message_bytes", self.max_message_bytes)
     }
+}
+
+/// A broker buffer must hold at least one message of the largest size bridged.
+fn at_least_one_message(key: &str, buffer_bytes: usize, max_message_bytes: usize) -> Checked {
+    if buffer_bytes < max_message_bytes {
+        return Err(Invalid::new(
+            key,
+            format!("is {buffer_bytes}: must be at least max_message_bytes ({max_message_bytes})"),
+        ));
+    }
+    Ok(())
 }
 
 /// Every durable stream adds a part to every event id: their number is bounded. The runtime

@@ -32,6 +32,7 @@ const EXPECTED_META: &str = r#"
 # HELP sse_bridge_events_received Messages received from each source and sequenced.
 # HELP sse_bridge_gap_events sse-bridge.gap signals sent, by reason.
 # HELP sse_bridge_heap_allocated_bytes Live heap (jemalloc stats.allocated).
+# HELP sse_bridge_ingest_queue_bytes Bytes of the messages waiting between the sources and the sequencer.
 # HELP sse_bridge_ingest_queue_depth Messages waiting between the sources and the sequencer.
 # HELP sse_bridge_jemalloc_active_bytes Bytes in pages holding live allocations (jemalloc stats.active).
 # HELP sse_bridge_jemalloc_dirty_bytes Freed pages jemalloc has not yet returned to the OS (purged on decay).
@@ -60,6 +61,8 @@ const EXPECTED_META: &str = r#"
 # HELP sse_bridge_resume_broker_reads_active Broker reads for resumes running now (bounded by resume.max_concurrent_reads).
 # HELP sse_bridge_resume_broker_reads_coalesced Resume reads served by joining an identical read already running.
 # HELP sse_bridge_resume_broker_reads_peak Most broker reads for resumes that ran at once since start.
+# HELP sse_bridge_source_gaps Losses a live source told its streams about (source-outage, source-dropped), by source and reason.
+# HELP sse_bridge_source_lost_messages Messages a live source's client or buffer dropped when full, by source (NATS: a lower bound).
 # HELP sse_bridge_streams_opened SSE streams opened.
 # HELP sse_bridge_subscription_filters Distinct topics and patterns with subscribers, summed over registry shards.
 # HELP sse_bridge_tokio_alive_tasks Tasks alive in the runtime.
@@ -86,6 +89,7 @@ const EXPECTED_META: &str = r#"
 # TYPE sse_bridge_events_received counter
 # TYPE sse_bridge_gap_events counter
 # TYPE sse_bridge_heap_allocated_bytes gauge
+# TYPE sse_bridge_ingest_queue_bytes gauge
 # TYPE sse_bridge_ingest_queue_depth gauge
 # TYPE sse_bridge_jemalloc_active_bytes gauge
 # TYPE sse_bridge_jemalloc_dirty_bytes gauge
@@ -114,6 +118,8 @@ const EXPECTED_META: &str = r#"
 # TYPE sse_bridge_resume_broker_reads_active gauge
 # TYPE sse_bridge_resume_broker_reads_coalesced counter
 # TYPE sse_bridge_resume_broker_reads_peak gauge
+# TYPE sse_bridge_source_gaps counter
+# TYPE sse_bridge_source_lost_messages counter
 # TYPE sse_bridge_streams_opened counter
 # TYPE sse_bridge_subscription_filters gauge
 # TYPE sse_bridge_tokio_alive_tasks gauge
@@ -123,6 +129,7 @@ const EXPECTED_META: &str = r#"
 # UNIT process_virtual_memory_bytes bytes
 # UNIT sse_bridge_delivery_latency_seconds seconds
 # UNIT sse_bridge_heap_allocated_bytes bytes
+# UNIT sse_bridge_ingest_queue_bytes bytes
 # UNIT sse_bridge_jemalloc_active_bytes bytes
 # UNIT sse_bridge_jemalloc_dirty_bytes bytes
 # UNIT sse_bridge_jemalloc_mapped_bytes bytes
@@ -150,6 +157,8 @@ sse_bridge_gap_events_total{reason="x"}
 sse_bridge_queue_depth_streams{le="0"}
 sse_bridge_requests_rejected_total{reason="x"}
 sse_bridge_resume_broker_reads_total{kind="jetstream",outcome="ok"}
+sse_bridge_source_gaps_total{source="nats",reason="source-dropped"}
+sse_bridge_source_lost_messages_total{source="nats"}
 "#;
 
 #[test]
@@ -167,6 +176,7 @@ fn exposition_names_types_and_help_are_unchanged() {
     m.broker_up.get_or_create(&nats).set(1);
     m.broker_reconnects.get_or_create(&nats).inc();
     m.count_resume_read("jetstream", "ok");
+    m.count_source_gap("nats", "source-dropped", 1);
     let text = m.encode();
     let mut meta: Vec<&str> = text.lines().filter(|l| l.starts_with("# ") && *l != "# EOF").collect();
     meta.sort_unstable();

@@ -185,6 +185,7 @@ fn from_ring(
             let r = cx.replay.collect(filters, seq, covered);
             events.extend(r.events.into_iter().filter(|e| e.durable.is_none()));
             evicted.extend(r.incomplete.into_iter().filter(|t| !is_durable(t)));
+            gaps.extend(cx.replay.outages.gaps_since(filters, seq).into_iter().map(|(g, t)| (g.as_str(), t)));
         }
         None if !nondurable.is_empty() => {
             gaps.push(("unknown-run", nondurable.iter().map(|f| f.as_str().to_owned()).collect()));

@@ -21,10 +21,17 @@ pub(super) fn resume(
 ) {
     // Without durable streams the id is `<run>-<seq>`; with them, that is its first part.
     let base = id.split_once('_').map_or(id, |(b, _)| b);
-    let plan = cx.replay.resume(filters, Cursor::parse(base, cx.run_id, upto), upto);
+    let cursor = Cursor::parse(base, cx.run_id, upto);
+    let plan = cx.replay.resume(filters, cursor, upto);
     if let Some((reason, gap_topics)) = &plan.gap {
         queue.push_backlog(gap_frame(reason.as_str(), gap_topics, truncate(id, MAX_CURSOR_LEN)));
         cx.metrics.count_gap(reason.as_str());
+    }
+    if let Cursor::Ours(after) = cursor {
+        for (gap, topics) in cx.replay.outages.gaps_since(filters, after) {
+            queue.push_backlog(gap_frame(gap.as_str(), &topics, truncate(id, MAX_CURSOR_LEN)));
+            cx.metrics.count_gap(gap.as_str());
+        }
     }
     cx.metrics.replayed_events.inc_by(plan.events.len() as u64);
     if let Some(s) = span {

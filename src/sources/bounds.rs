@@ -95,14 +95,14 @@ impl BrokerInput {
 
 /// "Log now?" at most once per [`LOG_INTERVAL`], counting what it suppressed in between.
 #[derive(Debug, Default)]
-struct IntervalLog {
+pub(super) struct IntervalLog {
     last: Option<Instant>,
     suppressed: u64,
 }
 
 impl IntervalLog {
     /// `Some(suppressed since the last line)` when a line is due.
-    fn due(&mut self) -> Option<u64> {
+    pub(super) fn due(&mut self) -> Option<u64> {
         match self.last {
             Some(t) if t.elapsed() < LOG_INTERVAL => {
                 self.suppressed += 1;

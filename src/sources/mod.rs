@@ -3,20 +3,25 @@
 //!
 //! The contract every source keeps:
 //! - it never blocks another source (each runs in its own task; the ingest channel is shared,
-//!   and when it is full every sender waits its turn, which pushes back into the broker client);
+//!   bounded in messages and in bytes, and when it is full every sender waits its turn, which
+//!   pushes back into the broker client's own bounded buffer);
 //! - it copies the payload out of the broker client's read buffer before handing it on, so a
 //!   queued message never pins a large buffer;
 //! - a session with the broker ends in a named [`SessionEnd`], then the source reconnects with
 //!   capped exponential [`Backoff`] until shutdown; the bridge serves while a broker is down;
 //! - it reports its state in a [`SourceStatus`] for `/readyz` and `/metrics`;
 //! - it drops what breaks the broker message bounds ([`BrokerInput`]) and says so in the logs,
-//!   at most once per interval.
+//!   at most once per interval;
+//! - a live source (core NATS, Redis pub/sub) that may have lost messages (it reconnected after
+//!   an outage, or its client's bounded buffer dropped) sends a [`SourceSignal`] before any
+//!   message that came after the loss, so the streams it serves are told.
 //!
 //! [`configured`] lists the sources a configuration names; `app` spawns each with
 //! [`ConfiguredSource::run`].
 
 mod backoff;
 mod bounds;
+mod buffer;
 mod configured;
 mod message;
 mod redis_client;
@@ -32,7 +37,10 @@ pub mod redis_streams;
 pub use backoff::{Backoff, backoff_delay};
 pub use bounds::{BrokerInput, LOG_INTERVAL};
 pub use configured::{ConfiguredSource, configured};
-pub use message::{IngestSender, PUBLISHED_AT_HEADER, SourceKind, SourceMessage};
+pub use message::{
+    Ingest, IngestClosed, IngestPermit, IngestReceiver, IngestSender, PUBLISHED_AT_HEADER, SourceKind, SourceMessage,
+    SourceSignal, ingest_channel,
+};
 pub use redis_client::RedisEndpoint;
 pub use session::{BrokerError, ClientError, Session, SessionEnd, supervise};
 pub use status::SourceStatus;

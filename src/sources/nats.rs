@@ -4,28 +4,93 @@
 //! forever with our capped, jittered backoff, and to connect in the background so the bridge
 //! starts and serves while NATS is down. Connection changes arrive through the client's event
 //! callback and are logged once each and reflected in [`SourceStatus`].
+//!
+//! Core NATS keeps nothing for a subscriber that is away, so two things lose messages: an
+//! outage (what was published while the client reconnected) and the client's per-subscription
+//! buffer overflowing (async-nats drops and reports a slow consumer). The forwarding loop tells
+//! the sequencer of both with a [`SourceSignal`] before it forwards any later message: an
+//! outage when the client's connection count moved past the first connection (async-nats
+//! counts a connection before it re-subscribes, so no message of the new session can come
+//! first), a drop when the event callback saw a slow consumer or when its own buffer was full.
+//! The loop reads on while the ingest channel is full, into its own buffer bounded in bytes
+//! (`nats.buffer_bytes`), so the client's per-subscription buffer (sized from the same budget
+//! at `max_message_bytes` per message, at least [`MIN_SUBSCRIPTION_CAPACITY`] messages) is only a
+//! hand-off that the loop keeps near empty.
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Instant;
 
-use async_nats::{ConnectOptions, Event as NatsEvent, HeaderMap, Subscriber};
+use async_nats::{ConnectOptions, Event as NatsEvent, HeaderMap, Statistics, Subscriber};
 use bytes::Bytes;
 use futures_util::StreamExt;
 use futures_util::stream::{SelectAll, select_all};
+use parking_lot::Mutex;
+use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
 use super::backoff::backoff_delay;
-use super::bounds::BrokerInput;
-use super::message::{IngestSender, PUBLISHED_AT_HEADER, SourceKind, SourceMessage};
-use super::session::{BrokerError, SessionEnd, forward};
+use super::bounds::{BrokerInput, IntervalLog};
+use super::buffer::{Buffer, Reserve};
+use super::message::{IngestSender, PUBLISHED_AT_HEADER, SourceKind, SourceMessage, SourceSignal};
+use super::session::{BrokerError, SessionEnd};
 use super::status::SourceStatus;
 use crate::config::NatsConfig;
+use crate::outages::{SourceGap, SourceSpace};
 use crate::telemetry::TraceContext;
+use crate::topic::Pattern;
 
-/// Messages async-nats may buffer per subscription before it reports a slow consumer and
-/// drops; the bound between the broker and our ingest channel.
-const SUBSCRIPTION_CAPACITY: usize = 8192;
+/// Bytes a buffered message may cost beyond its payload (subject, headers, the `Message`).
+pub const MESSAGE_OVERHEAD: usize = 512;
+
+/// The fewest messages a subscription's hand-off buffer holds: async-nats parses everything a
+/// socket read brought in one go and drops what does not fit, so the hand-off must hold a
+/// burst of small messages (a 64 KiB read holds over a thousand) however large
+/// `max_message_bytes` is.
+pub const MIN_SUBSCRIPTION_CAPACITY: usize = 1024;
+
+/// Messages async-nats may buffer per subscription before it reports a slow consumer and drops:
+/// `nats.buffer_bytes` shared by the subjects, at `max_message_bytes` (plus overhead) each, but
+/// at least [`MIN_SUBSCRIPTION_CAPACITY`]. The forwarding loop drains it continuously into its
+/// own buffer (bounded by the actual bytes), so it holds more than a read's burst only while
+/// that task is starved of CPU.
+pub fn subscription_capacity(cfg: &NatsConfig) -> usize {
+    let per_subject = cfg.buffer_bytes / cfg.subjects.len().max(1);
+    (per_subject / (cfg.max_message_bytes + MESSAGE_OVERHEAD)).max(MIN_SUBSCRIPTION_CAPACITY)
+}
+
+/// What the client's event callback saw that the forwarding loop must tell the sequencer:
+/// slow-consumer drops (by subscription id) and connection changes (a wake-up only: the
+/// connection count itself is read from the client's statistics).
+#[derive(Debug, Default)]
+struct Losses {
+    notify: Notify,
+    dirty: AtomicBool,
+    dropped: Mutex<(Vec<u64>, u64)>,
+}
+
+impl Losses {
+    /// A subscription's buffer was full and the client dropped a message.
+    fn dropped(&self, sid: u64) {
+        let mut g = self.dropped.lock();
+        if !g.0.contains(&sid) {
+            g.0.push(sid);
+        }
+        g.1 += 1;
+        drop(g);
+        self.dirty.store(true, Ordering::Release);
+        self.notify.notify_one();
+    }
+
+    /// The drops seen since the last call: (subscription ids, count).
+    fn take(&self) -> Option<(Vec<u64>, u64)> {
+        if !self.dirty.swap(false, Ordering::AcqRel) {
+            return None;
+        }
+        Some(std::mem::take(&mut *self.dropped.lock()))
+    }
+}
 
 /// Runs the NATS source until `shutdown`; returns why it ended.
 pub async fn run(
@@ -35,7 +100,8 @@ pub async fn run(
     shutdown: CancellationToken,
 ) -> SessionEnd {
     let url = cfg.url.clone();
-    let client = match connect_options(&cfg, status.clone()).connect(url.as_str()).await {
+    let losses = Arc::new(Losses::default());
+    let client = match connect_options(&cfg, status.clone(), losses.clone()).connect(url.as_str()).await {
         Ok(c) => c,
         Err(e) => {
             // With retry_on_initial_connect this only fails on unusable options (bad URL).
@@ -53,10 +119,20 @@ pub async fn run(
             }
         }
     }
-    info!(source = "nats", %url, subjects = ?cfg.subjects, "Subscribed; messages flow once connected.");
+    info!(source = "nats", %url, subjects = ?cfg.subjects, capacity = subscription_capacity(&cfg), "Subscribed; messages flow once connected.");
     let mut messages = select_all(subs);
     let mut input = BrokerInput::new(SourceKind::Nats, cfg.max_message_bytes, status.clone());
-    let end = forward_all(&mut messages, &mut input, &cfg.event_header, &tx, &shutdown).await;
+    let mut teller = Teller {
+        tx: &tx,
+        shutdown: &shutdown,
+        connects: client.statistics(),
+        seen_connects: 0,
+        losses: &losses,
+        spaces: spaces(&cfg.subjects),
+        drop_log: IntervalLog::default(),
+    };
+    let mut buffer = Buffer::new(SourceKind::Nats, cfg.buffer_bytes);
+    let end = forward_all(&mut messages, &mut input, &cfg.event_header, &mut teller, &mut buffer).await;
     status.set_disconnected();
     // Unsubscribes and closes the connection; bounded so a dead server cannot stall shutdown.
     drop(messages);
@@ -65,9 +141,11 @@ pub async fn run(
     end
 }
 
-/// The client's settings: reconnect forever with our backoff, connect in the background, and
-/// report connection changes (logged once each) in `status`.
-fn connect_options(cfg: &NatsConfig, status: Arc<SourceStatus>) -> ConnectOptions {
+/// The client's settings: reconnect forever with our backoff, connect in the background, a
+/// subscription buffer sized from `nats.buffer_bytes`,
+/// report connection changes (logged once each) in `status`, and slow-consumer drops and
+/// reconnections to the forwarding loop through `losses`.
+fn connect_options(cfg: &NatsConfig, status: Arc<SourceStatus>, losses: Arc<Losses>) -> ConnectOptions {
     let url = cfg.url.clone();
     let max_delay = cfg.reconnect_max_delay;
     ConnectOptions::new()
@@ -75,53 +153,147 @@ fn connect_options(cfg: &NatsConfig, status: Arc<SourceStatus>) -> ConnectOption
         .retry_on_initial_connect()
         .max_reconnects(None)
         .connection_timeout(cfg.connect_timeout)
-        .subscription_capacity(SUBSCRIPTION_CAPACITY)
+        .subscription_capacity(subscription_capacity(cfg))
         .reconnect_delay_callback(move |attempt| backoff_delay(attempt, max_delay))
         .event_callback(move |event| {
             let status = status.clone();
             let url = url.clone();
+            let losses = losses.clone();
             async move {
                 match event {
                     NatsEvent::Connected => {
                         let reconnect = status.set_connected();
                         info!(source = "nats", %url, reconnect, "Broker connected.");
+                        losses.notify.notify_one();
                     }
                     NatsEvent::Disconnected => {
                         status.set_disconnected();
                         warn!(source = "nats", %url, "Broker disconnected; reconnecting with backoff.");
                     }
-                    NatsEvent::SlowConsumer(sid) => {
-                        warn!(source = "nats", sid, "Subscription buffer full; NATS client dropped messages.");
-                    }
+                    // Logged by the forwarding loop, at most once per interval.
+                    NatsEvent::SlowConsumer(sid) => losses.dropped(sid),
                     other => debug!(source = "nats", event = %other, "Client event."),
                 }
             }
         })
 }
 
+/// The subjects as the spaces a signal names; subjects were validated with the config.
+fn spaces(subjects: &[String]) -> Arc<[SourceSpace]> {
+    subjects.iter().filter_map(|s| Pattern::parse(s, s.len()).ok()).map(SourceSpace::Subject).collect()
+}
+
+/// The forwarding loop's side of the loss signals: it notices outages and drops and sends a
+/// [`SourceSignal`] before the next message.
+struct Teller<'a> {
+    tx: &'a IngestSender,
+    shutdown: &'a CancellationToken,
+    /// The client's statistics: `connects` counts the first connection and every reconnection.
+    connects: Arc<Statistics>,
+    /// `connects` as of the last check.
+    seen_connects: u64,
+    losses: &'a Losses,
+    /// One per subject, in subscription order (async-nats numbers this client's subscriptions
+    /// 1, 2, … in that order).
+    spaces: Arc<[SourceSpace]>,
+    drop_log: IntervalLog,
+}
+
+impl Teller<'_> {
+    /// Whether an outage or a drop awaits telling; two atomic loads, checked per message.
+    fn due(&self) -> bool {
+        self.connects.connects.load(Ordering::Relaxed) != self.seen_connects
+            || self.losses.dirty.load(Ordering::Acquire)
+    }
+
+    /// Queues the signals due behind what is buffered (so ahead of every message read from now
+    /// on): an outage if the client connected again after its first connection, then the
+    /// client's drops seen since the last call.
+    fn tell(&mut self, buffer: &mut Buffer) {
+        let connects = self.connects.connects.load(Ordering::Relaxed);
+        if connects != self.seen_connects {
+            // Two or more connections (even if none was seen in between): a reconnection.
+            let outage = connects >= 2;
+            self.seen_connects = connects;
+            if outage {
+                info!(
+                    source = "nats",
+                    reason = SourceGap::Outage.as_str(),
+                    "Broker back after an outage; telling the streams it serves."
+                );
+                buffer.push_signal(self.signal(SourceGap::Outage, self.spaces.clone(), 0));
+            }
+        }
+        if let Some((sids, lost)) = self.losses.take() {
+            let known: Option<Vec<SourceSpace>> =
+                sids.iter().map(|&sid| self.spaces.get(sid.wrapping_sub(1) as usize).cloned()).collect();
+            // An id we did not number: every subject.
+            let spaces = known.map_or_else(|| self.spaces.clone(), Arc::from);
+            if let Some(suppressed) = self.drop_log.due() {
+                let subjects: Vec<&str> = spaces.iter().map(SourceSpace::as_str).collect();
+                warn!(
+                    source = "nats",
+                    lost,
+                    ?subjects,
+                    suppressed,
+                    "Subscription buffer full; NATS client dropped messages; telling the streams (logged at most every 10s)."
+                );
+            }
+            buffer.push_signal(self.signal(SourceGap::Dropped, spaces, lost));
+        }
+    }
+
+    fn signal(&self, gap: SourceGap, spaces: Arc<[SourceSpace]>, lost: u64) -> SourceSignal {
+        SourceSignal { source: SourceKind::Nats, gap, spaces, lost }
+    }
+}
+
 /// Forwards every admitted message until shutdown, the ingest path closes, or the client ends
-/// the subscriptions.
+/// the subscriptions. Reads on while the ingest channel is full, into `buffer` (bounded in
+/// bytes, dropping and telling past it), so the client's own buffer (counted in messages) is
+/// only a hand-off and overflows only when this task is starved.
 async fn forward_all(
     messages: &mut SelectAll<Subscriber>,
     input: &mut BrokerInput,
     event_header: &str,
-    tx: &IngestSender,
-    shutdown: &CancellationToken,
+    teller: &mut Teller<'_>,
+    buffer: &mut Buffer,
 ) -> SessionEnd {
+    let (tx, shutdown) = (teller.tx, teller.shutdown);
+    let mut reserving: Option<Reserve> = None;
     loop {
-        let msg = tokio::select! {
+        if reserving.is_none() {
+            reserving = buffer.reserve_front(tx);
+        }
+        tokio::select! {
             biased;
             _ = shutdown.cancelled() => return SessionEnd::Shutdown,
-            m = messages.next() => m,
-        };
-        let Some(msg) = msg else {
-            return BrokerError::Lost("subscription closed by the client").into();
-        };
-        if !input.admit(&msg.subject, &msg.payload, true) {
-            continue;
-        }
-        if let Err(end) = forward(tx, shutdown, source_message(&msg, SourceKind::Nats, event_header)).await {
-            return end;
+            permit = async { reserving.as_mut().expect("guarded").await }, if reserving.is_some() => {
+                reserving = None;
+                match permit {
+                    Ok(p) => buffer.send_front(p),
+                    Err(_) => return SessionEnd::DownstreamClosed,
+                }
+            }
+            // Tell at once, not only before the next message: a quiet topic learns too.
+            _ = teller.losses.notify.notified() => teller.tell(buffer),
+            msg = messages.next() => {
+                let Some(msg) = msg else {
+                    return BrokerError::Lost("subscription closed by the client").into();
+                };
+                if teller.due() {
+                    teller.tell(buffer);
+                }
+                if !input.admit(&msg.subject, &msg.payload, true) {
+                    continue;
+                }
+                let out = source_message(&msg, SourceKind::Nats, event_header);
+                if let Some(lost) = buffer.push(out, &teller.spaces)
+                    && let Some(suppressed) = buffer.drop_log.due()
+                {
+                    warn!(source = "nats", lost, suppressed, "Ingest queue and source buffer full; NATS messages dropped; telling the streams (logged at most every 10s).");
+                }
+            }
         }
     }
 }

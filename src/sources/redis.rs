@@ -5,7 +5,13 @@
 //! connects (bounded by `connect_timeout`), subscribes, then reads until the connection drops,
 //! a periodic `PING` goes unanswered, or shutdown. Then it waits a capped, jittered backoff and
 //! starts a new session with the same subscriptions. Messages published while the connection
-//! is down are lost by Redis pub/sub's own design (it keeps no history).
+//! is down are lost by Redis pub/sub's own design (it keeps no history): a session after the
+//! first starts with a `source-outage` signal, ahead of its first message.
+//!
+//! The redis client queues pub/sub messages without bound, so this source never stops reading:
+//! what waits for the ingest channel waits in the source's own buffer, bounded in bytes
+//! (`redis.buffer_bytes`); past it messages are dropped and counted, and a `source-dropped`
+//! signal goes ahead of the next message forwarded.
 //!
 //! Envelope mode reads `{"event": "...", "data": ..., "traceparent": "..."}`: a string `data`
 //! is the payload verbatim, any other JSON value is the payload as compact JSON. A message that
@@ -19,14 +25,16 @@ use bytes::Bytes;
 use futures_util::StreamExt;
 use serde::Deserialize;
 use tokio_util::sync::CancellationToken;
-use tracing::info;
+use tracing::{info, warn};
 
 use super::bounds::BrokerInput;
-use super::message::{IngestSender, SourceKind, SourceMessage};
+use super::buffer::{Buffer, Reserve};
+use super::message::{IngestSender, SourceKind, SourceMessage, SourceSignal};
 use super::redis_client::{RedisEndpoint, redacted};
-use super::session::{BrokerError, Session, SessionEnd, forward, supervise};
+use super::session::{BrokerError, Session, SessionEnd, supervise};
 use super::status::SourceStatus;
 use crate::config::RedisConfig;
+use crate::outages::{SourceGap, SourceSpace};
 use crate::telemetry::TraceContext;
 
 /// Runs the Redis source until `shutdown`.
@@ -42,7 +50,10 @@ pub async fn run(
     };
     let input = BrokerInput::new(SourceKind::Redis, cfg.max_message_bytes, status.clone());
     let url = redacted(&cfg.url);
-    let mut session = RedisSession { endpoint, cfg, tx, status: status.clone(), shutdown: shutdown.clone(), input };
+    let spaces = spaces(&cfg);
+    let buffer = Buffer::new(SourceKind::Redis, cfg.buffer_bytes);
+    let mut session =
+        RedisSession { endpoint, cfg, tx, status: status.clone(), shutdown: shutdown.clone(), input, buffer, spaces };
     supervise("redis", &url, session.cfg.reconnect_max_delay, &status, &shutdown, &mut session).await
 }
 
@@ -54,6 +65,17 @@ struct RedisSession {
     status: Arc<SourceStatus>,
     shutdown: CancellationToken,
     input: BrokerInput,
+    /// Messages read and not yet handed to the ingest channel; kept across sessions, so what
+    /// was read before a disconnect is still forwarded, ahead of the outage signal.
+    buffer: Buffer,
+    /// The channels and patterns, as the spaces a signal names.
+    spaces: Arc<[SourceSpace]>,
+}
+
+/// The channels and patterns as the spaces a signal names.
+fn spaces(cfg: &RedisConfig) -> Arc<[SourceSpace]> {
+    let channels = cfg.channels.iter().map(|c| SourceSpace::Channel(Arc::from(c.as_str())));
+    channels.chain(cfg.patterns.iter().map(|p| SourceSpace::Glob(Arc::from(p.as_str())))).collect()
 }
 
 impl RedisSession {
@@ -86,24 +108,54 @@ impl Session for RedisSession {
                 Err(e) => return e.into(),
             },
         };
-        let RedisSession { cfg, tx, status, shutdown, input, .. } = self;
+        let RedisSession { cfg, tx, status, shutdown, input, buffer, spaces, .. } = self;
         let reconnect = status.set_connected();
         info!(source = "redis", url = %redacted(&cfg.url), reconnect, channels = ?cfg.channels, patterns = ?cfg.patterns, "Broker connected and subscribed.");
+        // Whatever is still buffered came before the outage; the signal goes after it and
+        // before any message of this session.
+        if reconnect {
+            info!(
+                source = "redis",
+                reason = SourceGap::Outage.as_str(),
+                "Broker back after an outage; telling the streams it serves."
+            );
+            buffer.push_signal(SourceSignal {
+                source: SourceKind::Redis,
+                gap: SourceGap::Outage,
+                spaces: spaces.clone(),
+                lost: 0,
+            });
+        }
 
         let (mut sink, mut stream) = pubsub.split();
         let mut ping = tokio::time::interval(cfg.ping_interval);
         ping.reset();
+        // The reservation for the buffer's front, kept across iterations so the source keeps
+        // its turn in the ingest channel while it goes on reading.
+        let mut reserving: Option<Reserve> = None;
         loop {
+            if reserving.is_none() {
+                reserving = buffer.reserve_front(tx);
+            }
             tokio::select! {
                 biased;
                 _ = shutdown.cancelled() => return SessionEnd::Shutdown,
+                permit = async { reserving.as_mut().expect("guarded").await }, if reserving.is_some() => {
+                    reserving = None;
+                    match permit {
+                        Ok(p) => buffer.send_front(p),
+                        Err(_) => return SessionEnd::DownstreamClosed,
+                    }
+                }
                 msg = stream.next() => {
                     let Some(msg) = msg else {
                         return BrokerError::Lost("connection closed").into();
                     };
                     let Some(out) = to_source_message(&msg, cfg.envelope, input) else { continue };
-                    if let Err(end) = forward(tx, shutdown, out).await {
-                        return end;
+                    if let Some(lost) = buffer.push(out, spaces)
+                        && let Some(suppressed) = buffer.drop_log.due()
+                    {
+                        warn!(source = "redis", lost, buffer_bytes = cfg.buffer_bytes, suppressed, "Ingest queue full and source buffer full; Redis messages dropped; telling the streams (logged at most every 10s).");
                     }
                 }
                 _ = ping.tick() => {
