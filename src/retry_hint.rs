@@ -44,6 +44,11 @@ pub enum RetryReason {
     MemoryBudget,
     /// SIGTERM: this replica is going away; another one will take the stream.
     Draining,
+    /// `interest.max_subscriptions`: the on-demand sources hold all the upstream
+    /// subscriptions they may.
+    UpstreamCapacity,
+    /// `interest.max_subscriptions_per_ip`: the address's streams hold their share of them.
+    UpstreamIpShare,
 }
 
 impl RetryReason {
@@ -55,6 +60,8 @@ impl RetryReason {
             RetryReason::AtCapacity => "at_capacity",
             RetryReason::MemoryBudget => "memory_budget",
             RetryReason::Draining => "draining",
+            RetryReason::UpstreamCapacity => "upstream_capacity",
+            RetryReason::UpstreamIpShare => "ip_upstream_limit",
         }
     }
 
@@ -65,6 +72,8 @@ impl RetryReason {
         match self {
             RetryReason::ConnectRate | RetryReason::IpStreamLimit => 429,
             RetryReason::AtCapacity | RetryReason::MemoryBudget | RetryReason::Draining => 503,
+            RetryReason::UpstreamIpShare => 429,
+            RetryReason::UpstreamCapacity => 503,
         }
     }
 }
@@ -106,6 +115,7 @@ impl RetryHints {
             RetryReason::ConnectRate => self.rate_slot(ip, wait, now),
             RetryReason::IpStreamLimit | RetryReason::AtCapacity | RetryReason::MemoryBudget => self.backoff(ip, now),
             RetryReason::Draining => self.draining(),
+            RetryReason::UpstreamCapacity | RetryReason::UpstreamIpShare => self.backoff(ip, now),
         }
     }
 

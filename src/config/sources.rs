@@ -9,6 +9,7 @@ use serde::{Deserialize, Serialize};
 use super::check::{
     Checked, Invalid, NATS_SCHEMES, REDIS_SCHEMES, at_least_one, check_subjects, check_url, check_url_list,
 };
+use super::interest::InterestMode;
 use crate::topic::TopicFilter;
 
 /// Durable streams a bridge may read at most: every one adds a part to every event id.
@@ -35,6 +36,9 @@ pub struct NatsConfig {
     /// Largest payload bridged; bigger messages are counted, logged (once per interval) and
     /// dropped. NATS servers cap payloads at 1 MiB by default too.
     pub max_message_bytes: usize,
+    /// `"all"`: subscribe to every subject at start; `"on-demand"`: the subjects are the
+    /// allowlist, and only the filters clients hold are subscribed (see `[interest]`).
+    pub interest: InterestMode,
 }
 
 impl Default for NatsConfig {
@@ -47,6 +51,7 @@ impl Default for NatsConfig {
             reconnect_max_delay: Duration::from_secs(5),
             connect_timeout: Duration::from_secs(5),
             max_message_bytes: 1024 * 1024,
+            interest: InterestMode::All,
         }
     }
 }
@@ -91,6 +96,9 @@ pub struct RedisConfig {
     /// Largest message bridged (the raw message, before envelope decoding); bigger messages
     /// are counted, logged (once per interval) and dropped.
     pub max_message_bytes: usize,
+    /// `"all"`: subscribe to every channel and pattern at start; `"on-demand"`: they are the
+    /// allowlist, and only the filters clients hold are subscribed (see `[interest]`).
+    pub interest: InterestMode,
 }
 
 impl Default for RedisConfig {
@@ -104,6 +112,7 @@ impl Default for RedisConfig {
             connect_timeout: Duration::from_secs(5),
             ping_interval: Duration::from_secs(15),
             max_message_bytes: 1024 * 1024,
+            interest: InterestMode::All,
         }
     }
 }

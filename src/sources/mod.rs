@@ -13,13 +13,17 @@
 //!   at most once per interval.
 //!
 //! [`configured`] lists the sources a configuration names; `app` spawns each with
-//! [`ConfiguredSource::run`].
+//! [`ConfiguredSource::run`]. With `interest = "on-demand"`, NATS and Redis pub/sub run as
+//! `nats_interest` and `redis_interest`: they subscribe what the streams hold (see
+//! `crate::interest`) instead of the whole configuration.
 
 mod backoff;
 mod bounds;
 mod configured;
 mod message;
+mod nats_interest;
 mod redis_client;
+mod redis_interest;
 mod session;
 mod status;
 

@@ -67,7 +67,7 @@ pub async fn run(
 
 /// The client's settings: reconnect forever with our backoff, connect in the background, and
 /// report connection changes (logged once each) in `status`.
-fn connect_options(cfg: &NatsConfig, status: Arc<SourceStatus>) -> ConnectOptions {
+pub(super) fn connect_options(cfg: &NatsConfig, status: Arc<SourceStatus>) -> ConnectOptions {
     let url = cfg.url.clone();
     let max_delay = cfg.reconnect_max_delay;
     ConnectOptions::new()
