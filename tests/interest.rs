@@ -269,3 +269,26 @@ async fn the_default_subscribes_the_whole_configuration_as_before() {
     wait_until("sequenced", async || app.state.last_seq.get() > before).await;
     assert_eq!(metric(&app, "sse_bridge_events_unwanted_total{source=\"nats\"}").await, 1.0);
 }
+
+#[tokio::test]
+async fn the_caps_refuse_with_a_retry_an_event_source_survives() {
+    let nats = NatsServer::start().await;
+    let mut c = nats_on_demand(&nats.url(), Duration::from_secs(60));
+    c.interest.max_subscriptions = 3;
+    c.interest.max_subscriptions_per_ip = 2;
+    let app = start_app(c).await;
+    app.wait_sources_connected().await;
+    let _two = app.subscribe(&["user.1", "user.2"]).await;
+    // A third distinct filter from the same address is over its share.
+    let mut refused = sse_client::connect(&app.url("/events?topic=user.3"), &[]).await.expect("a 200 refusal stream");
+    assert_eq!(refused.headers()["sse-bridge-refusal"], "ip_upstream_limit");
+    assert!(refused.next_event_or_end(EVENT_TIMEOUT).await.unwrap().is_none(), "the refusal ends at once");
+    assert!(refused.retry().is_some(), "with a retry: hint");
+    // Filters already held cost nothing.
+    let _shared = app.subscribe(&["user.1"]).await;
+    // The global cap (interest.max_subscriptions) is the same check across addresses; its
+    // arithmetic is unit-tested in src/interest/caps.rs.
+    let table = app.state.interest.table("nats").unwrap();
+    assert_eq!(table.len(), 2);
+    assert_eq!(common::rejected_count(&app, "ip_upstream_limit").await, 1.0);
+}
