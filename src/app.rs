@@ -123,7 +123,8 @@ fn start_ingest(state: &Arc<AppState>, ingest_rx: IngestReceiver, tasks: &Tasks)
     // `state.sources` was built from the same list, in the same order.
     for (source, status) in sources::configured(cfg).into_iter().zip(&state.sources) {
         let (tx, status, stop) = (state.ingest.clone(), status.clone(), tasks.stop_sources.clone());
-        tracker.spawn(source.run(state.catalog.clone(), tx, status, stop));
+        let interest = state.interest.table(source.kind().as_str()).map(|t| (t, cfg.interest.batch));
+        tracker.spawn(source.run(state.catalog.clone(), tx, status, stop, interest));
     }
 }
 

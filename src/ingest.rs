@@ -23,9 +23,9 @@ use tracing::{debug, trace};
 use crate::client::{GAP_EVENT, PushOutcome};
 use crate::config::{Config, SlowConsumerPolicy};
 use crate::durable::{Catalog, Pos, Positions};
-use crate::event::{Event, EventId, frame_control, frame_event_with, new_run_id};
+use crate::event::{Event, EventId, FanoutStats, frame_control, frame_event_with, new_run_id};
 use crate::memory::{CHECK_EVERY, MemoryBudget};
-use crate::metrics::Metrics;
+use crate::metrics::{Metrics, SourceLabel};
 use crate::outages::served;
 use crate::policy::DeliveryRules;
 use crate::registry::Registry;
@@ -201,7 +201,11 @@ impl Sequencer {
             published_at_ms: msg.trace.published_at_ms,
             durable: msg.durable.map(|m| (m.stream, m.pos)),
         });
-        self.publish_and_fan_out(&event, receive);
+        let stats = self.publish_and_fan_out(&event, receive);
+        if stats.delivered + stats.overflowed == 0 {
+            // What `interest = "on-demand"` saves: a message no open stream wanted.
+            p.metrics.events_unwanted.get_or_create(&SourceLabel { source: msg.source.as_str() }).inc();
+        }
         if let Some(reply) = msg.reply {
             let _ = reply.send(format!("{id}{}", self.suffix));
         }
@@ -230,7 +234,7 @@ impl Sequencer {
     }
 
     /// Retains `event`, publishes its sequence, then fans it out and counts what that did.
-    fn publish_and_fan_out(&self, event: &Arc<Event>, receive: Option<Receive>) {
+    fn publish_and_fan_out(&self, event: &Arc<Event>, receive: Option<Receive>) -> FanoutStats {
         let p = &self.p;
         // Retain, then publish, then fan out: a subscriber that registers after the store sees
         // the sequence and finds the event in the replay store (see docs/architecture.md).
@@ -252,6 +256,7 @@ impl Sequencer {
             p.metrics.count_drops("conflated", stats.conflated as u64);
         }
         trace!(topic = %event.topic, id = %event.id, delivered = stats.delivered, overflowed = stats.overflowed, "Event fanned out.");
+        stats
     }
 }
 

@@ -44,6 +44,9 @@
 //!   `Last-Event-ID` resume and prove when a resume is complete.
 //! - [`durable`]: JetStream streams and Redis Streams as durable sources: their catalog and
 //!   where the sequencer stands in them (the vector cursor every id carries).
+//! - [`interest`]: on-demand upstream interest: per source, the filters local streams hold
+//!   (refcounted, released a linger after the last stream), the allowlist and the caps; the
+//!   handler holds filters, the sources subscribe them upstream.
 //! - [`registry`]: sharded topic/pattern → subscriber index and the fan-out, which puts a clone
 //!   of the event's `Bytes` into each matching client queue.
 //! - [`memory`]: the process memory budget and what is shed when it is reached.
@@ -85,6 +88,7 @@ pub mod drain;
 pub mod durable;
 pub mod event;
 pub mod ingest;
+pub mod interest;
 pub mod limits;
 pub mod logging;
 pub mod memory;

@@ -120,6 +120,10 @@ pub struct Metrics {
     pub source_gaps: Family<SourceGapLabel, Counter>,
     pub source_lost_messages: Family<SourceLabel, Counter>,
     pub ingest_queue_bytes: Gauge,
+    pub upstream_subscriptions: Family<SourceLabel, Gauge>,
+    pub upstream_subscribes: Family<SourceLabel, Counter>,
+    pub upstream_unsubscribes: Family<SourceLabel, Counter>,
+    pub events_unwanted: Family<SourceLabel, Counter>,
 }
 
 impl Default for Metrics {
@@ -150,6 +154,7 @@ impl Metrics {
         m.register_process();
         m.register_bounds();
         m.register_source_losses();
+        m.register_interest();
         m.registry.register_collector(Box::new(AllocatorCollector));
         m.standard.register_collector(Box::new(ProcessCollector));
         m
@@ -204,6 +209,10 @@ impl Metrics {
             source_gaps: Family::default(),
             source_lost_messages: Family::default(),
             ingest_queue_bytes: Gauge::default(),
+            upstream_subscriptions: Family::default(),
+            upstream_subscribes: Family::default(),
+            upstream_unsubscribes: Family::default(),
+            events_unwanted: Family::default(),
         }
     }
 
@@ -417,6 +426,36 @@ impl Metrics {
     /// once and kept by the caller.
     pub fn received_counter(&self, source: &'static str) -> Counter {
         self.events_received.get_or_create(&SourceLabel { source }).clone()
+    }
+
+    /// On-demand upstream subscriptions (`nats.interest`/`redis.interest`), and what the
+    /// brokers send that no stream wants (the firehose cost of `"all"`).
+    fn register_interest(&mut self) {
+        let r = &mut self.registry;
+        add(
+            r,
+            "upstream_subscriptions",
+            "Upstream subscriptions an on-demand source holds now",
+            &self.upstream_subscriptions,
+        );
+        add(
+            r,
+            "upstream_subscribes",
+            "Subscribe commands an on-demand source sent to its broker",
+            &self.upstream_subscribes,
+        );
+        add(
+            r,
+            "upstream_unsubscribes",
+            "Unsubscribe commands an on-demand source sent (filters released after their linger)",
+            &self.upstream_unsubscribes,
+        );
+        add(
+            r,
+            "events_unwanted",
+            "Messages received from a source that no open stream wanted (fan-out reached no queue)",
+            &self.events_unwanted,
+        );
     }
 
     /// Counts a stream end.

@@ -47,6 +47,11 @@ pub enum RetryReason {
     /// `resume.max_inflight_bytes`: replayed frames waiting across all streams are at the cap;
     /// a resume is refused until clients drain theirs.
     ReplayBudget,
+    /// `interest.max_subscriptions`: the on-demand sources hold all the upstream
+    /// subscriptions they may.
+    UpstreamCapacity,
+    /// `interest.max_subscriptions_per_ip`: the address's streams hold their share of them.
+    UpstreamIpShare,
 }
 
 impl RetryReason {
@@ -59,6 +64,8 @@ impl RetryReason {
             RetryReason::MemoryBudget => "memory_budget",
             RetryReason::Draining => "draining",
             RetryReason::ReplayBudget => "replay_budget",
+            RetryReason::UpstreamCapacity => "upstream_capacity",
+            RetryReason::UpstreamIpShare => "ip_upstream_limit",
         }
     }
 
@@ -70,6 +77,8 @@ impl RetryReason {
             RetryReason::ConnectRate | RetryReason::IpStreamLimit => 429,
             RetryReason::AtCapacity | RetryReason::MemoryBudget | RetryReason::Draining => 503,
             RetryReason::ReplayBudget => 503,
+            RetryReason::UpstreamIpShare => 429,
+            RetryReason::UpstreamCapacity => 503,
         }
     }
 }
@@ -112,6 +121,7 @@ impl RetryHints {
             RetryReason::IpStreamLimit | RetryReason::AtCapacity | RetryReason::MemoryBudget => self.backoff(ip, now),
             RetryReason::Draining => self.draining(),
             RetryReason::ReplayBudget => self.backoff(ip, now),
+            RetryReason::UpstreamCapacity | RetryReason::UpstreamIpShare => self.backoff(ip, now),
         }
     }
 

@@ -12,6 +12,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use crate::auth::Auth;
 use crate::config::Config;
 use crate::ingest::Pipeline;
+use crate::interest::Interest;
 use crate::limits::Limits;
 use crate::resume::BrokerReader;
 use crate::sources::{self, IngestSender, SourceStatus};
@@ -39,6 +40,8 @@ pub struct AppState {
     pub auth: Auth,
     /// Admission: stream caps and the per-IP connect rate.
     pub limits: Arc<Limits>,
+    /// On-demand upstream interest: the allowlists and the tables the sources subscribe from.
+    pub interest: Arc<Interest>,
     ready: AtomicBool,
     draining: AtomicBool,
 }
@@ -58,6 +61,8 @@ impl AppState {
         let statuses = sources::configured(&config).iter().map(|s| Arc::new(SourceStatus::new(s.kind()))).collect();
         let pipeline = Arc::new(Pipeline::new(&config, telemetry));
         let broker_reader = Arc::new(BrokerReader::new(&config, pipeline.catalog.clone(), pipeline.metrics.clone()));
+        let last_seq = pipeline.last_seq.clone();
+        let interest = Arc::new(Interest::new(&config, Arc::new(move || last_seq.get()), &pipeline.metrics));
         AppState {
             pipeline,
             ingest,
@@ -65,6 +70,7 @@ impl AppState {
             sources: statuses,
             auth: Auth::new(config.auth.as_ref(), config.server.max_topic_length),
             limits: Limits::new(config.limits.clone(), config.server.retry, config.server.retry_max),
+            interest,
             ready: AtomicBool::new(false),
             draining: AtomicBool::new(false),
             config,

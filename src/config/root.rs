@@ -6,6 +6,7 @@ use serde::{Deserialize, Serialize};
 use super::auth::AuthConfig;
 use super::capacity::{FanoutConfig, LimitsConfig, MemoryConfig, ReplayConfig};
 use super::check::Checked;
+use super::interest::InterestConfig;
 use super::observability::{LogConfig, TelemetryConfig};
 use super::server::{AdminConfig, DeliveryRule, PublishConfig, ServerConfig};
 use super::sources::{JetStreamConfig, NatsConfig, RedisConfig, RedisStreamsConfig, ResumeConfig, check_durable_count};
@@ -53,6 +54,8 @@ pub struct Config {
     /// Checked by `crate::auth` (it loads the key files), not by [`Config::validate`].
     #[serde(skip_serializing_if = "Option::is_none")]
     pub auth: Option<AuthConfig>,
+    /// Bounds of on-demand upstream subscriptions (`nats.interest`/`redis.interest`).
+    pub interest: InterestConfig,
 }
 
 impl Config {
@@ -89,6 +92,7 @@ impl Config {
             r.check(max_topic_len)?;
         }
         check_durable_count(self.jetstream.as_ref(), self.redis_streams.as_ref())?;
+        self.interest.check()?;
         self.resume.check()
     }
 }

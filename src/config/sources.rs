@@ -9,6 +9,7 @@ use serde::{Deserialize, Serialize};
 use super::check::{
     Checked, Invalid, NATS_SCHEMES, REDIS_SCHEMES, at_least_one, check_subjects, check_url, check_url_list,
 };
+use super::interest::InterestMode;
 use crate::topic::TopicFilter;
 
 /// Durable streams a bridge may read at most: every one adds a part to every event id.
@@ -39,6 +40,9 @@ pub struct NatsConfig {
     /// full: each subject's buffer holds `buffer_bytes / subjects / max_message_bytes` messages
     /// (at least one). Past it the client drops, and the streams are told (`source-dropped`).
     pub buffer_bytes: usize,
+    /// `"all"`: subscribe to every subject at start; `"on-demand"`: the subjects are the
+    /// allowlist, and only the filters clients hold are subscribed (see `[interest]`).
+    pub interest: InterestMode,
 }
 
 impl Default for NatsConfig {
@@ -52,6 +56,7 @@ impl Default for NatsConfig {
             connect_timeout: Duration::from_secs(5),
             max_message_bytes: 1024 * 1024,
             buffer_bytes: 32 * 1024 * 1024,
+            interest: InterestMode::All,
         }
     }
 }
@@ -101,6 +106,9 @@ pub struct RedisConfig {
     /// own buffer is unbounded, so the source keeps reading into this one; past it, messages
     /// are dropped and the streams are told (`source-dropped`).
     pub buffer_bytes: usize,
+    /// `"all"`: subscribe to every channel and pattern at start; `"on-demand"`: they are the
+    /// allowlist, and only the filters clients hold are subscribed (see `[interest]`).
+    pub interest: InterestMode,
 }
 
 impl Default for RedisConfig {
@@ -115,6 +123,7 @@ impl Default for RedisConfig {
             ping_interval: Duration::from_secs(15),
             max_message_bytes: 1024 * 1024,
             buffer_bytes: 32 * 1024 * 1024,
+            interest: InterestMode::All,
         }
     }
 }

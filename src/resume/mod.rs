@@ -12,11 +12,13 @@
 mod context;
 mod durable;
 mod gap;
+mod not_held;
 mod reader;
 mod ring;
 mod start;
 
 pub use context::ResumeContext;
 pub use durable::BrokerResume;
+pub use not_held::not_held;
 pub use reader::{BrokerEvent, BrokerReader, ReadGap, ReadOutcome};
 pub use start::start;

@@ -8,9 +8,10 @@ use tokio_util::sync::CancellationToken;
 use super::message::{IngestSender, SourceKind};
 use super::session::SessionEnd;
 use super::status::SourceStatus;
-use super::{jetstream, nats, redis, redis_streams};
+use super::{jetstream, nats, nats_interest, redis, redis_interest, redis_streams};
 use crate::config::{Config, JetStreamConfig, NatsConfig, RedisConfig, RedisStreamsConfig};
 use crate::durable::Catalog;
+use crate::interest::InterestTable;
 
 /// One configured broker source (`POST /publish` is not one: it has no task of its own).
 #[derive(Debug, Clone)]
@@ -49,7 +50,29 @@ impl ConfiguredSource {
 
     /// Runs the source until `shutdown` (or until the ingest path closes), feeding `tx` and
     /// reporting in `status`; the durable sources learn their streams' topics into `catalog`.
+    /// `interest` is the source's table when it is on-demand (`crate::interest`), with the
+    /// number of subscribe commands per batch.
     pub async fn run(
+        self,
+        catalog: Arc<Catalog>,
+        tx: IngestSender,
+        status: Arc<SourceStatus>,
+        shutdown: CancellationToken,
+        interest: Option<(Arc<InterestTable>, usize)>,
+    ) -> SessionEnd {
+        match (self, interest) {
+            (ConfiguredSource::Nats(cfg), Some((table, batch))) => {
+                nats_interest::run(cfg, table, batch, tx, status, shutdown).await
+            }
+            (ConfiguredSource::Redis(cfg), Some((table, batch))) => {
+                redis_interest::run(cfg, table, batch, tx, status, shutdown).await
+            }
+            (source, _) => source.run_all(catalog, tx, status, shutdown).await,
+        }
+    }
+
+    /// Runs a source that subscribes to everything it is configured with.
+    async fn run_all(
         self,
         catalog: Arc<Catalog>,
         tx: IngestSender,

@@ -17,14 +17,18 @@
 //!   message that came after the loss, so the streams it serves are told.
 //!
 //! [`configured`] lists the sources a configuration names; `app` spawns each with
-//! [`ConfiguredSource::run`].
+//! [`ConfiguredSource::run`]. With `interest = "on-demand"`, NATS and Redis pub/sub run as
+//! `nats_interest` and `redis_interest`: they subscribe what the streams hold (see
+//! `crate::interest`) instead of the whole configuration.
 
 mod backoff;
 mod bounds;
 mod buffer;
 mod configured;
 mod message;
+mod nats_interest;
 mod redis_client;
+mod redis_interest;
 mod session;
 mod status;
 

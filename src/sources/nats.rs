@@ -64,7 +64,7 @@ pub fn subscription_capacity(cfg: &NatsConfig) -> usize {
 /// slow-consumer drops (by subscription id) and connection changes (a wake-up only: the
 /// connection count itself is read from the client's statistics).
 #[derive(Debug, Default)]
-struct Losses {
+pub(super) struct Losses {
     notify: Notify,
     dirty: AtomicBool,
     dropped: Mutex<(Vec<u64>, u64)>,
@@ -145,7 +145,7 @@ pub async fn run(
 /// subscription buffer sized from `nats.buffer_bytes`,
 /// report connection changes (logged once each) in `status`, and slow-consumer drops and
 /// reconnections to the forwarding loop through `losses`.
-fn connect_options(cfg: &NatsConfig, status: Arc<SourceStatus>, losses: Arc<Losses>) -> ConnectOptions {
+pub(super) fn connect_options(cfg: &NatsConfig, status: Arc<SourceStatus>, losses: Arc<Losses>) -> ConnectOptions {
     let url = cfg.url.clone();
     let max_delay = cfg.reconnect_max_delay;
     ConnectOptions::new()

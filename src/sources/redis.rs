@@ -222,7 +222,7 @@ pub fn decode_envelope(raw: &[u8]) -> Result<Decoded, serde_json::Error> {
     })
 }
 
-fn to_source_message(msg: &redis::Msg, envelope: bool, input: &mut BrokerInput) -> Option<SourceMessage> {
+pub(super) fn to_source_message(msg: &redis::Msg, envelope: bool, input: &mut BrokerInput) -> Option<SourceMessage> {
     let topic = msg.get_channel_name();
     let raw = msg.get_payload_bytes();
     if !input.admit(topic, raw, !envelope) {

@@ -22,6 +22,7 @@ use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
 
 use crate::client::{ClientQueue, Next};
 use crate::event::Event;
+use crate::interest::Holds;
 use crate::limits::StreamPermit;
 use crate::metrics::Metrics;
 use crate::registry::Subscription;
@@ -45,6 +46,9 @@ pub struct SseBody {
     metrics: Arc<Metrics>,
     /// A resume's broker read, run before the stream goes live (see `crate::resume`).
     resume: Option<ResumeFuture>,
+    /// On-demand upstream holds: nothing is written (not even `: ok`) until the broker has
+    /// confirmed them; released when the stream ends.
+    upstream: Option<Holds>,
     opened: Instant,
     ended: Option<&'static str>,
 }
@@ -76,6 +80,7 @@ pub struct StreamParts {
     pub span: Option<Box<StreamSpan>>,
     pub metrics: Arc<Metrics>,
     pub resume: Option<ResumeFuture>,
+    pub upstream: Option<Holds>,
 }
 
 impl SseBody {
@@ -91,6 +96,7 @@ impl SseBody {
             span: p.span,
             metrics: p.metrics,
             resume: p.resume,
+            upstream: p.upstream,
             opened: Instant::now(),
             ended: None,
         }
@@ -165,6 +171,11 @@ impl Body for SseBody {
             && r.as_mut().poll(cx).is_ready()
         {
             this.resume = None;
+        }
+        if let Some(u) = &mut this.upstream
+            && u.poll_ready(cx).is_pending()
+        {
+            return Poll::Pending;
         }
         loop {
             if let Some(t) = &mut this.throttle

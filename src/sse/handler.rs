@@ -5,7 +5,8 @@
 //! one-line reason.
 //!
 //! Opening a stream is a pipeline of named steps over one parsed request: parse
-//! (`EventsRequest::parse`) → authorize (`guard::events`) → admit (`admit`) → subscribe,
+//! (`EventsRequest::parse`) → authorize (`guard::events`, and `upstream::check` against the
+//! on-demand allowlists) → admit (`admit`, then `upstream::hold`) → subscribe,
 //! which resumes from the client's cursor under the registry lock (`subscribe`, `resume_from`) →
 //! respond (`respond`). The first refusal ends the request.
 
@@ -28,7 +29,9 @@ use super::publish::publish;
 use super::refusal::refuse;
 use super::request::{EventsRequest, TopicBounds};
 use super::response::{Refused, text};
+use super::upstream;
 use crate::client::{ClientQueue, ConnHandle};
+use crate::interest::Holds;
 use crate::limits::StreamPermit;
 use crate::registry::Subscription;
 use crate::resume::{self, BrokerResume, ResumeContext};
@@ -83,9 +86,11 @@ fn events<B>(req: &Request<B>, state: &PublicState, conn: Conn) -> Result<Respon
     let request = EventsRequest::parse(req, bounds).map_err(|e| e.refuse(&app.metrics))?;
     // Input bounds (headers, Last-Event-ID) and topic authorization; see sse/guard.rs.
     guard::events(app, req, &request)?;
+    upstream::check(app, &request.filters)?;
     let permit = admit(state, req, conn.peer, request.last_event_id.is_some())?;
+    let holds = upstream::hold(state, req, conn.peer, &request.filters)?;
     let stream = subscribe(state, request, conn.handle);
-    Ok(respond(app, stream, permit))
+    Ok(respond(app, stream, permit, holds))
 }
 
 /// Admission, last: a malformed or unauthorized request never consumes a connect token or a
@@ -158,11 +163,18 @@ fn resume_from(
         metrics: &app.metrics,
         run_id: app.run_id,
     };
+    resume::not_held(&cx, &app.interest, filters, queue, last_event_id);
     resume::start(cx, filters, queue, last_event_id, span.as_deref_mut())
 }
 
-/// Answers `200` with the stream body, which holds the subscription and the admission permit.
-fn respond(app: &AppState, stream: Subscribed, permit: StreamPermit) -> Response<ResponseBody> {
+/// Answers `200` with the stream body, which holds the subscription, the admission permit and
+/// the upstream holds (it starts once they are confirmed).
+fn respond(
+    app: &AppState,
+    stream: Subscribed,
+    permit: StreamPermit,
+    upstream: Option<Holds>,
+) -> Response<ResponseBody> {
     let Subscribed { queue, subscription, rate, span, broker_resume } = stream;
     let body = SseBody::new(StreamParts {
         queue,
@@ -172,6 +184,7 @@ fn respond(app: &AppState, stream: Subscribed, permit: StreamPermit) -> Response
         span,
         metrics: app.metrics.clone(),
         resume: broker_resume.map(|r| Box::pin(r.run()) as _),
+        upstream,
     });
     let mut r = Response::new(ResponseBody::Sse(body));
     let h = r.headers_mut();

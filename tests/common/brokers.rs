@@ -55,6 +55,47 @@ impl NatsServer {
         NatsServer { inner: ServerProcess::start(Kind::Nats).await }
     }
 
+    /// Like [`start`](Self::start), with the HTTP monitoring endpoint on (`-m PORT`), so a test
+    /// can see what the server holds ([`connz`](Self::connz)). The port is kept on restart.
+    pub async fn start_monitored() -> NatsServer {
+        NatsServer { inner: ServerProcess::start(Kind::NatsMonitored(free_port())).await }
+    }
+
+    /// `http://127.0.0.1:MPORT` of a server started with [`start_monitored`](Self::start_monitored).
+    pub fn monitor_url(&self) -> String {
+        match self.inner.kind {
+            Kind::NatsMonitored(m) => format!("http://127.0.0.1:{m}"),
+            _ => panic!("start the server with NatsServer::start_monitored to read its monitoring"),
+        }
+    }
+
+    /// The subjects every client connection named `client_name` has subscribed, from
+    /// `/connz?subs=1` (sorted; empty when no such connection is open).
+    pub async fn subscriptions_of(&self, client_name: &str) -> Vec<String> {
+        let url = format!("{}/connz?subs=1&limit=1024", self.monitor_url());
+        let body: serde_json::Value = reqwest::Client::builder()
+            .no_proxy()
+            .build()
+            .expect("reqwest client")
+            .get(&url)
+            .send()
+            .await
+            .unwrap_or_else(|e| panic!("GET {url}: {e}"))
+            .json()
+            .await
+            .unwrap_or_else(|e| panic!("GET {url}: not JSON: {e}"));
+        let mut subs: Vec<String> = body["connections"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter(|c| c["name"] == client_name)
+            .flat_map(|c| c["subscriptions_list"].as_array().cloned().unwrap_or_default())
+            .filter_map(|s| s.as_str().map(str::to_owned))
+            .collect();
+        subs.sort();
+        subs
+    }
+
     /// `nats://127.0.0.1:PORT`
     pub fn url(&self) -> String {
         format!("nats://127.0.0.1:{}", self.inner.port)
@@ -186,13 +227,15 @@ pub fn free_port() -> u16 {
 #[derive(Clone, Copy, Debug)]
 enum Kind {
     Nats,
+    /// NATS with its monitoring endpoint on this port.
+    NatsMonitored(u16),
     Redis,
 }
 
 impl Kind {
     fn binary(self) -> String {
         let (var, default) = match self {
-            Kind::Nats => ("NATS_SERVER_BIN", "nats-server"),
+            Kind::Nats | Kind::NatsMonitored(_) => ("NATS_SERVER_BIN", "nats-server"),
             Kind::Redis => ("REDIS_SERVER_BIN", "redis-server"),
         };
         std::env::var(var).unwrap_or_else(|_| default.to_owned())
@@ -202,10 +245,16 @@ impl Kind {
     fn args(self, port: u16, dir: &Path, name: &str) -> Vec<String> {
         let port = port.to_string();
         let dir = dir.to_string_lossy().into_owned();
+        if let Kind::NatsMonitored(m) = self {
+            let mut v = Kind::Nats.args(port.parse().expect("port"), dir.as_ref(), name);
+            v.extend(["-m".to_owned(), m.to_string()]);
+            return v;
+        }
         let v: &[&str] = match self {
             // `-n` gives the server a unique name that the readiness probe
             // looks for in `INFO`, proving the port is served by our child.
             Kind::Nats => &["-a", "127.0.0.1", "-p", &port, "-js", "-sd", &dir, "-n", name],
+            Kind::NatsMonitored(_) => unreachable!("handled above"),
             Kind::Redis => &[
                 "--port", &port,
                 "--bind", "127.0.0.1",
@@ -343,7 +392,7 @@ impl ServerProcess {
         let stream = TcpStream::connect(("127.0.0.1", self.port)).await.map_err(|e| format!("connect: {e}"))?;
         let mut stream = BufReader::new(stream);
         match self.kind {
-            Kind::Nats => {
+            Kind::Nats | Kind::NatsMonitored(_) => {
                 // The server speaks first: `INFO {json}\r\n`.
                 let line = read_line(&mut stream).await?;
                 if !line.starts_with("INFO ") {
