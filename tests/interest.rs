@@ -7,6 +7,7 @@
 
 mod common;
 
+use futures_util::StreamExt;
 use std::time::Duration;
 
 use common::brokers::{NatsServer, RedisServer, nats_client, redis_conn, redis_publish};
@@ -52,6 +53,16 @@ async fn redis_channels(conn: &mut redis::aio::MultiplexedConnection) -> Vec<Str
 
 async fn redis_numpat(conn: &mut redis::aio::MultiplexedConnection) -> i64 {
     redis::cmd("PUBSUB").arg("NUMPAT").query_async(conn).await.expect("PUBSUB NUMPAT")
+}
+
+/// Returns once the server has processed everything `client` sent before: a message to the
+/// client's own inbox comes back. (`flush` only empties the client's socket buffer.)
+async fn processed(client: &async_nats::Client) {
+    let inbox = client.new_inbox();
+    let mut probe = client.subscribe(inbox.clone()).await.unwrap();
+    client.publish(inbox, "probe".into()).await.unwrap();
+    client.flush().await.unwrap();
+    tokio::time::timeout(EVENT_TIMEOUT, probe.next()).await.expect("probe round trip").unwrap();
 }
 
 async fn metric(app: &TestApp, series: &str) -> f64 {
@@ -117,7 +128,7 @@ async fn a_resume_within_linger_is_exact_and_after_it_says_not_held() {
     wait_until("released after the linger", async || nats_subs(&nats).await.is_empty()).await;
     // Published while nobody holds the filter: this replica never receives it.
     publisher.publish("user.7", "three".into()).await.unwrap();
-    publisher.flush().await.unwrap();
+    processed(&publisher).await;
     let mut late = app.resume(&["user.7"], two.id.as_deref().unwrap()).await;
     let gap = late.next_event(EVENT_TIMEOUT).await.unwrap();
     assert_eq!(gap.event.as_deref(), Some("sse-bridge.gap"));
