@@ -26,6 +26,7 @@ use crate::sse::h1::LeanEvents;
 use crate::sse::handler;
 use crate::sse::public_state::PublicState;
 use crate::sse::server;
+use crate::sse::tls::TlsListener;
 use crate::state::AppState;
 use crate::telemetry::Telemetry;
 
@@ -142,10 +143,27 @@ fn start_listeners(state: &Arc<AppState>, listener: TcpListener, admin_listener:
         header_read_timeout: cfg.header_read_timeout,
     });
     let conns = state.metrics.open_connections.clone();
-    life.tracker.spawn(server::serve(listener, builder.clone(), public, Some(lean), life.clone(), "public", conns));
+    // The files were checked at startup (crate::startup); if they broke since, the public
+    // listener stays closed rather than serving plain HTTP where TLS was asked for.
+    match cfg.tls.as_ref().map(|t| TlsListener::new(t, cfg.header_read_timeout)).transpose() {
+        Ok(tls) => {
+            let task = server::serve(listener, builder.clone(), public, Some(lean), tls, life.clone(), "public", conns);
+            life.tracker.spawn(task);
+        }
+        Err(e) => error!(error = %e, "Cannot load server.tls; the public listener is not serving."),
+    }
     let (admin_state, tracker) = (state.clone(), life.tracker.clone());
     let admin = move |req, _conn| admin::handle(req, admin_state.clone(), tracker.clone());
-    life.tracker.spawn(server::serve(admin_listener, builder, admin, None, life.clone(), "admin", Default::default()));
+    life.tracker.spawn(server::serve(
+        admin_listener,
+        builder,
+        admin,
+        None,
+        None,
+        life.clone(),
+        "admin",
+        Default::default(),
+    ));
 }
 
 /// The shutdown sequence (a "lame duck"): readiness fails and new streams get the draining

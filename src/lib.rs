@@ -24,6 +24,8 @@
 //! **Settings**:
 //! - [`config`]: documented settings, layered with figment (file → `SSE_BRIDGE_*` env → flags)
 //!   and validated before anything starts, with errors that name key, file and reason.
+//! - [`tls_files`]: the PEM certificates, keys and CA bundles of every TLS setting, and
+//!   secrets from files or the environment, read and checked in one place (key, file, reason).
 //! - [`logging`], [`telemetry`]: log setup, and OpenTelemetry spans per event (receive →
 //!   fan-out → delivery, ending at the last subscriber's write) and per stream; nothing at all
 //!   when tracing is off. [`telemetry`] owns the W3C trace context an event carries.
@@ -98,6 +100,7 @@ pub mod sse;
 pub mod startup;
 pub mod state;
 pub mod telemetry;
+pub mod tls_files;
 pub mod topic;
 
 pub use app::{App, RunOutcome};

@@ -25,5 +25,9 @@ fn runtime_checks(config: &Config) -> Result<(), Invalid> {
     if let Some((a, b)) = Catalog::from_config(config).tag_collision() {
         return Err(Invalid::new("jetstream.streams", format!("{a:?} and {b:?} share the short id tag; rename one")));
     }
+    if let Some(tls) = &config.server.tls {
+        crate::tls_files::check_server(tls)?;
+    }
+    crate::sources::check_files(config)?;
     Ok(())
 }

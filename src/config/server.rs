@@ -7,6 +7,7 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 
 use super::check::{Checked, Invalid, at_least_one};
+use super::tls::ServerTlsConfig;
 use crate::topic::{DEFAULT_MAX_TOPIC_LEN, Pattern};
 
 /// The SSE and `/publish` listener and per-stream behaviour.
@@ -70,6 +71,10 @@ pub struct ServerConfig {
     /// `EventSource` and shows events, ids, gaps and reconnects, and can publish through
     /// `/publish`. For newcomers and smoke tests; off by default (`GET /` is then a 404).
     pub demo_page: bool,
+    /// TLS on the public listener (`[server.tls]`): HTTP/2 and HTTP/1.1 over TLS, chosen by
+    /// ALPN. Absent: plain HTTP, as behind an ingress that terminates TLS.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tls: Option<ServerTlsConfig>,
 }
 
 /// How refusals that time can fix are answered (see [`ServerConfig::refusal`]).
@@ -103,6 +108,7 @@ impl Default for ServerConfig {
             drain_spread: 0.5,
             listen_backlog: 4096,
             demo_page: false,
+            tls: None,
         }
     }
 }
@@ -133,6 +139,9 @@ impl ServerConfig {
         }
         for (i, o) in self.cors_origins.iter().enumerate() {
             check_origin(o).map_err(|r| Invalid::new(format!("server.cors_origins[{i}]"), format!("{o:?}: {r}")))?;
+        }
+        if let Some(tls) = &self.tls {
+            tls.check()?;
         }
         Ok(())
     }

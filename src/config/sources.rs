@@ -2,6 +2,7 @@
 //! `[redis_streams]` (durable: resumes are replayed from the broker), and `[resume]`, the
 //! bounds on those replays. Each section is optional; absent means that source is off.
 
+use std::path::PathBuf;
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
@@ -9,6 +10,7 @@ use serde::{Deserialize, Serialize};
 use super::check::{
     Checked, Invalid, NATS_SCHEMES, REDIS_SCHEMES, at_least_one, check_subjects, check_url, check_url_list,
 };
+use super::tls::{ClientTlsConfig, check_secret_source};
 use crate::topic::TopicFilter;
 
 /// Durable streams a bridge may read at most: every one adds a part to every event id.
@@ -35,6 +37,20 @@ pub struct NatsConfig {
     /// Largest payload bridged; bigger messages are counted, logged (once per interval) and
     /// dropped. NATS servers cap payloads at 1 MiB by default too.
     pub max_message_bytes: usize,
+    /// NATS credentials file (`.creds`: a user JWT and its NKey seed, as `nsc` writes it).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub credentials_file: Option<PathBuf>,
+    /// File holding an NKey user seed (`SU…`), for servers with NKey users.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub nkey_seed_file: Option<PathBuf>,
+    /// File holding the authentication token.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub token_file: Option<PathBuf>,
+    /// Name of the environment variable holding the authentication token.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub token_env: Option<String>,
+    /// TLS to the server: private CA, client certificate, TLS required.
+    pub tls: ClientTlsConfig,
 }
 
 impl Default for NatsConfig {
@@ -47,6 +63,11 @@ impl Default for NatsConfig {
             reconnect_max_delay: Duration::from_secs(5),
             connect_timeout: Duration::from_secs(5),
             max_message_bytes: 1024 * 1024,
+            credentials_file: None,
+            nkey_seed_file: None,
+            token_file: None,
+            token_env: None,
+            tls: ClientTlsConfig::default(),
         }
     }
 }
@@ -62,6 +83,8 @@ impl NatsConfig {
         if self.event_header.is_empty() {
             return Err(Invalid::new("nats.event_header", "must not be empty"));
         }
+        check_nats_auth("nats", &self.credentials_file, &self.nkey_seed_file, &self.token_file, &self.token_env)?;
+        self.tls.check("nats.tls")?;
         at_least_one("nats.max_message_bytes", self.max_message_bytes)
     }
 }
@@ -149,6 +172,28 @@ pub struct JetStreamConfig {
     pub connect_timeout: Duration,
     /// Largest payload bridged; bigger messages are counted and skipped.
     pub max_message_bytes: usize,
+    /// NATS credentials file (`.creds`: a user JWT and its NKey seed, as `nsc` writes it).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub credentials_file: Option<PathBuf>,
+    /// File holding an NKey user seed (`SU…`), for servers with NKey users.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub nkey_seed_file: Option<PathBuf>,
+    /// File holding the authentication token.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub token_file: Option<PathBuf>,
+    /// Name of the environment variable holding the authentication token.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub token_env: Option<String>,
+    /// TLS to the server: private CA, client certificate, TLS required.
+    pub tls: ClientTlsConfig,
+    /// JetStream domain (a leaf node's, or a hub's seen from a leaf): the API is
+    /// `$JS.<domain>.API`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub domain: Option<String>,
+    /// JetStream API prefix (an account that imports another's JetStream API); ignored when
+    /// `domain` is set. Unset: `$JS.API`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub api_prefix: Option<String>,
 }
 
 impl Default for JetStreamConfig {
@@ -161,6 +206,13 @@ impl Default for JetStreamConfig {
             reconnect_max_delay: Duration::from_secs(5),
             connect_timeout: Duration::from_secs(5),
             max_message_bytes: 1024 * 1024,
+            credentials_file: None,
+            nkey_seed_file: None,
+            token_file: None,
+            token_env: None,
+            tls: ClientTlsConfig::default(),
+            domain: None,
+            api_prefix: None,
         }
     }
 }
@@ -183,6 +235,15 @@ impl JetStreamConfig {
         check_subjects("jetstream.subjects", &self.subjects, max_topic_len)?;
         if self.event_header.is_empty() {
             return Err(Invalid::new("jetstream.event_header", "must not be empty"));
+        }
+        check_nats_auth("jetstream", &self.credentials_file, &self.nkey_seed_file, &self.token_file, &self.token_env)?;
+        self.tls.check("jetstream.tls")?;
+        for (key, v) in [("jetstream.domain", &self.domain), ("jetstream.api_prefix", &self.api_prefix)] {
+            if let Some(v) = v
+                && (v.is_empty() || v.contains([' ', '*', '>']))
+            {
+                return Err(Invalid::new(key, format!("{v:?}: must be a non-empty subject token without wildcards")));
+            }
         }
         at_least_one("jetstream.max_message_bytes", self.max_message_bytes)
     }
@@ -243,6 +304,27 @@ impl RedisStreamsConfig {
         }
         at_least_one("redis_streams.max_message_bytes", self.max_message_bytes)
     }
+}
+
+/// At most one way to authenticate to NATS (a URL's `user:pass` aside), and the token from one
+/// place.
+fn check_nats_auth(
+    section: &str,
+    creds: &Option<PathBuf>,
+    seed: &Option<PathBuf>,
+    token_file: &Option<PathBuf>,
+    token_env: &Option<String>,
+) -> Checked {
+    check_secret_source(&format!("{section}.token"), token_file.as_ref(), token_env.as_ref())?;
+    let token = token_file.is_some() || token_env.is_some();
+    let ways = [creds.is_some(), seed.is_some(), token].iter().filter(|b| **b).count();
+    if ways > 1 {
+        return Err(Invalid::new(
+            format!("{section}.credentials_file"),
+            "credentials_file, nkey_seed_file and token_file/token_env are exclusive: set one",
+        ));
+    }
+    Ok(())
 }
 
 /// Every durable stream adds a part to every event id: their number is bounded. The runtime

@@ -21,6 +21,7 @@ use tracing::{info, warn};
 use super::bounds::BrokerInput;
 use super::message::{IngestSender, SourceKind};
 use super::nats::source_message;
+use super::nats_connect::{JetStreamConnect, NatsConnectError};
 use super::session::{BrokerError, Session, SessionEnd, forward, send_baseline, supervise};
 use super::status::SourceStatus;
 use crate::config::JetStreamConfig;
@@ -94,7 +95,7 @@ impl JetStreamSession {
         &mut self,
         lost: Arc<Notify>,
     ) -> Result<(async_nats::Client, Vec<impl Stream<Item = Tagged> + use<>>), SessionEnd> {
-        let client = async_nats::ConnectOptions::new()
+        let opts = async_nats::ConnectOptions::new()
             .name("sse-bridge-jetstream")
             .connection_timeout(self.cfg.connect_timeout)
             .max_reconnects(Some(0))
@@ -105,11 +106,11 @@ impl JetStreamSession {
                         lost.notify_one();
                     }
                 }
-            })
-            .connect(self.cfg.url.as_str())
-            .await
-            .map_err(|e| BrokerError::Connect(e.into()))?;
-        let js = jetstream::new(client.clone());
+            });
+        let (client, js) = JetStreamConnect::new(&self.cfg).connect(opts).await.map_err(|e| match e {
+            NatsConnectError::Files(f) => BrokerError::Setup(f.into()),
+            NatsConnectError::Connect(c) => BrokerError::Connect(c.into()),
+        })?;
         let mut consumers = Vec::with_capacity(self.streams.len());
         for k in 0..self.streams.len() {
             let idx = self.streams[k].0;

@@ -18,7 +18,9 @@
 mod backoff;
 mod bounds;
 mod configured;
+mod files;
 mod message;
+pub mod nats_connect;
 mod redis_client;
 mod session;
 mod status;
@@ -32,6 +34,7 @@ pub mod redis_streams;
 pub use backoff::{Backoff, backoff_delay};
 pub use bounds::{BrokerInput, LOG_INTERVAL};
 pub use configured::{ConfiguredSource, configured};
+pub use files::check_files;
 pub use message::{IngestSender, PUBLISHED_AT_HEADER, SourceKind, SourceMessage};
 pub use redis_client::RedisEndpoint;
 pub use session::{BrokerError, ClientError, Session, SessionEnd, supervise};

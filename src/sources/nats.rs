@@ -18,6 +18,7 @@ use tracing::{debug, info, warn};
 use super::backoff::backoff_delay;
 use super::bounds::BrokerInput;
 use super::message::{IngestSender, PUBLISHED_AT_HEADER, SourceKind, SourceMessage};
+use super::nats_connect::{ConnectReport, NatsSecurity};
 use super::session::{BrokerError, SessionEnd, forward};
 use super::status::SourceStatus;
 use crate::config::NatsConfig;
@@ -35,7 +36,14 @@ pub async fn run(
     shutdown: CancellationToken,
 ) -> SessionEnd {
     let url = cfg.url.clone();
-    let client = match connect_options(&cfg, status.clone()).connect(url.as_str()).await {
+    let opts = match NatsSecurity::of_nats(&cfg).apply(connect_options(&cfg, status.clone())).await {
+        Ok(o) => o,
+        Err(e) => {
+            warn!(source = "nats", error = %e, "Cannot read the NATS credentials or TLS files.");
+            return BrokerError::Setup(e.into()).into();
+        }
+    };
+    let client = match opts.connect(url.as_str()).await {
         Ok(c) => c,
         Err(e) => {
             // With retry_on_initial_connect this only fails on unusable options (bad URL).
@@ -70,6 +78,7 @@ pub async fn run(
 fn connect_options(cfg: &NatsConfig, status: Arc<SourceStatus>) -> ConnectOptions {
     let url = cfg.url.clone();
     let max_delay = cfg.reconnect_max_delay;
+    let report = ConnectReport::default();
     ConnectOptions::new()
         .name(&cfg.client_name)
         .retry_on_initial_connect()
@@ -80,6 +89,7 @@ fn connect_options(cfg: &NatsConfig, status: Arc<SourceStatus>) -> ConnectOption
         .event_callback(move |event| {
             let status = status.clone();
             let url = url.clone();
+            report.event("nats", &url, &event);
             async move {
                 match event {
                     NatsEvent::Connected => {

@@ -5,7 +5,8 @@
 //! pipeline) over `request` (the parsed query), `input` (bounds on HTTP input), `guard`
 //! (input bounds, authorization), `publish` and `demo` (the page at `GET /`); `body` (the
 //! stream body) and `response` (small fixed responses); `public_state`, `cors`, `client_ip`
-//! (what the listener works out once from `server.*`).
+//! (what the listener works out once from `server.*`); `tls` (`[server.tls]`: rustls, ALPN,
+//! certificates re-read when they change on disk).
 
 pub mod body;
 pub mod client_ip;
@@ -22,3 +23,4 @@ pub mod refusal;
 pub mod request;
 pub mod response;
 pub mod server;
+pub mod tls;

@@ -27,6 +27,7 @@ use tracing::{debug, warn};
 use super::body::ResponseBody;
 use super::conn::{Conn, ConnEnd, Lifecycle, Rewind, WatchedIo};
 use super::h1::{self, LeanEvents};
+use super::tls::TlsListener;
 use crate::client::ConnHandle;
 
 /// A hyper executor that spawns onto the app's [`TaskTracker`], so HTTP/2 stream tasks are
@@ -69,12 +70,15 @@ impl Drop for DecOnDrop {
 ///
 /// `handler` gets each request and the connection it arrived on. With `lean`, a connection
 /// whose first request is a plain HTTP/1.x `GET /events` is served by [`h1`] instead of hyper
-/// (no hyper buffers for the life of the stream); every other connection goes to hyper.
+/// (no hyper buffers for the life of the stream); every other connection goes to hyper. With
+/// `tls`, every connection is a TLS handshake first, then hyper (h2 or HTTP/1.1 by ALPN).
+#[allow(clippy::too_many_arguments)]
 pub async fn serve<H, Fut>(
     listener: TcpListener,
     builder: Arc<auto::Builder<TrackedExecutor>>,
     handler: H,
     lean: Option<Arc<LeanEvents>>,
+    tls: Option<TlsListener>,
     life: Lifecycle,
     name: &'static str,
     open_connections: Gauge,
@@ -102,12 +106,16 @@ pub async fn serve<H, Fut>(
         let builder = builder.clone();
         let handler = handler.clone();
         let lean = lean.clone();
+        let tls = tls.clone();
         let life2 = life.clone();
         let open_connections = open_connections.clone();
         open_connections.inc();
         life.tracker.spawn(async move {
             let _open = DecOnDrop(open_connections);
-            let outcome = connection(stream, peer, lean, builder, handler, life2).await;
+            let outcome = match tls {
+                Some(tls) => Box::pin(tls_connection(stream, peer, tls, builder, handler, life2)).await,
+                None => connection(stream, peer, lean, builder, handler, life2).await,
+            };
             // Client disconnects are normal for streams: debug, never error.
             match outcome {
                 None => debug!(listener = name, %peer, "Connection closed."),
@@ -146,10 +154,38 @@ where
     Box::pin(serve_hyper(Rewind::new(read, stream), peer, builder, handler, handle, life)).await
 }
 
-/// hyper serves the connection (HTTP/1.1 keep-alive or h2c), until it finishes, its kill
-/// switch fires or shutdown ends it.
-async fn serve_hyper<H, Fut>(
-    io: Rewind<TcpStream>,
+/// Serves one TLS connection: the handshake (bounded by the header read timeout, and ended by
+/// shutdown), then hyper. Boxed by the caller: TLS state is only paid for on TLS listeners.
+async fn tls_connection<H, Fut>(
+    stream: TcpStream,
+    peer: SocketAddr,
+    tls: TlsListener,
+    builder: Arc<auto::Builder<TrackedExecutor>>,
+    handler: H,
+    life: Lifecycle,
+) -> Option<ConnEnd>
+where
+    H: Fn(Request<Incoming>, Conn) -> Fut + Clone + Send + Sync + 'static,
+    Fut: Future<Output = Result<Response<ResponseBody>, Infallible>> + Send + 'static,
+{
+    let stream = tokio::select! {
+        biased;
+        _ = life.hard_stop.cancelled() => return Some(ConnEnd::DrainTimeOver),
+        _ = life.graceful.cancelled() => return Some(ConnEnd::ShuttingDown),
+        r = tls.accept(stream) => match r {
+            Ok(s) => s,
+            Err(e) if e.kind() == std::io::ErrorKind::TimedOut => return Some(ConnEnd::HeadTimeout),
+            Err(e) => return Some(ConnEnd::Io(e)),
+        },
+    };
+    let handle = ConnHandle::default();
+    serve_hyper(Rewind::new(Bytes::new(), stream), peer, builder, handler, handle, life).await
+}
+
+/// hyper serves the connection (HTTP/1.1 keep-alive, h2c, or either over TLS), until it
+/// finishes, its kill switch fires or shutdown ends it.
+async fn serve_hyper<H, Fut, S>(
+    io: Rewind<S>,
     peer: SocketAddr,
     builder: Arc<auto::Builder<TrackedExecutor>>,
     handler: H,
@@ -159,6 +195,7 @@ async fn serve_hyper<H, Fut>(
 where
     H: Fn(Request<Incoming>, Conn) -> Fut + Clone + Send + Sync + 'static,
     Fut: Future<Output = Result<Response<ResponseBody>, Infallible>> + Send + 'static,
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
     let kill = handle.kill.clone();
     let io = WatchedIo::new(io, handle.write.clone());
