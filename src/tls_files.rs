@@ -240,3 +240,97 @@ mod der {
         }
     }
 }
+
+/// The last certificate-verification failure of a client connection, kept for the log line:
+/// some clients (async-nats) report a failed handshake only as "IO error".
+pub type LastTlsError = Arc<parking_lot::Mutex<Option<String>>>;
+
+/// A rustls client configuration for a broker's `tls` table: its CA (or the system's roots),
+/// its client certificate; verification failures are recorded in `last_error`.
+pub fn client_config(
+    prefix: &str,
+    cfg: &ClientTlsConfig,
+    last_error: LastTlsError,
+) -> Result<rustls::ClientConfig, TlsFileError> {
+    let provider = provider();
+    let roots = match &cfg.ca_file {
+        Some(ca) => roots(&format!("{prefix}.ca_file"), ca)?,
+        None => {
+            let mut store = RootCertStore::empty();
+            for c in rustls_native_certs::load_native_certs().certs {
+                let _ = store.add(c);
+            }
+            store
+        }
+    };
+    let inner = rustls::client::WebPkiServerVerifier::builder_with_provider(Arc::new(roots), provider.clone())
+        .build()
+        .map_err(|e| {
+            TlsFileError::new(
+                &format!("{prefix}.ca_file"),
+                cfg.ca_file.as_deref().unwrap_or(Path::new("")),
+                e.to_string(),
+            )
+        })?;
+    let builder = rustls::ClientConfig::builder_with_provider(provider)
+        .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
+        .expect("ring supports TLS 1.2 and 1.3")
+        .dangerous()
+        .with_custom_certificate_verifier(Arc::new(RecordingVerifier { inner, last_error }));
+    match (&cfg.cert_file, &cfg.key_file) {
+        (Some(cert), Some(key)) => {
+            let chain = certified_key(prefix, cert, key)?.cert;
+            let der = private_key(&format!("{prefix}.key_file"), key)?;
+            builder
+                .with_client_auth_cert(chain, der)
+                .map_err(|e| TlsFileError::new(&format!("{prefix}.key_file"), key, e.to_string()))
+        }
+        _ => Ok(builder.with_no_client_auth()),
+    }
+}
+
+/// The standard WebPKI verification, remembering why it failed.
+#[derive(Debug)]
+struct RecordingVerifier {
+    inner: Arc<rustls::client::WebPkiServerVerifier>,
+    last_error: LastTlsError,
+}
+
+impl rustls::client::danger::ServerCertVerifier for RecordingVerifier {
+    fn verify_server_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        server_name: &rustls_pki_types::ServerName<'_>,
+        ocsp_response: &[u8],
+        now: rustls_pki_types::UnixTime,
+    ) -> Result<rustls::client::danger::ServerCertVerified, rustls::Error> {
+        let r = self.inner.verify_server_cert(end_entity, intermediates, server_name, ocsp_response, now);
+        if let Err(e) = &r {
+            *self.last_error.lock() = Some(e.to_string());
+        }
+        r
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        self.inner.verify_tls12_signature(message, cert, dss)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        self.inner.verify_tls13_signature(message, cert, dss)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
+        self.inner.supported_verify_schemes()
+    }
+}

@@ -109,7 +109,7 @@ impl JetStreamSession {
             });
         let (client, js) = JetStreamConnect::new(&self.cfg).connect(opts).await.map_err(|e| match e {
             NatsConnectError::Files(f) => BrokerError::Setup(f.into()),
-            NatsConnectError::Connect(c) => BrokerError::Connect(c.into()),
+            other => BrokerError::Connect(other.into()),
         })?;
         let mut consumers = Vec::with_capacity(self.streams.len());
         for k in 0..self.streams.len() {

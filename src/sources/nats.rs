@@ -36,7 +36,8 @@ pub async fn run(
     shutdown: CancellationToken,
 ) -> SessionEnd {
     let url = cfg.url.clone();
-    let opts = match NatsSecurity::of_nats(&cfg).apply(connect_options(&cfg, status.clone())).await {
+    let security = NatsSecurity::of_nats(&cfg);
+    let opts = match security.apply(connect_options(&cfg, status.clone(), security.report())).await {
         Ok(o) => o,
         Err(e) => {
             warn!(source = "nats", error = %e, "Cannot read the NATS credentials or TLS files.");
@@ -75,10 +76,9 @@ pub async fn run(
 
 /// The client's settings: reconnect forever with our backoff, connect in the background, and
 /// report connection changes (logged once each) in `status`.
-fn connect_options(cfg: &NatsConfig, status: Arc<SourceStatus>) -> ConnectOptions {
+fn connect_options(cfg: &NatsConfig, status: Arc<SourceStatus>, report: ConnectReport) -> ConnectOptions {
     let url = cfg.url.clone();
     let max_delay = cfg.reconnect_max_delay;
-    let report = ConnectReport::default();
     ConnectOptions::new()
         .name(&cfg.client_name)
         .retry_on_initial_connect()

@@ -21,7 +21,7 @@ use parking_lot::Mutex;
 use tracing::warn;
 
 use crate::config::{ClientTlsConfig, JetStreamConfig, NatsConfig};
-use crate::tls_files::{self, TlsFileError};
+use crate::tls_files::{self, LastTlsError, TlsFileError};
 
 /// The authentication and TLS settings of one NATS section (`[nats]` or `[jetstream]`).
 #[derive(Debug, Clone)]
@@ -33,6 +33,8 @@ pub struct NatsSecurity {
     token_file: Option<PathBuf>,
     token_env: Option<String>,
     tls: ClientTlsConfig,
+    /// Why the last TLS handshake failed to verify the server (async-nats says "IO error").
+    last_tls_error: LastTlsError,
 }
 
 impl NatsSecurity {
@@ -45,6 +47,7 @@ impl NatsSecurity {
             token_file: c.token_file.clone(),
             token_env: c.token_env.clone(),
             tls: c.tls.clone(),
+            last_tls_error: LastTlsError::default(),
         }
     }
 
@@ -57,6 +60,7 @@ impl NatsSecurity {
             token_file: c.token_file.clone(),
             token_env: c.token_env.clone(),
             tls: c.tls.clone(),
+            last_tls_error: LastTlsError::default(),
         }
     }
 
@@ -96,6 +100,12 @@ impl NatsSecurity {
         Ok(seed)
     }
 
+    /// A reporter of failed connection attempts that knows why the last TLS verification
+    /// failed.
+    pub fn report(&self) -> ConnectReport {
+        ConnectReport { last: Default::default(), tls: self.last_tls_error.clone() }
+    }
+
     /// `opts` with the authentication and TLS settings applied; fails naming the key and file
     /// when one cannot be read.
     pub async fn apply(&self, mut opts: ConnectOptions) -> Result<ConnectOptions, TlsFileError> {
@@ -115,11 +125,9 @@ impl NatsSecurity {
         {
             opts = opts.token(token);
         }
-        if let Some(ca) = &self.tls.ca_file {
-            opts = opts.add_root_certificates(ca.clone());
-        }
-        if let (Some(cert), Some(key)) = (&self.tls.cert_file, &self.tls.key_file) {
-            opts = opts.add_client_certificate(cert.clone(), key.clone());
+        if self.tls.ca_file.is_some() || self.tls.cert_file.is_some() {
+            let tls = tls_files::client_config(&format!("{s}.tls"), &self.tls, self.last_tls_error.clone())?;
+            opts = opts.tls_client_config(tls);
         }
         if self.tls.required {
             opts = opts.require_tls(true);
@@ -147,6 +155,7 @@ pub fn jetstream_context(
 #[derive(Debug, Clone, Default)]
 pub struct ConnectReport {
     last: Arc<Mutex<Option<String>>>,
+    tls: LastTlsError,
 }
 
 impl ConnectReport {
@@ -161,6 +170,11 @@ impl ConnectReport {
             Event::ClientError(e) => e.to_string(),
             Event::ServerError(e) => e.to_string(),
             _ => return,
+        };
+        // async-nats reports a refused certificate as an I/O error: say what was refused.
+        let reason = match self.tls.lock().take() {
+            Some(tls) => format!("TLS handshake failed: {tls} ({reason})"),
+            None => reason,
         };
         let mut last = self.last.lock();
         if last.as_deref() == Some(reason.as_str()) {
@@ -206,6 +220,9 @@ pub enum NatsConnectError {
     /// The server could not be reached, or refused the TLS handshake or the credentials.
     #[error("{0}")]
     Connect(#[from] async_nats::ConnectError),
+    /// The server's certificate was refused (async-nats reports it as an I/O error).
+    #[error("TLS handshake failed: {0} ({1})")]
+    Tls(String, async_nats::ConnectError),
 }
 
 /// Everything a JetStream connection needs from `[jetstream]`: the URL, authentication and
@@ -235,7 +252,11 @@ impl JetStreamConnect {
         &self,
         opts: ConnectOptions,
     ) -> Result<(async_nats::Client, async_nats::jetstream::Context), NatsConnectError> {
-        let client = self.security.apply(opts).await?.connect(self.url.as_str()).await?;
+        let connected = self.security.apply(opts).await?.connect(self.url.as_str()).await;
+        let client = connected.map_err(|e| match self.security.last_tls_error.lock().take() {
+            Some(tls) => NatsConnectError::Tls(tls, e),
+            None => NatsConnectError::Connect(e),
+        })?;
         let ctx = jetstream_context(client.clone(), self.domain.as_deref(), self.api_prefix.as_deref());
         Ok((client, ctx))
     }

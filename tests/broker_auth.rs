@@ -1,0 +1,367 @@
+//! The brokers people actually run: private nats-server and redis-server instances secured the
+//! way production ones are (TLS with a private CA, client certificates, NKey users, tokens,
+//! operator mode with `.creds`, Redis ACL users, Sentinel, Cluster), each made by the test on
+//! free ports with certificates from a CA the test makes. Events must flow through the bridge
+//! in each; wrong settings must fail with a clear log line while the source keeps retrying.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use base64::Engine;
+use bytes::Bytes;
+use common::brokers::NatsServer;
+use common::certs::TestCa;
+use common::logs::CapturedLogs;
+use common::{EVENT_TIMEOUT, TestApp, nats_config, start_app, sync_on_probe, test_config, wait_until};
+use sse_bridge::config::{ClientTlsConfig, NatsConfig};
+
+// ---------------------------------------------------------------------------------------------
+// NATS
+
+/// A `tls { }` block for nats-server with a certificate for 127.0.0.1 from `ca`.
+fn nats_tls_block(dir: &Path, ca: &TestCa, verify: bool) -> String {
+    let ca_file = ca.write(dir, "nats-ca.pem");
+    let (cert, key) = ca.issue("nats", &["127.0.0.1", "localhost"]).write(dir, "nats-server");
+    format!("tls {{\n  cert_file: {cert:?}\n  key_file: {key:?}\n  ca_file: {ca_file:?}\n  verify: {verify}\n}}\n")
+}
+
+/// A bridge reading `events.>` from `url` with `edit` applied to its `[nats]` section.
+async fn nats_bridge(url: &str, edit: impl FnOnce(&mut NatsConfig)) -> TestApp {
+    let mut c = test_config();
+    let mut n = nats_config(url, &["events.>"]);
+    edit(&mut n);
+    c.nats = Some(n);
+    start_app(c).await
+}
+
+/// Events published with `client` reach a browser through the bridge.
+async fn nats_events_flow(app: &TestApp, client: &async_nats::Client) {
+    app.wait_sources_connected().await;
+    let mut s = app.subscribe(&["events.a"]).await;
+    sync_on_probe(&mut s, || async {
+        client.publish("events.a", Bytes::from_static(b"probe")).await.unwrap();
+        client.flush().await.unwrap();
+    })
+    .await;
+    client.publish("events.a", Bytes::from_static(b"secured")).await.unwrap();
+    client.flush().await.unwrap();
+    loop {
+        let ev = s.next_event(EVENT_TIMEOUT).await.expect("an event");
+        if ev.data == "secured" {
+            break;
+        }
+    }
+}
+
+fn client_tls(ca: &Path, cert: Option<(PathBuf, PathBuf)>) -> ClientTlsConfig {
+    let (cert_file, key_file) = cert.map_or((None, None), |(c, k)| (Some(c), Some(k)));
+    ClientTlsConfig { ca_file: Some(ca.to_owned()), cert_file, key_file, required: true }
+}
+
+#[tokio::test]
+async fn nats_over_tls_with_a_private_ca() {
+    let dir = tempfile::tempdir().unwrap();
+    let ca = TestCa::new("nats CA");
+    let nats = NatsServer::start_with_config(&nats_tls_block(dir.path(), &ca, false)).await;
+    let ca_file = dir.path().join("nats-ca.pem");
+    let app = nats_bridge(&nats.url(), |n| n.tls = client_tls(&ca_file, None)).await;
+    let client = async_nats::ConnectOptions::new()
+        .add_root_certificates(ca_file.clone())
+        .require_tls(true)
+        .connect(nats.url())
+        .await
+        .unwrap();
+    nats_events_flow(&app, &client).await;
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn nats_mutual_tls_and_a_wrong_ca_is_named_in_the_log() {
+    let dir = tempfile::tempdir().unwrap();
+    let ca = TestCa::new("nats CA");
+    let nats = NatsServer::start_with_config(&nats_tls_block(dir.path(), &ca, true)).await;
+    let ca_file = dir.path().join("nats-ca.pem");
+    let client_cert = ca.issue("bridge", &["bridge.local"]).write(dir.path(), "bridge");
+    let app = nats_bridge(&nats.url(), |n| n.tls = client_tls(&ca_file, Some(client_cert.clone()))).await;
+    let client = async_nats::ConnectOptions::new()
+        .add_root_certificates(ca_file.clone())
+        .add_client_certificate(client_cert.0.clone(), client_cert.1.clone())
+        .connect(nats.url())
+        .await
+        .unwrap();
+    nats_events_flow(&app, &client).await;
+    app.stop().await;
+
+    // A CA that did not sign the server: one clear line, and the source stays down, retrying.
+    let (logs, _guard) = CapturedLogs::start();
+    let other = TestCa::new("some other CA");
+    let other_file = other.write(dir.path(), "other-ca.pem");
+    let app = nats_bridge(&nats.url(), |n| n.tls = client_tls(&other_file, Some(client_cert))).await;
+    common::wait_for(
+        "a log line naming the source and the TLS failure",
+        async || logs.text(),
+        |t| t.lines().any(|l| l.contains("source=\"nats\"") && l.contains("TLS") && l.contains("tls.ca_file")),
+    )
+    .await;
+    assert!(!app.state.sources[0].is_connected());
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn nats_nkey_user() {
+    let dir = tempfile::tempdir().unwrap();
+    let user = nkeys::KeyPair::new_user();
+    let nats = NatsServer::start_with_config(&format!(
+        "authorization {{ users = [ {{ nkey: {:?} }} ] }}\n",
+        user.public_key()
+    ))
+    .await;
+    let seed_file = dir.path().join("user.nk");
+    std::fs::write(&seed_file, format!("{}\n", user.seed().unwrap())).unwrap();
+    let app = nats_bridge(&nats.url(), |n| n.nkey_seed_file = Some(seed_file)).await;
+    let client = async_nats::ConnectOptions::with_nkey(user.seed().unwrap()).connect(nats.url()).await.unwrap();
+    nats_events_flow(&app, &client).await;
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn nats_token_from_a_file_or_the_environment_and_a_wrong_one_is_named() {
+    let dir = tempfile::tempdir().unwrap();
+    let token = "s3cr3t-token-for-the-test";
+    let nats = NatsServer::start_with_config(&format!("authorization {{ token: {token:?} }}\n")).await;
+    let client = async_nats::ConnectOptions::with_token(token.into()).connect(nats.url()).await.unwrap();
+
+    let token_file = dir.path().join("token");
+    std::fs::write(&token_file, format!("{token}\n")).unwrap();
+    let app = nats_bridge(&nats.url(), |n| n.token_file = Some(token_file.clone())).await;
+    nats_events_flow(&app, &client).await;
+    app.stop().await;
+
+    // SAFETY: this test's own variable; nothing else reads or writes it.
+    unsafe { std::env::set_var("SSE_BRIDGE_TEST_NATS_TOKEN", token) };
+    let app = nats_bridge(&nats.url(), |n| n.token_env = Some("SSE_BRIDGE_TEST_NATS_TOKEN".into())).await;
+    nats_events_flow(&app, &client).await;
+    app.stop().await;
+
+    let (logs, _guard) = CapturedLogs::start();
+    std::fs::write(&token_file, "not-the-token").unwrap();
+    let app = nats_bridge(&nats.url(), |n| n.token_file = Some(token_file.clone())).await;
+    wait_until("a log line naming the refused credentials", async || {
+        logs.has_line(&["source=\"nats\"", "authorization violation", "token_file"])
+    })
+    .await;
+    assert!(!logs.text().contains(token), "the token must never be logged");
+    assert!(!app.state.sources[0].is_connected());
+    app.stop().await;
+}
+
+/// NATS decentralized auth: operator, account and user NKeys and JWTs, signed by the test
+/// (nkeys, the crate async-nats signs with; the JWT claims follow nats-io/jwt v2).
+struct Operator {
+    operator_jwt: String,
+    account_pub: String,
+    account_jwt: String,
+    account: nkeys::KeyPair,
+    sys_pub: String,
+    sys_jwt: String,
+}
+
+fn now() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_secs()
+}
+
+/// A NATS JWT: `claims` (with `iss`, `sub`, `iat`, `jti` added) signed by `issuer`.
+fn nats_jwt(issuer: &nkeys::KeyPair, subject: &str, name: &str, nats: serde_json::Value) -> String {
+    let b64 = base64::engine::general_purpose::URL_SAFE_NO_PAD;
+    let header = b64.encode(br#"{"typ":"JWT","alg":"ed25519-nkey"}"#);
+    let claims = serde_json::json!({
+        "jti": format!("{:X}{}", now(), rand::random::<u64>()),
+        "iat": now(),
+        "iss": issuer.public_key(),
+        "sub": subject,
+        "name": name,
+        "nats": nats,
+    });
+    let payload = b64.encode(claims.to_string());
+    let signed = format!("{header}.{payload}");
+    let sig = issuer.sign(signed.as_bytes()).unwrap();
+    format!("{signed}.{}", b64.encode(sig))
+}
+
+impl Operator {
+    fn new() -> Operator {
+        let op = nkeys::KeyPair::new_operator();
+        let account = nkeys::KeyPair::new_account();
+        let operator_jwt =
+            nats_jwt(&op, &op.public_key(), "test-operator", serde_json::json!({"type": "operator", "version": 2}));
+        let unlimited = serde_json::json!({"subs": -1, "data": -1, "payload": -1, "imports": -1, "exports": -1,
+            "wildcards": true, "conn": -1, "leaf": -1});
+        let account_jwt = nats_jwt(
+            &op,
+            &account.public_key(),
+            "test-account",
+            serde_json::json!({"type": "account", "version": 2, "limits": unlimited}),
+        );
+        // JetStream (the fixture turns it on) needs a system account in operator mode.
+        let sys = nkeys::KeyPair::new_account();
+        let sys_jwt = nats_jwt(&op, &sys.public_key(), "SYS", serde_json::json!({"type": "account", "version": 2}));
+        Operator {
+            operator_jwt,
+            account_pub: account.public_key(),
+            account_jwt,
+            account,
+            sys_pub: sys.public_key(),
+            sys_jwt,
+        }
+    }
+
+    /// The server configuration: operator mode with the account preloaded.
+    fn server_config(&self) -> String {
+        format!(
+            "operator: {:?}\nsystem_account: {}\nresolver: MEMORY\n\
+             resolver_preload: {{\n  {}: {:?}\n  {}: {:?}\n}}\n",
+            self.operator_jwt, self.sys_pub, self.account_pub, self.account_jwt, self.sys_pub, self.sys_jwt
+        )
+    }
+
+    /// A `.creds` file for a new user of the account, as `nsc generate creds` writes it.
+    fn user_creds(&self, name: &str) -> String {
+        let user = nkeys::KeyPair::new_user();
+        let jwt = nats_jwt(
+            &self.account,
+            &user.public_key(),
+            name,
+            serde_json::json!({"type": "user", "version": 2, "pub": {}, "sub": {}, "subs": -1, "data": -1, "payload": -1}),
+        );
+        format!(
+            "-----BEGIN NATS USER JWT-----\n{jwt}\n------END NATS USER JWT------\n\n\
+             ************************* IMPORTANT *************************\n\
+             NKEY Seed printed below can be used to sign and prove identity.\n\n\
+             -----BEGIN USER NKEY SEED-----\n{}\n------END USER NKEY SEED------\n",
+            user.seed().unwrap()
+        )
+    }
+}
+
+#[tokio::test]
+async fn nats_operator_mode_with_a_creds_file_survives_kill_9() {
+    let dir = tempfile::tempdir().unwrap();
+    let op = Operator::new();
+    let mut nats = NatsServer::start_with_config(&op.server_config()).await;
+    let creds = dir.path().join("bridge.creds");
+    std::fs::write(&creds, op.user_creds("bridge")).unwrap();
+    let app = nats_bridge(&nats.url(), |n| n.credentials_file = Some(creds.clone())).await;
+    let client = async_nats::ConnectOptions::with_credentials(&op.user_creds("publisher"))
+        .unwrap()
+        .retry_on_initial_connect()
+        .connect(nats.url())
+        .await
+        .unwrap();
+    nats_events_flow(&app, &client).await;
+
+    // A crash and a restart: the bridge reconnects with the same credentials.
+    let reconnects = app.state.sources[0].reconnects();
+    nats.kill9();
+    wait_until("the source notices", async || !app.state.sources[0].is_connected()).await;
+    nats.restart().await;
+    wait_until("the source reconnects", async || app.state.sources[0].reconnects() > reconnects).await;
+    nats_events_flow(&app, &client).await;
+    app.stop().await;
+
+    // A user of an account the server does not know is refused, with one clear line.
+    let (logs, _guard) = CapturedLogs::start();
+    let stranger = Operator::new();
+    std::fs::write(&creds, stranger.user_creds("stranger")).unwrap();
+    let app = nats_bridge(&nats.url(), |n| n.credentials_file = Some(creds.clone())).await;
+    wait_until("a log line naming the refused credentials", async || {
+        logs.has_line(&["source=\"nats\"", "authorization violation", "credentials_file"])
+    })
+    .await;
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn jetstream_over_tls_with_a_token() {
+    let dir = tempfile::tempdir().unwrap();
+    let ca = TestCa::new("nats CA");
+    let token = "jetstream-token-0123";
+    let conf = format!("{}authorization {{ token: {token:?} }}\n", nats_tls_block(dir.path(), &ca, false));
+    let nats = NatsServer::start_with_config(&conf).await;
+    let ca_file = dir.path().join("nats-ca.pem");
+    let client = async_nats::ConnectOptions::with_token(token.into())
+        .add_root_certificates(ca_file.clone())
+        .connect(nats.url())
+        .await
+        .unwrap();
+    let js = async_nats::jetstream::new(client);
+    js.create_stream(async_nats::jetstream::stream::Config {
+        name: "SECURE".into(),
+        subjects: vec!["secure.>".into()],
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    let token_file = dir.path().join("token");
+    std::fs::write(&token_file, token).unwrap();
+    let mut c = test_config();
+    c.jetstream = Some(sse_bridge::config::JetStreamConfig {
+        url: nats.url(),
+        streams: vec!["SECURE".into()],
+        token_file: Some(token_file),
+        tls: client_tls(&ca_file, None),
+        reconnect_max_delay: std::time::Duration::from_millis(500),
+        ..Default::default()
+    });
+    let app = start_app(c).await;
+    app.wait_sources_connected().await;
+    let mut s = app.subscribe(&["secure.a"]).await;
+    js.publish("secure.a", "durable-and-secured".into()).await.unwrap().await.unwrap();
+    let ev = s.next_event(EVENT_TIMEOUT).await.expect("an event");
+    assert_eq!(ev.data, "durable-and-secured");
+    app.stop().await;
+}
+
+/// `--check-config`'s checks of the broker files (the same as at startup).
+fn check(dir: &Path, toml: &str) -> Result<(), String> {
+    let p = dir.join("bridge.toml");
+    std::fs::write(&p, toml).unwrap();
+    let overrides = sse_bridge::config::Overrides::default();
+    sse_bridge::startup::load_config(&sse_bridge::config::ConfigFile::Explicit(p), &overrides)
+        .map(|_| ())
+        .map_err(|e| e.to_string())
+}
+
+#[test]
+fn check_config_reads_the_broker_files() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let nats = |extra: &str| format!("[nats]\nsubjects = [\"a\"]\n{extra}");
+    let seed = d.join("user.nk");
+    std::fs::write(&seed, nkeys::KeyPair::new_user().seed().unwrap()).unwrap();
+    check(d, &nats(&format!("nkey_seed_file = {seed:?}\n"))).expect("a seed passes");
+
+    std::fs::write(&seed, "SUNOTASEED").unwrap();
+    let e = check(d, &nats(&format!("nkey_seed_file = {seed:?}\n"))).unwrap_err();
+    assert!(e.contains("`nats.nkey_seed_file`") && e.contains("user.nk") && e.contains("not an NKey seed"), "{e}");
+
+    let creds = d.join("user.creds");
+    std::fs::write(&creds, "garbage").unwrap();
+    let e = check(d, &nats(&format!("credentials_file = {creds:?}\n"))).unwrap_err();
+    assert!(e.contains("`nats.credentials_file`") && e.contains("user.creds"), "{e}");
+
+    let e = check(d, &nats("token_env = \"SSE_BRIDGE_TEST_UNSET_TOKEN\"\n")).unwrap_err();
+    assert!(e.contains("`nats.token_env`") && e.contains("unset or empty"), "{e}");
+
+    let e = check(d, &nats(&format!("token_file = {:?}\ncredentials_file = {creds:?}\n", d.join("t")))).unwrap_err();
+    assert!(e.contains("exclusive"), "{e}");
+
+    let ca = TestCa::new("CA");
+    let (cert, _) = ca.issue("c", &["c"]).write(d, "client");
+    let (_, other_key) = ca.issue("o", &["o"]).write(d, "other");
+    let e = check(d, &nats(&format!("[nats.tls]\ncert_file = {cert:?}\nkey_file = {other_key:?}\n"))).unwrap_err();
+    assert!(e.contains("`nats.tls.key_file`") && e.contains("does not match"), "{e}");
+    let e = check(d, &nats(&format!("[nats.tls]\nca_file = {:?}\n", d.join("none.pem")))).unwrap_err();
+    assert!(e.contains("`nats.tls.ca_file`") && e.contains("none.pem"), "{e}");
+}
