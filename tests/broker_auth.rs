@@ -11,11 +11,11 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use base64::Engine;
 use bytes::Bytes;
-use common::brokers::NatsServer;
+use common::brokers::{NatsServer, RedisServer, free_port, redis_conn, redis_publish};
 use common::certs::TestCa;
 use common::logs::CapturedLogs;
 use common::{EVENT_TIMEOUT, TestApp, nats_config, start_app, sync_on_probe, test_config, wait_until};
-use sse_bridge::config::{ClientTlsConfig, NatsConfig};
+use sse_bridge::config::{ClientTlsConfig, NatsConfig, RedisConfig, RedisStreamsConfig};
 
 // ---------------------------------------------------------------------------------------------
 // NATS
@@ -364,4 +364,204 @@ fn check_config_reads_the_broker_files() {
     assert!(e.contains("`nats.tls.key_file`") && e.contains("does not match"), "{e}");
     let e = check(d, &nats(&format!("[nats.tls]\nca_file = {:?}\n", d.join("none.pem")))).unwrap_err();
     assert!(e.contains("`nats.tls.ca_file`") && e.contains("none.pem"), "{e}");
+}
+
+// ---------------------------------------------------------------------------------------------
+// Redis
+
+/// A bridge reading the `secured` channel with `edit` applied to its `[redis]` section.
+async fn redis_bridge(url: &str, edit: impl FnOnce(&mut RedisConfig)) -> TestApp {
+    let mut c = test_config();
+    let mut r = common::redis_config(url, &["secured"], &[]);
+    edit(&mut r);
+    c.redis = Some(r);
+    start_app(c).await
+}
+
+/// Messages published (on `publisher`'s server) reach a browser through the bridge.
+async fn redis_events_flow(app: &TestApp, publisher: &redis::aio::MultiplexedConnection) {
+    app.wait_sources_connected().await;
+    let mut s = app.subscribe(&["secured"]).await;
+    sync_on_probe(&mut s, || {
+        let mut c = publisher.clone();
+        async move {
+            redis_publish(&mut c, "secured", "probe").await;
+        }
+    })
+    .await;
+    redis_publish(&mut publisher.clone(), "secured", "over-redis").await;
+    loop {
+        let ev = s.next_event(EVENT_TIMEOUT).await.expect("an event");
+        if ev.data == "over-redis" {
+            break;
+        }
+    }
+}
+
+/// A redis-server with TLS on a second port (the plain one stays for the fixture's probe and
+/// the test's publisher); `auth_clients`: client certificates required.
+async fn tls_redis(dir: &Path, ca: &TestCa, auth_clients: bool) -> (RedisServer, u16) {
+    let ca_file = ca.write(dir, "redis-ca.pem");
+    let (cert, key) = ca.issue("redis", &["127.0.0.1", "localhost"]).write(dir, "redis-server");
+    let tls_port = free_port().to_string();
+    let (cert, key, ca_file) = (
+        cert.to_string_lossy().into_owned(),
+        key.to_string_lossy().into_owned(),
+        ca_file.to_string_lossy().into_owned(),
+    );
+    let args = [
+        "--tls-port",
+        &tls_port,
+        "--tls-cert-file",
+        &cert,
+        "--tls-key-file",
+        &key,
+        "--tls-ca-cert-file",
+        &ca_file,
+        "--tls-auth-clients",
+        if auth_clients { "yes" } else { "no" },
+    ];
+    let redis = RedisServer::start_with(None, &args).await;
+    (redis, tls_port.parse().unwrap())
+}
+
+#[tokio::test]
+async fn redis_pubsub_and_streams_over_tls_with_client_certificates() {
+    let dir = tempfile::tempdir().unwrap();
+    let ca = TestCa::new("redis CA");
+    let (redis, tls_port) = tls_redis(dir.path(), &ca, true).await;
+    let ca_file = dir.path().join("redis-ca.pem");
+    let client_cert = ca.issue("bridge", &["bridge.local"]).write(dir.path(), "bridge");
+    let url = format!("rediss://127.0.0.1:{tls_port}");
+    let tls = ClientTlsConfig {
+        ca_file: Some(ca_file),
+        cert_file: Some(client_cert.0.clone()),
+        key_file: Some(client_cert.1.clone()),
+        required: false,
+    };
+    let mut c = test_config();
+    c.redis = Some(RedisConfig { tls: tls.clone(), ..common::redis_config(&url, &["secured"], &[]) });
+    c.redis_streams = Some(RedisStreamsConfig {
+        url: url.clone(),
+        keys: vec!["audit".into()],
+        block: std::time::Duration::from_millis(200),
+        reconnect_max_delay: std::time::Duration::from_millis(500),
+        tls,
+        ..Default::default()
+    });
+    let app = start_app(c).await;
+    let mut publisher = redis_conn(&redis.url()).await;
+    redis_events_flow(&app, &publisher).await;
+    let mut s = app.subscribe(&["audit"]).await;
+    let _: String =
+        redis::cmd("XADD").arg("audit").arg("*").arg("data").arg("streamed").query_async(&mut publisher).await.unwrap();
+    let ev = s.next_event(EVENT_TIMEOUT).await.expect("an entry");
+    assert_eq!(ev.data, "streamed");
+    app.stop().await;
+
+    // Another CA: one clear line naming the source and the certificate problem.
+    let (logs, _guard) = CapturedLogs::start();
+    let other = TestCa::new("other CA");
+    let other_file = other.write(dir.path(), "other.pem");
+    let app = redis_bridge(&url, |r| r.tls = ClientTlsConfig { ca_file: Some(other_file), ..Default::default() }).await;
+    wait_until("a log line naming the TLS failure", async || {
+        logs.has_line(&["source=\"redis\"", "invalid peer certificate"])
+    })
+    .await;
+    assert!(!app.state.sources[0].is_connected());
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn redis_acl_user_with_a_password_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let redis = RedisServer::start_with(Some("user bridge on >acl-s3cret ~* &* +@all\n"), &[]).await;
+    let pw = dir.path().join("password");
+    std::fs::write(&pw, "acl-s3cret\n").unwrap();
+    let publisher = redis_conn(&redis.url()).await;
+    let app = redis_bridge(&redis.url(), |r| {
+        r.username = Some("bridge".into());
+        r.password_file = Some(pw.clone());
+    })
+    .await;
+    redis_events_flow(&app, &publisher).await;
+    app.stop().await;
+
+    let (logs, _guard) = CapturedLogs::start();
+    std::fs::write(&pw, "wrong").unwrap();
+    let app = redis_bridge(&redis.url(), |r| {
+        r.username = Some("bridge".into());
+        r.password_file = Some(pw.clone());
+    })
+    .await;
+    wait_until("a log line naming the refused credentials", async || {
+        logs.has_line(&["source=\"redis\"", "Password authentication failed"])
+    })
+    .await;
+    assert!(!logs.text().contains("acl-s3cret"), "the password must never be logged");
+    app.stop().await;
+}
+
+/// `SENTINEL` sub-command answer as strings.
+async fn sentinel(conn: &mut redis::aio::MultiplexedConnection, args: &[&str]) -> redis::Value {
+    let mut cmd = redis::cmd("SENTINEL");
+    for a in args {
+        cmd.arg(*a);
+    }
+    cmd.query_async(conn).await.unwrap()
+}
+
+#[tokio::test]
+async fn redis_sentinel_failover_is_followed() {
+    let mut master = RedisServer::start().await;
+    let replica = RedisServer::start_with(None, &["--replicaof", "127.0.0.1", &master.port().to_string()]).await;
+    let mut replica_conn = redis_conn(&replica.url()).await;
+    wait_until("the replica is in sync", async || {
+        let info: String = redis::cmd("INFO").arg("replication").query_async(&mut replica_conn).await.unwrap();
+        info.contains("master_link_status:up")
+    })
+    .await;
+    let conf = format!(
+        "sentinel monitor m 127.0.0.1 {} 1\nsentinel down-after-milliseconds m 500\nsentinel failover-timeout m 5000\n",
+        master.port()
+    );
+    let sentinel_server = RedisServer::start_with(Some(&conf), &["--sentinel"]).await;
+    let mut s_conn = redis_conn(&sentinel_server.url()).await;
+    wait_until(
+        "the Sentinel knows the replica",
+        async || matches!(sentinel(&mut s_conn, &["REPLICAS", "m"]).await, redis::Value::Array(a) if !a.is_empty()),
+    )
+    .await;
+
+    let app = redis_bridge("redis://127.0.0.1", |r| {
+        r.sentinels = vec![format!("127.0.0.1:{}", sentinel_server.port())];
+        r.master_name = Some("m".into());
+    })
+    .await;
+    let master_conn = redis_conn(&master.url()).await;
+    redis_events_flow(&app, &master_conn).await;
+
+    // The master dies; the Sentinel promotes the replica; the bridge follows and re-subscribes.
+    master.kill9();
+    let replica_port = replica.port().to_string();
+    wait_until("the Sentinel promoted the replica", async || {
+        let addr = sentinel(&mut s_conn, &["GET-MASTER-ADDR-BY-NAME", "m"]).await;
+        format!("{addr:?}").contains(&replica_port)
+    })
+    .await;
+    // A promoted replica drops its clients (CLIENT KILL): publish on a new connection.
+    wait_until("the replica is the master", async || {
+        let info: Result<String, _> = redis::cmd("INFO").arg("replication").query_async(&mut replica_conn).await;
+        match info {
+            Ok(i) => i.contains("role:master"),
+            Err(_) => {
+                replica_conn = redis_conn(&replica.url()).await;
+                false
+            }
+        }
+    })
+    .await;
+    let new_master = redis_conn(&replica.url()).await;
+    redis_events_flow(&app, &new_master).await;
+    app.stop().await;
 }

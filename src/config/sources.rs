@@ -114,6 +114,24 @@ pub struct RedisConfig {
     /// Largest message bridged (the raw message, before envelope decoding); bigger messages
     /// are counted, logged (once per interval) and dropped.
     pub max_message_bytes: usize,
+    /// ACL user to authenticate as (Redis 6+); with a password from `password_file` or
+    /// `password_env`. A user and password in the URL work too.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub username: Option<String>,
+    /// File holding the password (of `username`, or the `default` user).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub password_file: Option<PathBuf>,
+    /// Name of the environment variable holding the password.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub password_env: Option<String>,
+    /// TLS to the server (with a `rediss://` URL): private CA, client certificate.
+    pub tls: ClientTlsConfig,
+    /// Sentinels (`host:port`) to ask for the master of `master_name`; empty: connect to `url`.
+    /// With sentinels, `url` gives only the scheme (`rediss://` for TLS), user and database.
+    pub sentinels: Vec<String>,
+    /// The Sentinel service name of the master (required with `sentinels`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub master_name: Option<String>,
 }
 
 impl Default for RedisConfig {
@@ -127,6 +145,12 @@ impl Default for RedisConfig {
             connect_timeout: Duration::from_secs(5),
             ping_interval: Duration::from_secs(15),
             max_message_bytes: 1024 * 1024,
+            username: None,
+            password_file: None,
+            password_env: None,
+            tls: ClientTlsConfig::default(),
+            sentinels: Vec::new(),
+            master_name: None,
         }
     }
 }
@@ -135,6 +159,15 @@ impl RedisConfig {
     /// The URL, a message bound, and at least one channel or pattern of a usable length.
     pub fn check(&self, max_topic_len: usize) -> Checked {
         check_url(&self.url, REDIS_SCHEMES).map_err(|r| Invalid::new("redis.url", format!("{:?}: {r}", self.url)))?;
+        check_redis_connection(
+            "redis",
+            &self.url,
+            &self.password_file,
+            &self.password_env,
+            &self.tls,
+            &self.sentinels,
+            &self.master_name,
+        )?;
         at_least_one("redis.max_message_bytes", self.max_message_bytes)?;
         if self.channels.is_empty() && self.patterns.is_empty() {
             return Err(Invalid::new("redis.channels", "and redis.patterns are both empty: name at least one"));
@@ -268,6 +301,24 @@ pub struct RedisStreamsConfig {
     pub connect_timeout: Duration,
     /// Largest entry bridged (sum of field values); bigger entries are counted and skipped.
     pub max_message_bytes: usize,
+    /// ACL user to authenticate as (Redis 6+); with a password from `password_file` or
+    /// `password_env`. A user and password in the URL work too.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub username: Option<String>,
+    /// File holding the password (of `username`, or the `default` user).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub password_file: Option<PathBuf>,
+    /// Name of the environment variable holding the password.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub password_env: Option<String>,
+    /// TLS to the server (with a `rediss://` URL): private CA, client certificate.
+    pub tls: ClientTlsConfig,
+    /// Sentinels (`host:port`) to ask for the master of `master_name`; empty: connect to `url`.
+    /// With sentinels, `url` gives only the scheme (`rediss://` for TLS), user and database.
+    pub sentinels: Vec<String>,
+    /// The Sentinel service name of the master (required with `sentinels`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub master_name: Option<String>,
 }
 
 impl Default for RedisStreamsConfig {
@@ -279,6 +330,12 @@ impl Default for RedisStreamsConfig {
             reconnect_max_delay: Duration::from_secs(5),
             connect_timeout: Duration::from_secs(5),
             max_message_bytes: 1024 * 1024,
+            username: None,
+            password_file: None,
+            password_env: None,
+            tls: ClientTlsConfig::default(),
+            sentinels: Vec::new(),
+            master_name: None,
         }
     }
 }
@@ -288,6 +345,15 @@ impl RedisStreamsConfig {
     pub fn check(&self, max_topic_len: usize) -> Checked {
         check_url(&self.url, REDIS_SCHEMES)
             .map_err(|r| Invalid::new("redis_streams.url", format!("{:?}: {r}", self.url)))?;
+        check_redis_connection(
+            "redis_streams",
+            &self.url,
+            &self.password_file,
+            &self.password_env,
+            &self.tls,
+            &self.sentinels,
+            &self.master_name,
+        )?;
         if self.keys.is_empty() {
             return Err(Invalid::new("redis_streams.keys", "is empty: name at least one stream key"));
         }
@@ -323,6 +389,41 @@ fn check_nats_auth(
             format!("{section}.credentials_file"),
             "credentials_file, nkey_seed_file and token_file/token_env are exclusive: set one",
         ));
+    }
+    Ok(())
+}
+
+/// A Redis connection's settings that go together: TLS settings need a `rediss://` URL (else
+/// they would be ignored), the password comes from one place, Sentinel needs a master name.
+#[allow(clippy::too_many_arguments)]
+fn check_redis_connection(
+    section: &str,
+    url: &str,
+    password_file: &Option<PathBuf>,
+    password_env: &Option<String>,
+    tls: &ClientTlsConfig,
+    sentinels: &[String],
+    master_name: &Option<String>,
+) -> Checked {
+    check_secret_source(&format!("{section}.password"), password_file.as_ref(), password_env.as_ref())?;
+    tls.check(&format!("{section}.tls"))?;
+    if tls.is_set() && !url.starts_with("rediss://") {
+        return Err(Invalid::new(
+            format!("{section}.url"),
+            format!("{url:?}: [{section}.tls] is set, so the URL must be rediss:// (TLS)"),
+        ));
+    }
+    if !sentinels.is_empty() && master_name.as_deref().is_none_or(str::is_empty) {
+        return Err(Invalid::new(format!("{section}.master_name"), "is required with sentinels"));
+    }
+    if sentinels.is_empty() && master_name.is_some() {
+        return Err(Invalid::new(format!("{section}.sentinels"), "is empty: name the Sentinels that know master_name"));
+    }
+    for (i, s) in sentinels.iter().enumerate() {
+        let port = s.rsplit_once(':').and_then(|(h, p)| (!h.is_empty()).then_some(p)).map(str::parse::<u16>);
+        if !matches!(port, Some(Ok(_))) {
+            return Err(Invalid::new(format!("{section}.sentinels[{i}]"), format!("{s:?}: must be host:port")));
+        }
     }
     Ok(())
 }

@@ -26,6 +26,7 @@ use crate::metrics::Metrics;
 use crate::sources::RedisEndpoint;
 use crate::sources::nats::read_headers;
 use crate::sources::nats_connect::JetStreamConnect;
+use crate::sources::redis_connect::RedisConnect;
 use crate::sources::redis_streams;
 
 /// One event read back from a broker.
@@ -130,10 +131,11 @@ impl BrokerReader {
             cfg: config.resume.clone(),
             js: config.jetstream.as_ref().map(|j| (j.url.clone(), j.event_header.clone(), j.max_message_bytes)),
             js_connect: config.jetstream.as_ref().map(JetStreamConnect::new),
-            redis: config
-                .redis_streams
-                .as_ref()
-                .and_then(|r| RedisEndpoint::open(&r.url, r.connect_timeout).ok().map(|e| (e, r.max_message_bytes))),
+            redis: config.redis_streams.as_ref().and_then(|r| {
+                RedisEndpoint::with(&RedisConnect::of_streams(r), r.connect_timeout)
+                    .ok()
+                    .map(|e| (e, r.max_message_bytes))
+            }),
             permits: Arc::new(Semaphore::new(config.resume.max_concurrent_reads)),
             inflight: Mutex::new(HashMap::new()),
             js_ctx: tokio::sync::Mutex::new(None),

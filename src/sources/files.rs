@@ -4,6 +4,7 @@
 //! credentials it refuses) is the source's log line and status when it connects.
 
 use super::nats_connect::NatsSecurity;
+use super::redis_connect::RedisConnect;
 use crate::config::{Config, Invalid};
 
 /// Every file the configured sources will read, checked as they will read it.
@@ -13,6 +14,12 @@ pub fn check_files(config: &Config) -> Result<(), Invalid> {
     }
     if let Some(j) = &config.jetstream {
         NatsSecurity::of_jetstream(j).check()?;
+    }
+    if let Some(r) = &config.redis {
+        RedisConnect::of_redis(r).check()?;
+    }
+    if let Some(r) = &config.redis_streams {
+        RedisConnect::of_streams(r).check()?;
     }
     Ok(())
 }

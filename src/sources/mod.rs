@@ -22,6 +22,7 @@ mod files;
 mod message;
 pub mod nats_connect;
 mod redis_client;
+pub mod redis_connect;
 mod session;
 mod status;
 
