@@ -565,3 +565,35 @@ async fn redis_sentinel_failover_is_followed() {
     redis_events_flow(&app, &new_master).await;
     app.stop().await;
 }
+
+#[tokio::test]
+async fn redis_cluster_pubsub_reaches_the_bridge_from_any_node() {
+    let args = ["--cluster-enabled", "yes", "--cluster-config-file", "nodes.conf", "--cluster-node-timeout", "2000"];
+    let mut nodes = Vec::new();
+    for _ in 0..3 {
+        nodes.push(RedisServer::start_with(None, &args).await);
+    }
+    let addrs: Vec<String> = nodes.iter().map(|n| format!("127.0.0.1:{}", n.port())).collect();
+    let out = tokio::process::Command::new("redis-cli")
+        .args(["--cluster", "create"])
+        .args(&addrs)
+        .args(["--cluster-replicas", "0", "--cluster-yes"])
+        .output()
+        .await
+        .expect("redis-cli (redis-tools) is installed");
+    assert!(out.status.success(), "redis-cli --cluster create: {}", String::from_utf8_lossy(&out.stdout));
+    for n in &nodes {
+        let mut c = redis_conn(&n.url()).await;
+        wait_until("the cluster is up", async || {
+            let info: String = redis::cmd("CLUSTER").arg("INFO").query_async(&mut c).await.unwrap();
+            info.contains("cluster_state:ok")
+        })
+        .await;
+    }
+    // PUBLISH in a cluster goes to every node's subscribers: the bridge on the first node gets
+    // what is published on the last.
+    let app = redis_bridge(&nodes[0].url(), |_| {}).await;
+    let publisher = redis_conn(&nodes[2].url()).await;
+    redis_events_flow(&app, &publisher).await;
+    app.stop().await;
+}
