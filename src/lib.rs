@@ -66,7 +66,8 @@
 //! - [`state`]: [`AppState`], what every request handler shares (it derefs to the ingest
 //!   pipeline's parts).
 //! - [`sse`]: the public listener: a lean HTTP/1.1 path for `GET /events` (a small head buffer,
-//!   chunked vectored writes) and hyper 1.x for everything else (other routes, h2c); routes,
+//!   chunked vectored writes) and hyper 1.x for everything else (other routes, h2c, and every
+//!   connection over TLS when `[server.tls]` is set: h2 or HTTP/1.1 by ALPN); routes,
 //!   CORS, refusals an `EventSource` survives, and the stream that drains a client queue into
 //!   the socket.
 //! - [`admin`]: `/healthz`, `/readyz`, `/metrics` on a separate (loopback) listener, and with

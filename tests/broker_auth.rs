@@ -597,3 +597,24 @@ async fn redis_cluster_pubsub_reaches_the_bridge_from_any_node() {
     redis_events_flow(&app, &publisher).await;
     app.stop().await;
 }
+
+#[test]
+fn check_config_refuses_redis_settings_that_do_not_go_together() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let redis = |extra: &str| format!("[redis]\nchannels = [\"a\"]\n{extra}");
+    let e = check(d, &redis(&format!("[redis.tls]\nca_file = {:?}\n", d.join("ca.pem")))).unwrap_err();
+    assert!(e.contains("`redis.url`") && e.contains("rediss://"), "{e}");
+    let e = check(d, &redis("sentinels = [\"127.0.0.1:26379\"]\n")).unwrap_err();
+    assert!(e.contains("`redis.master_name`") && e.contains("required with sentinels"), "{e}");
+    let e = check(d, &redis("sentinels = [\"no-port\"]\nmaster_name = \"m\"\n")).unwrap_err();
+    assert!(e.contains("`redis.sentinels[0]`") && e.contains("host:port"), "{e}");
+    let e = check(d, &redis(&format!("password_file = {:?}\n", d.join("missing")))).unwrap_err();
+    assert!(e.contains("`redis.password_file`") && e.contains("cannot read"), "{e}");
+    let e = check(d, &redis("password_file = \"/x\"\npassword_env = \"X\"\n")).unwrap_err();
+    assert!(e.contains("`redis.password_file`") && e.contains("both set"), "{e}");
+    let pw = d.join("pw");
+    std::fs::write(&pw, "s3cret\n").unwrap();
+    check(d, &redis(&format!("username = \"bridge\"\npassword_file = {pw:?}\n")))
+        .expect("a readable password file passes");
+}
