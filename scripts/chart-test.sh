@@ -9,7 +9,8 @@
 # versions, the chart's promises, values that must be refused, the ops kit against the live
 # binary (every metric name of the PrometheusRule and the dashboard in its /metrics, with a
 # private redis-server; the `helm test` script against a stream and a refusal), and hadolint
-# on the Dockerfile. Installs redis-server and curl when missing (apt-get).
+# on the Dockerfile. Installs redis-server, curl and openssl (stand-in certificates for the
+# Secret-mounted files) when missing (apt-get).
 #
 #   scripts/chart-test.sh                  # everything
 #   CHART_TEST_NO_BRIDGE=1 scripts/chart-test.sh   # skip the cargo build and --check-config
@@ -42,6 +43,7 @@ if [ -n "${SSE_BRIDGE_BIN:-}" ]; then
   missing=()
   command -v redis-server >/dev/null || missing+=(redis-server)
   command -v curl >/dev/null || missing+=(curl)
+  command -v openssl >/dev/null || missing+=(openssl)
   . scripts/apt-lib.sh
   apt_install ${missing[@]+"${missing[@]}"}
 fi

@@ -11,6 +11,10 @@ command -v nats-server >/dev/null || [ -x /usr/sbin/nats-server ] || missing+=(n
 command -v redis-server >/dev/null || missing+=(redis-server)
 [ -x /usr/bin/chromium ] || missing+=(chromium)
 { command -v node >/dev/null && command -v npm >/dev/null; } || missing+=(nodejs npm)
+# curl --http2 (tests/tls.rs: HTTP/2 over TLS); redis-server --tls-port and --sentinel and
+# redis-cli --cluster (tests/broker_auth.rs) come with the Debian redis-server and redis-tools.
+command -v curl >/dev/null || missing+=(curl)
+command -v redis-cli >/dev/null || missing+=(redis-tools)
 . scripts/apt-lib.sh
 apt_install ${missing[@]+"${missing[@]}"}
 # Debian installs nats-server in /usr/sbin, which is not on every user's PATH.

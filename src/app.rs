@@ -25,6 +25,7 @@ use crate::sse::h1::LeanEvents;
 use crate::sse::handler;
 use crate::sse::public_state::PublicState;
 use crate::sse::server;
+use crate::sse::tls::TlsListener;
 use crate::state::AppState;
 use crate::telemetry::Telemetry;
 
@@ -145,13 +146,38 @@ fn start_listeners(state: &Arc<AppState>, listener: TcpListener, admin_listener:
     let conns = state.metrics.open_connections.clone();
     let heads =
         Arc::new(server::HeadGate { limits: state.limits.clone(), trusted_proxies, metrics: state.metrics.clone() });
-    let public =
-        server::serve(listener, builder.clone(), public, Some(lean), Some(heads), life.clone(), "public", conns);
-    life.tracker.spawn(public);
+    // The files were checked at startup (crate::startup); if they broke since, the public
+    // listener stays closed rather than serving plain HTTP where TLS was asked for.
+    match cfg.tls.as_ref().map(|t| TlsListener::new(t, cfg.header_read_timeout)).transpose() {
+        Ok(tls) => {
+            let task = server::serve(
+                listener,
+                builder.clone(),
+                public,
+                Some(lean),
+                tls,
+                Some(heads),
+                life.clone(),
+                "public",
+                conns,
+            );
+            life.tracker.spawn(task);
+        }
+        Err(e) => error!(error = %e, "Cannot load server.tls; the public listener is not serving."),
+    }
     let (admin_state, tracker) = (state.clone(), life.tracker.clone());
     let admin = move |req, _conn| admin::handle(req, admin_state.clone(), tracker.clone());
-    let admin = server::serve(admin_listener, builder, admin, None, None, life.clone(), "admin", Default::default());
-    life.tracker.spawn(admin);
+    life.tracker.spawn(server::serve(
+        admin_listener,
+        builder,
+        admin,
+        None,
+        None,
+        None,
+        life.clone(),
+        "admin",
+        Default::default(),
+    ));
 }
 
 /// The shutdown sequence (a "lame duck"): readiness fails and new streams get the draining

@@ -24,6 +24,8 @@
 //! **Settings**:
 //! - [`config`]: documented settings, layered with figment (file → `SSE_BRIDGE_*` env → flags)
 //!   and validated before anything starts, with errors that name key, file and reason.
+//! - [`tls_files`]: the PEM certificates, keys and CA bundles of every TLS setting, and
+//!   secrets from files or the environment, read and checked in one place (key, file, reason).
 //! - [`logging`], [`telemetry`]: log setup, and OpenTelemetry spans per event (receive →
 //!   fan-out → delivery, ending at the last subscriber's write) and per stream; nothing at all
 //!   when tracing is off. [`telemetry`] owns the W3C trace context an event carries.
@@ -70,7 +72,8 @@
 //! - [`state`]: [`AppState`], what every request handler shares (it derefs to the ingest
 //!   pipeline's parts).
 //! - [`sse`]: the public listener: a lean HTTP/1.1 path for `GET /events` (a small head buffer,
-//!   chunked vectored writes) and hyper 1.x for everything else (other routes, h2c); routes,
+//!   chunked vectored writes) and hyper 1.x for everything else (other routes, h2c, and every
+//!   connection over TLS when `[server.tls]` is set: h2 or HTTP/1.1 by ALPN); routes,
 //!   CORS, refusals an `EventSource` survives, and the stream that drains a client queue into
 //!   the socket.
 //! - [`admin`]: `/healthz`, `/readyz`, `/metrics` on a separate (loopback) listener, and with
@@ -106,6 +109,7 @@ pub mod sse;
 pub mod startup;
 pub mod state;
 pub mod telemetry;
+pub mod tls_files;
 pub mod topic;
 
 pub use app::{App, RunOutcome};

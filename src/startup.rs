@@ -35,5 +35,9 @@ fn runtime_checks(config: &Config) -> Result<(), Invalid> {
             ),
         ));
     }
+    if let Some(tls) = &config.server.tls {
+        crate::tls_files::check_server(tls)?;
+    }
+    crate::sources::check_files(config)?;
     Ok(())
 }

@@ -19,6 +19,8 @@
 //! - `interest`: `nats.interest`/`redis.interest` and `[interest]`, on-demand upstream bounds;
 //! - `observability`: `[log]`, `[telemetry]`;
 //! - `auth`: `[auth]` (checked by `crate::auth`);
+//! - `tls`: `[server.tls]`, the brokers' `tls` tables and where secrets come from (the files
+//!   themselves are read by `crate::tls_files`);
 //! - `check`: the [`Invalid`] error and the checks sections share;
 //! - `load`: the layers, [`Config::load`], and `service_links`: the Kubernetes variables the
 //!   environment layer leaves out; `error`: [`ConfigError`], as the operator reads it.
@@ -34,6 +36,7 @@ mod root;
 mod server;
 pub mod service_links;
 mod sources;
+mod tls;
 
 pub use auth::{AuthConfig, AuthRule, JwtAlgorithm, TopicAccess};
 pub use capacity::{FanoutConfig, LimitsConfig, MemoryConfig, ReplayConfig};
@@ -48,6 +51,8 @@ pub use sources::{
     JetStreamConfig, MAX_DURABLE_STREAMS, NatsConfig, RedisConfig, RedisStreamsConfig, ResumeConfig,
     check_durable_count,
 };
+
+pub use tls::{ClientTlsConfig, ServerTlsConfig, check_secret_source};
 
 #[cfg(test)]
 mod tests;

@@ -7,6 +7,7 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 
 use super::check::{Checked, Invalid, at_least_one};
+use super::tls::ServerTlsConfig;
 use crate::topic::{DEFAULT_MAX_TOPIC_LEN, Pattern};
 
 /// The SSE and `/publish` listener and per-stream behaviour.
@@ -74,6 +75,10 @@ pub struct ServerConfig {
     /// applies, beside `queue_capacity` (whichever is reached first). One event always fits.
     /// 0: the count alone bounds the queue.
     pub queue_bytes: usize,
+    /// TLS on the public listener (`[server.tls]`): HTTP/2 and HTTP/1.1 over TLS, chosen by
+    /// ALPN. Absent: plain HTTP, as behind an ingress that terminates TLS.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tls: Option<ServerTlsConfig>,
 }
 
 /// How refusals that time can fix are answered (see [`ServerConfig::refusal`]).
@@ -108,6 +113,7 @@ impl Default for ServerConfig {
             listen_backlog: 4096,
             demo_page: false,
             queue_bytes: 4 * 1024 * 1024,
+            tls: None,
         }
     }
 }
@@ -138,6 +144,9 @@ impl ServerConfig {
         }
         for (i, o) in self.cors_origins.iter().enumerate() {
             check_origin(o).map_err(|r| Invalid::new(format!("server.cors_origins[{i}]"), format!("{o:?}: {r}")))?;
+        }
+        if let Some(tls) = &self.tls {
+            tls.check()?;
         }
         Ok(())
     }

@@ -2,6 +2,7 @@
 //! `[redis_streams]` (durable: resumes are replayed from the broker), and `[resume]`, the
 //! bounds on those replays. Each section is optional; absent means that source is off.
 
+use std::path::PathBuf;
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
@@ -10,6 +11,7 @@ use super::check::{
     Checked, Invalid, NATS_SCHEMES, REDIS_SCHEMES, at_least_one, check_subjects, check_url, check_url_list,
 };
 use super::interest::InterestMode;
+use super::tls::{ClientTlsConfig, check_secret_source};
 use crate::topic::TopicFilter;
 
 /// Durable streams a bridge may read at most: every one adds a part to every event id.
@@ -43,6 +45,20 @@ pub struct NatsConfig {
     /// `"all"`: subscribe to every subject at start; `"on-demand"`: the subjects are the
     /// allowlist, and only the filters clients hold are subscribed (see `[interest]`).
     pub interest: InterestMode,
+    /// NATS credentials file (`.creds`: a user JWT and its NKey seed, as `nsc` writes it).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub credentials_file: Option<PathBuf>,
+    /// File holding an NKey user seed (`SU…`), for servers with NKey users.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub nkey_seed_file: Option<PathBuf>,
+    /// File holding the authentication token.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub token_file: Option<PathBuf>,
+    /// Name of the environment variable holding the authentication token.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub token_env: Option<String>,
+    /// TLS to the server: private CA, client certificate, TLS required.
+    pub tls: ClientTlsConfig,
 }
 
 impl Default for NatsConfig {
@@ -57,6 +73,11 @@ impl Default for NatsConfig {
             max_message_bytes: 1024 * 1024,
             buffer_bytes: 32 * 1024 * 1024,
             interest: InterestMode::All,
+            credentials_file: None,
+            nkey_seed_file: None,
+            token_file: None,
+            token_env: None,
+            tls: ClientTlsConfig::default(),
         }
     }
 }
@@ -72,6 +93,8 @@ impl NatsConfig {
         if self.event_header.is_empty() {
             return Err(Invalid::new("nats.event_header", "must not be empty"));
         }
+        check_nats_auth("nats", &self.credentials_file, &self.nkey_seed_file, &self.token_file, &self.token_env)?;
+        self.tls.check("nats.tls")?;
         at_least_one("nats.max_message_bytes", self.max_message_bytes)?;
         at_least_one_message("nats.buffer_bytes", self.buffer_bytes, self.max_message_bytes)
     }
@@ -109,6 +132,24 @@ pub struct RedisConfig {
     /// `"all"`: subscribe to every channel and pattern at start; `"on-demand"`: they are the
     /// allowlist, and only the filters clients hold are subscribed (see `[interest]`).
     pub interest: InterestMode,
+    /// ACL user to authenticate as (Redis 6+); with a password from `password_file` or
+    /// `password_env`. A user and password in the URL work too.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub username: Option<String>,
+    /// File holding the password (of `username`, or the `default` user).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub password_file: Option<PathBuf>,
+    /// Name of the environment variable holding the password.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub password_env: Option<String>,
+    /// TLS to the server (with a `rediss://` URL): private CA, client certificate.
+    pub tls: ClientTlsConfig,
+    /// Sentinels (`host:port`) to ask for the master of `master_name`; empty: connect to `url`.
+    /// With sentinels, `url` gives only the scheme (`rediss://` for TLS), user and database.
+    pub sentinels: Vec<String>,
+    /// The Sentinel service name of the master (required with `sentinels`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub master_name: Option<String>,
 }
 
 impl Default for RedisConfig {
@@ -124,6 +165,12 @@ impl Default for RedisConfig {
             max_message_bytes: 1024 * 1024,
             buffer_bytes: 32 * 1024 * 1024,
             interest: InterestMode::All,
+            username: None,
+            password_file: None,
+            password_env: None,
+            tls: ClientTlsConfig::default(),
+            sentinels: Vec::new(),
+            master_name: None,
         }
     }
 }
@@ -132,6 +179,15 @@ impl RedisConfig {
     /// The URL, a message bound, and at least one channel or pattern of a usable length.
     pub fn check(&self, max_topic_len: usize) -> Checked {
         check_url(&self.url, REDIS_SCHEMES).map_err(|r| Invalid::new("redis.url", format!("{:?}: {r}", self.url)))?;
+        check_redis_connection(
+            "redis",
+            &self.url,
+            &self.password_file,
+            &self.password_env,
+            &self.tls,
+            &self.sentinels,
+            &self.master_name,
+        )?;
         at_least_one("redis.max_message_bytes", self.max_message_bytes)?;
         at_least_one_message("redis.buffer_bytes", self.buffer_bytes, self.max_message_bytes)?;
         if self.channels.is_empty() && self.patterns.is_empty() {
@@ -170,6 +226,28 @@ pub struct JetStreamConfig {
     pub connect_timeout: Duration,
     /// Largest payload bridged; bigger messages are counted and skipped.
     pub max_message_bytes: usize,
+    /// NATS credentials file (`.creds`: a user JWT and its NKey seed, as `nsc` writes it).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub credentials_file: Option<PathBuf>,
+    /// File holding an NKey user seed (`SU…`), for servers with NKey users.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub nkey_seed_file: Option<PathBuf>,
+    /// File holding the authentication token.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub token_file: Option<PathBuf>,
+    /// Name of the environment variable holding the authentication token.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub token_env: Option<String>,
+    /// TLS to the server: private CA, client certificate, TLS required.
+    pub tls: ClientTlsConfig,
+    /// JetStream domain (a leaf node's, or a hub's seen from a leaf): the API is
+    /// `$JS.<domain>.API`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub domain: Option<String>,
+    /// JetStream API prefix (an account that imports another's JetStream API); ignored when
+    /// `domain` is set. Unset: `$JS.API`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub api_prefix: Option<String>,
 }
 
 impl Default for JetStreamConfig {
@@ -182,6 +260,13 @@ impl Default for JetStreamConfig {
             reconnect_max_delay: Duration::from_secs(5),
             connect_timeout: Duration::from_secs(5),
             max_message_bytes: 1024 * 1024,
+            credentials_file: None,
+            nkey_seed_file: None,
+            token_file: None,
+            token_env: None,
+            tls: ClientTlsConfig::default(),
+            domain: None,
+            api_prefix: None,
         }
     }
 }
@@ -204,6 +289,15 @@ impl JetStreamConfig {
         check_subjects("jetstream.subjects", &self.subjects, max_topic_len)?;
         if self.event_header.is_empty() {
             return Err(Invalid::new("jetstream.event_header", "must not be empty"));
+        }
+        check_nats_auth("jetstream", &self.credentials_file, &self.nkey_seed_file, &self.token_file, &self.token_env)?;
+        self.tls.check("jetstream.tls")?;
+        for (key, v) in [("jetstream.domain", &self.domain), ("jetstream.api_prefix", &self.api_prefix)] {
+            if let Some(v) = v
+                && (v.is_empty() || v.contains([' ', '*', '>']))
+            {
+                return Err(Invalid::new(key, format!("{v:?}: must be a non-empty subject token without wildcards")));
+            }
         }
         at_least_one("jetstream.max_message_bytes", self.max_message_bytes)
     }
@@ -228,6 +322,24 @@ pub struct RedisStreamsConfig {
     pub connect_timeout: Duration,
     /// Largest entry bridged (sum of field values); bigger entries are counted and skipped.
     pub max_message_bytes: usize,
+    /// ACL user to authenticate as (Redis 6+); with a password from `password_file` or
+    /// `password_env`. A user and password in the URL work too.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub username: Option<String>,
+    /// File holding the password (of `username`, or the `default` user).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub password_file: Option<PathBuf>,
+    /// Name of the environment variable holding the password.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub password_env: Option<String>,
+    /// TLS to the server (with a `rediss://` URL): private CA, client certificate.
+    pub tls: ClientTlsConfig,
+    /// Sentinels (`host:port`) to ask for the master of `master_name`; empty: connect to `url`.
+    /// With sentinels, `url` gives only the scheme (`rediss://` for TLS), user and database.
+    pub sentinels: Vec<String>,
+    /// The Sentinel service name of the master (required with `sentinels`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub master_name: Option<String>,
 }
 
 impl Default for RedisStreamsConfig {
@@ -239,6 +351,12 @@ impl Default for RedisStreamsConfig {
             reconnect_max_delay: Duration::from_secs(5),
             connect_timeout: Duration::from_secs(5),
             max_message_bytes: 1024 * 1024,
+            username: None,
+            password_file: None,
+            password_env: None,
+            tls: ClientTlsConfig::default(),
+            sentinels: Vec::new(),
+            master_name: None,
         }
     }
 }
@@ -248,6 +366,15 @@ impl RedisStreamsConfig {
     pub fn check(&self, max_topic_len: usize) -> Checked {
         check_url(&self.url, REDIS_SCHEMES)
             .map_err(|r| Invalid::new("redis_streams.url", format!("{:?}: {r}", self.url)))?;
+        check_redis_connection(
+            "redis_streams",
+            &self.url,
+            &self.password_file,
+            &self.password_env,
+            &self.tls,
+            &self.sentinels,
+            &self.master_name,
+        )?;
         if self.keys.is_empty() {
             return Err(Invalid::new("redis_streams.keys", "is empty: name at least one stream key"));
         }
@@ -273,6 +400,62 @@ fn at_least_one_message(key: &str, buffer_bytes: usize, max_message_bytes: usize
             key,
             format!("is {buffer_bytes}: must be at least max_message_bytes ({max_message_bytes})"),
         ));
+    }
+    Ok(())
+}
+
+/// At most one way to authenticate to NATS (a URL's `user:pass` aside), and the token from one
+/// place.
+fn check_nats_auth(
+    section: &str,
+    creds: &Option<PathBuf>,
+    seed: &Option<PathBuf>,
+    token_file: &Option<PathBuf>,
+    token_env: &Option<String>,
+) -> Checked {
+    check_secret_source(&format!("{section}.token"), token_file.as_ref(), token_env.as_ref())?;
+    let token = token_file.is_some() || token_env.is_some();
+    let ways = [creds.is_some(), seed.is_some(), token].iter().filter(|b| **b).count();
+    if ways > 1 {
+        return Err(Invalid::new(
+            format!("{section}.credentials_file"),
+            "credentials_file, nkey_seed_file and token_file/token_env are exclusive: set one",
+        ));
+    }
+    Ok(())
+}
+
+/// A Redis connection's settings that go together: TLS settings need a `rediss://` URL (else
+/// they would be ignored), the password comes from one place, Sentinel needs a master name.
+#[allow(clippy::too_many_arguments)]
+fn check_redis_connection(
+    section: &str,
+    url: &str,
+    password_file: &Option<PathBuf>,
+    password_env: &Option<String>,
+    tls: &ClientTlsConfig,
+    sentinels: &[String],
+    master_name: &Option<String>,
+) -> Checked {
+    check_secret_source(&format!("{section}.password"), password_file.as_ref(), password_env.as_ref())?;
+    tls.check(&format!("{section}.tls"))?;
+    if tls.is_set() && !url.starts_with("rediss://") {
+        return Err(Invalid::new(
+            format!("{section}.url"),
+            format!("{url:?}: [{section}.tls] is set, so the URL must be rediss:// (TLS)"),
+        ));
+    }
+    if !sentinels.is_empty() && master_name.as_deref().is_none_or(str::is_empty) {
+        return Err(Invalid::new(format!("{section}.master_name"), "is required with sentinels"));
+    }
+    if sentinels.is_empty() && master_name.is_some() {
+        return Err(Invalid::new(format!("{section}.sentinels"), "is empty: name the Sentinels that know master_name"));
+    }
+    for (i, s) in sentinels.iter().enumerate() {
+        let port = s.rsplit_once(':').and_then(|(h, p)| (!h.is_empty()).then_some(p)).map(str::parse::<u16>);
+        if !matches!(port, Some(Ok(_))) {
+            return Err(Invalid::new(format!("{section}.sentinels[{i}]"), format!("{s:?}: must be host:port")));
+        }
     }
     Ok(())
 }

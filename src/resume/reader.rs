@@ -25,6 +25,8 @@ use crate::durable::{Catalog, DurableKind, DurableStream, Pos};
 use crate::metrics::Metrics;
 use crate::sources::RedisEndpoint;
 use crate::sources::nats::read_headers;
+use crate::sources::nats_connect::JetStreamConnect;
+use crate::sources::redis_connect::RedisConnect;
 use crate::sources::redis_streams;
 
 /// One event read back from a broker.
@@ -108,6 +110,8 @@ pub struct BrokerReader {
     inflight: Mutex<HashMap<ReadKey, WeakShared<BoxFuture<'static, Arc<ReadOutcome>>>>>,
     js_ctx: tokio::sync::Mutex<Option<jetstream::Context>>,
     redis_conn: tokio::sync::Mutex<Option<redis::aio::MultiplexedConnection>>,
+    /// `[jetstream]`'s URL, authentication, TLS and domain (shared with the JetStream source).
+    js_connect: Option<JetStreamConnect>,
     metrics: Arc<Metrics>,
     active: AtomicUsize,
     peak: AtomicUsize,
@@ -126,10 +130,12 @@ impl BrokerReader {
             catalog,
             cfg: config.resume.clone(),
             js: config.jetstream.as_ref().map(|j| (j.url.clone(), j.event_header.clone(), j.max_message_bytes)),
-            redis: config
-                .redis_streams
-                .as_ref()
-                .and_then(|r| RedisEndpoint::open(&r.url, r.connect_timeout).ok().map(|e| (e, r.max_message_bytes))),
+            js_connect: config.jetstream.as_ref().map(JetStreamConnect::new),
+            redis: config.redis_streams.as_ref().and_then(|r| {
+                RedisEndpoint::with(&RedisConnect::of_streams(r), r.connect_timeout)
+                    .ok()
+                    .map(|e| (e, r.max_message_bytes))
+            }),
             permits: Arc::new(Semaphore::new(config.resume.max_concurrent_reads)),
             inflight: Mutex::new(HashMap::new()),
             js_ctx: tokio::sync::Mutex::new(None),
@@ -217,14 +223,10 @@ impl BrokerReader {
         if let Some(c) = &*g {
             return Ok(c.clone());
         }
-        let (url, _, _) = self.js.as_ref().ok_or("JetStream is not configured")?;
-        let client = async_nats::ConnectOptions::new()
-            .name("sse-bridge-resume")
-            .connection_timeout(self.cfg.read_timeout)
-            .connect(url.as_str())
-            .await
-            .map_err(|e| e.to_string())?;
-        let ctx = jetstream::new(client);
+        let connect = self.js_connect.as_ref().ok_or("JetStream is not configured")?;
+        let opts =
+            async_nats::ConnectOptions::new().name("sse-bridge-resume").connection_timeout(self.cfg.read_timeout);
+        let (_, ctx) = connect.connect(opts).await.map_err(|e| e.to_string())?;
         *g = Some(ctx.clone());
         Ok(ctx)
     }

@@ -33,6 +33,7 @@ use tracing::{error, info, warn};
 use super::bounds::BrokerInput;
 use super::message::{IngestSender, SourceKind};
 use super::nats::source_message;
+use super::nats_connect::{JetStreamConnect, NatsConnectError};
 use super::session::{BrokerError, Session, SessionEnd, forward, send_baseline, supervise};
 use super::status::SourceStatus;
 use crate::config::JetStreamConfig;
@@ -151,7 +152,7 @@ impl JetStreamSession {
         &mut self,
         lost: Arc<Notify>,
     ) -> Result<(async_nats::Client, jetstream::Context, Consumers), SessionEnd> {
-        let client = async_nats::ConnectOptions::new()
+        let opts = async_nats::ConnectOptions::new()
             .name("sse-bridge-jetstream")
             .connection_timeout(self.cfg.connect_timeout)
             .max_reconnects(Some(0))
@@ -162,11 +163,11 @@ impl JetStreamSession {
                         lost.notify_one();
                     }
                 }
-            })
-            .connect(self.cfg.url.as_str())
-            .await
-            .map_err(|e| BrokerError::Connect(e.into()))?;
-        let js = jetstream::new(client.clone());
+            });
+        let (client, js) = JetStreamConnect::new(&self.cfg).connect(opts).await.map_err(|e| match e {
+            NatsConnectError::Files(f) => BrokerError::Setup(f.into()),
+            other => BrokerError::Connect(other.into()),
+        })?;
         let mut consumers = Consumers::new();
         self.stops = (0..self.streams.len()).map(|_| CancellationToken::new()).collect();
         for k in 0..self.streams.len() {

@@ -25,9 +25,12 @@ mod backoff;
 mod bounds;
 mod buffer;
 mod configured;
+mod files;
 mod message;
+pub mod nats_connect;
 mod nats_interest;
 mod redis_client;
+pub mod redis_connect;
 mod redis_interest;
 mod session;
 mod status;
@@ -41,6 +44,7 @@ pub mod redis_streams;
 pub use backoff::{Backoff, backoff_delay};
 pub use bounds::{BrokerInput, LOG_INTERVAL};
 pub use configured::{ConfiguredSource, configured};
+pub use files::check_files;
 pub use message::{
     Ingest, IngestClosed, IngestPermit, IngestReceiver, IngestSender, PUBLISHED_AT_HEADER, SourceKind, SourceMessage,
     SourceSignal, ingest_channel,

@@ -34,6 +34,7 @@ use super::backoff::backoff_delay;
 use super::bounds::{BrokerInput, IntervalLog};
 use super::buffer::{Buffer, Reserve};
 use super::message::{IngestSender, PUBLISHED_AT_HEADER, SourceKind, SourceMessage, SourceSignal};
+use super::nats_connect::{ConnectReport, NatsSecurity};
 use super::session::{BrokerError, SessionEnd};
 use super::status::SourceStatus;
 use crate::config::NatsConfig;
@@ -101,7 +102,15 @@ pub async fn run(
 ) -> SessionEnd {
     let url = cfg.url.clone();
     let losses = Arc::new(Losses::default());
-    let client = match connect_options(&cfg, status.clone(), losses.clone()).connect(url.as_str()).await {
+    let security = NatsSecurity::of_nats(&cfg);
+    let opts = match security.apply(connect_options(&cfg, status.clone(), losses.clone(), security.report())).await {
+        Ok(o) => o,
+        Err(e) => {
+            warn!(source = "nats", error = %e, "Cannot read the NATS credentials or TLS files.");
+            return BrokerError::Setup(e.into()).into();
+        }
+    };
+    let client = match opts.connect(url.as_str()).await {
         Ok(c) => c,
         Err(e) => {
             // With retry_on_initial_connect this only fails on unusable options (bad URL).
@@ -142,10 +151,15 @@ pub async fn run(
 }
 
 /// The client's settings: reconnect forever with our backoff, connect in the background, a
-/// subscription buffer sized from `nats.buffer_bytes`,
-/// report connection changes (logged once each) in `status`, and slow-consumer drops and
-/// reconnections to the forwarding loop through `losses`.
-pub(super) fn connect_options(cfg: &NatsConfig, status: Arc<SourceStatus>, losses: Arc<Losses>) -> ConnectOptions {
+/// subscription buffer sized from `nats.buffer_bytes`, report connection changes (logged once
+/// each) in `status` and failures through `report`, and slow-consumer drops and reconnections
+/// to the forwarding loop through `losses`.
+pub(super) fn connect_options(
+    cfg: &NatsConfig,
+    status: Arc<SourceStatus>,
+    losses: Arc<Losses>,
+    report: ConnectReport,
+) -> ConnectOptions {
     let url = cfg.url.clone();
     let max_delay = cfg.reconnect_max_delay;
     ConnectOptions::new()
@@ -159,6 +173,7 @@ pub(super) fn connect_options(cfg: &NatsConfig, status: Arc<SourceStatus>, losse
             let status = status.clone();
             let url = url.clone();
             let losses = losses.clone();
+            report.event("nats", &url, &event);
             async move {
                 match event {
                     NatsEvent::Connected => {

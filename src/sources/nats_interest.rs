@@ -26,6 +26,7 @@ use tracing::{debug, info, warn};
 use super::bounds::BrokerInput;
 use super::message::{IngestSender, SourceKind};
 use super::nats::{Losses, connect_options, source_message};
+use super::nats_connect::NatsSecurity;
 use super::session::{BrokerError, SessionEnd, forward};
 use super::status::SourceStatus;
 use crate::config::NatsConfig;
@@ -61,7 +62,16 @@ pub async fn run(
     // The client's own view of its connection; `status` says up only after the round trip.
     let link = Arc::new(SourceStatus::new(SourceKind::Nats));
     // Drops and reconnects are not told to streams here (yet): held filters are re-confirmed.
-    let client = match connect_options(&cfg, link.clone(), Arc::new(Losses::default())).connect(url.as_str()).await {
+    let security = NatsSecurity::of_nats(&cfg);
+    let options = connect_options(&cfg, link.clone(), Arc::new(Losses::default()), security.report());
+    let options = match security.apply(options).await {
+        Ok(o) => o,
+        Err(e) => {
+            warn!(source = "nats", error = %e, "Cannot read the NATS credentials or TLS files.");
+            return BrokerError::Setup(e.into()).into();
+        }
+    };
+    let client = match options.connect(url.as_str()).await {
         Ok(c) => c,
         Err(e) => {
             warn!(source = "nats", %url, error = %e, "Cannot start NATS client.");

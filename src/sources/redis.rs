@@ -31,6 +31,7 @@ use super::bounds::BrokerInput;
 use super::buffer::{Buffer, Reserve};
 use super::message::{IngestSender, SourceKind, SourceMessage, SourceSignal};
 use super::redis_client::{RedisEndpoint, redacted};
+use super::redis_connect::RedisConnect;
 use super::session::{BrokerError, Session, SessionEnd, supervise};
 use super::status::SourceStatus;
 use crate::config::RedisConfig;
@@ -44,7 +45,7 @@ pub async fn run(
     status: Arc<SourceStatus>,
     shutdown: CancellationToken,
 ) -> SessionEnd {
-    let endpoint = match RedisEndpoint::for_source("redis", &cfg.url, cfg.connect_timeout) {
+    let endpoint = match RedisEndpoint::for_source("redis", &RedisConnect::of_redis(&cfg), cfg.connect_timeout) {
         Ok(e) => e,
         Err(end) => return end,
     };

@@ -21,6 +21,7 @@ use super::bounds::BrokerInput;
 use super::message::{IngestSender, SourceKind};
 use super::redis::to_source_message;
 use super::redis_client::{RedisEndpoint, redacted};
+use super::redis_connect::RedisConnect;
 use super::session::{BrokerError, Session, SessionEnd, forward, supervise};
 use super::status::SourceStatus;
 use crate::config::RedisConfig;
@@ -39,7 +40,7 @@ pub async fn run(
     status: Arc<SourceStatus>,
     shutdown: CancellationToken,
 ) -> SessionEnd {
-    let endpoint = match RedisEndpoint::for_source("redis", &cfg.url, cfg.connect_timeout) {
+    let endpoint = match RedisEndpoint::for_source("redis", &RedisConnect::of_redis(&cfg), cfg.connect_timeout) {
         Ok(e) => e,
         Err(end) => return end,
     };

@@ -31,6 +31,7 @@ use tracing::{debug, info, warn};
 use super::bounds::BrokerInput;
 use super::message::{IngestSender, SourceKind, SourceMessage};
 use super::redis_client::{RedisEndpoint, redacted};
+use super::redis_connect::RedisConnect;
 use super::session::{BrokerError, Session, SessionEnd, forward, send_baseline, supervise};
 use super::status::SourceStatus;
 use crate::config::RedisStreamsConfig;
@@ -58,10 +59,11 @@ pub async fn run(
     status: Arc<SourceStatus>,
     shutdown: CancellationToken,
 ) -> SessionEnd {
-    let endpoint = match RedisEndpoint::for_source("redis_streams", &cfg.url, cfg.connect_timeout) {
-        Ok(e) => e,
-        Err(end) => return end,
-    };
+    let endpoint =
+        match RedisEndpoint::for_source("redis_streams", &RedisConnect::of_streams(&cfg), cfg.connect_timeout) {
+            Ok(e) => e,
+            Err(end) => return end,
+        };
     let keys: Vec<(usize, String)> =
         catalog.iter().filter(|(_, s)| s.kind == DurableKind::RedisStream).map(|(i, s)| (i, s.name.clone())).collect();
     let input = BrokerInput::new(SourceKind::RedisStreams, cfg.max_message_bytes, status.clone());

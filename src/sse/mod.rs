@@ -6,7 +6,8 @@
 //! (input bounds, authorization), `publish` and `demo` (the page at `GET /`); `body` (the
 //! stream body) and `response` (small fixed responses); `public_state`, `cors`, `client_ip`
 //! (what the listener works out once from `server.*`); `upstream`, the on-demand interest
-//! steps of `GET /events`.
+//! steps of `GET /events`; `tls` (`[server.tls]`: rustls, ALPN, certificates re-read when they
+//! change on disk).
 
 pub mod body;
 pub mod client_ip;
@@ -23,4 +24,5 @@ pub mod refusal;
 pub mod request;
 pub mod response;
 pub mod server;
+pub mod tls;
 pub mod upstream;

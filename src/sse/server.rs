@@ -29,6 +29,7 @@ use super::body::ResponseBody;
 use super::client_ip::TrustedProxies;
 use super::conn::{Conn, ConnEnd, InHead, Lifecycle, Rewind, WatchedIo};
 use super::h1::{self, LeanEvents};
+use super::tls::TlsListener;
 use crate::client::ConnHandle;
 use crate::limits::Limits;
 use crate::metrics::Metrics;
@@ -141,6 +142,7 @@ impl HeadGate {
 /// `handler` gets each request and the connection it arrived on. With `lean`, a connection
 /// whose first request is a plain HTTP/1.x `GET /events` is served by [`h1`] instead of hyper
 /// (no hyper buffers for the life of the stream); every other connection goes to hyper. With
+/// `tls`, every connection is a TLS handshake first, then hyper (h2 or HTTP/1.1 by ALPN). With
 /// `heads`, connections still sending their request head are counted against the caps.
 #[allow(clippy::too_many_arguments)]
 pub async fn serve<H, Fut>(
@@ -148,6 +150,7 @@ pub async fn serve<H, Fut>(
     builder: Arc<auto::Builder<TrackedExecutor>>,
     handler: H,
     lean: Option<Arc<LeanEvents>>,
+    tls: Option<TlsListener>,
     heads: Option<Arc<HeadGate>>,
     life: Lifecycle,
     name: &'static str,
@@ -184,12 +187,16 @@ pub async fn serve<H, Fut>(
         let builder = builder.clone();
         let handler = handler.clone();
         let lean = lean.clone();
+        let tls = tls.clone();
         let life2 = life.clone();
         let open_connections = open_connections.clone();
         open_connections.inc();
         life.tracker.spawn(async move {
             let _open = DecOnDrop(open_connections);
-            let outcome = connection(stream, peer, lean, in_head, builder, handler, life2).await;
+            let outcome = match tls {
+                Some(tls) => Box::pin(tls_connection(stream, peer, tls, in_head, builder, handler, life2)).await,
+                None => connection(stream, peer, lean, in_head, builder, handler, life2).await,
+            };
             // Client disconnects are normal for streams: debug, never error.
             match outcome {
                 None => debug!(listener = name, %peer, "Connection closed."),
@@ -232,10 +239,41 @@ where
     Box::pin(serve_hyper(Rewind::new(read, stream), peer, builder, handler, handle, in_head, life)).await
 }
 
-/// hyper serves the connection (HTTP/1.1 keep-alive or h2c), until it finishes, its kill
-/// switch fires or shutdown ends it.
-async fn serve_hyper<H, Fut>(
-    io: Rewind<TcpStream>,
+/// Serves one TLS connection: the handshake (bounded by the header read timeout, and ended by
+/// shutdown), then hyper. Boxed by the caller: TLS state is only paid for on TLS listeners.
+async fn tls_connection<H, Fut>(
+    stream: TcpStream,
+    peer: SocketAddr,
+    tls: TlsListener,
+    in_head: Option<InHead>,
+    builder: Arc<auto::Builder<TrackedExecutor>>,
+    handler: H,
+    life: Lifecycle,
+) -> Option<ConnEnd>
+where
+    H: Fn(Request<Incoming>, Conn) -> Fut + Clone + Send + Sync + 'static,
+    Fut: Future<Output = Result<Response<ResponseBody>, Infallible>> + Send + 'static,
+{
+    let stream = tokio::select! {
+        biased;
+        _ = life.hard_stop.cancelled() => return Some(ConnEnd::DrainTimeOver),
+        _ = life.graceful.cancelled() => return Some(ConnEnd::ShuttingDown),
+        r = tls.accept(stream) => match r {
+            Ok(s) => s,
+            Err(e) if e.kind() == std::io::ErrorKind::TimedOut => return Some(ConnEnd::HeadTimeout),
+            Err(e) => return Some(ConnEnd::Io(e)),
+        },
+    };
+    let handle = ConnHandle::default();
+    // The head slot (taken at accept, so a slow handshake counts too) goes with the first
+    // request hyper reads.
+    serve_hyper(Rewind::new(Bytes::new(), stream), peer, builder, handler, handle, in_head.map(Arc::new), life).await
+}
+
+/// hyper serves the connection (HTTP/1.1 keep-alive, h2c, or either over TLS), until it
+/// finishes, its kill switch fires or shutdown ends it.
+async fn serve_hyper<H, Fut, S>(
+    io: Rewind<S>,
     peer: SocketAddr,
     builder: Arc<auto::Builder<TrackedExecutor>>,
     handler: H,
@@ -246,6 +284,7 @@ async fn serve_hyper<H, Fut>(
 where
     H: Fn(Request<Incoming>, Conn) -> Fut + Clone + Send + Sync + 'static,
     Fut: Future<Output = Result<Response<ResponseBody>, Infallible>> + Send + 'static,
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
     let kill = handle.kill.clone();
     let io = WatchedIo::new(io, handle.write.clone());

@@ -3,7 +3,7 @@
 //
 //   node tests/browser/eventsource.mjs --url <SSE URL> --page-port <PORT> --count <N>
 //        [--event-types a,b,c] [--timeout-ms 30000] [--exit-on-closed]
-//        [--chromium /usr/bin/chromium] [--sources N]
+//        [--chromium /usr/bin/chromium] [--sources N] [--ignore-certificate-errors]
 //
 // Serves one HTML page on http://127.0.0.1:<PORT>/ (a different origin from the
 // SSE URL, so CORS is exercised), opens it in headless Chromium, and the page
@@ -19,6 +19,9 @@
 // With --sources N (default 1) the page opens N EventSources on the same URL at
 // once; every line then also carries "source": 0..N-1, "open"/"reopen" are per
 // source, and --count counts the events of all sources together.
+//
+// --ignore-certificate-errors lets Chromium accept the test CA's certificate of an
+// https:// SSE URL (tests/tls.rs only).
 //
 // Exit codes: 0 = <count> events printed; 1 = timeout; 2 = usage/launch/setup
 // failure (message on stderr); 3 = --exit-on-closed and the EventSource reached
@@ -58,6 +61,7 @@ function parseArgs(argv) {
     exitOnClosed: false,
     chromium: process.env.CHROMIUM_PATH || '/usr/bin/chromium',
     sources: 1,
+    ignoreCertificateErrors: false,
   };
   for (let i = 0; i < argv.length; i++) {
     let arg = argv[i];
@@ -81,6 +85,7 @@ function parseArgs(argv) {
       case '--chromium': opts.chromium = next(); break;
       case '--exit-on-closed': opts.exitOnClosed = true; break;
       case '--sources': opts.sources = Number(next()); break;
+      case '--ignore-certificate-errors': opts.ignoreCertificateErrors = true; break;
       case '-h': case '--help': process.stderr.write(USAGE + '\n'); process.exit(EXIT_OK); break;
       default: die(`unknown argument: ${arg}\n${USAGE}`);
     }
@@ -311,6 +316,7 @@ async function main() {
         '--disable-sync',
         '--disable-dev-shm-usage',
         '--no-proxy-server',
+        ...(opts.ignoreCertificateErrors ? ['--ignore-certificate-errors'] : []),
       ],
     });
   } catch (err) {

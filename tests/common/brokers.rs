@@ -96,6 +96,12 @@ impl NatsServer {
         subs
     }
 
+    /// Like [`start`](Self::start) with `conf` as the server's configuration file (`-c`, for
+    /// TLS, users and operator mode); the port, store and name flags still apply.
+    pub async fn start_with_config(conf: &str) -> NatsServer {
+        NatsServer { inner: ServerProcess::start_with(Kind::Nats, Some(conf.to_owned()), Vec::new()).await }
+    }
+
     /// `nats://127.0.0.1:PORT`
     pub fn url(&self) -> String {
         format!("nats://127.0.0.1:{}", self.inner.port)
@@ -141,6 +147,15 @@ impl RedisServer {
     /// Panics (with the server's output) if it is not ready within 10s.
     pub async fn start() -> RedisServer {
         RedisServer { inner: ServerProcess::start(Kind::Redis).await }
+    }
+
+    /// Like [`start`](Self::start) with a configuration file (`conf`, written to the fixture's
+    /// directory and passed first, as redis-server wants it; a Sentinel's must be writable) and
+    /// extra arguments (`--tls-port`, `--sentinel`, `--cluster-enabled yes`, …). The plain
+    /// port stays on: the readiness probe uses it.
+    pub async fn start_with(conf: Option<&str>, extra: &[&str]) -> RedisServer {
+        let extra = extra.iter().map(|s| s.to_string()).collect();
+        RedisServer { inner: ServerProcess::start_with(Kind::Redis, conf.map(str::to_owned), extra).await }
     }
 
     /// `redis://127.0.0.1:PORT`
@@ -276,6 +291,10 @@ struct ServerProcess {
     name: String,
     child: Option<Child>,
     launches: usize,
+    /// A configuration file's content, written to `<dir>/server.conf` at each launch.
+    config: Option<String>,
+    /// Arguments after the fixture's own.
+    extra: Vec<String>,
     /// Dropped after `Drop::drop` has killed the child, so the server never
     /// sees its directory vanish while running.
     dir: tempfile::TempDir,
@@ -283,13 +302,17 @@ struct ServerProcess {
 
 impl ServerProcess {
     async fn start(kind: Kind) -> ServerProcess {
+        Self::start_with(kind, None, Vec::new()).await
+    }
+
+    async fn start_with(kind: Kind, config: Option<String>, extra: Vec<String>) -> ServerProcess {
         static COUNTER: AtomicUsize = AtomicUsize::new(0);
         let name = format!("sse-bridge-test-{}-{}", std::process::id(), COUNTER.fetch_add(1, Ordering::Relaxed));
         let dir = tempfile::Builder::new()
             .prefix(&format!("sse-bridge-{kind:?}-").to_lowercase())
             .tempdir()
             .expect("creating fixture temp dir");
-        let mut p = ServerProcess { kind, port: free_port(), name, child: None, launches: 0, dir };
+        let mut p = ServerProcess { kind, port: free_port(), name, child: None, launches: 0, config, extra, dir };
         let deadline = Instant::now() + STARTUP_DEADLINE;
         let mut early_exits = 0;
         while let Err(status) = p.launch_and_wait(deadline).await {
@@ -353,7 +376,21 @@ impl ServerProcess {
     async fn launch_and_wait(&mut self, deadline: Instant) -> Result<(), ExitStatus> {
         self.launches += 1;
         let binary = self.kind.binary();
-        let args = self.kind.args(self.port, self.dir.path(), &self.name);
+        let mut args = self.kind.args(self.port, self.dir.path(), &self.name);
+        if let Some(conf) = &self.config {
+            let path = self.dir.path().join("server.conf");
+            // A Sentinel rewrites its file: only the first launch writes it.
+            if !path.exists() {
+                std::fs::write(&path, conf).expect("writing the server's config file");
+            }
+            let path = path.to_string_lossy().into_owned();
+            let first = match self.kind {
+                Kind::Nats | Kind::NatsMonitored(_) => vec!["-c".to_owned(), path],
+                Kind::Redis => vec![path],
+            };
+            args.splice(0..0, first);
+        }
+        args.extend(self.extra.iter().cloned());
         let header = format!("=== launch #{}: {binary} {}", self.launches, args.join(" "));
         let child = Command::new(&binary)
             .args(&args)

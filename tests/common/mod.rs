@@ -6,6 +6,7 @@
 //! - [`bridge_process`] and [`daemon`]: the real `sse-bridge` binary as a child process;
 //! - [`browser_tooling`]: node, Chromium and the harness package the real-browser tests need;
 //! - [`brokers`]: private `nats-server` / `redis-server` instances;
+//! - [`certs`]: a private CA made by the test, and the certificates it issues;
 //! - [`sse_client`]: an EventSource-exact SSE client and parser;
 //! - [`chunked`]: an HTTP/1.1 chunked-body decoder for tests that read raw sockets;
 //! - [`events`]: what an event's id and a gap event say;
@@ -21,6 +22,7 @@ pub mod balancer;
 pub mod bridge_process;
 pub mod brokers;
 pub mod browser_tooling;
+pub mod certs;
 pub mod chunked;
 pub mod daemon;
 pub mod events;

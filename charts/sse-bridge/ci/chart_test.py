@@ -235,6 +235,7 @@ def check_config(toml_text: str, env: dict[str, str]) -> None:
         keys.mkdir()
         for name in {line.split(AUTH_MOUNT, 1)[1].split('"')[0] for line in toml_text.splitlines() if AUTH_MOUNT in line}:
             (keys / name).write_text(TEST_PUBLIC_KEY if not name.endswith(".json") else test_jwks())
+        toml_text = stand_in_secret_files(toml_text, Path(d))
         p = Path(d) / "bridge.toml"
         p.write_text(toml_text.replace(AUTH_MOUNT, f"{keys}/"))
         clean = {k: v for k, v in os.environ.items() if not k.startswith("SSE_BRIDGE_")}
@@ -247,6 +248,34 @@ def check_config(toml_text: str, env: dict[str, str]) -> None:
             cwd=d,
         )
         assert r.returncode == 0, f"sse-bridge --check-config refused the rendered bridge.toml:\n{r.stderr}{r.stdout}\n{toml_text}"
+
+
+SECRET_MOUNTS = ("/etc/sse-bridge-tls/", "/etc/sse-bridge-secrets/")
+
+
+def stand_in_secret_files(toml_text: str, d: Path) -> str:
+    """Files the chart mounts from Secrets (publicTls, secretFiles), stood in for so that
+    `--check-config` can read them: one self-signed certificate and its key (openssl) for
+    *.crt/*.pem and *.key, a line of text for anything else (tokens, passwords)."""
+    paths = set(re.findall(r'"(/etc/sse-bridge-(?:tls|secrets)/[^"]+)"', toml_text))
+    if not paths:
+        return toml_text
+    cert, key = d / "stand-in.crt", d / "stand-in.key"
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes",
+                    "-keyout", str(key), "-out", str(cert), "-subj", "/CN=stand-in", "-days", "2"],
+                   check=True, capture_output=True)
+    for path in paths:
+        local = d / "mounts" / path.lstrip("/")
+        local.parent.mkdir(parents=True, exist_ok=True)
+        if path.endswith(".key"):
+            local.write_text(key.read_text())
+        elif path.endswith((".crt", ".pem")):
+            local.write_text(cert.read_text())
+        else:
+            local.write_text("a-stand-in-secret\n")
+    for mount in SECRET_MOUNTS:
+        toml_text = toml_text.replace(mount, f"{d}/mounts{mount}")
+    return toml_text
 
 
 def secret_env_for_check(kinds: dict[str, dict[str, Any]]) -> dict[str, str]:
@@ -635,6 +664,27 @@ def specific_checks(chart: helm.Chart, renders: dict[str, dict]) -> None:
 
         for fn in (ingress_sse, spread, hpa_pdb, network_policy, image_digest, auth_keys_mounted, telemetry_float):
             check(f"all-on: {fn.__name__}", fn)
+
+    if "broker-tls" in renders:
+        kinds = by_kind(renders["broker-tls"])
+
+        def tls_and_secret_files_mounted():
+            pod = kinds["Deployment"]["spec"]["template"]["spec"]
+            vols = {v["name"]: v for v in pod["volumes"]}
+            assert vols["public-tls"]["secret"] == {"secretName": "bridge-tls"}, vols
+            assert vols["secret-files-nats"]["secret"] == {"secretName": "nats-bridge-user"}, vols
+            mounts = {m["name"]: m for m in container(kinds)["volumeMounts"]}
+            assert mounts["public-tls"] == {"name": "public-tls", "mountPath": "/etc/sse-bridge-tls", "readOnly": True}
+            assert mounts["secret-files-nats"]["mountPath"] == "/etc/sse-bridge-secrets/nats"
+            assert not any("subPath" in m for m in mounts.values()), "a subPath mount never sees a renewed file"
+            toml = bridge_toml(kinds)
+            assert toml["server"]["tls"] == {"cert_file": "/etc/sse-bridge-tls/tls.crt",
+                                             "key_file": "/etc/sse-bridge-tls/tls.key",
+                                             "client_ca_file": "/etc/sse-bridge-tls/ca.crt"}, toml["server"]
+            assert toml["nats"]["tls"]["ca_file"] == "/etc/sse-bridge-secrets/nats/ca.crt", toml["nats"]
+            assert "token" not in json.dumps(container(kinds).get("env", [])), "no secret value in the pod spec"
+
+        check("broker-tls: public TLS and broker secret files mounted from Secrets", tls_and_secret_files_mounted)
 
     if "external-secrets" in renders:
         kinds = by_kind(renders["external-secrets"])

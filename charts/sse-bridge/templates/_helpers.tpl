@@ -285,6 +285,11 @@ string), whole numbers as integers, lists inline, maps as inline tables.
 {{- $server := merge (dict "listen" (printf "0.0.0.0:%d" (int .Values.containerPorts.http))) (default dict $c.server) -}}
 {{- $proxies := include "sse-bridge.trustedProxies" . | fromJsonArray -}}
 {{- if $proxies }}{{ $_ := set $server "trusted_proxies" $proxies }}{{ end -}}
+{{- with .Values.publicTls }}{{ if .existingSecret -}}
+{{- $tls := dict "cert_file" "/etc/sse-bridge-tls/tls.crt" "key_file" "/etc/sse-bridge-tls/tls.key" -}}
+{{- if .clientCaKey }}{{ $_ := set $tls "client_ca_file" (printf "/etc/sse-bridge-tls/%s" .clientCaKey) }}{{ end -}}
+{{- $_ := set $server "tls" $tls -}}
+{{- end }}{{ end -}}
 {{- $parts = append $parts (include "sse-bridge.tomlSection" (list "server" $server)) -}}
 {{- $admin := merge (dict "listen" (printf "0.0.0.0:%d" (int .Values.containerPorts.admin))) (default dict $c.admin) -}}
 {{- $parts = append $parts (include "sse-bridge.tomlSection" (list "admin" $admin)) -}}
@@ -314,7 +319,7 @@ string), whole numbers as integers, lists inline, maps as inline tables.
 {{- end -}}
 # Rendered by the sse-bridge Helm chart {{ .Chart.Version }} from the release's values.
 # Every key: docs/configuration.md. Set by the chart: server.listen, admin.listen, memory.limit
-# (and auth.public_key_file or auth.jwks_file with secrets.authKeys).
+# (and auth.public_key_file or auth.jwks_file with secrets.authKeys, server.tls with publicTls).
 
 {{ join "\n\n" $parts }}
 {{ end }}

@@ -1,0 +1,620 @@
+//! The brokers people actually run: private nats-server and redis-server instances secured the
+//! way production ones are (TLS with a private CA, client certificates, NKey users, tokens,
+//! operator mode with `.creds`, Redis ACL users, Sentinel, Cluster), each made by the test on
+//! free ports with certificates from a CA the test makes. Events must flow through the bridge
+//! in each; wrong settings must fail with a clear log line while the source keeps retrying.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use base64::Engine;
+use bytes::Bytes;
+use common::brokers::{NatsServer, RedisServer, free_port, redis_conn, redis_publish};
+use common::certs::TestCa;
+use common::logs::CapturedLogs;
+use common::{EVENT_TIMEOUT, TestApp, nats_config, start_app, sync_on_probe, test_config, wait_until};
+use sse_bridge::config::{ClientTlsConfig, NatsConfig, RedisConfig, RedisStreamsConfig};
+
+// ---------------------------------------------------------------------------------------------
+// NATS
+
+/// A `tls { }` block for nats-server with a certificate for 127.0.0.1 from `ca`.
+fn nats_tls_block(dir: &Path, ca: &TestCa, verify: bool) -> String {
+    let ca_file = ca.write(dir, "nats-ca.pem");
+    let (cert, key) = ca.issue("nats", &["127.0.0.1", "localhost"]).write(dir, "nats-server");
+    format!("tls {{\n  cert_file: {cert:?}\n  key_file: {key:?}\n  ca_file: {ca_file:?}\n  verify: {verify}\n}}\n")
+}
+
+/// A bridge reading `events.>` from `url` with `edit` applied to its `[nats]` section.
+async fn nats_bridge(url: &str, edit: impl FnOnce(&mut NatsConfig)) -> TestApp {
+    let mut c = test_config();
+    let mut n = nats_config(url, &["events.>"]);
+    edit(&mut n);
+    c.nats = Some(n);
+    start_app(c).await
+}
+
+/// Events published with `client` reach a browser through the bridge.
+async fn nats_events_flow(app: &TestApp, client: &async_nats::Client) {
+    app.wait_sources_connected().await;
+    let mut s = app.subscribe(&["events.a"]).await;
+    sync_on_probe(&mut s, || async {
+        client.publish("events.a", Bytes::from_static(b"probe")).await.unwrap();
+        client.flush().await.unwrap();
+    })
+    .await;
+    client.publish("events.a", Bytes::from_static(b"secured")).await.unwrap();
+    client.flush().await.unwrap();
+    loop {
+        let ev = s.next_event(EVENT_TIMEOUT).await.expect("an event");
+        if ev.data == "secured" {
+            break;
+        }
+    }
+}
+
+fn client_tls(ca: &Path, cert: Option<(PathBuf, PathBuf)>) -> ClientTlsConfig {
+    let (cert_file, key_file) = cert.map_or((None, None), |(c, k)| (Some(c), Some(k)));
+    ClientTlsConfig { ca_file: Some(ca.to_owned()), cert_file, key_file, required: true }
+}
+
+#[tokio::test]
+async fn nats_over_tls_with_a_private_ca() {
+    let dir = tempfile::tempdir().unwrap();
+    let ca = TestCa::new("nats CA");
+    let nats = NatsServer::start_with_config(&nats_tls_block(dir.path(), &ca, false)).await;
+    let ca_file = dir.path().join("nats-ca.pem");
+    let app = nats_bridge(&nats.url(), |n| n.tls = client_tls(&ca_file, None)).await;
+    let client = async_nats::ConnectOptions::new()
+        .add_root_certificates(ca_file.clone())
+        .require_tls(true)
+        .connect(nats.url())
+        .await
+        .unwrap();
+    nats_events_flow(&app, &client).await;
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn nats_mutual_tls_and_a_wrong_ca_is_named_in_the_log() {
+    let dir = tempfile::tempdir().unwrap();
+    let ca = TestCa::new("nats CA");
+    let nats = NatsServer::start_with_config(&nats_tls_block(dir.path(), &ca, true)).await;
+    let ca_file = dir.path().join("nats-ca.pem");
+    let client_cert = ca.issue("bridge", &["bridge.local"]).write(dir.path(), "bridge");
+    let app = nats_bridge(&nats.url(), |n| n.tls = client_tls(&ca_file, Some(client_cert.clone()))).await;
+    let client = async_nats::ConnectOptions::new()
+        .add_root_certificates(ca_file.clone())
+        .add_client_certificate(client_cert.0.clone(), client_cert.1.clone())
+        .connect(nats.url())
+        .await
+        .unwrap();
+    nats_events_flow(&app, &client).await;
+    app.stop().await;
+
+    // A CA that did not sign the server: one clear line, and the source stays down, retrying.
+    let (logs, _guard) = CapturedLogs::start();
+    let other = TestCa::new("some other CA");
+    let other_file = other.write(dir.path(), "other-ca.pem");
+    let app = nats_bridge(&nats.url(), |n| n.tls = client_tls(&other_file, Some(client_cert))).await;
+    common::wait_for(
+        "a log line naming the source and the TLS failure",
+        async || logs.text(),
+        |t| t.lines().any(|l| l.contains("source=\"nats\"") && l.contains("TLS") && l.contains("tls.ca_file")),
+    )
+    .await;
+    assert!(!app.state.sources[0].is_connected());
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn nats_nkey_user() {
+    let dir = tempfile::tempdir().unwrap();
+    let user = nkeys::KeyPair::new_user();
+    let nats = NatsServer::start_with_config(&format!(
+        "authorization {{ users = [ {{ nkey: {:?} }} ] }}\n",
+        user.public_key()
+    ))
+    .await;
+    let seed_file = dir.path().join("user.nk");
+    std::fs::write(&seed_file, format!("{}\n", user.seed().unwrap())).unwrap();
+    let app = nats_bridge(&nats.url(), |n| n.nkey_seed_file = Some(seed_file)).await;
+    let client = async_nats::ConnectOptions::with_nkey(user.seed().unwrap()).connect(nats.url()).await.unwrap();
+    nats_events_flow(&app, &client).await;
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn nats_token_from_a_file_or_the_environment_and_a_wrong_one_is_named() {
+    let dir = tempfile::tempdir().unwrap();
+    let token = "s3cr3t-token-for-the-test";
+    let nats = NatsServer::start_with_config(&format!("authorization {{ token: {token:?} }}\n")).await;
+    let client = async_nats::ConnectOptions::with_token(token.into()).connect(nats.url()).await.unwrap();
+
+    let token_file = dir.path().join("token");
+    std::fs::write(&token_file, format!("{token}\n")).unwrap();
+    let app = nats_bridge(&nats.url(), |n| n.token_file = Some(token_file.clone())).await;
+    nats_events_flow(&app, &client).await;
+    app.stop().await;
+
+    // SAFETY: this test's own variable; nothing else reads or writes it.
+    unsafe { std::env::set_var("SSE_BRIDGE_TEST_NATS_TOKEN", token) };
+    let app = nats_bridge(&nats.url(), |n| n.token_env = Some("SSE_BRIDGE_TEST_NATS_TOKEN".into())).await;
+    nats_events_flow(&app, &client).await;
+    app.stop().await;
+
+    let (logs, _guard) = CapturedLogs::start();
+    std::fs::write(&token_file, "not-the-token").unwrap();
+    let app = nats_bridge(&nats.url(), |n| n.token_file = Some(token_file.clone())).await;
+    wait_until("a log line naming the refused credentials", async || {
+        logs.has_line(&["source=\"nats\"", "authorization violation", "token_file"])
+    })
+    .await;
+    assert!(!logs.text().contains(token), "the token must never be logged");
+    assert!(!app.state.sources[0].is_connected());
+    app.stop().await;
+}
+
+/// NATS decentralized auth: operator, account and user NKeys and JWTs, signed by the test
+/// (nkeys, the crate async-nats signs with; the JWT claims follow nats-io/jwt v2).
+struct Operator {
+    operator_jwt: String,
+    account_pub: String,
+    account_jwt: String,
+    account: nkeys::KeyPair,
+    sys_pub: String,
+    sys_jwt: String,
+}
+
+fn now() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_secs()
+}
+
+/// A NATS JWT: `claims` (with `iss`, `sub`, `iat`, `jti` added) signed by `issuer`.
+fn nats_jwt(issuer: &nkeys::KeyPair, subject: &str, name: &str, nats: serde_json::Value) -> String {
+    let b64 = base64::engine::general_purpose::URL_SAFE_NO_PAD;
+    let header = b64.encode(br#"{"typ":"JWT","alg":"ed25519-nkey"}"#);
+    let claims = serde_json::json!({
+        "jti": format!("{:X}{}", now(), rand::random::<u64>()),
+        "iat": now(),
+        "iss": issuer.public_key(),
+        "sub": subject,
+        "name": name,
+        "nats": nats,
+    });
+    let payload = b64.encode(claims.to_string());
+    let signed = format!("{header}.{payload}");
+    let sig = issuer.sign(signed.as_bytes()).unwrap();
+    format!("{signed}.{}", b64.encode(sig))
+}
+
+impl Operator {
+    fn new() -> Operator {
+        let op = nkeys::KeyPair::new_operator();
+        let account = nkeys::KeyPair::new_account();
+        let operator_jwt =
+            nats_jwt(&op, &op.public_key(), "test-operator", serde_json::json!({"type": "operator", "version": 2}));
+        let unlimited = serde_json::json!({"subs": -1, "data": -1, "payload": -1, "imports": -1, "exports": -1,
+            "wildcards": true, "conn": -1, "leaf": -1});
+        let account_jwt = nats_jwt(
+            &op,
+            &account.public_key(),
+            "test-account",
+            serde_json::json!({"type": "account", "version": 2, "limits": unlimited}),
+        );
+        // JetStream (the fixture turns it on) needs a system account in operator mode.
+        let sys = nkeys::KeyPair::new_account();
+        let sys_jwt = nats_jwt(&op, &sys.public_key(), "SYS", serde_json::json!({"type": "account", "version": 2}));
+        Operator {
+            operator_jwt,
+            account_pub: account.public_key(),
+            account_jwt,
+            account,
+            sys_pub: sys.public_key(),
+            sys_jwt,
+        }
+    }
+
+    /// The server configuration: operator mode with the account preloaded.
+    fn server_config(&self) -> String {
+        format!(
+            "operator: {:?}\nsystem_account: {}\nresolver: MEMORY\n\
+             resolver_preload: {{\n  {}: {:?}\n  {}: {:?}\n}}\n",
+            self.operator_jwt, self.sys_pub, self.account_pub, self.account_jwt, self.sys_pub, self.sys_jwt
+        )
+    }
+
+    /// A `.creds` file for a new user of the account, as `nsc generate creds` writes it.
+    fn user_creds(&self, name: &str) -> String {
+        let user = nkeys::KeyPair::new_user();
+        let jwt = nats_jwt(
+            &self.account,
+            &user.public_key(),
+            name,
+            serde_json::json!({"type": "user", "version": 2, "pub": {}, "sub": {}, "subs": -1, "data": -1, "payload": -1}),
+        );
+        format!(
+            "-----BEGIN NATS USER JWT-----\n{jwt}\n------END NATS USER JWT------\n\n\
+             ************************* IMPORTANT *************************\n\
+             NKEY Seed printed below can be used to sign and prove identity.\n\n\
+             -----BEGIN USER NKEY SEED-----\n{}\n------END USER NKEY SEED------\n",
+            user.seed().unwrap()
+        )
+    }
+}
+
+#[tokio::test]
+async fn nats_operator_mode_with_a_creds_file_survives_kill_9() {
+    let dir = tempfile::tempdir().unwrap();
+    let op = Operator::new();
+    let mut nats = NatsServer::start_with_config(&op.server_config()).await;
+    let creds = dir.path().join("bridge.creds");
+    std::fs::write(&creds, op.user_creds("bridge")).unwrap();
+    let app = nats_bridge(&nats.url(), |n| n.credentials_file = Some(creds.clone())).await;
+    let client = async_nats::ConnectOptions::with_credentials(&op.user_creds("publisher"))
+        .unwrap()
+        .retry_on_initial_connect()
+        .connect(nats.url())
+        .await
+        .unwrap();
+    nats_events_flow(&app, &client).await;
+
+    // A crash and a restart: the bridge reconnects with the same credentials.
+    let reconnects = app.state.sources[0].reconnects();
+    nats.kill9();
+    wait_until("the source notices", async || !app.state.sources[0].is_connected()).await;
+    nats.restart().await;
+    wait_until("the source reconnects", async || app.state.sources[0].reconnects() > reconnects).await;
+    nats_events_flow(&app, &client).await;
+    app.stop().await;
+
+    // A user of an account the server does not know is refused, with one clear line.
+    let (logs, _guard) = CapturedLogs::start();
+    let stranger = Operator::new();
+    std::fs::write(&creds, stranger.user_creds("stranger")).unwrap();
+    let app = nats_bridge(&nats.url(), |n| n.credentials_file = Some(creds.clone())).await;
+    wait_until("a log line naming the refused credentials", async || {
+        logs.has_line(&["source=\"nats\"", "authorization violation", "credentials_file"])
+    })
+    .await;
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn jetstream_over_tls_with_a_token() {
+    let dir = tempfile::tempdir().unwrap();
+    let ca = TestCa::new("nats CA");
+    let token = "jetstream-token-0123";
+    let conf = format!("{}authorization {{ token: {token:?} }}\n", nats_tls_block(dir.path(), &ca, false));
+    let nats = NatsServer::start_with_config(&conf).await;
+    let ca_file = dir.path().join("nats-ca.pem");
+    let client = async_nats::ConnectOptions::with_token(token.into())
+        .add_root_certificates(ca_file.clone())
+        .connect(nats.url())
+        .await
+        .unwrap();
+    let js = async_nats::jetstream::new(client);
+    js.create_stream(async_nats::jetstream::stream::Config {
+        name: "SECURE".into(),
+        subjects: vec!["secure.>".into()],
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    let token_file = dir.path().join("token");
+    std::fs::write(&token_file, token).unwrap();
+    let mut c = test_config();
+    c.jetstream = Some(sse_bridge::config::JetStreamConfig {
+        url: nats.url(),
+        streams: vec!["SECURE".into()],
+        token_file: Some(token_file),
+        tls: client_tls(&ca_file, None),
+        reconnect_max_delay: std::time::Duration::from_millis(500),
+        ..Default::default()
+    });
+    let app = start_app(c).await;
+    app.wait_sources_connected().await;
+    let mut s = app.subscribe(&["secure.a"]).await;
+    js.publish("secure.a", "durable-and-secured".into()).await.unwrap().await.unwrap();
+    let ev = s.next_event(EVENT_TIMEOUT).await.expect("an event");
+    assert_eq!(ev.data, "durable-and-secured");
+    app.stop().await;
+}
+
+/// `--check-config`'s checks of the broker files (the same as at startup).
+fn check(dir: &Path, toml: &str) -> Result<(), String> {
+    let p = dir.join("bridge.toml");
+    std::fs::write(&p, toml).unwrap();
+    let overrides = sse_bridge::config::Overrides::default();
+    sse_bridge::startup::load_config(&sse_bridge::config::ConfigFile::Explicit(p), &overrides)
+        .map(|_| ())
+        .map_err(|e| e.to_string())
+}
+
+#[test]
+fn check_config_reads_the_broker_files() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let nats = |extra: &str| format!("[nats]\nsubjects = [\"a\"]\n{extra}");
+    let seed = d.join("user.nk");
+    std::fs::write(&seed, nkeys::KeyPair::new_user().seed().unwrap()).unwrap();
+    check(d, &nats(&format!("nkey_seed_file = {seed:?}\n"))).expect("a seed passes");
+
+    std::fs::write(&seed, "SUNOTASEED").unwrap();
+    let e = check(d, &nats(&format!("nkey_seed_file = {seed:?}\n"))).unwrap_err();
+    assert!(e.contains("`nats.nkey_seed_file`") && e.contains("user.nk") && e.contains("not an NKey seed"), "{e}");
+
+    let creds = d.join("user.creds");
+    std::fs::write(&creds, "garbage").unwrap();
+    let e = check(d, &nats(&format!("credentials_file = {creds:?}\n"))).unwrap_err();
+    assert!(e.contains("`nats.credentials_file`") && e.contains("user.creds"), "{e}");
+
+    let e = check(d, &nats("token_env = \"SSE_BRIDGE_TEST_UNSET_TOKEN\"\n")).unwrap_err();
+    assert!(e.contains("`nats.token_env`") && e.contains("unset or empty"), "{e}");
+
+    let e = check(d, &nats(&format!("token_file = {:?}\ncredentials_file = {creds:?}\n", d.join("t")))).unwrap_err();
+    assert!(e.contains("exclusive"), "{e}");
+
+    let ca = TestCa::new("CA");
+    let (cert, _) = ca.issue("c", &["c"]).write(d, "client");
+    let (_, other_key) = ca.issue("o", &["o"]).write(d, "other");
+    let e = check(d, &nats(&format!("[nats.tls]\ncert_file = {cert:?}\nkey_file = {other_key:?}\n"))).unwrap_err();
+    assert!(e.contains("`nats.tls.key_file`") && e.contains("does not match"), "{e}");
+    let e = check(d, &nats(&format!("[nats.tls]\nca_file = {:?}\n", d.join("none.pem")))).unwrap_err();
+    assert!(e.contains("`nats.tls.ca_file`") && e.contains("none.pem"), "{e}");
+}
+
+// ---------------------------------------------------------------------------------------------
+// Redis
+
+/// A bridge reading the `secured` channel with `edit` applied to its `[redis]` section.
+async fn redis_bridge(url: &str, edit: impl FnOnce(&mut RedisConfig)) -> TestApp {
+    let mut c = test_config();
+    let mut r = common::redis_config(url, &["secured"], &[]);
+    edit(&mut r);
+    c.redis = Some(r);
+    start_app(c).await
+}
+
+/// Messages published (on `publisher`'s server) reach a browser through the bridge.
+async fn redis_events_flow(app: &TestApp, publisher: &redis::aio::MultiplexedConnection) {
+    app.wait_sources_connected().await;
+    let mut s = app.subscribe(&["secured"]).await;
+    sync_on_probe(&mut s, || {
+        let mut c = publisher.clone();
+        async move {
+            redis_publish(&mut c, "secured", "probe").await;
+        }
+    })
+    .await;
+    redis_publish(&mut publisher.clone(), "secured", "over-redis").await;
+    loop {
+        let ev = s.next_event(EVENT_TIMEOUT).await.expect("an event");
+        if ev.data == "over-redis" {
+            break;
+        }
+    }
+}
+
+/// A redis-server with TLS on a second port (the plain one stays for the fixture's probe and
+/// the test's publisher); `auth_clients`: client certificates required.
+async fn tls_redis(dir: &Path, ca: &TestCa, auth_clients: bool) -> (RedisServer, u16) {
+    let ca_file = ca.write(dir, "redis-ca.pem");
+    let (cert, key) = ca.issue("redis", &["127.0.0.1", "localhost"]).write(dir, "redis-server");
+    let tls_port = free_port().to_string();
+    let (cert, key, ca_file) = (
+        cert.to_string_lossy().into_owned(),
+        key.to_string_lossy().into_owned(),
+        ca_file.to_string_lossy().into_owned(),
+    );
+    let args = [
+        "--tls-port",
+        &tls_port,
+        "--tls-cert-file",
+        &cert,
+        "--tls-key-file",
+        &key,
+        "--tls-ca-cert-file",
+        &ca_file,
+        "--tls-auth-clients",
+        if auth_clients { "yes" } else { "no" },
+    ];
+    let redis = RedisServer::start_with(None, &args).await;
+    (redis, tls_port.parse().unwrap())
+}
+
+#[tokio::test]
+async fn redis_pubsub_and_streams_over_tls_with_client_certificates() {
+    let dir = tempfile::tempdir().unwrap();
+    let ca = TestCa::new("redis CA");
+    let (redis, tls_port) = tls_redis(dir.path(), &ca, true).await;
+    let ca_file = dir.path().join("redis-ca.pem");
+    let client_cert = ca.issue("bridge", &["bridge.local"]).write(dir.path(), "bridge");
+    let url = format!("rediss://127.0.0.1:{tls_port}");
+    let tls = ClientTlsConfig {
+        ca_file: Some(ca_file),
+        cert_file: Some(client_cert.0.clone()),
+        key_file: Some(client_cert.1.clone()),
+        required: false,
+    };
+    let mut c = test_config();
+    c.redis = Some(RedisConfig { tls: tls.clone(), ..common::redis_config(&url, &["secured"], &[]) });
+    c.redis_streams = Some(RedisStreamsConfig {
+        url: url.clone(),
+        keys: vec!["audit".into()],
+        block: std::time::Duration::from_millis(200),
+        reconnect_max_delay: std::time::Duration::from_millis(500),
+        tls,
+        ..Default::default()
+    });
+    let app = start_app(c).await;
+    let mut publisher = redis_conn(&redis.url()).await;
+    redis_events_flow(&app, &publisher).await;
+    let mut s = app.subscribe(&["audit"]).await;
+    let _: String =
+        redis::cmd("XADD").arg("audit").arg("*").arg("data").arg("streamed").query_async(&mut publisher).await.unwrap();
+    let ev = s.next_event(EVENT_TIMEOUT).await.expect("an entry");
+    assert_eq!(ev.data, "streamed");
+    app.stop().await;
+
+    // Another CA: one clear line naming the source and the certificate problem.
+    let (logs, _guard) = CapturedLogs::start();
+    let other = TestCa::new("other CA");
+    let other_file = other.write(dir.path(), "other.pem");
+    let app = redis_bridge(&url, |r| r.tls = ClientTlsConfig { ca_file: Some(other_file), ..Default::default() }).await;
+    wait_until("a log line naming the TLS failure", async || {
+        logs.has_line(&["source=\"redis\"", "invalid peer certificate"])
+    })
+    .await;
+    assert!(!app.state.sources[0].is_connected());
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn redis_acl_user_with_a_password_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let redis = RedisServer::start_with(Some("user bridge on >acl-s3cret ~* &* +@all\n"), &[]).await;
+    let pw = dir.path().join("password");
+    std::fs::write(&pw, "acl-s3cret\n").unwrap();
+    let publisher = redis_conn(&redis.url()).await;
+    let app = redis_bridge(&redis.url(), |r| {
+        r.username = Some("bridge".into());
+        r.password_file = Some(pw.clone());
+    })
+    .await;
+    redis_events_flow(&app, &publisher).await;
+    app.stop().await;
+
+    let (logs, _guard) = CapturedLogs::start();
+    std::fs::write(&pw, "wrong").unwrap();
+    let app = redis_bridge(&redis.url(), |r| {
+        r.username = Some("bridge".into());
+        r.password_file = Some(pw.clone());
+    })
+    .await;
+    wait_until("a log line naming the refused credentials", async || {
+        logs.has_line(&["source=\"redis\"", "Password authentication failed"])
+    })
+    .await;
+    assert!(!logs.text().contains("acl-s3cret"), "the password must never be logged");
+    app.stop().await;
+}
+
+/// `SENTINEL` sub-command answer as strings.
+async fn sentinel(conn: &mut redis::aio::MultiplexedConnection, args: &[&str]) -> redis::Value {
+    let mut cmd = redis::cmd("SENTINEL");
+    for a in args {
+        cmd.arg(*a);
+    }
+    cmd.query_async(conn).await.unwrap()
+}
+
+#[tokio::test]
+async fn redis_sentinel_failover_is_followed() {
+    let mut master = RedisServer::start().await;
+    let replica = RedisServer::start_with(None, &["--replicaof", "127.0.0.1", &master.port().to_string()]).await;
+    let mut replica_conn = redis_conn(&replica.url()).await;
+    wait_until("the replica is in sync", async || {
+        let info: String = redis::cmd("INFO").arg("replication").query_async(&mut replica_conn).await.unwrap();
+        info.contains("master_link_status:up")
+    })
+    .await;
+    let conf = format!(
+        "sentinel monitor m 127.0.0.1 {} 1\nsentinel down-after-milliseconds m 500\nsentinel failover-timeout m 5000\n",
+        master.port()
+    );
+    let sentinel_server = RedisServer::start_with(Some(&conf), &["--sentinel"]).await;
+    let mut s_conn = redis_conn(&sentinel_server.url()).await;
+    wait_until(
+        "the Sentinel knows the replica",
+        async || matches!(sentinel(&mut s_conn, &["REPLICAS", "m"]).await, redis::Value::Array(a) if !a.is_empty()),
+    )
+    .await;
+
+    let app = redis_bridge("redis://127.0.0.1", |r| {
+        r.sentinels = vec![format!("127.0.0.1:{}", sentinel_server.port())];
+        r.master_name = Some("m".into());
+    })
+    .await;
+    let master_conn = redis_conn(&master.url()).await;
+    redis_events_flow(&app, &master_conn).await;
+
+    // The master dies; the Sentinel promotes the replica; the bridge follows and re-subscribes.
+    master.kill9();
+    let replica_port = replica.port().to_string();
+    wait_until("the Sentinel promoted the replica", async || {
+        let addr = sentinel(&mut s_conn, &["GET-MASTER-ADDR-BY-NAME", "m"]).await;
+        format!("{addr:?}").contains(&replica_port)
+    })
+    .await;
+    // A promoted replica drops its clients (CLIENT KILL): publish on a new connection.
+    wait_until("the replica is the master", async || {
+        let info: Result<String, _> = redis::cmd("INFO").arg("replication").query_async(&mut replica_conn).await;
+        match info {
+            Ok(i) => i.contains("role:master"),
+            Err(_) => {
+                replica_conn = redis_conn(&replica.url()).await;
+                false
+            }
+        }
+    })
+    .await;
+    let new_master = redis_conn(&replica.url()).await;
+    redis_events_flow(&app, &new_master).await;
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn redis_cluster_pubsub_reaches_the_bridge_from_any_node() {
+    let args = ["--cluster-enabled", "yes", "--cluster-config-file", "nodes.conf", "--cluster-node-timeout", "2000"];
+    let mut nodes = Vec::new();
+    for _ in 0..3 {
+        nodes.push(RedisServer::start_with(None, &args).await);
+    }
+    let addrs: Vec<String> = nodes.iter().map(|n| format!("127.0.0.1:{}", n.port())).collect();
+    let out = tokio::process::Command::new("redis-cli")
+        .args(["--cluster", "create"])
+        .args(&addrs)
+        .args(["--cluster-replicas", "0", "--cluster-yes"])
+        .output()
+        .await
+        .expect("redis-cli (redis-tools) is installed");
+    assert!(out.status.success(), "redis-cli --cluster create: {}", String::from_utf8_lossy(&out.stdout));
+    for n in &nodes {
+        let mut c = redis_conn(&n.url()).await;
+        wait_until("the cluster is up", async || {
+            let info: String = redis::cmd("CLUSTER").arg("INFO").query_async(&mut c).await.unwrap();
+            info.contains("cluster_state:ok")
+        })
+        .await;
+    }
+    // PUBLISH in a cluster goes to every node's subscribers: the bridge on the first node gets
+    // what is published on the last.
+    let app = redis_bridge(&nodes[0].url(), |_| {}).await;
+    let publisher = redis_conn(&nodes[2].url()).await;
+    redis_events_flow(&app, &publisher).await;
+    app.stop().await;
+}
+
+#[test]
+fn check_config_refuses_redis_settings_that_do_not_go_together() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let redis = |extra: &str| format!("[redis]\nchannels = [\"a\"]\n{extra}");
+    let e = check(d, &redis(&format!("[redis.tls]\nca_file = {:?}\n", d.join("ca.pem")))).unwrap_err();
+    assert!(e.contains("`redis.url`") && e.contains("rediss://"), "{e}");
+    let e = check(d, &redis("sentinels = [\"127.0.0.1:26379\"]\n")).unwrap_err();
+    assert!(e.contains("`redis.master_name`") && e.contains("required with sentinels"), "{e}");
+    let e = check(d, &redis("sentinels = [\"no-port\"]\nmaster_name = \"m\"\n")).unwrap_err();
+    assert!(e.contains("`redis.sentinels[0]`") && e.contains("host:port"), "{e}");
+    let e = check(d, &redis(&format!("password_file = {:?}\n", d.join("missing")))).unwrap_err();
+    assert!(e.contains("`redis.password_file`") && e.contains("cannot read"), "{e}");
+    let e = check(d, &redis("password_file = \"/x\"\npassword_env = \"X\"\n")).unwrap_err();
+    assert!(e.contains("`redis.password_file`") && e.contains("both set"), "{e}");
+    let pw = d.join("pw");
+    std::fs::write(&pw, "s3cret\n").unwrap();
+    check(d, &redis(&format!("username = \"bridge\"\npassword_file = {pw:?}\n")))
+        .expect("a readable password file passes");
+}
