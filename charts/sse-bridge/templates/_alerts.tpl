@@ -19,6 +19,10 @@ off (0, or no CPU limit) is left out. {{`{{ $labels.x }}`}} is Prometheus's temp
 {{- $ingest := 4096 -}}
 {{- with $cfg.fanout }}{{ with .ingest_queue }}{{ $ingest = int64 . }}{{ end }}{{ end -}}
 {{- $reads := 16 -}}
+{{- $ingestBytes := 33554432 -}}
+{{- with $cfg.fanout }}{{ with .ingest_queue_bytes }}{{ $ingestBytes = int64 . }}{{ end }}{{ end -}}
+{{- $inflight := 268435456 -}}
+{{- with $cfg.resume }}{{ with .max_inflight_bytes }}{{ $inflight = int64 . }}{{ end }}{{ end -}}
 {{- $drain := "10s" -}}
 {{- with $cfg.server }}{{ with .drain_timeout }}{{ $drain = . }}{{ end }}{{ end -}}
 {{- with $cfg.resume }}{{ with .max_concurrent_reads }}{{ $reads = int64 . }}{{ end }}{{ end -}}
@@ -209,6 +213,28 @@ off (0, or no CPU limit) is left out. {{`{{ $labels.x }}`}} is Prometheus's temp
     summary: {{ printf "%s: the ingest queue is over 80%% of fanout.ingest_queue (%d)" $pod $ingest | quote }}
     description: The sequencer cannot keep up with the sources; brokers' client buffers absorb the rest until they overflow.
     runbook_url: {{ printf "%s#events" $doc }}
+- alert: SseBridgeIngestBytesSaturated
+  expr: sse_bridge_ingest_queue_bytes{ {{- $sel -}} } > {{ $ingestBytes }} * 0.8
+  for: 5m
+  labels: {severity: warning}
+  annotations:
+    summary: {{ printf "%s: the ingest queue holds over 80%% of fanout.ingest_queue_bytes (%d)" $pod $ingestBytes | quote }}
+    description: Large messages arrive faster than the sequencer takes them; the sources' own buffers (nats.buffer_bytes, redis.buffer_bytes) fill next and then drop with a source-dropped gap.
+    runbook_url: {{ printf "%s#events" $doc }}
+- alert: SseBridgeSourceDropping
+  expr: sum by (namespace, pod) (increase(sse_bridge_gap_events_total{ {{- $sel -}}, reason="source-dropped"}[10m])) > 0
+  labels: {severity: warning}
+  annotations:
+    summary: {{ printf "%s: a live source dropped messages (its buffer was full); streams were told with a source-dropped gap" $pod | quote }}
+    description: The bridge cannot keep up with the broker. sse_bridge_source_lost_messages_total says how many, by source; add CPU or replicas, or lower the message rate or size.
+    runbook_url: {{ printf "%s#events" $doc }}
+- alert: SseBridgeDuplicateSources
+  expr: increase(sse_bridge_events_duplicate_dropped_total{ {{- $sel -}} }[10m]) > 0
+  labels: {severity: info}
+  annotations:
+    summary: {{ printf "%s drops core NATS copies of messages a JetStream stream also captures" $pod | quote }}
+    description: nats.subjects overlaps a stream's subjects as the server reports them; the stream's copy is delivered. Narrow nats.subjects or set jetstream.subjects.
+    runbook_url: {{ printf "%s#events" $doc }}
 # Event quality
 - alert: SseBridgeRingTooShort
   expr: sum by (namespace, pod) (rate(sse_bridge_gap_events_total{ {{- $sel -}}, reason="evicted"}[15m])) > 0
@@ -256,7 +282,38 @@ off (0, or no CPU limit) is left out. {{`{{ $labels.x }}`}} is Prometheus's temp
     summary: {{ printf "%s: resume reads pinned at resume.max_concurrent_reads (%d)" $pod $reads | quote }}
     description: Resuming clients wait for the broker. Raise the bound or check the broker.
     runbook_url: {{ printf "%s#replay-memory-brokers" $doc }}
+- alert: SseBridgeReplayInFlightPinned
+  expr: sse_bridge_replay_inflight_bytes{ {{- $sel -}} } >= {{ $inflight }} * 0.9
+  for: 5m
+  labels: {severity: warning}
+  annotations:
+    summary: {{ printf "%s: replayed bytes waiting to be written are at resume.max_inflight_bytes (%d)" $pod $inflight | quote }}
+    description: Resuming clients do not read their replay; new resumes are refused with replay_budget (they retry).
+    runbook_url: {{ printf "%s#replay-memory-brokers" $doc }}
+- alert: SseBridgeAllocatorPurgingOften
+  expr: rate(sse_bridge_allocator_purges_total{ {{- $sel -}} }[15m]) > 0.5
+  for: 30m
+  labels: {severity: info}
+  annotations:
+    summary: {{ printf "%s gives freed memory back to the OS more than every 2 s" $pod | quote }}
+    description: Memory churns under steady load (floods, large replays); a few purges after a flood are expected.
+    runbook_url: {{ printf "%s#replay-memory-brokers" $doc }}
+- alert: SseBridgeUpstreamCapRefusals
+  expr: sum by (namespace, pod) (increase(sse_bridge_requests_rejected_total{ {{- $sel -}}, reason=~"upstream_capacity|ip_upstream_limit"}[10m])) > 0
+  labels: {severity: warning}
+  annotations:
+    summary: {{ printf "%s refuses streams: on-demand upstream subscriptions at interest.max_subscriptions (or an address at its share)" $pod | quote }}
+    description: Clients retry after the hint. Raise interest.max_subscriptions, or spread clients over more replicas.
+    runbook_url: {{ printf "%s#replay-memory-brokers" $doc }}
 # Kernel
+- alert: SseBridgeConnectionsStuckInHead
+  expr: sse_bridge_connections_in_head{ {{- $sel -}} } > {{ $maxStreams }} * 0.5
+  for: 5m
+  labels: {severity: warning}
+  annotations:
+    summary: {{ printf "%s: over half of limits.max_streams (%d) connections are still sending their request head" $pod $maxStreams | quote }}
+    description: Slow or idle connections that never finish a request (a slowloris pattern, or a proxy holding connections). They are capped per address and closed after server.header_read_timeout.
+    runbook_url: {{ printf "%s#connections-and-streams" $doc }}
 - alert: SseBridgeFileDescriptorsNearLimit
   expr: process_open_fds{ {{- $sel -}} } > 0.8 * process_max_fds{ {{- $sel -}} }
   for: 5m
