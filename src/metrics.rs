@@ -105,6 +105,7 @@ pub struct Metrics {
     pub resume_reads_peak: Gauge,
     pub resume_reads_coalesced: Counter,
     pub replayed_from_broker: Counter,
+    pub distinct_patterns: Gauge,
 }
 
 impl Default for Metrics {
@@ -180,6 +181,7 @@ impl Metrics {
             resume_reads_peak: Gauge::default(),
             resume_reads_coalesced: Counter::default(),
             replayed_from_broker: Counter::default(),
+            distinct_patterns: Gauge::default(),
         }
     }
 
@@ -252,6 +254,12 @@ impl Metrics {
         add(r, "disconnects", "SSE streams ended, by reason", &self.disconnects);
         add(r, "requests_rejected", "Requests refused before a stream started, by reason", &self.requests_rejected);
         add(r, "open_streams", "SSE streams open now", &self.open_streams);
+        add(
+            r,
+            "distinct_patterns",
+            "Distinct patterns held by open streams (capped by limits.max_patterns and, per address, limits.max_patterns_per_ip)",
+            &self.distinct_patterns,
+        );
         add(
             r,
             "drain_streams_left",

@@ -83,21 +83,27 @@ fn events<B>(req: &Request<B>, state: &PublicState, conn: Conn) -> Result<Respon
     let request = EventsRequest::parse(req, bounds).map_err(|e| e.refuse(&app.metrics))?;
     // Input bounds (headers, Last-Event-ID) and topic authorization; see sse/guard.rs.
     guard::events(app, req, &request)?;
-    let permit = admit(state, req, conn.peer)?;
+    let permit = admit(state, req, conn.peer, &request.filters)?;
     let stream = subscribe(state, request, conn.handle);
     Ok(respond(app, stream, permit))
 }
 
 /// Admission, last: a malformed or unauthorized request never consumes a connect token or a
-/// stream slot. Refused over the memory budget, at the stream caps or the connect rate, with
-/// the answer an EventSource survives ([`super::refusal`]).
-fn admit<B>(state: &PublicState, req: &Request<B>, peer: SocketAddr) -> Result<StreamPermit, Refused> {
+/// stream slot. Refused over the memory budget, at the stream caps, at the pattern caps (the
+/// distinct patterns of `filters` the address and the bridge would hold) or the connect rate,
+/// with the answer an EventSource survives ([`super::refusal`]).
+fn admit<B>(
+    state: &PublicState,
+    req: &Request<B>,
+    peer: SocketAddr,
+    filters: &[TopicFilter],
+) -> Result<StreamPermit, Refused> {
     let app = &state.app;
     let client_ip = state.trusted_proxies.client_ip(peer.ip(), req.headers());
     let admitted = if app.memory.is_over() {
         Err(app.limits.refusal(RetryReason::MemoryBudget, client_ip, "over the memory budget"))
     } else {
-        app.limits.admit(client_ip)
+        app.limits.admit_filters(client_ip, filters)
     };
     admitted.map_err(|refusal| refuse(app.config.server.refusal, &app.metrics, &refusal))
 }
