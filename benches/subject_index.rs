@@ -4,9 +4,10 @@
 //!
 //! 1. **Fan-out per event**: 100 subscribers on the exact topic `bench.hot`, each event is
 //!    delivered to all of them; beside them, idle streams hold 0, 1,000 or 100,000 distinct
-//!    patterns that never match `bench.hot` (64 per stream, as a hostile client would open them:
+//!    filters that never match `bench.hot` (64 per stream, as a hostile client would open them:
 //!    `idle.N.>`, `*.idleN`, `bench.*.xN`, `bench.hot.N`, the last three sharing tokens with the
-//!    hot topic so the index must look past its first level). A fourth row has 100,000
+//!    hot topic so the index must look past its first level). `bench.hot.N` has no wildcard
+//!    token, so it is an exact topic: three in four of the idle filters are patterns. A fourth row has 100,000
 //!    subscribers on 100,000 distinct exact topics, each event matching one of them. Printed:
 //!    time per event for the fan-out alone (the subscribers' queues are drained between
 //!    batches, untimed) and heap allocations per event in the fan-out (target 0).

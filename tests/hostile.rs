@@ -326,7 +326,7 @@ fn idle_pattern(i: usize) -> String {
         0 => format!("idle.{i}.>"),
         1 => format!("*.idle{i}"),
         2 => format!("hot.*.x{i}"),
-        _ => format!("hot.{i}.y"),
+        _ => format!("hot.{i}.*"),
     }
 }
 
