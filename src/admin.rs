@@ -81,6 +81,7 @@ fn metrics(state: &AppState) -> Response<ResponseBody> {
     let streams = state.registry.subscriber_count();
     m.open_streams.set(streams as i64);
     m.subscription_filters.set(state.registry.filter_count() as i64);
+    m.distinct_patterns.set(state.limits.distinct_patterns() as i64);
     m.queued_frames.set(state.registry.queued_frames() as i64);
     m.ingest_queue_depth.set((state.ingest.max_capacity() - state.ingest.capacity()) as i64);
     m.ingest_queue_bytes.set(state.ingest.queued_bytes() as i64);

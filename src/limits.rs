@@ -1,5 +1,6 @@
-//! Admission: how many streams may be open (globally and per client IP) and how fast one IP
-//! may open them. Every refusal is immediate, never a hang, and comes with the time the client
+//! Admission: how many streams may be open (globally and per client IP), how many distinct
+//! patterns their filters may hold (globally and per client IP), and how fast one IP may open
+//! them. Every refusal is immediate, never a hang, and comes with the time the client
 //! should wait before it tries again ([`crate::retry_hint`]), which the handler turns into a
 //! `retry:` (or a `Retry-After`).
 //!
@@ -17,6 +18,10 @@
 //! half-sent heads is bounded. A connection over the head cap is closed at once, before anything
 //! is read; the count goes back down when the head is in (the connection becomes a request, and a
 //! stream is then admitted by [`Limits::admit`]) or the connection closes.
+//! Patterns are capped because each distinct one is a branch of the registry's subject index
+//! that every event's topic may walk into; counting distinct ones (streams sharing `orders.*`
+//! count it once) caps that index without penalizing many tabs on the same pattern. A stream
+//! holds its patterns from admission until its permit is dropped, with its stream slot.
 
 use std::collections::HashMap;
 use std::net::IpAddr;
@@ -31,6 +36,7 @@ use parking_lot::Mutex;
 
 use crate::config::LimitsConfig;
 use crate::retry_hint::{RetryHints, RetryReason};
+use crate::topic::{Pattern, TopicFilter};
 
 /// Why a stream was refused, and when to come back.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -50,6 +56,7 @@ pub struct Limits {
     cfg: LimitsConfig,
     open: AtomicUsize,
     per_ip: Mutex<HashMap<IpAddr, usize>>,
+    patterns: Mutex<PatternBook>,
     rate: Option<DefaultKeyedRateLimiter<IpAddr>>,
     hints: RetryHints,
     /// Connections still sending their request head, in all and per address.
@@ -105,15 +112,68 @@ impl Drop for HeadPermit {
     }
 }
 
-/// Held by an open stream; releases its slot when dropped.
+/// The distinct patterns open streams hold, with how many streams hold each: globally and per
+/// client address. Entries go when their count reaches 0, so its size follows the open
+/// streams (at most `limits.max_patterns` patterns).
+#[derive(Debug, Default)]
+struct PatternBook {
+    global: HashMap<Pattern, usize>,
+    per_ip: HashMap<IpAddr, HashMap<Pattern, usize>>,
+}
+
+impl PatternBook {
+    fn hold(&mut self, ip: IpAddr, patterns: &[Pattern]) {
+        let mine = self.per_ip.entry(ip).or_default();
+        for p in patterns {
+            *self.global.entry(p.clone()).or_default() += 1;
+            *mine.entry(p.clone()).or_default() += 1;
+        }
+    }
+
+    fn release(&mut self, ip: IpAddr, patterns: &[Pattern]) {
+        for p in patterns {
+            forget(&mut self.global, p);
+        }
+        if let Some(mine) = self.per_ip.get_mut(&ip) {
+            for p in patterns {
+                forget(mine, p);
+            }
+            if mine.is_empty() {
+                self.per_ip.remove(&ip);
+            }
+        }
+        if self.global.is_empty() {
+            // Give the room of a pattern storm back once it has passed.
+            self.global.shrink_to_fit();
+            self.per_ip.shrink_to_fit();
+        }
+    }
+}
+
+/// One stream fewer holds `p`; the entry goes at 0.
+fn forget(counts: &mut HashMap<Pattern, usize>, p: &Pattern) {
+    if let Some(n) = counts.get_mut(p) {
+        *n -= 1;
+        if *n == 0 {
+            counts.remove(p);
+        }
+    }
+}
+
+/// Held by an open stream; releases its slot and its patterns when dropped.
 #[derive(Debug)]
 pub struct StreamPermit {
     limits: Arc<Limits>,
     ip: IpAddr,
+    /// The distinct patterns this stream holds in the pattern book.
+    patterns: Box<[Pattern]>,
 }
 
 impl Drop for StreamPermit {
     fn drop(&mut self) {
+        if !self.patterns.is_empty() {
+            self.limits.patterns.lock().release(self.ip, &self.patterns);
+        }
         self.limits.release(self.ip);
     }
 }
@@ -131,6 +191,7 @@ impl Limits {
             cfg,
             open: AtomicUsize::new(0),
             per_ip: Mutex::new(HashMap::new()),
+            patterns: Mutex::new(PatternBook::default()),
             rate,
             hints,
             heads: AtomicUsize::new(0),
@@ -187,8 +248,16 @@ impl Limits {
         self.heads_per_ip.lock().get(&ip).copied().unwrap_or(0)
     }
 
-    /// Admits a new stream from `ip`, or says why not and when to come back.
+    /// Admits a new stream from `ip` with no pattern filter, or says why not and when to come
+    /// back.
     pub fn admit(self: &Arc<Self>, ip: IpAddr) -> Result<StreamPermit, Refusal> {
+        self.admit_filters(ip, &[])
+    }
+
+    /// Admits a new stream from `ip` for `filters`, or says why not and when to come back:
+    /// stream caps, then pattern caps, then the connect rate (caps first, so a client refused
+    /// at a cap keeps its connect token). The permit holds the stream's slot and its patterns.
+    pub fn admit_filters(self: &Arc<Self>, ip: IpAddr, filters: &[TopicFilter]) -> Result<StreamPermit, Refusal> {
         let max = self.cfg.max_streams;
         if self.open.fetch_add(1, Ordering::AcqRel) >= max && max > 0 {
             self.open.fetch_sub(1, Ordering::AcqRel);
@@ -206,8 +275,9 @@ impl Limits {
             }
             *n += 1;
         }
-        // The slot is held from here: a rate refusal gives it back.
-        let permit = StreamPermit { limits: self.clone(), ip };
+        // The slot is held from here: a pattern or rate refusal gives it back.
+        let mut permit = StreamPermit { limits: self.clone(), ip, patterns: Box::default() };
+        permit.patterns = self.hold_patterns(ip, filters)?;
         if let Some(rate) = &self.rate
             && let Err(not_until) = rate.check_key(&ip)
         {
@@ -221,6 +291,50 @@ impl Limits {
             });
         }
         Ok(permit)
+    }
+
+    /// Counts the distinct patterns among `filters` as held by a stream of `ip`, or refuses
+    /// when that would take the address or the bridge past its cap. Returns what was counted
+    /// (for the permit to release).
+    fn hold_patterns(&self, ip: IpAddr, filters: &[TopicFilter]) -> Result<Box<[Pattern]>, Refusal> {
+        let mut mine: Vec<Pattern> = filters
+            .iter()
+            .filter_map(|f| match f {
+                TopicFilter::Pattern(p) => Some(p.clone()),
+                TopicFilter::Exact(_) => None,
+            })
+            .collect();
+        if mine.is_empty() {
+            return Ok(Box::default());
+        }
+        mine.sort_unstable_by(|a, b| a.as_str().cmp(b.as_str()));
+        mine.dedup();
+        let (per_ip_max, max) = (self.cfg.max_patterns_per_ip, self.cfg.max_patterns);
+        let refused = {
+            let mut book = self.patterns.lock();
+            let held = book.per_ip.get(&ip);
+            let held_n = held.map_or(0, HashMap::len);
+            let new_for_ip = mine.iter().filter(|p| !held.is_some_and(|h| h.contains_key(*p))).count();
+            let new_global = mine.iter().filter(|p| !book.global.contains_key(*p)).count();
+            if per_ip_max > 0 && held_n + new_for_ip > per_ip_max {
+                Some((
+                    RetryReason::IpPatternLimit,
+                    format!(
+                        "too many distinct patterns held by streams from this address (limit {per_ip_max}, \
+                         {held_n} held, this stream adds {new_for_ip})"
+                    ),
+                ))
+            } else if max > 0 && book.global.len() + new_global > max {
+                Some((RetryReason::PatternCap, format!("server holds its limit of {max} distinct patterns")))
+            } else {
+                book.hold(ip, &mine);
+                None
+            }
+        };
+        match refused {
+            Some((reason, message)) => Err(self.refuse(reason, ip, message)),
+            None => Ok(mine.into_boxed_slice()),
+        }
     }
 
     /// A refusal whose back-off the hints decide.
@@ -269,6 +383,17 @@ impl Limits {
     pub fn open_streams(&self) -> usize {
         self.open.load(Ordering::Acquire)
     }
+
+    /// Distinct patterns the open streams hold now (what `limits.max_patterns` caps).
+    pub fn distinct_patterns(&self) -> usize {
+        self.patterns.lock().global.len()
+    }
+
+    /// Distinct patterns the open streams of `ip` hold now (what `limits.max_patterns_per_ip`
+    /// caps).
+    pub fn patterns_held_by(&self, ip: IpAddr) -> usize {
+        self.patterns.lock().per_ip.get(&ip).map_or(0, HashMap::len)
+    }
 }
 
 #[cfg(test)]
@@ -281,8 +406,24 @@ mod tests {
             max_streams_per_ip: per_ip,
             connect_rate_per_ip: rate,
             connect_burst_per_ip: burst,
+            ..LimitsConfig::default()
         };
         Limits::new(cfg, Duration::from_secs(2), Duration::from_secs(30))
+    }
+
+    fn pattern_limits(max: usize, per_ip: usize, rate: u32) -> Arc<Limits> {
+        let cfg = LimitsConfig {
+            max_patterns: max,
+            max_patterns_per_ip: per_ip,
+            connect_rate_per_ip: rate,
+            connect_burst_per_ip: 2,
+            ..LimitsConfig::default()
+        };
+        Limits::new(cfg, Duration::from_secs(2), Duration::from_secs(30))
+    }
+
+    fn filters(list: &[&str]) -> Vec<TopicFilter> {
+        list.iter().map(|s| TopicFilter::parse(s, 256).unwrap()).collect()
     }
 
     fn reason(r: Result<StreamPermit, Refusal>) -> RetryReason {
@@ -351,5 +492,51 @@ mod tests {
         assert_eq!(reason(l.admit(b)), RetryReason::AtCapacity);
         drop(held);
         assert!(l.admit(b).is_ok(), "b's one token was not spent by the capacity refusal");
+    }
+
+    #[test]
+    fn per_ip_pattern_cap_counts_distinct_patterns_and_releases_them() {
+        let l = pattern_limits(0, 3, 0);
+        let a: IpAddr = "127.0.0.1".parse().unwrap();
+        let b: IpAddr = "127.0.0.2".parse().unwrap();
+        let p1 = l.admit_filters(a, &filters(&["x.*", "y.>", "exact", "x.*"])).unwrap();
+        assert_eq!(l.patterns_held_by(a), 2, "repeats and exact topics are not counted");
+        let p2 = l.admit_filters(a, &filters(&["x.*", "y.>"])).unwrap();
+        assert_eq!(l.patterns_held_by(a), 2, "a pattern the address holds already costs nothing");
+        let p3 = l.admit_filters(a, &filters(&["z.*"])).unwrap();
+        let refused = l.admit_filters(a, &filters(&["w.*"])).expect_err("a fourth distinct pattern");
+        assert_eq!(refused.reason, RetryReason::IpPatternLimit);
+        assert!(refused.retry > Duration::ZERO);
+        assert_eq!(l.open_streams(), 3, "the refused stream holds no slot");
+        assert!(l.admit_filters(b, &filters(&["w.*"])).is_ok(), "another address has its own share");
+        drop((p1, p2, p3));
+        assert_eq!(l.patterns_held_by(a), 0);
+        assert_eq!(l.distinct_patterns(), 0, "every count back to baseline");
+        assert!(l.admit_filters(a, &filters(&["w.*"])).is_ok());
+    }
+
+    #[test]
+    fn global_pattern_cap() {
+        let l = pattern_limits(2, 0, 0);
+        let _p = l.admit_filters("127.0.0.1".parse().unwrap(), &filters(&["a.*", "b.*"])).unwrap();
+        let other: IpAddr = "127.0.0.2".parse().unwrap();
+        assert!(l.admit_filters(other, &filters(&["a.*"])).is_ok(), "held patterns are shared");
+        assert_eq!(reason(l.admit_filters(other, &filters(&["c.*"]))), RetryReason::PatternCap);
+        assert_eq!(l.distinct_patterns(), 2);
+    }
+
+    #[test]
+    fn a_pattern_refusal_keeps_the_connect_token() {
+        let l = pattern_limits(0, 1, 1);
+        let a: IpAddr = "127.0.0.1".parse().unwrap();
+        let first = l.admit_filters(a, &filters(&["a.*"])).unwrap_or_else(|r| panic!("{r}"));
+        // Caps come before the rate: this refusal spends none of the two tokens.
+        assert_eq!(reason(l.admit_filters(a, &filters(&["b.*"]))), RetryReason::IpPatternLimit);
+        let second = l.admit_filters(a, &filters(&["a.*"])).unwrap_or_else(|r| panic!("{r}"));
+        assert_eq!(reason(l.admit_filters(a, &filters(&["a.*"]))), RetryReason::ConnectRate);
+        assert_eq!(l.patterns_held_by(a), 1);
+        drop((first, second));
+        assert_eq!(l.patterns_held_by(a), 0, "released with the streams");
+        assert_eq!(l.distinct_patterns(), 0);
     }
 }

@@ -124,6 +124,7 @@ pub struct Metrics {
     pub upstream_subscribes: Family<SourceLabel, Counter>,
     pub upstream_unsubscribes: Family<SourceLabel, Counter>,
     pub events_unwanted: Family<SourceLabel, Counter>,
+    pub distinct_patterns: Gauge,
 }
 
 impl Default for Metrics {
@@ -213,6 +214,7 @@ impl Metrics {
             upstream_subscribes: Family::default(),
             upstream_unsubscribes: Family::default(),
             events_unwanted: Family::default(),
+            distinct_patterns: Gauge::default(),
         }
     }
 
@@ -291,6 +293,12 @@ impl Metrics {
         add(r, "disconnects", "SSE streams ended, by reason", &self.disconnects);
         add(r, "requests_rejected", "Requests refused before a stream started, by reason", &self.requests_rejected);
         add(r, "open_streams", "SSE streams open now", &self.open_streams);
+        add(
+            r,
+            "distinct_patterns",
+            "Distinct patterns held by open streams (capped by limits.max_patterns and, per address, limits.max_patterns_per_ip)",
+            &self.distinct_patterns,
+        );
         add(
             r,
             "drain_streams_left",

@@ -9,7 +9,7 @@
 //! - **connect rate**: each refused client of one address gets its own future slot, one
 //!   token-refill interval after the previous one (plus jitter inside the interval), so a herd
 //!   behind one address comes back at the configured rate instead of all at the next refill;
-//! - **stream caps, memory budget and replay budget**: a growing back-off per address (`retry`, doubled per
+//! - **stream caps, pattern caps, memory budget and replay budget**: a growing back-off per address (`retry`, doubled per
 //!   refusal in a row, up to `retry_max`) with full jitter over its upper half;
 //! - **draining**: `retry` jittered ±50 %, so the streams of a replica that is going away
 //!   reach the other replicas spread out.
@@ -52,6 +52,12 @@ pub enum RetryReason {
     UpstreamCapacity,
     /// `interest.max_subscriptions_per_ip`: the address's streams hold their share of them.
     UpstreamIpShare,
+    /// `limits.max_patterns_per_ip`: the address's open streams hold its share of distinct
+    /// patterns; one of them must end first.
+    IpPatternLimit,
+    /// `limits.max_patterns`: the bridge's open streams hold all the distinct patterns it may
+    /// index.
+    PatternCap,
 }
 
 impl RetryReason {
@@ -66,6 +72,8 @@ impl RetryReason {
             RetryReason::ReplayBudget => "replay_budget",
             RetryReason::UpstreamCapacity => "upstream_capacity",
             RetryReason::UpstreamIpShare => "ip_upstream_limit",
+            RetryReason::IpPatternLimit => "ip_pattern_limit",
+            RetryReason::PatternCap => "pattern_cap",
         }
     }
 
@@ -74,8 +82,10 @@ impl RetryReason {
     /// the server's state.
     pub fn status_code(self) -> u16 {
         match self {
-            RetryReason::ConnectRate | RetryReason::IpStreamLimit => 429,
-            RetryReason::AtCapacity | RetryReason::MemoryBudget | RetryReason::Draining => 503,
+            RetryReason::ConnectRate | RetryReason::IpStreamLimit | RetryReason::IpPatternLimit => 429,
+            RetryReason::AtCapacity | RetryReason::MemoryBudget | RetryReason::Draining | RetryReason::PatternCap => {
+                503
+            }
             RetryReason::ReplayBudget => 503,
             RetryReason::UpstreamIpShare => 429,
             RetryReason::UpstreamCapacity => 503,
@@ -118,7 +128,11 @@ impl RetryHints {
         let now = Instant::now();
         match reason {
             RetryReason::ConnectRate => self.rate_slot(ip, wait, now),
-            RetryReason::IpStreamLimit | RetryReason::AtCapacity | RetryReason::MemoryBudget => self.backoff(ip, now),
+            RetryReason::IpStreamLimit
+            | RetryReason::AtCapacity
+            | RetryReason::MemoryBudget
+            | RetryReason::IpPatternLimit
+            | RetryReason::PatternCap => self.backoff(ip, now),
             RetryReason::Draining => self.draining(),
             RetryReason::ReplayBudget => self.backoff(ip, now),
             RetryReason::UpstreamCapacity | RetryReason::UpstreamIpShare => self.backoff(ip, now),
@@ -264,5 +278,8 @@ mod tests {
         assert_eq!(RetryReason::IpStreamLimit.status_code(), 429);
         assert_eq!(RetryReason::AtCapacity.status_code(), 503);
         assert_eq!(RetryReason::Draining.as_str(), "draining");
+        assert_eq!(RetryReason::IpPatternLimit.status_code(), 429);
+        assert_eq!(RetryReason::PatternCap.status_code(), 503);
+        assert_eq!(RetryReason::IpPatternLimit.as_str(), "ip_pattern_limit");
     }
 }

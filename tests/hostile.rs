@@ -376,3 +376,136 @@ async fn an_h2_stream_that_overflows_ends_alone_its_sibling_keeps_receiving() {
     assert_eq!(common::sample(&metrics, "sse_bridge_open_connections"), Some(1.0), "{metrics}");
     drop(stalled);
 }
+
+/// The `i`-th distinct pattern an idle stream holds: never matches `hot.1`, but shares tokens
+/// with it where it can, so the subject index has to look past its first level.
+fn idle_pattern(i: usize) -> String {
+    match i % 4 {
+        0 => format!("idle.{i}.>"),
+        1 => format!("*.idle{i}"),
+        2 => format!("hot.*.x{i}"),
+        _ => format!("hot.{i}.*"),
+    }
+}
+
+/// Issue 14, item 1, at test scale: 200 streams each holding 8 distinct patterns that match
+/// nothing (1,600 distinct patterns in the subject index) do not stop events on an exact topic
+/// and on a pattern from reaching their streams, in order and complete; the pattern count
+/// (`sse_bridge_distinct_patterns`) follows the streams and is back to 0 when they close.
+#[tokio::test]
+async fn idle_pattern_streams_do_not_stop_delivery() {
+    let nats = NatsServer::start().await;
+    let mut cfg = test_config();
+    cfg.nats = Some(nats_config(&nats.url(), &["hot.>", "idle.>"]));
+    cfg.limits.max_patterns_per_ip = 0; // all 200 streams come from 127.0.0.1
+    let app = start_app(cfg).await;
+    let client = nats_client(&nats.url()).await;
+    let mut idle = Vec::new();
+    for s in 0..200 {
+        let patterns: Vec<String> = (s * 8..s * 8 + 8).map(idle_pattern).collect();
+        let refs: Vec<&str> = patterns.iter().map(String::as_str).collect();
+        idle.push(app.subscribe(&refs).await);
+    }
+    let mut exact = app.subscribe(&["hot.1"]).await;
+    let mut wildcard = app.subscribe(&["hot.*"]).await;
+    assert_eq!(app.state.limits.distinct_patterns(), 1601);
+    let metrics = admin_metrics(&app).await;
+    assert!(metrics.contains("sse_bridge_distinct_patterns 1601"), "{metrics}");
+    sync_on_probe(&mut exact, || async {
+        client.publish("hot.1", Bytes::from_static(b"probe")).await.unwrap();
+        client.flush().await.unwrap();
+    })
+    .await;
+    for i in 0..500 {
+        client.publish("hot.1", Bytes::from(format!("e{i}"))).await.unwrap();
+    }
+    client.flush().await.unwrap();
+    let want: Vec<String> = (0..500).map(|i| format!("e{i}")).collect();
+    assert_eq!(data_after_probes(&mut exact, 500).await, want, "every event, in order, on the exact topic");
+    assert_eq!(data_after_probes(&mut wildcard, 500).await, want, "every event, in order, on the pattern");
+    drop(idle);
+    drop((exact, wildcard));
+    wait_until("every pattern released", async || app.state.limits.distinct_patterns() == 0).await;
+    wait_until("no stream left", async || app.state.registry.subscriber_count() == 0).await;
+    assert_eq!(app.state.registry.filter_count(), 0, "the subject index is empty again");
+}
+
+/// The data of the next `n` events of `s` that are not probes (`sync_on_probe` may have sent
+/// several; they come first).
+async fn data_after_probes(s: &mut common::sse_client::SseStream, n: usize) -> Vec<String> {
+    let mut out = Vec::with_capacity(n);
+    while out.len() < n {
+        let e = s.next_event(EVENT_TIMEOUT).await.expect("an event");
+        if e.data != "probe" {
+            out.push(e.data);
+        }
+    }
+    out
+}
+
+/// `GET /events` with these topics, read to the end of the body (a refusal ends at once):
+/// status, the `sse-bridge-refusal` header, the body.
+async fn refused(app: &common::TestApp, topics: &[String]) -> (u16, Option<String>, String) {
+    let q: Vec<String> = topics.iter().map(|t| format!("topic={t}")).collect();
+    let r = test_client().get(app.url(&format!("/events?{}", q.join("&")))).send().await.expect("an answer");
+    let status = r.status().as_u16();
+    let reason = r.headers().get("sse-bridge-refusal").and_then(|v| v.to_str().ok()).map(str::to_owned);
+    let ct = r.headers().get("content-type").and_then(|v| v.to_str().ok()).unwrap_or_default().to_owned();
+    let body = tokio::time::timeout(Duration::from_secs(5), r.text()).await.expect("the refusal ends").expect("body");
+    if status == 200 {
+        assert_eq!(ct, "text/event-stream", "{body}");
+    }
+    (status, reason, body)
+}
+
+/// Issue 14, item 1: one address may hold `limits.max_patterns_per_ip` distinct patterns. The
+/// stream that would add one more gets the refusal an EventSource survives (`200`, a
+/// `retry:`, reason `ip_pattern_limit`, counted), or `429` in `status` mode; a stream on
+/// patterns the address already holds is admitted; closing streams gives the count back.
+#[tokio::test]
+async fn the_per_address_pattern_cap_refuses_with_a_retry_and_closing_releases_it() {
+    for mode in [sse_bridge::config::RefusalMode::Retry, sse_bridge::config::RefusalMode::Status] {
+        let mut cfg = test_config();
+        cfg.limits.max_patterns_per_ip = 64;
+        cfg.server.refusal = mode;
+        let app = start_app(cfg).await;
+        let ip: std::net::IpAddr = "127.0.0.1".parse().unwrap();
+        let batch = |b: usize| -> Vec<String> { (b * 16..b * 16 + 16).map(|i| format!("cap.{i}.*")).collect() };
+        let mut held = Vec::new();
+        for b in 0..4 {
+            let topics = batch(b);
+            let refs: Vec<&str> = topics.iter().map(String::as_str).collect();
+            held.push(app.subscribe(&refs).await);
+        }
+        assert_eq!(app.state.limits.patterns_held_by(ip), 64);
+        let (status, reason, body) = refused(&app, &batch(4)).await;
+        assert_eq!(reason.as_deref(), Some("ip_pattern_limit"), "{body}");
+        match mode {
+            sse_bridge::config::RefusalMode::Retry => {
+                assert_eq!(status, 200, "{body}");
+                assert!(body.starts_with(": refused (ip_pattern_limit): too many distinct patterns"), "{body:?}");
+                assert!(body.lines().any(|l| l.strip_prefix("retry: ").is_some_and(|v| v.parse::<u64>().is_ok())));
+            }
+            sse_bridge::config::RefusalMode::Status => assert_eq!(status, 429, "{body}"),
+        }
+        assert_eq!(rejected_count(&app, "ip_pattern_limit").await, 1.0);
+        // Patterns the address holds already cost nothing: this stream is admitted.
+        let shared = batch(0)[..4].to_vec();
+        let refs: Vec<&str> = shared.iter().map(String::as_str).collect();
+        let again = app.subscribe(&refs).await;
+        assert_eq!(app.state.limits.patterns_held_by(ip), 64);
+        drop(held.pop());
+        wait_until("a closed stream's patterns released", async || app.state.limits.patterns_held_by(ip) == 48).await;
+        let topics = batch(4);
+        let refs: Vec<&str> = topics.iter().map(String::as_str).collect();
+        let admitted = app.subscribe(&refs).await;
+        assert_eq!(app.state.limits.patterns_held_by(ip), 64);
+        drop((held, again, admitted));
+        wait_until("back to baseline", async || {
+            app.state.limits.patterns_held_by(ip) == 0 && app.state.limits.distinct_patterns() == 0
+        })
+        .await;
+        let metrics = admin_metrics(&app).await;
+        assert!(metrics.contains("sse_bridge_distinct_patterns 0"), "{metrics}");
+    }
+}

@@ -87,6 +87,14 @@ pub struct LimitsConfig {
     pub connect_rate_per_ip: u32,
     /// New streams a client IP may open at once above the rate.
     pub connect_burst_per_ip: u32,
+    /// Distinct patterns (`orders.*`, `user.42.>`) the open streams of all clients may hold
+    /// together; a stream that would add one more is refused (`pattern_cap`). Bounds the
+    /// subject index every event is matched against. 0: unlimited.
+    pub max_patterns: usize,
+    /// Distinct patterns the open streams of one client IP may hold together; beyond it new
+    /// streams are refused (`ip_pattern_limit`). Streams sharing a pattern count it once. 0:
+    /// unlimited.
+    pub max_patterns_per_ip: usize,
 }
 
 impl Default for LimitsConfig {
@@ -96,17 +104,40 @@ impl Default for LimitsConfig {
             max_streams_per_ip: 1_000,
             connect_rate_per_ip: 20,
             connect_burst_per_ip: 100,
+            max_patterns: 100_000,
+            max_patterns_per_ip: 1_000,
         }
     }
 }
 
 impl LimitsConfig {
-    /// A rate with no burst would admit nobody.
-    pub fn check(&self) -> Checked {
+    /// A rate with no burst would admit nobody; a pattern cap below what one stream may ask
+    /// for (`server.max_topics_per_connection`, passed as `max_topics_per_connection`) would
+    /// refuse that stream forever with a refusal that promises a retry would work.
+    pub fn check(&self, max_topics_per_connection: usize) -> Checked {
         if self.connect_rate_per_ip > 0 && self.connect_burst_per_ip == 0 {
             return Err(Invalid::new(
                 "limits.connect_burst_per_ip",
                 "must be at least 1 when connect_rate_per_ip is set",
+            ));
+        }
+        for (key, cap) in
+            [("limits.max_patterns", self.max_patterns), ("limits.max_patterns_per_ip", self.max_patterns_per_ip)]
+        {
+            if cap > 0 && cap < max_topics_per_connection {
+                return Err(Invalid::new(
+                    key,
+                    format!(
+                        "must be 0 (unlimited) or at least server.max_topics_per_connection ({max_topics_per_connection}), \
+                         or a stream asking for that many patterns could never open"
+                    ),
+                ));
+            }
+        }
+        if self.max_patterns > 0 && self.max_patterns_per_ip > self.max_patterns {
+            return Err(Invalid::new(
+                "limits.max_patterns_per_ip",
+                format!("must not exceed limits.max_patterns ({})", self.max_patterns),
             ));
         }
         Ok(())

@@ -71,7 +71,7 @@ impl Config {
         self.publish.check()?;
         self.fanout.check()?;
         self.replay.check()?;
-        self.limits.check()?;
+        self.limits.check(self.server.max_topics_per_connection)?;
         self.telemetry.check()?;
         self.validate_sources()
     }

@@ -87,16 +87,24 @@ fn events<B>(req: &Request<B>, state: &PublicState, conn: Conn) -> Result<Respon
     // Input bounds (headers, Last-Event-ID) and topic authorization; see sse/guard.rs.
     guard::events(app, req, &request)?;
     upstream::check(app, &request.filters)?;
-    let permit = admit(state, req, conn.peer, request.last_event_id.is_some())?;
+    let permit = admit(state, req, conn.peer, &request.filters, request.last_event_id.is_some())?;
     let holds = upstream::hold(state, req, conn.peer, &request.filters)?;
     let stream = subscribe(state, request, conn.handle);
     Ok(respond(app, stream, permit, holds))
 }
 
 /// Admission, last: a malformed or unauthorized request never consumes a connect token or a
-/// stream slot. Refused over the memory budget, at the stream caps or the connect rate, with
-/// the answer an EventSource survives ([`super::refusal`]).
-fn admit<B>(state: &PublicState, req: &Request<B>, peer: SocketAddr, resuming: bool) -> Result<StreamPermit, Refused> {
+/// stream slot. Refused over the memory budget, with too much replay in flight (`resuming`),
+/// at the stream caps, at the pattern caps (the distinct patterns of `filters` the address and
+/// the bridge would hold) or the connect rate, with the answer an EventSource survives
+/// ([`super::refusal`]).
+fn admit<B>(
+    state: &PublicState,
+    req: &Request<B>,
+    peer: SocketAddr,
+    filters: &[TopicFilter],
+    resuming: bool,
+) -> Result<StreamPermit, Refused> {
     let app = &state.app;
     let client_ip = state.trusted_proxies.client_ip(peer.ip(), req.headers());
     let replay_cap = app.config.resume.max_inflight_bytes;
@@ -106,7 +114,7 @@ fn admit<B>(state: &PublicState, req: &Request<B>, peer: SocketAddr, resuming: b
         // Replayed frames waiting across all streams are at resume.max_inflight_bytes.
         Err(app.limits.refusal(RetryReason::ReplayBudget, client_ip, "too much replay in flight; resume later"))
     } else {
-        app.limits.admit(client_ip)
+        app.limits.admit_filters(client_ip, filters)
     };
     admitted.map_err(|refusal| refuse(app.config.server.refusal, &app.metrics, &refusal))
 }

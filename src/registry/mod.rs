@@ -2,13 +2,21 @@
 //!
 //! The registry is split into shards; each connection lives in one shard (round-robin), so a
 //! connect or disconnect write-locks only its shard while the fan-out reads the others. Within
-//! a shard, exact topics are a hash lookup and patterns are grouped by their text, so each
-//! distinct pattern is matched once per event however many connections share it.
+//! a shard, exact topics are a hash lookup and patterns are a subject index, a token trie
+//! ([`sublist`]): the patterns an event's topic matches are found by walking its tokens, so
+//! the cost per event follows the subscribers it reaches, not the patterns that exist.
+//!
+//! Each topic's and pattern's subscribers are a [`members`] list with O(1) add and remove (each
+//! subscriber remembers its position in the list of each of its filters), so a connect or
+//! disconnect storm on a topic with many subscribers stays linear in the storm, not quadratic.
 //!
 //! Fan-out is called by the single ingest sequencer, one event at a time, in id order; every
 //! queue therefore receives its events in increasing id order, whatever the shard layout. A
 //! connection that matches an event through several filters (`orders.1` and `orders.*`) gets it
 //! once: each subscriber remembers the last sequence it was given.
+
+mod members;
+mod sublist;
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -17,9 +25,11 @@ use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use parking_lot::RwLock;
 use slab::Slab;
 
+use self::members::{Member, Members, NOT_LISTED};
+use self::sublist::PatternIndex;
 use crate::client::{ClientQueue, CloseReason, PushOutcome};
 use crate::event::{Event, FanoutStats};
-use crate::topic::{Pattern, TopicFilter};
+use crate::topic::TopicFilter;
 
 /// The sharded topic → subscriber index.
 #[derive(Debug)]
@@ -32,14 +42,17 @@ pub struct Registry {
 #[derive(Debug, Default)]
 struct Shard {
     subs: Slab<Sub>,
-    exact: HashMap<Arc<str>, Vec<usize>>,
-    patterns: HashMap<Pattern, Vec<usize>>,
+    exact: HashMap<Arc<str>, Members>,
+    patterns: PatternIndex,
 }
 
 #[derive(Debug)]
 struct Sub {
     queue: Arc<ClientQueue>,
     filters: Box<[TopicFilter]>,
+    /// Per filter, this subscriber's position in the filter's member list ([`NOT_LISTED`] for
+    /// a repeated filter), so removal finds it without a scan.
+    slots: Box<[usize]>,
     /// Sequence of the last event queued for this subscriber (or covered by its replay);
     /// suppresses duplicates when several filters match one event and at the replay seam.
     last_seq: AtomicU64,
@@ -56,6 +69,39 @@ pub struct Subscription {
 impl Drop for Subscription {
     fn drop(&mut self) {
         self.registry.remove(self.shard, self.key);
+    }
+}
+
+impl Shard {
+    /// Lists subscriber `key`'s filter number `filter`; returns its position in the list.
+    fn list(&mut self, f: &TopicFilter, member: Member) -> usize {
+        match f {
+            TopicFilter::Exact(t) => self.exact.entry(t.clone()).or_default().add(member),
+            TopicFilter::Pattern(p) => self.patterns.add(p.as_str(), member),
+        }
+    }
+
+    /// Takes the entry at `pos` out of `f`'s list and updates the position of the entry moved
+    /// into its place.
+    fn unlist(&mut self, f: &TopicFilter, pos: usize) {
+        let moved = match f {
+            TopicFilter::Exact(t) => {
+                let list = self.exact.get_mut(&**t);
+                debug_assert!(list.is_some(), "exact topic {t} not indexed");
+                let Some(list) = list else { return };
+                let moved = list.remove(pos);
+                if list.is_empty() {
+                    self.exact.remove(&**t);
+                }
+                moved
+            }
+            TopicFilter::Pattern(p) => self.patterns.remove(p.as_str(), pos),
+        };
+        if let Some(m) = moved
+            && let Some(sub) = self.subs.get_mut(m.key)
+        {
+            sub.slots[m.filter] = pos;
+        }
     }
 }
 
@@ -92,20 +138,13 @@ impl Registry {
         if self.closed.load(Ordering::Acquire) {
             queue.close(CloseReason::Shutdown);
         }
-        let entry = g.subs.vacant_entry();
-        let key = entry.key();
+        let key = g.subs.vacant_entry().key();
         let filters: Box<[TopicFilter]> = filters.into_boxed_slice();
-        for f in filters.iter() {
-            let list = match f {
-                TopicFilter::Exact(t) => g.exact.entry(t.clone()).or_default(),
-                TopicFilter::Pattern(p) => g.patterns.entry(p.clone()).or_default(),
-            };
-            if !list.contains(&key) {
-                list.push(key);
-            }
-        }
+        let slots: Box<[usize]> =
+            filters.iter().enumerate().map(|(filter, f)| g.list(f, Member { key, filter })).collect();
         let covered = start(&filters, &queue);
-        g.subs.insert(Sub { queue, filters, last_seq: AtomicU64::new(covered) });
+        let inserted = g.subs.insert(Sub { queue, filters, slots, last_seq: AtomicU64::new(covered) });
+        debug_assert_eq!(inserted, key);
         Subscription { registry: self.clone(), shard, key }
     }
 
@@ -114,21 +153,20 @@ impl Registry {
         let Some(sub) = g.subs.try_remove(key) else {
             return;
         };
-        for f in sub.filters.iter() {
-            match f {
-                TopicFilter::Exact(t) => remove_key(&mut g.exact, t, key),
-                TopicFilter::Pattern(p) => remove_key(&mut g.patterns, p, key),
+        for (f, &pos) in sub.filters.iter().zip(sub.slots.iter()) {
+            if pos != NOT_LISTED {
+                g.unlist(f, pos);
             }
         }
         // Give back the slab's and maps' memory after a connection storm has passed.
         if g.subs.is_empty() {
             g.subs.shrink_to_fit();
             g.exact.shrink_to_fit();
-            g.patterns.shrink_to_fit();
         }
     }
 
-    /// Queues `event` for every subscriber whose filters match its topic.
+    /// Queues `event` for every subscriber whose filters match its topic. Allocation-free:
+    /// a hash lookup for the exact topic and a walk of the subject index per shard.
     pub fn fan_out(&self, event: &Arc<Event>) -> FanoutStats {
         let mut stats = FanoutStats::default();
         let topic: &str = &event.topic;
@@ -137,17 +175,17 @@ impl Registry {
             if g.subs.is_empty() {
                 continue;
             }
-            if let Some(keys) = g.exact.get(topic) {
-                for &k in keys {
+            if let Some(list) = g.exact.get(topic) {
+                for k in list.keys() {
                     deliver(&g.subs[k], event, &mut stats);
                 }
             }
-            for (pattern, keys) in &g.patterns {
-                if pattern.matches(topic) {
-                    for &k in keys {
+            if !g.patterns.is_empty() {
+                g.patterns.for_each_match(topic, |list| {
+                    for k in list.keys() {
                         deliver(&g.subs[k], event, &mut stats);
                     }
-                }
+                });
             }
         }
         stats
@@ -159,6 +197,16 @@ impl Registry {
         for shard in self.shards.iter() {
             for (_, sub) in shard.read().subs.iter() {
                 f(&sub.queue);
+            }
+        }
+    }
+
+    /// Calls `f` with every subscriber's filters and queue, for work that depends on what a
+    /// stream asked for. Holds one shard's read lock at a time, like [`Registry::for_each_queue`].
+    pub fn for_each_subscriber(&self, mut f: impl FnMut(&[TopicFilter], &ClientQueue)) {
+        for shard in self.shards.iter() {
+            for (_, sub) in shard.read().subs.iter() {
+                f(&sub.filters, &sub.queue);
             }
         }
     }
@@ -187,13 +235,13 @@ impl Registry {
         self.shards.iter().map(|s| s.read().subs.len()).sum()
     }
 
-    /// Distinct exact topics and patterns with at least one subscriber.
+    /// Distinct exact topics and patterns with at least one subscriber, summed over shards.
     pub fn filter_count(&self) -> usize {
         self.shards
             .iter()
             .map(|s| {
                 let g = s.read();
-                g.exact.len() + g.patterns.len()
+                g.exact.len() + g.patterns.distinct()
             })
             .sum()
     }
@@ -201,17 +249,6 @@ impl Registry {
     /// Frames waiting in all subscriber queues together.
     pub fn queued_frames(&self) -> usize {
         self.shards.iter().map(|s| s.read().subs.iter().map(|(_, sub)| sub.queue.len()).sum::<usize>()).sum()
-    }
-
-    /// Calls `f` with every subscriber's filters and queue: for signals that concern streams
-    /// by what they subscribed to rather than by one event's topic (a source's outage). Holds
-    /// one shard's read lock at a time, like [`Registry::for_each_queue`].
-    pub fn for_each_subscriber(&self, mut f: impl FnMut(&[TopicFilter], &ClientQueue)) {
-        for shard in self.shards.iter() {
-            for (_, sub) in shard.read().subs.iter() {
-                f(&sub.filters, &sub.queue);
-            }
-        }
     }
 }
 
@@ -235,21 +272,15 @@ fn deliver(sub: &Sub, event: &Arc<Event>, stats: &mut FanoutStats) {
     }
 }
 
-fn remove_key<K: std::hash::Hash + Eq>(map: &mut HashMap<K, Vec<usize>>, k: &K, key: usize) {
-    if let Some(list) = map.get_mut(k) {
-        list.retain(|&x| x != key);
-        if list.is_empty() {
-            map.remove(k);
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::client::ConnHandle;
     use crate::config::SlowConsumerPolicy;
     use crate::event::{EventId, frame_event};
+    use rand::rngs::StdRng;
+    use rand::seq::SliceRandom;
+    use rand::{Rng, SeedableRng};
     use std::time::Instant;
 
     fn ev(seq: u64, topic: &str) -> Arc<Event> {
@@ -289,6 +320,18 @@ mod tests {
     }
 
     #[test]
+    fn repeated_filters_are_listed_once_and_released() {
+        let r = Registry::new(1);
+        let a = q();
+        let s = r.subscribe(vec![f("x"), f("p.*"), f("x"), f("p.*")], a.clone());
+        assert_eq!(r.filter_count(), 2);
+        assert_eq!(r.fan_out(&ev(1, "x")).delivered, 1);
+        assert_eq!(r.fan_out(&ev(2, "p.1")).delivered, 1);
+        drop(s);
+        assert_eq!(r.filter_count(), 0);
+    }
+
+    #[test]
     fn drop_releases_every_entry() {
         let r = Registry::new(2);
         let subs: Vec<_> = (0..10).map(|i| r.subscribe(vec![f(&format!("t.{i}")), f("t.*")], q())).collect();
@@ -297,6 +340,48 @@ mod tests {
         drop(subs);
         assert_eq!(r.subscriber_count(), 0);
         assert_eq!(r.filter_count(), 0);
+    }
+
+    /// Subscribers leave in random order (each removal moves another entry of the same lists);
+    /// after every step, each remaining subscriber gets each event exactly once.
+    #[test]
+    fn random_removals_keep_every_list_right() {
+        let mut rng = StdRng::seed_from_u64(3);
+        let r = Registry::new(2);
+        let filters = ["hot", "hot.*", "hot.>", "*.a", "hot.a"];
+        let mut subs: Vec<(Arc<ClientQueue>, Subscription)> = (0..200)
+            .map(|_| {
+                let mut fs: Vec<TopicFilter> = filters.iter().filter(|_| rng.random_bool(0.5)).map(|s| f(s)).collect();
+                fs.push(f("hot.a"));
+                let queue = Arc::new(ClientQueue::new(4096, ConnHandle::default(), None));
+                (queue.clone(), r.subscribe(fs, queue))
+            })
+            .collect();
+        subs.shuffle(&mut rng);
+        let mut seq = 0;
+        while !subs.is_empty() {
+            for _ in 0..rng.random_range(1..20).min(subs.len()) {
+                subs.pop();
+            }
+            seq += 1;
+            let st = r.fan_out(&ev(seq, "hot.a"));
+            assert_eq!(st.delivered, subs.len(), "one delivery per remaining subscriber");
+            for (queue, _) in &subs {
+                assert_eq!(queue.len(), seq as usize, "each event exactly once");
+            }
+        }
+        assert_eq!(r.filter_count(), 0);
+    }
+
+    #[test]
+    fn for_each_subscriber_sees_filters() {
+        let r = Registry::new(2);
+        let _a = r.subscribe(vec![f("a"), f("b.*")], q());
+        let _b = r.subscribe(vec![f("c")], q());
+        let mut seen = Vec::new();
+        r.for_each_subscriber(|fs, _| seen.push(fs.iter().map(|f| f.as_str().to_owned()).collect::<Vec<_>>()));
+        seen.sort();
+        assert_eq!(seen, vec![vec!["a".to_owned(), "b.*".to_owned()], vec!["c".to_owned()]]);
     }
 
     #[test]
