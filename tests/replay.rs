@@ -6,9 +6,11 @@ mod common;
 use std::collections::HashMap;
 use std::sync::Arc;
 
+use bytes::Bytes;
+use common::brokers::{NatsServer, nats_client};
 use common::events::{event_id, gap_data};
 use common::sse_client::{self, SseStream};
-use common::{EVENT_TIMEOUT, TestApp, start_app, test_config};
+use common::{EVENT_TIMEOUT, TestApp, nats_config, start_app, sync_on_probe, test_config};
 use sse_bridge::Config;
 use sse_bridge::event::EventId;
 
@@ -237,4 +239,89 @@ async fn stress_random_reconnects_see_everything_exactly_once() {
 
 fn topic_matches(filter: &str, topic: &str) -> bool {
     sse_bridge::topic::TopicFilter::parse(filter, 256).unwrap().matches(topic)
+}
+
+/// A bridge on a private nats-server bridging `subjects` (and `probe`), with its NATS
+/// subscription proven live; returns the bridge, the publisher and the server (kept alive).
+async fn bridge_on_nats(mut cfg: Config, subjects: &[&str]) -> (TestApp, async_nats::Client, NatsServer) {
+    let nats = NatsServer::start().await;
+    let mut subjects = subjects.to_vec();
+    subjects.push("probe");
+    cfg.nats = Some(nats_config(&nats.url(), &subjects));
+    let app = start_app(cfg).await;
+    let client = nats_client(&nats.url()).await;
+    let mut probe = app.subscribe(&["probe"]).await;
+    sync_on_probe(&mut probe, || async {
+        client.publish("probe", Bytes::from_static(b"p")).await.unwrap();
+        client.flush().await.unwrap();
+    })
+    .await;
+    (app, client, nats)
+}
+
+/// Publishes `payload` on `subject` and returns the id the bridge gave it, read from `live`
+/// (a stream subscribed to the subject).
+async fn publish_nats(client: &async_nats::Client, live: &mut SseStream, subject: &str, payload: &str) -> String {
+    client.publish(subject.to_owned(), Bytes::from(payload.to_owned())).await.unwrap();
+    client.flush().await.unwrap();
+    let e = live.next_event(EVENT_TIMEOUT).await.expect("the live stream gets the event");
+    assert_eq!(e.data, payload);
+    e.id.expect("events carry an id")
+}
+
+/// Issue 16, item 2: with replay turned off (either way), a resume from an id of this run
+/// older than the newest event gets an `evicted` gap for all its filters, never a silent skip.
+#[tokio::test]
+async fn replay_off_resume_gets_an_evicted_gap() {
+    for (events, bytes) in [(0, 64 << 20), (1000, 0)] {
+        let mut cfg = test_config();
+        cfg.replay.max_events_per_topic = events;
+        cfg.replay.max_total_bytes = bytes;
+        let (app, client, _nats) = bridge_on_nats(cfg, &["off.>"]).await;
+        let mut live = app.subscribe(&["off.>"]).await;
+        let first = publish_nats(&client, &mut live, "off.a", "1").await;
+        publish_nats(&client, &mut live, "off.a", "2").await;
+        publish_nats(&client, &mut live, "off.b", "3").await;
+        assert_eq!(app.state.replay.stats().events, 0, "replay is off: nothing retained");
+
+        let mut s = app.resume(&["off.a", "off.*"], &first).await;
+        let v = gap_data(&s.next_event(EVENT_TIMEOUT).await.unwrap());
+        assert_eq!(v["reason"], "evicted", "max_events_per_topic = {events}, max_total_bytes = {bytes}");
+        assert_eq!(v["topics"], serde_json::json!(["off.*", "off.a"]));
+        assert_eq!(v["last_event_id"], first.as_str());
+        let newest = publish_nats(&client, &mut live, "off.a", "4").await;
+        assert_eq!(s.next_event(EVENT_TIMEOUT).await.unwrap().data, "4", "then live");
+
+        // From the newest id nothing was missed: no gap.
+        let mut s = app.resume(&["off.a"], &newest).await;
+        publish_nats(&client, &mut live, "off.a", "5").await;
+        assert_eq!(s.next_event(EVENT_TIMEOUT).await.unwrap().data, "5", "no gap from the newest id");
+    }
+}
+
+/// Issue 16, item 3: a ring forgotten at `replay.max_topics` that comes back (a new event on
+/// its topic) still knows that events were lost: an old id gets an `evicted` gap, then what the
+/// new ring holds.
+#[tokio::test]
+async fn a_forgotten_ring_that_comes_back_reports_the_loss() {
+    let mut cfg = test_config();
+    cfg.replay.max_topics = 3;
+    let (app, client, _nats) = bridge_on_nats(cfg, &["fg.>"]).await;
+    let mut live = app.subscribe(&["fg.>"]).await;
+    // Rings: probe, fg.a → + fg.b → + fg.c forgets probe → + fg.d forgets fg.a.
+    let a1 = publish_nats(&client, &mut live, "fg.a", "a1").await;
+    publish_nats(&client, &mut live, "fg.a", "a2").await;
+    for t in ["fg.b", "fg.c", "fg.d"] {
+        publish_nats(&client, &mut live, t, t).await;
+    }
+    publish_nats(&client, &mut live, "fg.a", "a3").await; // fg.a comes back, forgets fg.b
+    assert_eq!(app.state.replay.stats().topics, 3);
+
+    let mut s = app.resume(&["fg.a"], &a1).await;
+    let v = gap_data(&s.next_event(EVENT_TIMEOUT).await.unwrap());
+    assert_eq!((v["reason"].as_str(), &v["topics"]), (Some("evicted"), &serde_json::json!(["fg.a"])), "a2 was lost");
+    assert_eq!(s.next_event(EVENT_TIMEOUT).await.unwrap().data, "a3", "then what the ring holds");
+    // The same for a pattern resume.
+    let mut s = app.resume(&["fg.*"], &a1).await;
+    assert_eq!(gap_data(&s.next_event(EVENT_TIMEOUT).await.unwrap())["reason"], "evicted");
 }

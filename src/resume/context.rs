@@ -18,7 +18,7 @@ pub struct ResumeContext<'a> {
     pub positions: &'a Positions,
     /// The last sequence the sequencer published.
     pub last_seq: &'a LastSeq,
-    pub replay: &'a ReplayStore,
+    pub replay: &'a Arc<ReplayStore>,
     pub reader: &'a Arc<BrokerReader>,
     pub metrics: &'a Arc<Metrics>,
     /// This process's run id: ids of this run can be resumed from the ring.

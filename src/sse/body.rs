@@ -44,7 +44,7 @@ pub struct SseBody {
     /// The stream's span, when tracing is on.
     span: Option<Box<StreamSpan>>,
     metrics: Arc<Metrics>,
-    /// A resume's broker read, run before the stream goes live (see `crate::resume`).
+    /// A resume's read (broker or rings), run before the stream goes live (see `crate::resume`).
     resume: Option<ResumeFuture>,
     /// On-demand upstream holds: nothing is written (not even `: ok`) until the broker has
     /// confirmed them; released when the stream ends.
@@ -53,8 +53,9 @@ pub struct SseBody {
     ended: Option<&'static str>,
 }
 
-/// The broker part of a resume; it fills the held queue when done.
-pub type ResumeFuture = Pin<Box<dyn Future<Output = ()> + Send>>;
+/// The read of a resume (broker or rings); it fills the held queue when done and returns what
+/// the stream's span records (events replayed, gap reason), if anything.
+pub type ResumeFuture = Pin<Box<dyn Future<Output = Option<(usize, Option<&'static str>)>> + Send>>;
 
 /// A live event on its way to the socket.
 type Live = (Bytes, Arc<Event>);
@@ -168,9 +169,12 @@ impl Body for SseBody {
         }
         let this = &mut *self;
         if let Some(r) = &mut this.resume
-            && r.as_mut().poll(cx).is_ready()
+            && let Poll::Ready(resumed) = r.as_mut().poll(cx)
         {
             this.resume = None;
+            if let (Some((replayed, gap)), Some(s)) = (resumed, &mut this.span) {
+                s.resumed(replayed, gap);
+            }
         }
         if let Some(u) = &mut this.upstream
             && u.poll_ready(cx).is_pending()

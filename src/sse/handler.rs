@@ -34,7 +34,7 @@ use crate::client::{ClientQueue, ConnHandle};
 use crate::interest::Holds;
 use crate::limits::StreamPermit;
 use crate::registry::Subscription;
-use crate::resume::{self, BrokerResume, ResumeContext};
+use crate::resume::{self, PendingResume, ResumeContext};
 use crate::retry_hint::RetryReason;
 use crate::state::AppState;
 use crate::telemetry::StreamSpan;
@@ -126,8 +126,8 @@ struct Subscribed {
     /// Per-connection delivery rate (`[[delivery]] max_rate`) for these filters.
     rate: Option<Quota>,
     span: Option<Box<StreamSpan>>,
-    /// The broker read a durable resume runs before the stream goes live.
-    broker_resume: Option<BrokerResume>,
+    /// The read (broker or rings) a resume runs before the stream goes live.
+    pending: Option<PendingResume>,
 }
 
 /// Registers the stream's queue for its filters, resuming from its cursor atomically with the
@@ -142,26 +142,26 @@ fn subscribe(state: &PublicState, request: EventsRequest, conn: ConnHandle) -> S
     queue.push_backlog(state.opening_frame.clone());
     let topics: Vec<String> = filters.iter().map(|f| f.as_str().to_owned()).collect();
     let mut span = app.telemetry.stream(&topics, last_event_id.is_some());
-    let mut broker_resume = None;
+    let mut pending = None;
     let subscription = app.registry.subscribe_from(filters, queue.clone(), |filters, _| {
-        let (covered, broker) = resume_from(app, filters, &queue, last_event_id.as_deref(), &mut span);
-        broker_resume = broker;
+        let (covered, work) = resume_from(app, filters, &queue, last_event_id.as_deref(), &mut span);
+        pending = work;
         covered
     });
     debug!(?topics, resume = last_event_id.is_some(), backlog = queue.len(), "Stream opened.");
-    Subscribed { queue, subscription, rate, span, broker_resume }
+    Subscribed { queue, subscription, rate, span, pending }
 }
 
-/// The resume, run under the registry lock: puts what the client missed since `last_event_id`
-/// into the queue's backlog and returns the sequence the stream is covered up to, with the
-/// broker read to run first, if any (see [`crate::resume`]).
+/// The resume's start, run under the registry lock: takes the snapshot position and returns the
+/// sequence the stream is covered up to, with the read (broker or rings) the stream body runs
+/// before it goes live, if any (see [`crate::resume`]).
 fn resume_from(
     app: &AppState,
     filters: &[TopicFilter],
     queue: &Arc<ClientQueue>,
     last_event_id: Option<&str>,
     span: &mut Option<Box<StreamSpan>>,
-) -> (u64, Option<BrokerResume>) {
+) -> (u64, Option<PendingResume>) {
     let cx = ResumeContext {
         catalog: &app.catalog,
         positions: &app.positions,
@@ -183,7 +183,7 @@ fn respond(
     permit: StreamPermit,
     upstream: Option<Holds>,
 ) -> Response<ResponseBody> {
-    let Subscribed { queue, subscription, rate, span, broker_resume } = stream;
+    let Subscribed { queue, subscription, rate, span, pending } = stream;
     let body = SseBody::new(StreamParts {
         queue,
         subscription,
@@ -191,7 +191,7 @@ fn respond(
         rate,
         span,
         metrics: app.metrics.clone(),
-        resume: broker_resume.map(|r| Box::pin(r.run()) as _),
+        resume: pending.map(|r| Box::pin(r.run()) as _),
         upstream,
     });
     let mut r = Response::new(ResponseBody::Sse(body));

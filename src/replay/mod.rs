@@ -7,21 +7,43 @@
 //! makes a resume provable: a client whose cursor is at or after a topic's `evicted_upto` can
 //! be given everything it missed on that topic. The rings hold the same `Arc<Event>` (and so
 //! the same frame `Bytes`) that was fanned out: no copies.
+//!
+//! At `replay.max_topics` a new topic forgets the ring used least recently, found in O(1)
+//! through the use order (`order.rs`); the store remembers up to where forgotten rings reached,
+//! and a ring created again for such a topic starts with that as its eviction record. With
+//! replay off (`max_events_per_topic = 0` or `max_total_bytes = 0`) nothing is retained and
+//! every resume from before the newest sequence is reported incomplete.
+//!
+//! Resumes read the rings in bounded steps (`collect.rs`), taking the store's lock for one step
+//! at a time, so the sequencer's `append` never waits behind a long scan.
+
+mod collect;
+mod order;
 
 use std::cmp::Reverse;
-use std::collections::{BinaryHeap, HashMap, VecDeque};
+use std::collections::{BTreeMap, BinaryHeap, HashMap};
+use std::hash::BuildHasher;
 use std::sync::Arc;
 
 use parking_lot::Mutex;
+use slab::Slab;
 
 use crate::config::ReplayConfig;
 use crate::event::{Event, EventId};
 use crate::outages::OutageLog;
 use crate::topic::TopicFilter;
 
+pub use collect::Collection;
+use order::UseOrder;
+
 /// Bookkeeping bytes charged per retained event on top of its frame (the `Event`, its `Arc`,
 /// and the ring slot), so the budget tracks real memory, not just payloads.
 pub const PER_EVENT_OVERHEAD: usize = std::mem::size_of::<Event>() + 2 * std::mem::size_of::<usize>() + 8;
+
+/// Buckets of the forgotten-ring record: a forgotten ring raises its topic's bucket to its
+/// newest sequence, so a topic that comes back (or a resume on a topic without a ring) is
+/// judged against its bucket, not against every ring ever forgotten. Fixed size: 32 KiB.
+const FORGOTTEN_BUCKETS: usize = 4096;
 
 /// All topics' rings and the global budget.
 #[derive(Debug)]
@@ -31,29 +53,45 @@ pub struct ReplayStore {
     /// Where the live sources lost messages (outages, client drops): a resume from before one
     /// gets a `source-outage`/`source-dropped` gap. Held here so every resume path reaches it.
     pub outages: OutageLog,
+    /// Replay turned off by configuration: nothing is retained.
+    off: bool,
 }
 
-#[derive(Debug, Default)]
+#[derive(Debug)]
 struct Inner {
-    rings: HashMap<Arc<str>, TopicRing>,
+    /// Topic → ring slot, for the append path.
+    index: HashMap<Arc<str>, usize>,
+    /// Topic → ring slot in name order, for resumes: a pattern's literal prefix is a key range,
+    /// and a scan continues after the last name it read.
+    by_name: BTreeMap<Arc<str>, usize>,
+    rings: Slab<TopicRing>,
+    /// Slots from least to most recently appended to: the front is forgotten first.
+    order: UseOrder,
     /// Ring fronts by sequence, oldest first; entries go stale when a front is popped and are
     /// skipped (and the heap rebuilt when stale entries dominate).
-    fronts: BinaryHeap<Reverse<(u64, Arc<str>)>>,
+    fronts: BinaryHeap<Reverse<(u64, usize)>>,
     total_bytes: usize,
     total_events: usize,
     /// Highest sequence ever evicted from a ring that was then forgotten entirely (beyond
     /// `max_topics`); a resume from before it cannot be proven for topics without a ring.
     forgotten_upto: u64,
+    /// The same per bucket of topic hashes (see [`FORGOTTEN_BUCKETS`]).
+    forgotten: Box<[u64]>,
+    /// Highest sequence evicted from any ring: a cursor at or after it (and `forgotten_upto`)
+    /// is complete for every filter, which the durable plan checks without a scan.
+    evicted_high: u64,
 }
 
 /// One topic's retained events, oldest first.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 struct TopicRing {
-    events: VecDeque<Arc<Event>>,
+    topic: Arc<str>,
+    events: std::collections::VecDeque<Arc<Event>>,
     bytes: usize,
-    /// Highest sequence evicted from this ring (0: nothing evicted yet).
+    /// Highest sequence evicted from this ring (0: nothing evicted yet), or, for a ring made
+    /// for a topic whose earlier ring was forgotten, up to where that one may have reached.
     evicted_upto: u64,
-    /// Sequence of the newest event ever appended (for forgetting the quietest topics).
+    /// Sequence of the newest event ever appended.
     newest: u64,
 }
 
@@ -145,27 +183,52 @@ fn cost(e: &Event) -> usize {
 impl ReplayStore {
     /// An empty store with the given bounds.
     pub fn new(cfg: ReplayConfig) -> Self {
-        ReplayStore { inner: Mutex::new(Inner::default()), cfg, outages: OutageLog::default() }
+        let off = cfg.max_events_per_topic == 0 || cfg.max_total_bytes == 0;
+        let inner = Inner {
+            index: HashMap::new(),
+            by_name: BTreeMap::new(),
+            rings: Slab::new(),
+            order: UseOrder::default(),
+            fronts: BinaryHeap::new(),
+            total_bytes: 0,
+            total_events: 0,
+            forgotten_upto: 0,
+            forgotten: vec![0; FORGOTTEN_BUCKETS].into_boxed_slice(),
+            evicted_high: 0,
+        };
+        ReplayStore { inner: Mutex::new(inner), cfg, outages: OutageLog::default(), off }
+    }
+
+    /// Whether replay is turned off (nothing is retained; resumes from before the newest
+    /// sequence are incomplete).
+    pub fn is_off(&self) -> bool {
+        self.off
     }
 
     /// Retains `event`, evicting by the per-topic and global bounds. Called by the sequencer
     /// before it publishes the event's sequence (the resume check relies on that order).
     pub fn append(&self, event: &Arc<Event>) {
-        if self.cfg.max_events_per_topic == 0 || self.cfg.max_total_bytes == 0 {
+        if self.off {
             return;
         }
         let mut g = self.inner.lock();
         let inner = &mut *g;
         let c = cost(event);
-        if !inner.rings.contains_key(&event.topic) {
-            if inner.rings.len() >= self.cfg.max_topics {
-                inner.forget_quietest();
+        let slot = match inner.index.get(&event.topic) {
+            Some(&slot) => {
+                inner.order.touch(slot);
+                slot
             }
-            inner.rings.insert(event.topic.clone(), TopicRing::default());
-        }
-        let ring = inner.rings.get_mut(&event.topic).expect("inserted above");
+            None => {
+                if inner.rings.len() >= self.cfg.max_topics {
+                    inner.forget_quietest();
+                }
+                inner.create(&event.topic)
+            }
+        };
+        let ring = &mut inner.rings[slot];
         if ring.events.is_empty() {
-            inner.fronts.push(Reverse((event.id.seq, event.topic.clone())));
+            inner.fronts.push(Reverse((event.id.seq, slot)));
         }
         ring.events.push_back(event.clone());
         ring.bytes += c;
@@ -178,12 +241,13 @@ impl ReplayStore {
             || (ring.bytes > self.cfg.max_bytes_per_topic && ring.events.len() > 1)
         {
             let freed = ring.evict_front();
+            inner.evicted_high = inner.evicted_high.max(ring.evicted_upto);
             inner.total_bytes -= freed;
             inner.total_events -= 1;
             popped = true;
         }
         if popped && let Some(front) = ring.events.front() {
-            inner.fronts.push(Reverse((front.id.seq, event.topic.clone())));
+            inner.fronts.push(Reverse((front.id.seq, slot)));
         }
         // Global budget: oldest events of any topic first.
         while inner.total_bytes > self.cfg.max_total_bytes {
@@ -197,50 +261,16 @@ impl ReplayStore {
     }
 
     /// Events on topics matched by `filters` with `after < seq <= upto`, in id order, and the
-    /// topics where some such event was evicted (or whose ring was forgotten).
+    /// topics where some such event was evicted (or whose ring was forgotten), in one go.
+    /// Resumes use a [`Collection`] instead, which takes the lock in bounded steps.
     pub fn collect(&self, filters: &[TopicFilter], after: u64, upto: u64) -> Replay {
-        let g = self.inner.lock();
-        let mut out = Replay::default();
-        let consider = |topic: &Arc<str>, ring: &TopicRing, out: &mut Replay| {
-            if ring.evicted_upto > after {
-                out.incomplete.push(topic.to_string());
-            }
-            let start = ring.events.partition_point(|e| e.id.seq <= after);
-            out.events.extend(ring.events.range(start..).take_while(|e| e.id.seq <= upto).cloned());
-        };
-        // Each retained topic matched by any filter, once.
-        let mut unseen = false;
-        let mut topics: Vec<(&Arc<str>, &TopicRing)> = Vec::new();
-        for f in filters {
-            match f {
-                TopicFilter::Exact(t) => match g.rings.get_key_value(t) {
-                    Some(kv) => topics.push(kv),
-                    None => unseen = true,
-                },
-                TopicFilter::Pattern(p) => {
-                    unseen = true;
-                    topics.extend(g.rings.iter().filter(|(k, _)| p.matches(k)));
-                }
-            }
-        }
-        topics.sort_unstable_by(|a, b| a.0.cmp(b.0));
-        topics.dedup_by(|a, b| a.0 == b.0);
-        for (k, ring) in topics {
-            consider(k, ring, &mut out);
-        }
-        if unseen && g.forgotten_upto > after {
-            for f in filters {
-                out.incomplete.push(f.as_str().to_owned());
-            }
-        }
-        out.incomplete.sort();
-        out.incomplete.dedup();
-        out.events.sort_unstable_by_key(|e| e.id.seq);
-        out
+        let mut c = Collection::new(filters, after, upto);
+        while !self.collect_step(&mut c, usize::MAX) {}
+        c.finish()
     }
 
     /// Plans a resume for `filters` from `cursor`, covering sequences up to `upto` (the newest
-    /// sequence published when the subscription was registered).
+    /// sequence published when the subscription was registered), in one go.
     ///
     /// Only an id of this run can be placed: everything retained after it is replayed, and a
     /// gap is reported for the topics whose rings evicted part of that range. An id from another
@@ -259,6 +289,50 @@ impl ReplayStore {
         }
     }
 
+    /// Whether the rings provably hold every event on `filters` in `(after, upto]` (a resume
+    /// from `after` would need no gap), decided cheaply enough to run under the registry lock:
+    /// one look-up per exact filter, and for patterns at most [`COVERS_SCAN`] rings of the
+    /// pattern's name range. False when unsure; the caller then takes its slower, sound path.
+    pub fn covers(&self, filters: &[TopicFilter], after: u64, upto: u64) -> bool {
+        if after >= upto {
+            return true;
+        }
+        if self.off {
+            return false;
+        }
+        let g = self.inner.lock();
+        if after >= g.evicted_high.max(g.forgotten_upto) {
+            return true;
+        }
+        let mut budget = COVERS_SCAN;
+        for f in filters {
+            match f {
+                TopicFilter::Exact(t) => match g.index.get(t) {
+                    Some(&slot) if g.rings[slot].evicted_upto > after => return false,
+                    Some(_) => {}
+                    None if g.forgotten_floor(t) > after => return false,
+                    None => {}
+                },
+                TopicFilter::Pattern(p) => {
+                    if g.forgotten_upto > after {
+                        return false;
+                    }
+                    let range = collect::name_range(f);
+                    for (name, &slot) in g.by_name.range::<str, _>(range.bounds(None)) {
+                        if budget == 0 {
+                            return false;
+                        }
+                        budget -= 1;
+                        if g.rings[slot].evicted_upto > after && p.matches(name) {
+                            return false;
+                        }
+                    }
+                }
+            }
+        }
+        true
+    }
+
     /// Evicts the globally oldest events until `bytes` are freed or nothing is left (memory
     /// pressure). Returns the bytes freed.
     pub fn shed(&self, bytes: usize) -> usize {
@@ -275,6 +349,10 @@ impl ReplayStore {
     }
 }
 
+/// Rings [`ReplayStore::covers`] looks at, at most, for the patterns of one resume (a few tens
+/// of microseconds under the lock); past it the answer is "not proven".
+pub const COVERS_SCAN: usize = 1024;
+
 impl TopicRing {
     /// Drops the oldest event, remembering its sequence as evicted; returns the bytes freed.
     /// The caller keeps the store's totals and the heap of fronts.
@@ -288,36 +366,73 @@ impl TopicRing {
 }
 
 impl Inner {
+    /// A new, empty ring for `topic`, which has none; it inherits what a forgotten ring of the
+    /// same bucket may have held as its eviction record.
+    fn create(&mut self, topic: &Arc<str>) -> usize {
+        let evicted_upto = self.forgotten_floor(topic);
+        let slot = self.rings.insert(TopicRing {
+            topic: topic.clone(),
+            events: Default::default(),
+            bytes: 0,
+            evicted_upto,
+            newest: 0,
+        });
+        self.index.insert(topic.clone(), slot);
+        self.by_name.insert(topic.clone(), slot);
+        self.order.push_back(slot);
+        slot
+    }
+
+    /// The bucket of `topic` in the forgotten-ring record.
+    fn bucket(&self, topic: &str) -> usize {
+        (self.index.hasher().hash_one(topic) as usize) % FORGOTTEN_BUCKETS
+    }
+
+    /// Up to where a forgotten ring of `topic` may have reached (0: none was forgotten).
+    fn forgotten_floor(&self, topic: &str) -> u64 {
+        if self.forgotten_upto == 0 {
+            return 0;
+        }
+        self.forgotten[self.bucket(topic)]
+    }
+
     /// Evicts the globally oldest retained event; false if nothing is retained.
     fn evict_oldest(&mut self) -> bool {
-        while let Some(Reverse((seq, topic))) = self.fronts.pop() {
-            let Some(ring) = self.rings.get_mut(&topic) else { continue };
+        while let Some(Reverse((seq, slot))) = self.fronts.pop() {
+            let Some(ring) = self.rings.get_mut(slot) else { continue };
             if ring.events.front().map(|e| e.id.seq) != Some(seq) {
-                continue; // stale entry
+                continue; // stale entry (sequences are unique, so a reused slot cannot match)
             }
             let freed = ring.evict_front();
+            self.evicted_high = self.evicted_high.max(ring.evicted_upto);
             self.total_bytes -= freed;
             self.total_events -= 1;
             if let Some(front) = ring.events.front() {
-                self.fronts.push(Reverse((front.id.seq, topic)));
+                self.fronts.push(Reverse((front.id.seq, slot)));
             }
             return true;
         }
         false
     }
 
-    /// Drops the ring whose newest event is oldest, to stay within `max_topics`.
+    /// Drops the ring used least recently (whose newest event is oldest), to stay within
+    /// `max_topics`: O(1) through the use order, plus the name index's O(log n).
     fn forget_quietest(&mut self) {
-        let Some(victim) = self.rings.iter().min_by_key(|(_, r)| r.newest).map(|(k, _)| k.clone()) else { return };
-        let ring = self.rings.remove(&victim).expect("found above");
+        let Some(slot) = self.order.front() else { return };
+        self.order.remove(slot);
+        let ring = self.rings.remove(slot);
+        self.index.remove(&ring.topic);
+        self.by_name.remove(&ring.topic);
         self.total_bytes -= ring.bytes;
         self.total_events -= ring.events.len();
-        self.forgotten_upto = self.forgotten_upto.max(ring.newest);
+        let reached = ring.newest.max(ring.evicted_upto);
+        self.forgotten_upto = self.forgotten_upto.max(reached);
+        let b = self.bucket(&ring.topic);
+        self.forgotten[b] = self.forgotten[b].max(reached);
     }
 
     fn rebuild_fronts(&mut self) {
-        self.fronts =
-            self.rings.iter().filter_map(|(k, r)| r.events.front().map(|e| Reverse((e.id.seq, k.clone())))).collect();
+        self.fronts = self.rings.iter().filter_map(|(k, r)| r.events.front().map(|e| Reverse((e.id.seq, k)))).collect();
     }
 }
 
@@ -468,5 +583,122 @@ mod tests {
         assert_eq!(s.stats().topics, 2);
         assert_eq!(s.collect(&[f("a")], 0, 3).incomplete, ["a"]);
         assert!(s.collect(&[f("a")], 1, 3).incomplete.is_empty());
+    }
+
+    #[test]
+    fn forgets_the_ring_used_least_recently() {
+        let mut c = cfg(10, 1 << 20, 1 << 20);
+        c.max_topics = 2;
+        let s = ReplayStore::new(c);
+        s.append(&ev(1, "a", b"x"));
+        s.append(&ev(2, "b", b"x"));
+        s.append(&ev(3, "a", b"x")); // "b" is now the quietest
+        s.append(&ev(4, "c", b"x"));
+        let g = s.inner.lock();
+        let mut topics: Vec<&str> = g.index.keys().map(|k| &**k).collect();
+        topics.sort();
+        assert_eq!(topics, ["a", "c"]);
+        assert_eq!(g.by_name.len(), 2);
+        assert_eq!(g.forgotten_upto, 2);
+    }
+
+    #[test]
+    fn a_forgotten_ring_that_comes_back_keeps_its_eviction_record() {
+        let mut c = cfg(10, 1 << 20, 1 << 20);
+        c.max_topics = 2;
+        let s = ReplayStore::new(c);
+        s.append(&ev(1, "a", b"x"));
+        s.append(&ev(2, "b", b"x"));
+        s.append(&ev(3, "c", b"x")); // forgets "a" (and event 1 with it)
+        s.append(&ev(4, "a", b"x")); // "a" comes back (forgets "b")
+        let r = s.collect(&[f("a")], 0, 4);
+        assert_eq!(seqs(&r), [4]);
+        assert_eq!(r.incomplete, ["a"], "event 1 of \"a\" is gone: the resume must say so");
+        assert!(!s.covers(&[f("a")], 0, 4));
+        let r = s.collect(&[f("a")], 1, 4);
+        assert!(r.incomplete.is_empty(), "a cursor after what was forgotten is complete: {r:?}");
+        assert!(s.covers(&[f("a")], 2, 4));
+    }
+
+    #[test]
+    fn replay_off_reports_every_resume_from_before_the_newest_as_incomplete() {
+        for c in [cfg(0, 1 << 20, 1 << 20), cfg(10, 1 << 20, 0)] {
+            let s = ReplayStore::new(c);
+            assert!(s.is_off());
+            for seq in 1..=3 {
+                s.append(&ev(seq, "a", b"x"));
+            }
+            assert_eq!(s.stats(), ReplayStats::default());
+            let r = s.collect(&[f("a"), f("b.*")], 1, 3);
+            assert!(r.events.is_empty());
+            assert_eq!(r.incomplete, ["a", "b.*"]);
+            assert!(s.collect(&[f("a")], 3, 3).incomplete.is_empty(), "nothing after the newest: complete");
+            assert!(!s.covers(&[f("a")], 1, 3));
+            assert!(s.covers(&[f("a")], 3, 3));
+            let p = s.resume(&[f("a")], Cursor::Ours(2), 3);
+            assert_eq!(p.gap, Some((GapReason::Evicted, vec!["a".to_string()])));
+        }
+    }
+
+    #[test]
+    fn a_stepped_read_reports_evictions_and_forgetting_between_steps() {
+        let mut c = cfg(2, 1 << 20, 1 << 20);
+        c.max_topics = 4;
+        let s = ReplayStore::new(c);
+        for (seq, t) in [(1, "p.a"), (2, "p.b"), (3, "p.c"), (4, "q")] {
+            s.append(&ev(seq, t, b"x"));
+        }
+        // One ring per step: "p.a" is read, then "p.c" loses event 3 before the scan gets there.
+        let mut c = Collection::new(&[f("p.*")], 0, 4);
+        assert!(!s.collect_step(&mut c, 1));
+        s.append(&ev(5, "p.c", b"x"));
+        s.append(&ev(6, "p.c", b"x")); // evicts 3
+        while !s.collect_step(&mut c, 1) {}
+        let r = c.finish();
+        assert_eq!(seqs(&r), [1, 2], "bounded by upto; event 3 was evicted");
+        assert_eq!(r.incomplete, ["p.c"]);
+
+        // A ring forgotten before the scan reaches it makes the whole read incomplete.
+        let mut c = Collection::new(&[f("p.*")], 0, 6);
+        assert!(!s.collect_step(&mut c, 1)); // reads "p.a"
+        for (seq, t) in [(7, "r"), (8, "s"), (9, "t")] {
+            s.append(&ev(seq, t, b"x")); // forgets "p.a", "p.b", "q"
+        }
+        while !s.collect_step(&mut c, 1) {}
+        let r = c.finish();
+        assert_eq!(seqs(&r), [1, 5, 6]);
+        assert_eq!(r.incomplete, ["p.*", "p.c"], "p.b's event 2 went with its ring; p.c evicted 3");
+    }
+
+    #[test]
+    fn a_stepped_read_equals_a_read_in_one_go() {
+        let s = ReplayStore::new(cfg(3, 1 << 20, 1 << 20));
+        let topics = ["a.1", "a.2", "b.1", "a.3.x", "c", "a.2"];
+        for seq in 1..=60u64 {
+            s.append(&ev(seq, topics[seq as usize % topics.len()], b"x"));
+        }
+        for filters in [vec![f("a.*")], vec![f("a.>"), f("c")], vec![f("*.1"), f("a.2")], vec![f("c"), f("a.1")]] {
+            let whole = s.collect(&filters, 40, 58);
+            let mut c = Collection::new(&filters, 40, 58);
+            while !s.collect_step(&mut c, 1) {}
+            let stepped = c.finish();
+            assert_eq!((seqs(&stepped), &stepped.incomplete), (seqs(&whole), &whole.incomplete), "{filters:?}");
+        }
+    }
+
+    #[test]
+    fn covers_is_a_sound_shortcut() {
+        let s = ReplayStore::new(cfg(2, 1 << 20, 1 << 20));
+        for (seq, t) in [(1, "a.x"), (2, "a.x"), (3, "a.x"), (4, "b.y")] {
+            s.append(&ev(seq, t, b"x")); // "a.x" evicts 1
+        }
+        assert!(s.covers(&[f("b.*")], 0, 4), "nothing evicted under b.");
+        assert!(!s.covers(&[f("a.*")], 0, 4));
+        assert!(!s.covers(&[f("*.x")], 0, 4));
+        assert!(s.covers(&[f("a.*")], 1, 4));
+        assert!(s.covers(&[f("never")], 0, 4));
+        for (filters, after) in [(vec![f("a.*")], 0), (vec![f("b.*")], 0), (vec![f(">")], 1)] {
+            assert_eq!(s.covers(&filters, after, 4), s.collect(&filters, after, 4).incomplete.is_empty());
+        }
     }
 }

@@ -1,0 +1,250 @@
+//! Reading a resume's events out of the rings in bounded steps.
+//!
+//! A [`Collection`] is the state of one resume's read: which names are left to scan and what
+//! was found so far. [`ReplayStore::collect_step`] takes the store's lock for at most a given
+//! amount of work, so a resume over 100k rings never holds the sequencer's `append` for longer
+//! than one step. Between steps the rings change; the read stays sound because:
+//! - it only takes events up to `upto`, which were all appended before the resume started, so
+//!   no ring created later holds one of them;
+//! - each ring's eviction record is read together with its events, so an eviction before the
+//!   read is reported and one after it took nothing the read still needed;
+//! - a ring forgotten before the scan reached it raised `forgotten_upto`, which is checked in
+//!   the last step, under the same lock as the end of the scan.
+//!
+//! Exact filters are looked up by name; a pattern scans the name range of its literal prefix
+//! (`orders.eu.*` reads only names starting with `orders.eu.`), continuing after the last
+//! name it read.
+
+use std::ops::Bound;
+use std::sync::Arc;
+
+use super::{Replay, ReplayStore, TopicRing};
+use crate::event::Event;
+use crate::topic::TopicFilter;
+
+/// A half-open range of topic names: `[lo, hi)`, `hi = None` for no upper end.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(super) struct NameRange {
+    lo: String,
+    hi: Option<String>,
+}
+
+impl NameRange {
+    /// The bounds for a B-tree range, starting after `from` when given (a name already read).
+    pub(super) fn bounds<'a>(&'a self, from: Option<&'a str>) -> (Bound<&'a str>, Bound<&'a str>) {
+        let lo = from.map_or(Bound::Included(self.lo.as_str()), Bound::Excluded);
+        let hi = self.hi.as_deref().map_or(Bound::Unbounded, Bound::Excluded);
+        (lo, hi)
+    }
+}
+
+/// The names `filter` can match: itself for an exact topic; for a pattern, every name that
+/// starts with its tokens before the first wildcard (all names when it starts with one).
+pub(super) fn name_range(filter: &TopicFilter) -> NameRange {
+    match filter {
+        TopicFilter::Exact(t) => NameRange { lo: t.to_string(), hi: Some(format!("{t}\0")) },
+        TopicFilter::Pattern(p) => {
+            let mut prefix = String::new();
+            for tok in p.as_str().split('.') {
+                if tok == "*" || tok == ">" {
+                    break;
+                }
+                prefix.push_str(tok);
+                prefix.push('.');
+            }
+            if prefix.is_empty() {
+                return NameRange { lo: String::new(), hi: None };
+            }
+            // Names starting with "a.b." sort before "a.b/" ('/' follows '.').
+            let mut hi = prefix.clone();
+            hi.pop();
+            hi.push('/');
+            NameRange { lo: prefix, hi: Some(hi) }
+        }
+    }
+}
+
+/// One resume's read of the rings: the events on its filters in `(after, upto]` and the
+/// topics where some may be missing, gathered in steps ([`ReplayStore::collect_step`]).
+#[derive(Debug)]
+pub struct Collection {
+    filters: Box<[TopicFilter]>,
+    after: u64,
+    upto: u64,
+    /// With a pattern among the filters: the name ranges to scan, merged, in order. Without:
+    /// empty, and the exact filters are looked up in one step.
+    ranges: Vec<NameRange>,
+    /// The range being scanned, and the last name read in it.
+    at: usize,
+    from: Option<Arc<str>>,
+    events: Vec<Arc<Event>>,
+    incomplete: Vec<String>,
+    done: bool,
+}
+
+impl Collection {
+    /// A read of `filters` after `after` up to and including `upto`, not started.
+    pub fn new(filters: &[TopicFilter], after: u64, upto: u64) -> Self {
+        let mut filters: Vec<TopicFilter> = filters.to_vec();
+        filters.sort_by(|a, b| a.as_str().cmp(b.as_str()));
+        filters.dedup();
+        let mut ranges = Vec::new();
+        if filters.iter().any(|f| matches!(f, TopicFilter::Pattern(_))) {
+            let mut all: Vec<NameRange> = filters.iter().map(name_range).collect();
+            all.sort_by(|a, b| a.lo.cmp(&b.lo));
+            for r in all {
+                match ranges.last_mut() {
+                    Some(NameRange { hi: prev_hi, .. }) if prev_hi.as_deref().is_none_or(|h| r.lo.as_str() <= h) => {
+                        if prev_hi.is_some() && r.hi.as_deref().is_none_or(|h| Some(h) > prev_hi.as_deref()) {
+                            *prev_hi = r.hi;
+                        }
+                    }
+                    _ => ranges.push(r),
+                }
+            }
+        }
+        Collection {
+            filters: filters.into_boxed_slice(),
+            after,
+            upto,
+            ranges,
+            at: 0,
+            from: None,
+            events: Vec::new(),
+            incomplete: Vec::new(),
+            done: false,
+        }
+    }
+
+    /// Whether the read is complete.
+    pub fn is_done(&self) -> bool {
+        self.done
+    }
+
+    /// What was read: the events in id order (each once) and the incomplete topics, sorted.
+    pub fn finish(mut self) -> Replay {
+        self.incomplete.sort();
+        self.incomplete.dedup();
+        self.events.sort_unstable_by_key(|e| e.id.seq);
+        self.events.dedup_by_key(|e| e.id.seq);
+        Replay { events: self.events, incomplete: self.incomplete }
+    }
+
+    fn all_incomplete(&mut self) {
+        self.incomplete.extend(self.filters.iter().map(|f| f.as_str().to_owned()));
+    }
+}
+
+/// Takes what `ring` holds in `(after, upto]` and notes `topic` if it evicted part of that
+/// range; returns the events taken.
+fn consider(
+    ring: &TopicRing,
+    after: u64,
+    upto: u64,
+    events: &mut Vec<Arc<Event>>,
+    incomplete: &mut Vec<String>,
+) -> usize {
+    if ring.evicted_upto > after {
+        incomplete.push(ring.topic.to_string());
+    }
+    let start = ring.events.partition_point(|e| e.id.seq <= after);
+    let before = events.len();
+    events.extend(ring.events.range(start..).take_while(|e| e.id.seq <= upto).cloned());
+    events.len() - before
+}
+
+/// Events taken that cost as much work as reading one more ring, for the step budget.
+const EVENTS_PER_UNIT: usize = 16;
+
+impl ReplayStore {
+    /// Advances `c` by at most `budget` units of work (a ring read, or [`EVENTS_PER_UNIT`]
+    /// events taken) under one hold of the store's lock; true when the read is complete. A
+    /// resume calls it until true, letting other work run between calls.
+    pub fn collect_step(&self, c: &mut Collection, budget: usize) -> bool {
+        if c.done {
+            return true;
+        }
+        if c.after >= c.upto {
+            c.done = true;
+            return true;
+        }
+        if self.off {
+            // Nothing was retained: everything after the cursor is missing.
+            c.all_incomplete();
+            c.done = true;
+            return true;
+        }
+        let g = self.inner.lock();
+        let (after, upto) = (c.after, c.upto);
+        if c.ranges.is_empty() {
+            for f in c.filters.iter() {
+                let TopicFilter::Exact(t) = f else { continue };
+                match g.index.get(t) {
+                    Some(&slot) => {
+                        consider(&g.rings[slot], after, upto, &mut c.events, &mut c.incomplete);
+                    }
+                    None if g.forgotten_floor(t) > after => c.incomplete.push(t.to_string()),
+                    None => {}
+                }
+            }
+            c.done = true;
+            return true;
+        }
+        let mut spent = 0usize;
+        while c.at < c.ranges.len() {
+            let mut last: Option<&Arc<str>> = None;
+            let mut names = g.by_name.range::<str, _>(c.ranges[c.at].bounds(c.from.as_deref()));
+            loop {
+                if spent >= budget {
+                    if let Some(name) = last {
+                        c.from = Some(name.clone());
+                    }
+                    return false;
+                }
+                let Some((name, &slot)) = names.next() else { break };
+                spent += 1;
+                last = Some(name);
+                if c.filters.iter().any(|f| f.matches(name)) {
+                    let n = consider(&g.rings[slot], after, upto, &mut c.events, &mut c.incomplete);
+                    spent = spent.saturating_add(n / EVENTS_PER_UNIT);
+                }
+            }
+            c.at += 1;
+            c.from = None;
+        }
+        // A pattern may match topics whose rings were forgotten, before or during the scan.
+        if g.forgotten_upto > after {
+            c.all_incomplete();
+        }
+        c.done = true;
+        true
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn f(s: &str) -> TopicFilter {
+        TopicFilter::parse(s, 256).unwrap()
+    }
+
+    #[test]
+    fn pattern_ranges_follow_the_literal_prefix() {
+        let r = name_range(&f("orders.eu.*"));
+        assert_eq!((r.lo.as_str(), r.hi.as_deref()), ("orders.eu.", Some("orders.eu/")));
+        let r = name_range(&f("*.eu"));
+        assert_eq!((r.lo.as_str(), r.hi), ("", None));
+        let r = name_range(&f("a.>"));
+        assert_eq!((r.lo.as_str(), r.hi.as_deref()), ("a.", Some("a/")));
+    }
+
+    #[test]
+    fn overlapping_ranges_merge() {
+        let c = Collection::new(&[f("a.>"), f("a.b.*"), f("a.b.c"), f("c.*")], 0, 1);
+        let los: Vec<&str> = c.ranges.iter().map(|r| r.lo.as_str()).collect();
+        assert_eq!(los, ["a.", "c."]);
+        let c = Collection::new(&[f("a.*"), f("*.x")], 0, 1);
+        assert_eq!(c.ranges, [NameRange { lo: String::new(), hi: None }]);
+    }
+}
