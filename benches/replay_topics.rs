@@ -35,8 +35,11 @@ fn event(seq: u64, topic: String) -> Arc<Event> {
 }
 
 fn main() {
-    let topics = env_or("SSE_BRIDGE_BENCH_TOPICS", 1_000_000);
-    let cap = env_or("SSE_BRIDGE_BENCH_CAP", 100_000).min(topics);
+    // `cargo bench` passes --bench; under `cargo test --all-targets` (the suite) a reduced run
+    // is a smoke test of the same path.
+    let full = std::env::args().any(|a| a == "--bench");
+    let topics = env_or("SSE_BRIDGE_BENCH_TOPICS", if full { 1_000_000 } else { 20_000 });
+    let cap = env_or("SSE_BRIDGE_BENCH_CAP", if full { 100_000 } else { 2_000 }).min(topics);
     let store = ReplayStore::new(ReplayConfig {
         max_events_per_topic: 1000,
         max_bytes_per_topic: 1 << 20,
