@@ -11,6 +11,7 @@
 
 mod context;
 mod durable;
+mod floor;
 mod gap;
 mod reader;
 mod ring;

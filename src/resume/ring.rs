@@ -30,7 +30,12 @@ pub(super) fn resume(
     if let Some(s) = span {
         s.resumed(plan.events.len(), plan.gap.as_ref().map(|(r, _)| r.as_str()));
     }
+    // A durable cursor ahead of the ring's events (see `durable::plan`'s fast path): what it
+    // already places is not replayed.
     for e in plan.events {
+        if e.durable.is_some_and(|(s, p)| queue.already_has(s, p)) {
+            continue;
+        }
         queue.push_backlog(e.frame.clone());
     }
 }
