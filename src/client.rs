@@ -158,6 +158,39 @@ pub struct ClientQueue {
     max_bytes: usize,
     /// Where backlog bytes are counted across all queues (replay in flight), if anywhere.
     inflight: Option<Gauge>,
+    /// The ids this client must not go below (see [`IdFloor`]); only the stream body takes it.
+    /// Unset for every stream that did not resume with a durable cursor.
+    floor: Mutex<Option<Box<dyn IdFloor>>>,
+    /// Whether `floor` is set: one relaxed load per frame for every other stream.
+    floor_set: std::sync::atomic::AtomicBool,
+}
+
+/// Keeps a resumed client's ids from going back on any durable stream.
+///
+/// The sequencer stamps each event once, with its own vector of durable positions, and every
+/// queue shares that frame. A client that resumed with a vector ahead of this process on some
+/// stream (it came from a replica that had read further, or it got broker frames up to a
+/// position the ring's older events predate) would see its id move back if it got those
+/// frames as they are, and its next resume would read that stream again. The resume installs
+/// a floor (the client's vector, implemented in `crate::resume`, which knows the catalog);
+/// the stream body passes every frame with an id through it, and it rewrites the id to the
+/// component-wise max of everything the client has had. Once a live event's own vector is at
+/// or above the floor everywhere, every later live event's is too (the sequencer's vector only
+/// grows), so the floor retires and frames go out shared again.
+pub trait IdFloor: Send + Sync + std::fmt::Debug {
+    /// `frame` (one that starts with `id:`) as this client must get it: `Some` with a copy
+    /// carrying a raised id, or `None` to send it as it is. `live` says the frame is a live
+    /// event's; returning `retire = true` then removes the floor.
+    fn stamp(&mut self, frame: &Bytes, live: bool) -> Stamped;
+}
+
+/// What [`IdFloor::stamp`] made of one frame.
+#[derive(Debug)]
+pub struct Stamped {
+    /// The frame with its id raised to the floor, if it was below it anywhere.
+    pub frame: Option<Bytes>,
+    /// The floor is no longer needed.
+    pub retire: bool,
 }
 
 #[derive(Debug)]
@@ -219,9 +252,33 @@ impl ClientQueue {
             conn,
             expires_ms: max_age.map_or(0, |a| now_ms() + a.as_millis() as u64),
             have: std::sync::OnceLock::new(),
+            floor: Mutex::new(None),
+            floor_set: std::sync::atomic::AtomicBool::new(false),
             max_bytes: 0,
             inflight: None,
         }
+    }
+
+    /// Installs the floor this client's ids must not go below (a durable resume does, before
+    /// the stream body first polls).
+    pub fn set_floor(&self, floor: Box<dyn IdFloor>) {
+        *self.floor.lock() = Some(floor);
+        self.floor_set.store(true, Ordering::Release);
+    }
+
+    /// Passes a frame with an id through the floor, if one is set.
+    fn stamp(&self, frame: Bytes, live: bool) -> Bytes {
+        if !self.floor_set.load(Ordering::Acquire) || !frame.starts_with(b"id:") {
+            return frame;
+        }
+        let mut g = self.floor.lock();
+        let Some(floor) = g.as_mut() else { return frame };
+        let out = floor.stamp(&frame, live);
+        if out.retire {
+            *g = None;
+            self.floor_set.store(false, Ordering::Release);
+        }
+        out.frame.unwrap_or(frame)
     }
 
     /// Bounds the live events also in bytes (`server.queue_bytes`; 0: by count only) and counts
@@ -472,9 +529,11 @@ impl ClientQueue {
             if st.items.is_empty() && st.items.capacity() > SHRINK_ABOVE {
                 st.items = VecDeque::new();
             }
+            drop(st);
+            // Outside the state lock: the fan-out never waits for a rewrite.
             return Poll::Ready(match item {
-                Item::Event(e) => Next::Frame { frame: e.frame.clone(), event: Some(e) },
-                Item::Control(frame) => Next::Frame { frame, event: None },
+                Item::Event(e) => Next::Frame { frame: self.stamp(e.frame.clone(), true), event: Some(e) },
+                Item::Control(frame) => Next::Frame { frame: self.stamp(frame, false), event: None },
             });
         }
         if let Some(reason) = st.closed {

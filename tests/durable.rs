@@ -627,3 +627,88 @@ async fn core_nats_and_a_jetstream_stream_on_the_same_subjects_deliver_once() {
     js_publish(&js, "orders.a", "m4").await;
     assert_eq!(data(&take_no_gap(&mut s, 1).await), ["m4"], "nothing twice");
 }
+
+#[tokio::test]
+async fn jetstream_replay_limit_counts_the_clients_events_not_the_streams() {
+    let nats = NatsServer::start().await;
+    let js = js_stream(&nats, -1).await;
+    let config = || {
+        let mut c = js_config(&nats);
+        c.resume.max_events = 3;
+        c
+    };
+    let first = started(config()).await;
+    let mut s = first.subscribe(&["orders.quiet"]).await;
+    js_publish(&js, "orders.quiet", "q0").await;
+    let last = take_no_gap(&mut s, 1).await[0].id.clone().unwrap();
+    drop(s);
+    first.stop().await;
+    // A busy stream: 20 events on another subject around 2 of the client's.
+    for i in 1..=20 {
+        js_publish(&js, "orders.busy", &format!("b{i}")).await;
+        if i % 10 == 5 {
+            js_publish(&js, "orders.quiet", &format!("q{}", i / 10 + 1)).await;
+        }
+    }
+    let second = started(config()).await;
+    let mut r = second.resume(&["orders.quiet"], &last).await;
+    assert_eq!(data(&take_no_gap(&mut r, 2).await), ["q1", "q2"], "2 missed events are under the limit of 3");
+    js_publish(&js, "orders.quiet", "q3").await;
+    assert_eq!(data(&take_no_gap(&mut r, 1).await), ["q3"]);
+    drop(r);
+
+    // Over the limit in the client's own events (q1..q5 missed on `orders.quiet` and
+    // `orders.calm`, two filters read from one range): a gap, then the newest 3 of them.
+    let mut s = second.subscribe(&["orders.quiet", "orders.calm"]).await;
+    js_publish(&js, "orders.calm", "c0").await;
+    let last = take_no_gap(&mut s, 1).await[0].id.clone().unwrap();
+    drop(s);
+    second.stop().await;
+    for i in 1..=5 {
+        js_publish(&js, if i % 2 == 0 { "orders.calm" } else { "orders.quiet" }, &format!("x{i}")).await;
+        js_publish(&js, "orders.busy", "b").await;
+    }
+    let third = started(config()).await;
+    let mut r = third.resume(&["orders.quiet", "orders.calm"], &last).await;
+    let gap = gap_of(&r.next_event(EVENT_TIMEOUT).await.unwrap());
+    assert_eq!(gap["reason"], "replay-limit");
+    assert_eq!(data(&take_no_gap(&mut r, 3).await), ["x3", "x4", "x5"]);
+}
+
+#[tokio::test]
+async fn another_replicas_id_is_served_from_the_rings_when_they_hold_the_range() {
+    let nats = NatsServer::start().await;
+    let js = js_stream(&nats, -1).await;
+    let a = started(js_config(&nats)).await;
+    let b = started(js_config(&nats)).await;
+    let mut on_a = a.subscribe(&["orders.>"]).await;
+    let mut on_b = b.subscribe(&["orders.>"]).await;
+    for i in 1..=6 {
+        js_publish(&js, "orders.x", &format!("m{i}")).await;
+    }
+    let seen_a = take_no_gap(&mut on_a, 6).await;
+    take_no_gap(&mut on_b, 6).await;
+    // B has read ORDERS since before the client's position and its ring evicted nothing.
+    let mut moved = b.resume(&["orders.>"], seen_a[1].id.as_deref().unwrap()).await;
+    assert_eq!(data(&take_no_gap(&mut moved, 4).await), ["m3", "m4", "m5", "m6"]);
+    js_publish(&js, "orders.x", "m7").await;
+    assert_eq!(data(&take_no_gap(&mut moved, 1).await), ["m7"]);
+    let m = common::admin_metrics(&b).await;
+    assert_eq!(common::sample(&m, "sse_bridge_replayed_from_broker_events_total").unwrap_or(0.0), 0.0, "{m}");
+
+    // A replica whose ring evicted part of the range reads the broker instead.
+    let mut c = js_config(&nats);
+    c.replay.max_events_per_topic = 2;
+    let small = started(c).await;
+    let mut on_small = small.subscribe(&["orders.>"]).await;
+    let mut on_a = a.subscribe(&["orders.>"]).await;
+    for i in 8..=11 {
+        js_publish(&js, "orders.x", &format!("m{i}")).await;
+    }
+    let seen_a = take_no_gap(&mut on_a, 4).await;
+    take_no_gap(&mut on_small, 4).await;
+    let mut moved = small.resume(&["orders.>"], seen_a[0].id.as_deref().unwrap()).await;
+    assert_eq!(data(&take_no_gap(&mut moved, 3).await), ["m9", "m10", "m11"]);
+    let m = common::admin_metrics(&small).await;
+    assert_eq!(common::sample(&m, "sse_bridge_replayed_from_broker_events_total"), Some(3.0), "{m}");
+}

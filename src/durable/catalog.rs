@@ -104,6 +104,17 @@ impl DurableStream {
             .collect()
     }
 
+    /// The stream's subjects as last learned from the server (empty while unknown): what a
+    /// resume read may ask the server to filter on.
+    pub fn spaces(&self) -> Vec<Pattern> {
+        self.spaces.read().clone().unwrap_or_default()
+    }
+
+    /// Whether `jetstream.subjects` bridges only some of the stream's subjects.
+    pub fn narrowed(&self) -> bool {
+        !self.filters.is_empty()
+    }
+
     fn filtered_in(&self, f: impl Fn(&Pattern) -> bool) -> bool {
         self.filters.is_empty() || self.filters.iter().any(f)
     }

@@ -19,6 +19,11 @@ pub struct Positions {
 pub struct Snapshot {
     pub seq: u64,
     pub positions: Vec<Option<Pos>>,
+    /// Per stream, where this run started reading it (its first position: the baseline the
+    /// source announced). The run has sequenced every event of the stream after it, so a
+    /// cursor at or after it can be served from the rings when they kept those events, even an
+    /// id of another run (see `crate::resume`).
+    pub since: Vec<Option<Pos>>,
     /// Per stream, the last time this run saw it start over (see [`Reset`]); empty until then.
     pub resets: Vec<Option<Reset>>,
 }
@@ -65,11 +70,25 @@ impl Positions {
                     g.resets.resize(positions.len(), None);
                 }
                 g.resets[i] = Some(Reset { seq, old });
+                // The old stream's positions do not compare with the new one's: this run has
+                // read the new stream since its baseline, and no earlier.
+                if g.since.len() < positions.len() {
+                    g.since.resize(positions.len(), None);
+                }
+                g.since[i] = Some(*new);
             }
         }
         g.seq = seq;
         g.positions.clear();
         g.positions.extend_from_slice(positions);
+        if g.since.len() < positions.len() {
+            g.since.resize(positions.len(), None);
+        }
+        for (since, now) in g.since.iter_mut().zip(positions) {
+            if since.is_none() {
+                *since = *now;
+            }
+        }
     }
 
     /// The vector as last published.
@@ -110,5 +129,17 @@ mod tests {
         assert!(s.crossed_reset(0, Pos { a: 8, b: 0 }, None), "another run's position beyond the new stream");
         assert!(!s.crossed_reset(0, Pos { a: 1, b: 0 }, None));
         assert!(!s.crossed_reset(1, Pos { a: 9, b: 0 }, None), "stream 1 never started over");
+    }
+
+    #[test]
+    fn since_is_the_first_position_of_each_stream() {
+        let p = Positions::default();
+        let at = |a| Some(Pos { a, b: 0 });
+        p.publish(0, &[at(5), None]);
+        p.publish(1, &[at(6), at(2)]);
+        p.publish(2, &[at(9), at(3)]);
+        let s = p.snapshot();
+        assert_eq!(s.since, [at(5), at(2)]);
+        assert_eq!(s.positions, [at(9), at(3)]);
     }
 }

@@ -80,6 +80,9 @@ struct Inner {
     /// Highest sequence evicted from any ring: a cursor at or after it (and `forgotten_upto`)
     /// is complete for every filter, which the durable plan checks without a scan.
     evicted_high: u64,
+    /// Per durable stream, the highest position a forgotten ring had retained (see
+    /// [`ReplayStore::kept_durable_after`]).
+    forgotten_durable: HashMap<u16, crate::event::Pos>,
 }
 
 /// One topic's retained events, oldest first.
@@ -93,6 +96,11 @@ struct TopicRing {
     evicted_upto: u64,
     /// Sequence of the newest event ever appended.
     newest: u64,
+    /// The durable stream and position of the newest durable event evicted from this ring
+    /// (a topic's events all come from one stream, in its order).
+    evicted_durable: Option<(u16, crate::event::Pos)>,
+    /// The same for the newest durable event appended: what forgetting the ring loses.
+    newest_durable: Option<(u16, crate::event::Pos)>,
 }
 
 /// What a resume gets: the events to replay, in id order, and the topics for which the
@@ -195,6 +203,7 @@ impl ReplayStore {
             forgotten_upto: 0,
             forgotten: vec![0; FORGOTTEN_BUCKETS].into_boxed_slice(),
             evicted_high: 0,
+            forgotten_durable: HashMap::new(),
         };
         ReplayStore { inner: Mutex::new(inner), cfg, outages: OutageLog::default(), off }
     }
@@ -233,6 +242,9 @@ impl ReplayStore {
         ring.events.push_back(event.clone());
         ring.bytes += c;
         ring.newest = event.id.seq;
+        if event.durable.is_some() {
+            ring.newest_durable = event.durable;
+        }
         inner.total_bytes += c;
         inner.total_events += 1;
         // Per-topic bounds (always keep the newest event, however large).
@@ -342,6 +354,26 @@ impl ReplayStore {
         before - g.total_bytes
     }
 
+    /// Whether the rings still hold every event of durable stream `stream` with a position
+    /// after `after` on the topics `filters` select, among the events this run sequenced:
+    /// no matching ring evicted one, no ring that held one was forgotten, and retention is on.
+    /// With the run's start in that stream at or before `after`, this proves that a resume
+    /// from `after` (even an id of another run) can be served from the rings alone.
+    pub fn kept_durable_after(&self, filters: &[TopicFilter], stream: u16, after: crate::event::Pos) -> bool {
+        if self.cfg.max_events_per_topic == 0 || self.cfg.max_total_bytes == 0 {
+            return false;
+        }
+        let g = self.inner.lock();
+        if g.forgotten_durable.get(&stream).is_some_and(|p| *p > after) {
+            return false;
+        }
+        let lost = |r: &TopicRing| r.evicted_durable.is_some_and(|(s, p)| s == stream && p > after);
+        filters.iter().all(|f| match f {
+            TopicFilter::Exact(t) => !g.index.get(t).is_some_and(|&slot| lost(&g.rings[slot])),
+            TopicFilter::Pattern(p) => !g.rings.iter().any(|(_, r)| p.matches(&r.topic) && lost(r)),
+        })
+    }
+
     /// Current totals.
     pub fn stats(&self) -> ReplayStats {
         let g = self.inner.lock();
@@ -361,6 +393,9 @@ impl TopicRing {
         let freed = cost(&old);
         self.bytes -= freed;
         self.evicted_upto = old.id.seq;
+        if old.durable.is_some() {
+            self.evicted_durable = old.durable;
+        }
         freed
     }
 }
@@ -376,6 +411,8 @@ impl Inner {
             bytes: 0,
             evicted_upto,
             newest: 0,
+            evicted_durable: None,
+            newest_durable: None,
         });
         self.index.insert(topic.clone(), slot);
         self.by_name.insert(topic.clone(), slot);
@@ -429,6 +466,15 @@ impl Inner {
         self.forgotten_upto = self.forgotten_upto.max(reached);
         let b = self.bucket(&ring.topic);
         self.forgotten[b] = self.forgotten[b].max(reached);
+        self.forget_durable(&ring);
+    }
+
+    /// Remembers the newest durable position a forgotten ring held.
+    fn forget_durable(&mut self, ring: &TopicRing) {
+        if let Some((stream, pos)) = ring.newest_durable {
+            let p = self.forgotten_durable.entry(stream).or_default();
+            *p = (*p).max(pos);
+        }
     }
 
     fn rebuild_fronts(&mut self) {

@@ -8,12 +8,23 @@
 //! this run, non-durable events after the cursor; the live fan-out supplies the rest. The
 //! stream is held ([`ClientQueue::hold`]) while the broker is read, then the replay is put in
 //! front of what the ring and the fan-out queued meanwhile: in order, no gap, no duplicate.
+//!
+//! A stream is read from the rings instead of the broker, even for an id of another run, when
+//! the rings provably hold every event the client missed on it: this run started reading the
+//! stream at or before the client's position, and no ring the filters select evicted or forgot
+//! an event of it after that position (`ReplayStore::kept_durable_after`). After a rollout
+//! every client comes back with the old replica's id within seconds; the new replica's rings
+//! serve them all without a broker read each.
+//!
+//! Every such stream gets an id floor ([`Floor`]): its ids never go below its cursor, nor below
+//! any id it got before, on any durable stream.
 
 use std::sync::Arc;
 
 use bytes::Bytes;
 
 use super::context::ResumeContext;
+use super::floor::Floor;
 use super::gap::{dedup, gap_frame};
 use super::reader::BrokerReader;
 use crate::client::ClientQueue;
@@ -70,6 +81,11 @@ pub(super) fn plan(
         Cursor::Ours(seq) => {
             // The ring has all of it: the fast path (a bounded check; the ring path reads later).
             if cx.replay.covers(filters, seq, upto) {
+                // The vector may be ahead of the ring's events (broker frames, ids raised by a
+                // floor): live and replayed durable events it already places are skipped, and
+                // ids stay at or above it.
+                queue.set_have(vector.clone());
+                queue.set_floor(Box::new(Floor::new(cx.catalog.clone(), vector)));
                 return None;
             }
             Some(seq)
@@ -79,9 +95,10 @@ pub(super) fn plan(
         Cursor::Malformed => None,
     };
     let covered = upto.max(snap.seq);
-    let (reads, mut gaps) = broker_reads(cx.catalog, filters, &mut vector, &snap, ours);
-    let events = from_ring(cx, filters, &vector, snap.seq, ours, covered, &mut gaps);
+    let (reads, ring_served, mut gaps) = broker_reads(cx, filters, &mut vector, &snap, ours);
+    let events = from_ring(cx, filters, &vector, snap.seq, ours, covered, &ring_served, &mut gaps);
     queue.set_have(vector.clone());
+    queue.set_floor(Box::new(Floor::new(cx.catalog.clone(), vector.clone())));
     cx.metrics.replayed_events.inc_by(events.len() as u64);
 
     let last_event_id = truncate(id, MAX_CURSOR_LEN).to_owned();
@@ -114,18 +131,21 @@ pub(super) fn plan(
     Some((covered, Some(resume)))
 }
 
-/// Per durable stream the filters may select: the range the broker must supply, or why it
-/// cannot (the id does not place the stream, or the sequencer has no position for it yet). A
+/// Per durable stream the filters may select: the range the broker must supply, the streams
+/// the rings provably hold from the client's position on (with that position), or why neither
+/// can (the id does not place the stream, or the sequencer has no position for it yet). A
 /// position from before the stream started over (see [`Snapshot::crossed_reset`]) gets a
 /// `stream-reset` gap and the new stream from its start; `vector` then says so.
 fn broker_reads(
-    catalog: &Catalog,
+    cx: &ResumeContext<'_>,
     filters: &[TopicFilter],
     vector: &mut [Option<Pos>],
     snap: &Snapshot,
     ours: Option<u64>,
-) -> (Vec<Read>, Gaps) {
+) -> (Vec<Read>, Vec<(usize, Pos)>, Gaps) {
+    let catalog = cx.catalog;
     let mut reads = Vec::new();
+    let mut ring_served = Vec::new();
     let mut unavailable = Vec::new();
     let mut unplaced = Vec::new();
     let mut reset = Vec::new();
@@ -143,8 +163,17 @@ fn broker_reads(
             }
             (None, _) => unplaced.extend(topics),
             (Some(_), None) => unavailable.extend(topics),
-            (Some(after), Some(now)) if after < now => reads.push((idx, after, now)),
-            (Some(_), Some(_)) => {} // nothing new; live events it has are skipped
+            (Some(after), Some(now)) if after < now => {
+                let since = snap.since.get(idx).copied().flatten();
+                if since.is_some_and(|s| s <= after) && cx.replay.kept_durable_after(filters, idx as u16, after) {
+                    ring_served.push((idx, after));
+                } else {
+                    reads.push((idx, after, now));
+                }
+            }
+            // Nothing new, or this process is behind the client on the stream: live events it
+            // already has are skipped, and the floor keeps its ids from going back.
+            (Some(_), Some(_)) => {}
         }
     }
     let mut gaps = Gaps::new();
@@ -157,12 +186,14 @@ fn broker_reads(
     if !reset.is_empty() {
         gaps.push(("stream-reset", dedup(reset)));
     }
-    (reads, gaps)
+    (reads, ring_served, gaps)
 }
 
 /// The ring's part, in id order: durable events sequenced after the snapshot (`snap_seq`) that
-/// the client has not seen, and non-durable events after an id of this run (`ours`). Adds the
-/// `evicted` gap first and the `unknown-run` gap last when they apply.
+/// the client has not seen, events of the `ring_served` streams after the client's position
+/// in them, and non-durable events after an id of this run (`ours`). Adds the `evicted` gap
+/// first and the `unknown-run` gap last when they apply.
+#[allow(clippy::too_many_arguments)]
 fn from_ring(
     cx: &ResumeContext<'_>,
     filters: &[TopicFilter],
@@ -170,6 +201,7 @@ fn from_ring(
     snap_seq: u64,
     ours: Option<u64>,
     covered: u64,
+    ring_served: &[(usize, Pos)],
     gaps: &mut Gaps,
 ) -> Vec<Arc<Event>> {
     let catalog = cx.catalog;
@@ -180,6 +212,11 @@ fn from_ring(
         .into_iter()
         .filter(|e| e.durable.is_some_and(|(s, p)| vector[s as usize].is_none_or(|have| p > have)))
         .collect();
+    if !ring_served.is_empty() {
+        let served = |s: u16, p: Pos| ring_served.iter().any(|&(i, after)| i == s as usize && p > after);
+        let kept = cx.replay.collect(filters, 0, snap_seq);
+        events.extend(kept.events.into_iter().filter(|e| e.durable.is_some_and(|(s, p)| served(s, p))));
+    }
     let mut evicted: Vec<String> = after_snap.incomplete.into_iter().filter(|t| is_durable(t)).collect();
     let nondurable: Vec<&TopicFilter> = filters.iter().filter(|f| !catalog.durable_only(f)).collect();
     match ours {
@@ -208,7 +245,8 @@ impl BrokerResume {
         let mut frames: Vec<Bytes> = Vec::new();
         let mut suffix = String::new();
         for (idx, after, upto) in std::mem::take(&mut self.reads) {
-            let out = self.reader.read(idx, after, upto).await;
+            let read_filters = self.reader.read_filters(idx, &self.filters);
+            let out = self.reader.read(idx, after, upto, read_filters).await;
             if let Some(g) = out.gap {
                 let stream = self.catalog.get(idx);
                 let topics =

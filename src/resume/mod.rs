@@ -12,6 +12,7 @@
 
 mod context;
 mod durable;
+mod floor;
 mod gap;
 mod not_held;
 mod reader;

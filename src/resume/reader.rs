@@ -3,11 +3,16 @@
 //! Bounded cost: a resume storm after a deploy must not open thousands of broker consumers at
 //! once. Every read holds a permit of one semaphore (`resume.max_concurrent_reads`) while it
 //! talks to the broker; reads beyond it wait (that wait is the queue, bounded by the number of
-//! resuming streams, each of which holds a stream slot). Reads of the same range coalesce: the
-//! first starts it, later ones share its result (the map holds only weak references, so a read
-//! whose clients all left is dropped and releases its permit).
+//! resuming streams, each of which holds a stream slot). Reads of the same range for the same
+//! filters coalesce: the first starts it, later ones share its result (the map holds only weak
+//! references, so a read whose clients all left is dropped and releases its permit).
+//!
+//! `resume.max_events` counts the client's events, not the stream's: a JetStream read asks the
+//! server for the client's subjects only (a filtered consumer, when one subject covers the
+//! client's filters in the stream) and keeps the newest `max_events` events its filters match,
+//! so a client on a quiet subject of a busy stream gets what it missed, not a `replay-limit`.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
@@ -28,6 +33,7 @@ use crate::sources::nats::read_headers;
 use crate::sources::nats_connect::JetStreamConnect;
 use crate::sources::redis_connect::RedisConnect;
 use crate::sources::redis_streams;
+use crate::topic::TopicFilter;
 
 /// One event read back from a broker.
 #[derive(Debug, Clone)]
@@ -67,11 +73,14 @@ pub struct ReadOutcome {
     pub gap: Option<ReadGap>,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
 struct ReadKey {
     stream: usize,
     after: Pos,
     upto: Pos,
+    /// The client's filters that may select events of the stream, sorted: the events a read
+    /// returns and counts against `resume.max_events` (empty: every event of the stream).
+    filters: Arc<[TopicFilter]>,
 }
 
 type SharedRead = Shared<BoxFuture<'static, Arc<ReadOutcome>>>;
@@ -151,9 +160,16 @@ impl BrokerReader {
         self.peak.load(Ordering::Relaxed)
     }
 
-    /// Events of `stream` after `after` up to `upto`, shared with concurrent identical reads.
-    pub async fn read(self: &Arc<Self>, stream: usize, after: Pos, upto: Pos) -> Arc<ReadOutcome> {
-        let key = ReadKey { stream, after, upto };
+    /// Events of `stream` after `after` up to `upto` that `filters` select (see
+    /// [`BrokerReader::read_filters`]), shared with concurrent identical reads.
+    pub async fn read(
+        self: &Arc<Self>,
+        stream: usize,
+        after: Pos,
+        upto: Pos,
+        filters: Arc<[TopicFilter]>,
+    ) -> Arc<ReadOutcome> {
+        let key = ReadKey { stream, after, upto, filters };
         let shared: SharedRead = {
             let mut map = self.inflight.lock();
             match map.get(&key).and_then(WeakShared::upgrade) {
@@ -163,9 +179,10 @@ impl BrokerReader {
                 }
                 None => {
                     let me = self.clone();
+                    let k = key.clone();
                     let fut = async move {
-                        let out = me.read_now(key).await;
-                        me.inflight.lock().remove(&key);
+                        let out = me.read_now(&k).await;
+                        me.inflight.lock().remove(&k);
                         Arc::new(out)
                     }
                     .boxed()
@@ -181,7 +198,21 @@ impl BrokerReader {
         shared.await
     }
 
-    async fn read_now(&self, key: ReadKey) -> ReadOutcome {
+    /// The filters a read of `stream` is keyed and counted by: those of `filters` that may
+    /// select its events, sorted and without repeats; none for a Redis stream (one key, one
+    /// topic: every filter that selects it selects all of it).
+    pub fn read_filters(&self, stream: usize, filters: &[TopicFilter]) -> Arc<[TopicFilter]> {
+        let durable = self.catalog.get(stream);
+        if durable.kind == DurableKind::RedisStream {
+            return Arc::from([]);
+        }
+        let mut v: Vec<TopicFilter> = filters.iter().filter(|f| durable.may_serve(f)).cloned().collect();
+        v.sort_unstable_by(|a, b| a.as_str().cmp(b.as_str()));
+        v.dedup();
+        Arc::from(v)
+    }
+
+    async fn read_now(&self, key: &ReadKey) -> ReadOutcome {
         let Ok(_permit) = self.permits.acquire().await else {
             return ReadOutcome { events: Vec::new(), gap: Some(ReadGap::Unavailable) };
         };
@@ -231,7 +262,7 @@ impl BrokerReader {
         Ok(ctx)
     }
 
-    async fn read_jetstream(&self, durable: &DurableStream, key: ReadKey) -> Result<ReadOutcome, String> {
+    async fn read_jetstream(&self, durable: &DurableStream, key: &ReadKey) -> Result<ReadOutcome, String> {
         let name = durable.name.as_str();
         let (_, event_header, max_bytes) = self.js.as_ref().ok_or("JetStream is not configured")?;
         let ctx = self.jetstream().await?;
@@ -245,21 +276,33 @@ impl BrokerReader {
             gap = Some(ReadGap::Retention);
             start = first;
         }
-        if upto >= start && upto - start + 1 > self.cfg.max_events as u64 {
+        let max = self.cfg.max_events;
+        let scope = Scope::of(durable, &key.filters);
+        // Every event of the stream is the client's: the limit is plain arithmetic on sequences.
+        if scope == Scope::Whole && upto >= start && upto - start + 1 > max as u64 {
             gap = Some(ReadGap::ReplayLimit);
-            start = upto + 1 - self.cfg.max_events as u64;
+            start = upto + 1 - max as u64;
         }
-        let mut events = Vec::new();
         if upto < start {
-            return Ok(ReadOutcome { events, gap });
+            return Ok(ReadOutcome { events: Vec::new(), gap });
         }
+        let filter_subject = match &scope {
+            Scope::Subject(s) => s.clone(),
+            Scope::Whole | Scope::Matched => String::new(),
+        };
         let consumer = stream
             .create_consumer(OrderedConfig {
                 deliver_policy: DeliverPolicy::ByStartSequence { start_sequence: start },
+                filter_subject,
                 ..Default::default()
             })
             .await
             .map_err(|e| e.to_string())?;
+        // A filtered range may hold none of the client's events: nothing will be delivered.
+        if consumer.cached_info().num_pending == 0 {
+            return Ok(ReadOutcome { events: Vec::new(), gap });
+        }
+        let mut events = VecDeque::new();
         let mut messages = consumer.messages().await.map_err(|e| e.to_string())?;
         while let Some(m) = messages.next().await {
             let m = m.map_err(|e| e.to_string())?;
@@ -269,9 +312,15 @@ impl BrokerReader {
                 break;
             }
             // Replays bridge exactly what live delivery bridges: `jetstream.subjects` applies.
-            if m.payload.len() <= *max_bytes && durable.holds(&m.subject) {
+            let selected = key.filters.is_empty() || key.filters.iter().any(|f| f.matches(&m.subject));
+            if m.payload.len() <= *max_bytes && durable.holds(&m.subject) && selected {
+                if events.len() == max {
+                    // Only the newest `max_events` of the client's events are replayed.
+                    events.pop_front();
+                    gap = Some(ReadGap::ReplayLimit);
+                }
                 let (event_type, _) = read_headers(m.headers.as_ref(), event_header);
-                events.push(BrokerEvent {
+                events.push_back(BrokerEvent {
                     topic: Arc::from(m.subject.as_str()),
                     pos: Pos { a: seq, b: 0 },
                     payload: Bytes::copy_from_slice(&m.payload),
@@ -282,7 +331,7 @@ impl BrokerReader {
                 break;
             }
         }
-        Ok(ReadOutcome { events, gap })
+        Ok(ReadOutcome { events: events.into(), gap })
     }
 
     async fn redis(&self) -> Result<redis::aio::MultiplexedConnection, String> {
@@ -296,7 +345,7 @@ impl BrokerReader {
         Ok(c)
     }
 
-    async fn read_redis(&self, key_name: &str, key: ReadKey) -> Result<ReadOutcome, String> {
+    async fn read_redis(&self, key_name: &str, key: &ReadKey) -> Result<ReadOutcome, String> {
         let max_bytes = self.redis.as_ref().map_or(usize::MAX, |r| r.1);
         let mut conn = self.redis().await?;
         let mut gap = None;
@@ -350,6 +399,51 @@ impl BrokerReader {
             })
             .collect();
         Ok(ReadOutcome { events, gap })
+    }
+}
+
+/// Which of a JetStream stream's events a read asks the server for.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Scope {
+    /// Every event the stream holds is the client's (its filters cover the whole stream and no
+    /// `jetstream.subjects` narrows it): no server filter, and the limit is on sequences.
+    Whole,
+    /// One subject covers every filter of the client in the stream: the server filters.
+    Subject(String),
+    /// Several subjects (a consumer with several filters needs nats-server 2.10): the whole
+    /// range is read and the client's events are picked and counted here.
+    Matched,
+}
+
+impl Scope {
+    fn of(durable: &DurableStream, filters: &[TopicFilter]) -> Scope {
+        let spaces = durable.spaces();
+        let covers = |space: &crate::topic::Pattern| {
+            filters.iter().any(|f| match f {
+                TopicFilter::Pattern(p) => TopicFilter::Pattern(space.clone()).within(p),
+                TopicFilter::Exact(t) => {
+                    **t == *space.as_str() && !space.as_str().split('.').any(|t| t == "*" || t == ">")
+                }
+            })
+        };
+        if filters.is_empty() || (!durable.narrowed() && !spaces.is_empty() && spaces.iter().all(covers)) {
+            return Scope::Whole;
+        }
+        // The one filter, if every other lies inside it and it lies inside the stream (a filter
+        // wider than the stream's subjects is refused by older servers).
+        let widest = filters.iter().find(|w| filters.iter().all(|f| contains(w, f)));
+        match widest {
+            Some(w) if spaces.iter().any(|s| w.within(s)) => Scope::Subject(w.as_str().to_owned()),
+            _ => Scope::Matched,
+        }
+    }
+}
+
+/// Whether every topic `inner` selects is selected by `outer`.
+fn contains(outer: &TopicFilter, inner: &TopicFilter) -> bool {
+    match outer {
+        TopicFilter::Exact(t) => inner.as_str() == &**t && matches!(inner, TopicFilter::Exact(_)),
+        TopicFilter::Pattern(p) => inner.within(p),
     }
 }
 

@@ -106,9 +106,14 @@ impl RingResume {
             frames.push(gap_frame(lost.as_str(), topics, &self.last_event_id));
             self.metrics.count_gap(lost.as_str());
         }
-        self.metrics.replayed_events.inc_by(replay.events.len() as u64);
-        frames.extend(replay.events.iter().map(|e| e.frame.clone()));
-        let n = replay.events.len();
+        // A durable cursor ahead of the ring's events (see `durable::plan`'s fast path): what it
+        // already places is not replayed.
+        let queue = &self.queue;
+        let fresh: Vec<_> =
+            replay.events.iter().filter(|e| !e.durable.is_some_and(|(s, p)| queue.already_has(s, p))).collect();
+        self.metrics.replayed_events.inc_by(fresh.len() as u64);
+        frames.extend(fresh.iter().map(|e| e.frame.clone()));
+        let n = fresh.len();
         self.queue.release(frames);
         (n, gap)
     }
