@@ -23,6 +23,7 @@ const EXPECTED_META: &str = r#"
 # HELP sse_bridge_deliveries Events placed in a subscriber queue.
 # HELP sse_bridge_delivery_latency_seconds From the broker message's arrival at the bridge to its hand-off to the socket.
 # HELP sse_bridge_disconnects SSE streams ended, by reason.
+# HELP sse_bridge_distinct_patterns Distinct patterns held by open streams (capped by limits.max_patterns and, per address, limits.max_patterns_per_ip).
 # HELP sse_bridge_drain_streams_left Streams still to be ended by the paced drain after SIGTERM (0 when not draining).
 # HELP sse_bridge_dropped_events Queued events dropped by drop-oldest or replaced by latest, by reason.
 # HELP sse_bridge_event_types_dropped Event types left out because they were unusable or reserved.
@@ -80,6 +81,7 @@ const EXPECTED_META: &str = r#"
 # TYPE sse_bridge_deliveries counter
 # TYPE sse_bridge_delivery_latency_seconds histogram
 # TYPE sse_bridge_disconnects counter
+# TYPE sse_bridge_distinct_patterns gauge
 # TYPE sse_bridge_drain_streams_left gauge
 # TYPE sse_bridge_dropped_events counter
 # TYPE sse_bridge_event_types_dropped counter

@@ -18,7 +18,7 @@
 use std::ops::Bound;
 use std::sync::Arc;
 
-use super::{Replay, ReplayStore, TopicRing};
+use super::{COVERS_SCAN, Replay, ReplayStore, TopicRing};
 use crate::event::Event;
 use crate::topic::TopicFilter;
 
@@ -151,6 +151,61 @@ fn consider(
     let before = events.len();
     events.extend(ring.events.range(start..).take_while(|e| e.id.seq <= upto).cloned());
     events.len() - before
+}
+
+impl ReplayStore {
+    /// Events on topics matched by `filters` with `after < seq <= upto`, in id order, and the
+    /// topics where some such event was evicted (or whose ring was forgotten), in one go.
+    /// Resumes use a [`Collection`] instead, which takes the lock in bounded steps.
+    pub fn collect(&self, filters: &[TopicFilter], after: u64, upto: u64) -> Replay {
+        let mut c = Collection::new(filters, after, upto);
+        while !self.collect_step(&mut c, usize::MAX) {}
+        c.finish()
+    }
+
+    /// Whether the rings provably hold every event on `filters` in `(after, upto]` (a resume
+    /// from `after` would need no gap), decided cheaply enough to run under the registry lock:
+    /// one look-up per exact filter, and for patterns at most [`COVERS_SCAN`] rings of the
+    /// pattern's name range. False when unsure; the caller then takes its slower, sound path.
+    pub fn covers(&self, filters: &[TopicFilter], after: u64, upto: u64) -> bool {
+        if after >= upto {
+            return true;
+        }
+        if self.off {
+            return false;
+        }
+        let g = self.inner.lock();
+        if after >= g.evicted_high.max(g.forgotten_upto) {
+            return true;
+        }
+        let mut budget = COVERS_SCAN;
+        for f in filters {
+            match f {
+                TopicFilter::Exact(t) => match g.index.get(t) {
+                    Some(&slot) if g.rings[slot].evicted_upto > after => return false,
+                    Some(_) => {}
+                    None if g.forgotten_floor(t) > after => return false,
+                    None => {}
+                },
+                TopicFilter::Pattern(p) => {
+                    if g.forgotten_upto > after {
+                        return false;
+                    }
+                    let range = name_range(f);
+                    for (name, &slot) in g.by_name.range::<str, _>(range.bounds(None)) {
+                        if budget == 0 {
+                            return false;
+                        }
+                        budget -= 1;
+                        if g.rings[slot].evicted_upto > after && p.matches(name) {
+                            return false;
+                        }
+                    }
+                }
+            }
+        }
+        true
+    }
 }
 
 /// Events taken that cost as much work as reading one more ring, for the step budget.

@@ -17,7 +17,7 @@
 //! Resumes read the rings in bounded steps (`collect.rs`), taking the store's lock for one step
 //! at a time, so the sequencer's `append` never waits behind a long scan.
 
-mod collect;
+pub mod collect;
 mod order;
 
 use std::cmp::Reverse;
@@ -33,7 +33,6 @@ use crate::event::{Event, EventId};
 use crate::outages::OutageLog;
 use crate::topic::TopicFilter;
 
-pub use collect::Collection;
 use order::UseOrder;
 
 /// Bookkeeping bytes charged per retained event on top of its frame (the `Event`, its `Arc`,
@@ -272,15 +271,6 @@ impl ReplayStore {
         }
     }
 
-    /// Events on topics matched by `filters` with `after < seq <= upto`, in id order, and the
-    /// topics where some such event was evicted (or whose ring was forgotten), in one go.
-    /// Resumes use a [`Collection`] instead, which takes the lock in bounded steps.
-    pub fn collect(&self, filters: &[TopicFilter], after: u64, upto: u64) -> Replay {
-        let mut c = Collection::new(filters, after, upto);
-        while !self.collect_step(&mut c, usize::MAX) {}
-        c.finish()
-    }
-
     /// Plans a resume for `filters` from `cursor`, covering sequences up to `upto` (the newest
     /// sequence published when the subscription was registered), in one go.
     ///
@@ -299,50 +289,6 @@ impl ReplayStore {
                 ResumePlan { gap, events: r.events }
             }
         }
-    }
-
-    /// Whether the rings provably hold every event on `filters` in `(after, upto]` (a resume
-    /// from `after` would need no gap), decided cheaply enough to run under the registry lock:
-    /// one look-up per exact filter, and for patterns at most [`COVERS_SCAN`] rings of the
-    /// pattern's name range. False when unsure; the caller then takes its slower, sound path.
-    pub fn covers(&self, filters: &[TopicFilter], after: u64, upto: u64) -> bool {
-        if after >= upto {
-            return true;
-        }
-        if self.off {
-            return false;
-        }
-        let g = self.inner.lock();
-        if after >= g.evicted_high.max(g.forgotten_upto) {
-            return true;
-        }
-        let mut budget = COVERS_SCAN;
-        for f in filters {
-            match f {
-                TopicFilter::Exact(t) => match g.index.get(t) {
-                    Some(&slot) if g.rings[slot].evicted_upto > after => return false,
-                    Some(_) => {}
-                    None if g.forgotten_floor(t) > after => return false,
-                    None => {}
-                },
-                TopicFilter::Pattern(p) => {
-                    if g.forgotten_upto > after {
-                        return false;
-                    }
-                    let range = collect::name_range(f);
-                    for (name, &slot) in g.by_name.range::<str, _>(range.bounds(None)) {
-                        if budget == 0 {
-                            return false;
-                        }
-                        budget -= 1;
-                        if g.rings[slot].evicted_upto > after && p.matches(name) {
-                            return false;
-                        }
-                    }
-                }
-            }
-        }
-        true
     }
 
     /// Evicts the globally oldest events until `bytes` are freed or nothing is left (memory
@@ -484,6 +430,7 @@ impl Inner {
 
 #[cfg(test)]
 mod tests {
+    use super::collect::Collection;
     use super::*;
     use crate::event::frame_event;
     use std::time::Instant;

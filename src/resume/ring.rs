@@ -17,7 +17,8 @@ use super::gap::gap_frame;
 use crate::client::ClientQueue;
 use crate::metrics::Metrics;
 use crate::outages::SourceGap;
-use crate::replay::{Collection, Cursor, GapReason, MAX_CURSOR_LEN, ReplayStore};
+use crate::replay::collect::Collection;
+use crate::replay::{Cursor, GapReason, MAX_CURSOR_LEN, ReplayStore};
 use crate::telemetry::StreamSpan;
 use crate::topic::{TopicFilter, truncate};
 
