@@ -18,6 +18,9 @@ use crate::sse::conn::Conn;
 pub type EventsHandler = dyn Fn(&Request<()>, Conn) -> Response<ResponseBody> + Send + Sync;
 
 /// What goes back on the lean path.
+// One short-lived value per request, moved once: boxing the stream would cost an allocation
+// per stream for nothing.
+#[allow(clippy::large_enum_variant)]
 pub(super) enum Reply {
     /// A refusal: head and body, then close.
     Full(Vec<u8>),
