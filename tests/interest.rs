@@ -201,11 +201,16 @@ async fn hold_many(app: &TestApp, n: usize, per_stream: usize) -> Vec<SseStream>
     streams
 }
 
-/// Takes one event from every stream's topics: `per_stream` from each.
-async fn expect_one_each(streams: &mut [SseStream], per_stream: usize) {
+/// After a broker outage: every stream is told first (`source-outage`, naming its topics),
+/// then gets one event from each of its topics: `per_stream` from each.
+async fn expect_outage_then_one_each(streams: &mut [SseStream], per_stream: usize) {
     for s in streams.iter_mut() {
+        let gap = s.next_event(EVENT_TIMEOUT).await.expect("the outage gap");
+        let data = gap_data(&gap);
+        assert_eq!(data["reason"], "source-outage", "{data}");
+        assert_eq!(data["topics"].as_array().map(Vec::len), Some(per_stream), "{data}");
         let got = s.take_events(per_stream, EVENT_TIMEOUT).await;
-        assert!(got.iter().all(|e| e.event.is_none()), "no gap or control event expected");
+        assert!(got.iter().all(|e| e.event.is_none()), "no other gap or control event expected");
     }
 }
 
@@ -235,7 +240,7 @@ async fn nats_kill9_and_restart_re_establishes_every_held_subscription() {
         publisher.publish(format!("user.{i}"), "after".into()).await.unwrap();
     }
     publisher.flush().await.unwrap();
-    expect_one_each(&mut streams, PER_STREAM).await;
+    expect_outage_then_one_each(&mut streams, PER_STREAM).await;
 }
 
 #[tokio::test]
@@ -260,7 +265,7 @@ async fn redis_kill9_and_restart_re_establishes_every_held_subscription() {
     for i in 0..HELD {
         redis_publish(&mut conn, &format!("user.{i}"), "after").await;
     }
-    expect_one_each(&mut streams, PER_STREAM).await;
+    expect_outage_then_one_each(&mut streams, PER_STREAM).await;
 }
 
 #[tokio::test]

@@ -24,13 +24,15 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
 use super::bounds::BrokerInput;
-use super::message::{IngestSender, SourceKind};
+use super::message::{IngestSender, SourceKind, SourceSignal};
 use super::nats::{Losses, connect_options, source_message};
 use super::nats_connect::NatsSecurity;
 use super::session::{BrokerError, SessionEnd, forward};
 use super::status::SourceStatus;
 use crate::config::NatsConfig;
 use crate::interest::InterestTable;
+use crate::outages::{SourceGap, SourceSpace};
+use crate::topic::Pattern;
 
 /// How often the source looks at its connection and at filters whose linger may have passed.
 const MAX_TICK: Duration = Duration::from_millis(100);
@@ -112,7 +114,7 @@ pub async fn run(
             }
             _ = table.work() => up.apply(&table, batch, healthy).await,
             _ = tick.tick() => {
-                healthy = follow_link(&mut up, &table, &link, &status, healthy).await;
+                healthy = follow_link(&mut up, &table, &link, &status, healthy, &tx).await;
                 up.apply(&table, batch, healthy).await;
             }
         }
@@ -134,6 +136,7 @@ async fn follow_link(
     link: &SourceStatus,
     status: &SourceStatus,
     healthy: bool,
+    tx: &IngestSender,
 ) -> bool {
     match (link.is_connected(), healthy) {
         (true, false) => {
@@ -142,6 +145,14 @@ async fn follow_link(
             }
             table.confirm_all_subscribed();
             let reconnect = status.set_connected();
+            if reconnect && !up.subs.is_empty() {
+                // Core NATS keeps nothing for a disconnected client: the streams on the held
+                // filters are told of the outage, as with `interest = "all"`.
+                let spaces: Arc<[SourceSpace]> =
+                    up.subs.keys().filter_map(|s| Pattern::parse(s, s.len()).ok()).map(SourceSpace::Subject).collect();
+                let signal = SourceSignal { source: SourceKind::Nats, gap: SourceGap::Outage, spaces, lost: 0 };
+                let _ = tx.signal(signal).await;
+            }
             info!(
                 source = "nats",
                 held = up.subs.len(),

@@ -18,7 +18,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, info};
 
 use super::bounds::BrokerInput;
-use super::message::{IngestSender, SourceKind};
+use super::message::{IngestSender, SourceKind, SourceSignal};
 use super::redis::to_source_message;
 use super::redis_client::{RedisEndpoint, redacted};
 use super::redis_connect::RedisConnect;
@@ -26,6 +26,7 @@ use super::session::{BrokerError, Session, SessionEnd, forward, supervise};
 use super::status::SourceStatus;
 use crate::config::RedisConfig;
 use crate::interest::{InterestTable, redis_glob};
+use crate::outages::{SourceGap, SourceSpace};
 use crate::topic::TopicFilter;
 
 /// How often the source looks for filters whose linger may have passed.
@@ -83,9 +84,9 @@ impl OnDemand {
             for chunk in held.chunks(self.batch) {
                 subscribe(&mut sink, chunk).await?;
             }
-            Ok::<_, BrokerError>((sink, stream, held.len()))
+            Ok::<_, BrokerError>((sink, stream, held))
         };
-        let (mut sink, mut stream, held) = tokio::select! {
+        let (mut sink, mut stream, held_filters) = tokio::select! {
             _ = self.shutdown.cancelled() => return SessionEnd::Shutdown,
             r = tokio::time::timeout(timeout, connect) => match r {
                 Ok(Ok(s)) => s,
@@ -94,7 +95,23 @@ impl OnDemand {
             },
         };
         self.table.confirm_all_subscribed();
+        let held = held_filters.len();
         let reconnect = self.status.set_connected();
+        if reconnect && !held_filters.is_empty() {
+            // What was published while the connection was down is lost (Redis pub/sub keeps
+            // none): the streams on the held filters are told before this session's first
+            // message, as with `interest = "all"`.
+            let (channels, globs) = names(&held_filters);
+            let spaces: Arc<[SourceSpace]> = channels
+                .into_iter()
+                .map(|c| SourceSpace::Channel(c.into()))
+                .chain(globs.into_iter().map(|g| SourceSpace::Glob(g.into())))
+                .collect();
+            let signal = SourceSignal { source: SourceKind::Redis, gap: SourceGap::Outage, spaces, lost: 0 };
+            if self.tx.signal(signal).await.is_err() {
+                return SessionEnd::Shutdown;
+            }
+        }
         info!(source = "redis", url = %redacted(&self.cfg.url), reconnect, held, "Broker connected; every held subscription is in place (on-demand).");
 
         let OnDemand { cfg, table, batch, tx, shutdown, input, .. } = self;
