@@ -199,7 +199,7 @@ enum Item {
     Control(Bytes),
 }
 
-#[derive(Debug)]
+#[derive(Debug, Default)]
 struct State {
     items: VecDeque<Item>,
     closed: Option<CloseReason>,
@@ -237,17 +237,7 @@ impl ClientQueue {
     /// A new, open, empty queue; allocates no storage until the first push.
     pub fn new(capacity: usize, conn: ConnHandle, max_age: Option<Duration>) -> Self {
         ClientQueue {
-            state: Mutex::new(State {
-                items: VecDeque::new(),
-                closed: None,
-                waker: None,
-                active: false,
-                backlog: 0,
-                dropped: None,
-                held: None,
-                live_bytes: 0,
-                backlog_bytes: 0,
-            }),
+            state: Mutex::new(State::default()),
             capacity,
             conn,
             expires_ms: max_age.map_or(0, |a| now_ms() + a.as_millis() as u64),
@@ -589,20 +579,7 @@ impl ClientQueue {
 impl Drop for ClientQueue {
     fn drop(&mut self) {
         // The client is gone: copies still queued were never written.
-        let mut st = std::mem::replace(
-            self.state.get_mut(),
-            State {
-                items: VecDeque::new(),
-                closed: None,
-                waker: None,
-                active: false,
-                backlog: 0,
-                dropped: None,
-                held: None,
-                live_bytes: 0,
-                backlog_bytes: 0,
-            },
-        );
+        let mut st = std::mem::replace(self.state.get_mut(), State::default());
         self.discard_all(&mut st);
     }
 }
