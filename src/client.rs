@@ -579,7 +579,7 @@ impl ClientQueue {
 impl Drop for ClientQueue {
     fn drop(&mut self) {
         // The client is gone: copies still queued were never written.
-        let mut st = std::mem::replace(self.state.get_mut(), State::default());
+        let mut st = std::mem::take(self.state.get_mut());
         self.discard_all(&mut st);
     }
 }
