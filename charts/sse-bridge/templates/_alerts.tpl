@@ -22,6 +22,8 @@ off (0, or no CPU limit) is left out. {{`{{ $labels.x }}`}} is Prometheus's temp
 {{- $ingestBytes := 33554432 -}}
 {{- with $cfg.fanout }}{{ with .ingest_queue_bytes }}{{ $ingestBytes = int64 . }}{{ end }}{{ end -}}
 {{- $inflight := 268435456 -}}
+{{- $maxPatterns := 100000 -}}
+{{- with $cfg.limits }}{{ if hasKey . "max_patterns" }}{{ $maxPatterns = int64 .max_patterns }}{{ end }}{{ end -}}
 {{- with $cfg.resume }}{{ with .max_inflight_bytes }}{{ $inflight = int64 . }}{{ end }}{{ end -}}
 {{- $drain := "10s" -}}
 {{- with $cfg.server }}{{ with .drain_timeout }}{{ $drain = . }}{{ end }}{{ end -}}
@@ -122,6 +124,16 @@ off (0, or no CPU limit) is left out. {{`{{ $labels.x }}`}} is Prometheus's temp
   annotations:
     summary: {{ printf "%s holds {{ $value }} connections, near limits.max_streams (%d)" $pod $maxStreams | quote }}
     description: Past the cap new streams are refused (at_capacity). Add replicas or raise the cap with the memory to match (docs/capacity.md).
+    runbook_url: {{ printf "%s#connections-and-streams" $doc }}
+{{- end }}
+{{- if gt $maxPatterns 0 }}
+- alert: SseBridgeNearPatternCap
+  expr: sse_bridge_distinct_patterns{ {{- $sel -}} } > {{ $maxPatterns }} * 0.8
+  for: 10m
+  labels: {severity: warning}
+  annotations:
+    summary: {{ printf "%s: open streams hold over 80%% of limits.max_patterns (%d) distinct patterns" $pod $maxPatterns | quote }}
+    description: At the cap new streams with new patterns are refused (pattern_cap, with a retry). Many per-user wildcard filters, or one client holding many; see docs/security.md.
     runbook_url: {{ printf "%s#connections-and-streams" $doc }}
 {{- end }}
 - alert: SseBridgeReconnectStorm
