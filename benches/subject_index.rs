@@ -95,7 +95,8 @@ fn idle_pattern(i: usize) -> String {
         0 => format!("idle.{i}.>"),
         1 => format!("*.idle{i}"),
         2 => format!("bench.*.x{i}"),
-        _ => format!("bench.hot.{i}"),
+        // A wildcard token, so it is a pattern (`bench.hot.N` alone would be an exact topic).
+        _ => format!("bench.hot.{i}.*"),
     }
 }
 
