@@ -262,4 +262,15 @@ mod tests {
         assert!(decode_envelope(br#"{"event":"e"}"#).is_err(), "data is required");
         assert!(decode_envelope(b"{\"data\":\"x\",\"z\":\"\xff\"}").is_err(), "JSON is UTF-8");
     }
+
+    /// JSON's grammar allows a `\u` escape naming an unpaired surrogate (RFC 8259 §8.2). In a
+    /// field the bridge ignores it is harmless and accepted; in `data` or `event` it cannot
+    /// become UTF-8 text, so the message is malformed (found by fuzzing).
+    #[test]
+    fn unpaired_surrogates_are_refused_only_where_they_are_read() {
+        let d = decode_envelope(br#"{"data":"x","note":"\ud802"}"#).unwrap();
+        assert_eq!(&d.payload[..], b"x");
+        assert!(decode_envelope(br#"{"data":"\ud802"}"#).is_err());
+        assert!(decode_envelope(br#"{"data":"x","event":"\udc00"}"#).is_err());
+    }
 }
