@@ -842,6 +842,47 @@ async fn redis_cluster_failover_is_followed() {
     app.stop().await;
 }
 
+#[tokio::test]
+async fn redis_cluster_slot_move_is_followed() {
+    let nodes = redis_cluster(3, 0).await;
+    let channel = "news";
+    let owner = master_of(&nodes[0], channel).await;
+    let from = nodes.iter().find(|n| n.port() == owner).unwrap();
+    let to = nodes.iter().find(|n| n.port() != owner).unwrap();
+    let mut c = test_config();
+    c.redis = Some(cluster_redis(&nodes, &[channel], true));
+    let app = start_app(c).await;
+    app.wait_sources_connected().await;
+    let conn = cluster_conn(&nodes).await;
+    cluster_pubsub_flows(&app, &conn, "SPUBLISH", channel, "before-move").await;
+
+    // Resharding moves the channel's (empty) slot to another master; the old owner drops its
+    // sharded subscribers. The bridge sees the new slot map and subscribes on the new owner.
+    let mut from_conn = redis_conn(&from.url()).await;
+    let mut to_conn = redis_conn(&to.url()).await;
+    let slot: i64 = redis::cmd("CLUSTER").arg("KEYSLOT").arg(channel).query_async(&mut from_conn).await.unwrap();
+    let id = async |c: &mut redis::aio::MultiplexedConnection| -> String {
+        redis::cmd("CLUSTER").arg("MYID").query_async(c).await.unwrap()
+    };
+    let (from_id, to_id) = (id(&mut from_conn).await, id(&mut to_conn).await);
+    let setslot = async |c: &mut redis::aio::MultiplexedConnection, how: &str, node: &str| {
+        let _: () = redis::cmd("CLUSTER").arg("SETSLOT").arg(slot).arg(how).arg(node).query_async(c).await.unwrap();
+    };
+    setslot(&mut to_conn, "IMPORTING", &from_id).await;
+    setslot(&mut from_conn, "MIGRATING", &to_id).await;
+    setslot(&mut to_conn, "NODE", &to_id).await;
+    setslot(&mut from_conn, "NODE", &to_id).await;
+    for n in &nodes {
+        let mut c = redis_conn(&n.url()).await;
+        setslot(&mut c, "NODE", &to_id).await;
+    }
+    for n in &nodes {
+        wait_until("every node knows the new owner", async || master_of(n, channel).await == to.port()).await;
+    }
+    cluster_pubsub_flows(&app, &cluster_conn(&nodes).await, "SPUBLISH", channel, "after-move").await;
+    app.stop().await;
+}
+
 #[test]
 fn check_config_refuses_redis_settings_that_do_not_go_together() {
     let dir = tempfile::tempdir().unwrap();
