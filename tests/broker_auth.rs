@@ -694,12 +694,12 @@ async fn cluster_xadd(conn: &mut redis::cluster_async::ClusterConnection, key: &
     let _: String = redis::cmd("XADD").arg(key).arg("*").arg("data").arg(payload).query_async(conn).await.unwrap();
 }
 
-/// Waits on `s` for an event with `data` (skipping gap signals and earlier probes).
-async fn event_with(s: &mut common::sse_client::SseStream, data: &str) {
+/// Waits on `s` for an event with `data` (skipping gap signals and earlier probes); returns it.
+async fn event_with(s: &mut common::sse_client::SseStream, data: &str) -> common::sse_client::SseEvent {
     loop {
         let ev = s.next_event(EVENT_TIMEOUT).await.unwrap_or_else(|| panic!("an event {data:?}"));
         if ev.data == data {
-            return;
+            return ev;
         }
     }
 }
@@ -772,11 +772,34 @@ async fn redis_cluster_pubsub_and_streams_on_every_node() {
     let mut conn = cluster_conn(&nodes).await;
     cluster_pubsub_flows(&app, &conn, "PUBLISH", "secured", "through-the-cluster").await;
     let mut s = app.subscribe(&keys).await;
+    let mut last = String::new();
     for k in keys {
         let payload = format!("entry-of-{k}");
         cluster_xadd(&mut conn, k, &payload).await;
-        event_with(&mut s, &payload).await;
+        last = event_with(&mut s, &payload).await.id.expect("a durable id");
     }
+    drop(s);
+    app.stop().await;
+
+    // What was added while no bridge ran is read back from each key's node on resume.
+    for k in keys {
+        cluster_xadd(&mut conn, k, &format!("missed-{k}")).await;
+    }
+    let mut c = test_config();
+    c.redis_streams = Some(cluster_streams(&nodes, &keys));
+    let app = start_app(c).await;
+    app.wait_sources_connected().await;
+    let mut r = app.resume(&keys, &last).await;
+    let mut seen = Vec::new();
+    while seen.len() < keys.len() {
+        let ev = r.next_event(EVENT_TIMEOUT).await.expect("a replayed entry");
+        assert_ne!(ev.event.as_deref(), Some("sse-bridge.gap"), "no gap: {ev:?}");
+        seen.push(ev.data);
+    }
+    seen.sort();
+    let mut want: Vec<String> = keys.iter().map(|k| format!("missed-{k}")).collect();
+    want.sort();
+    assert_eq!(seen, want);
     app.stop().await;
 }
 
