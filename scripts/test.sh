@@ -13,6 +13,7 @@ command -v redis-server >/dev/null || missing+=(redis-server)
 { command -v node >/dev/null && command -v npm >/dev/null; } || missing+=(nodejs npm)
 # curl --http2 (tests/tls.rs: HTTP/2 over TLS); redis-server --tls-port and --sentinel and
 # redis-cli --cluster (tests/broker_auth.rs) come with the Debian redis-server and redis-tools.
+# The sharded pub/sub tests (SSUBSCRIBE) need Redis 7: Debian 12's redis-server is 7.0.
 command -v curl >/dev/null || missing+=(curl)
 command -v redis-cli >/dev/null || missing+=(redis-tools)
 . scripts/apt-lib.sh

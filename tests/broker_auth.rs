@@ -567,17 +567,69 @@ async fn redis_sentinel_failover_is_followed() {
 }
 
 #[tokio::test]
-async fn redis_cluster_pubsub_reaches_the_bridge_from_any_node() {
-    let args = ["--cluster-enabled", "yes", "--cluster-config-file", "nodes.conf", "--cluster-node-timeout", "2000"];
+async fn redis_sentinel_with_a_password() {
+    let dir = tempfile::tempdir().unwrap();
+    let master = RedisServer::start().await;
+    let conf = format!("sentinel monitor m 127.0.0.1 {} 1\n", master.port());
+    let sentinel_server = RedisServer::start_with(Some(&conf), &["--sentinel"]).await;
+    // `requirepass` is the default user's password (Sentinel's config file sets it that way,
+    // too); set once the fixture has seen the Sentinel answer PING without one.
+    let secret = "sentinel-s3cret";
+    let mut s_conn = redis_conn(&sentinel_server.url()).await;
+    let _: String = redis::cmd("ACL")
+        .arg("SETUSER")
+        .arg("default")
+        .arg("resetpass")
+        .arg(format!(">{secret}"))
+        .query_async(&mut s_conn)
+        .await
+        .unwrap();
+    let pw = dir.path().join("sentinel-password");
+    std::fs::write(&pw, format!("{secret}\n")).unwrap();
+    let sentinels = vec![format!("127.0.0.1:{}", sentinel_server.port())];
+    let master_conn = redis_conn(&master.url()).await;
+    let app = redis_bridge("redis://127.0.0.1", |r| {
+        r.sentinels = sentinels.clone();
+        r.master_name = Some("m".into());
+        r.sentinel_password_file = Some(pw.clone());
+    })
+    .await;
+    redis_events_flow(&app, &master_conn).await;
+    app.stop().await;
+
+    // Without it the Sentinel refuses: one line naming the source, and the secret never logged.
+    let (logs, _guard) = CapturedLogs::start();
+    let app = redis_bridge("redis://127.0.0.1", |r| {
+        r.sentinels = sentinels.clone();
+        r.master_name = Some("m".into());
+    })
+    .await;
+    wait_until("a log line naming the refused Sentinel", async || {
+        logs.has_line(&["source=\"redis\"", "NOAUTH"]) || logs.has_line(&["source=\"redis\"", "uthentication"])
+    })
+    .await;
+    assert!(!app.state.sources[0].is_connected());
+    assert!(!logs.text().contains(secret), "the password must never be logged");
+    app.stop().await;
+}
+
+/// A Redis Cluster made by `redis-cli --cluster create`: `masters` masters with `replicas`
+/// replicas each, on free ports, every node reporting `cluster_state:ok`.
+async fn redis_cluster(masters: usize, replicas: usize) -> Vec<RedisServer> {
+    #[rustfmt::skip]
+    let args = [
+        "--cluster-enabled", "yes", "--cluster-config-file", "nodes.conf", "--cluster-node-timeout", "1000",
+        // A replica syncs at once (not after the default 5 s wait for more replicas).
+        "--repl-diskless-sync-delay", "0",
+    ];
     let mut nodes = Vec::new();
-    for _ in 0..3 {
+    for _ in 0..masters * (1 + replicas) {
         nodes.push(RedisServer::start_with(None, &args).await);
     }
-    let addrs: Vec<String> = nodes.iter().map(|n| format!("127.0.0.1:{}", n.port())).collect();
     let out = tokio::process::Command::new("redis-cli")
         .args(["--cluster", "create"])
-        .args(&addrs)
-        .args(["--cluster-replicas", "0", "--cluster-yes"])
+        .args(cluster_addrs(&nodes))
+        .args(["--cluster-replicas", &replicas.to_string(), "--cluster-yes"])
         .output()
         .await
         .expect("redis-cli (redis-tools) is installed");
@@ -586,15 +638,271 @@ async fn redis_cluster_pubsub_reaches_the_bridge_from_any_node() {
         let mut c = redis_conn(&n.url()).await;
         wait_until("the cluster is up", async || {
             let info: String = redis::cmd("CLUSTER").arg("INFO").query_async(&mut c).await.unwrap();
-            info.contains("cluster_state:ok")
+            // Every node knows every other (a replica's view of the slots may lag its join).
+            let known: String = redis::cmd("CLUSTER").arg("NODES").query_async(&mut c).await.unwrap();
+            info.contains("cluster_state:ok") && known.lines().count() == masters * (1 + replicas)
+        })
+        .await;
+        // A replica that never finished its first sync cannot take over.
+        wait_until("the replica is in sync", async || {
+            let info: String = redis::cmd("INFO").arg("replication").query_async(&mut c).await.unwrap();
+            info.contains("role:master") || info.contains("master_link_status:up")
         })
         .await;
     }
+    nodes
+}
+
+/// `host:port` of each node.
+fn cluster_addrs(nodes: &[RedisServer]) -> Vec<String> {
+    nodes.iter().filter(|n| n.pid().is_some()).map(|n| format!("127.0.0.1:{}", n.port())).collect()
+}
+
+/// A cluster connection for the test's own commands (`SPUBLISH`, `XADD` to the key's node).
+async fn cluster_conn(nodes: &[RedisServer]) -> redis::cluster_async::ClusterConnection {
+    let urls: Vec<String> = cluster_addrs(nodes).iter().map(|a| format!("redis://{a}")).collect();
+    redis::cluster::ClusterClient::new(urls).unwrap().get_async_connection().await.unwrap()
+}
+
+/// The port of the master serving `key`'s slot, as node `via` sees it.
+async fn master_of(via: &RedisServer, key: &str) -> u16 {
+    let mut c = redis_conn(&via.url()).await;
+    let slot: i64 = redis::cmd("CLUSTER").arg("KEYSLOT").arg(key).query_async(&mut c).await.unwrap();
+    // [[start, end, [host, port, id], replicas…], …]
+    let ranges: Vec<redis::Value> = redis::cmd("CLUSTER").arg("SLOTS").query_async(&mut c).await.unwrap();
+    let int = |v: &redis::Value| match v {
+        redis::Value::Int(i) => *i,
+        other => panic!("CLUSTER SLOTS: {other:?}"),
+    };
+    for r in ranges {
+        let redis::Value::Array(r) = r else { panic!("CLUSTER SLOTS: {r:?}") };
+        let redis::Value::Array(master) = &r[2] else { panic!("CLUSTER SLOTS: {r:?}") };
+        if (int(&r[0])..=int(&r[1])).contains(&slot) {
+            return int(&master[1]) as u16;
+        }
+    }
+    panic!("slot {slot} of {key:?} is not served")
+}
+
+/// `cmd channel payload` (`PUBLISH` or `SPUBLISH`) through the cluster connection.
+async fn cluster_publish(conn: &mut redis::cluster_async::ClusterConnection, cmd: &str, channel: &str, payload: &str) {
+    let _: i64 = redis::cmd(cmd).arg(channel).arg(payload).query_async(conn).await.unwrap();
+}
+
+/// `XADD key * data payload` through the cluster connection.
+async fn cluster_xadd(conn: &mut redis::cluster_async::ClusterConnection, key: &str, payload: &str) {
+    let _: String = redis::cmd("XADD").arg(key).arg("*").arg("data").arg(payload).query_async(conn).await.unwrap();
+}
+
+/// Waits on `s` for an event with `data` (skipping gap signals and earlier probes); returns it.
+async fn event_with(s: &mut common::sse_client::SseStream, data: &str) -> common::sse_client::SseEvent {
+    loop {
+        let ev = s.next_event(EVENT_TIMEOUT).await.unwrap_or_else(|| panic!("an event {data:?}"));
+        if ev.data == data {
+            return ev;
+        }
+    }
+}
+
+/// `cmd` (`PUBLISH`/`SPUBLISH`) on `channel` reaches a browser through the bridge.
+async fn cluster_pubsub_flows(
+    app: &TestApp,
+    conn: &redis::cluster_async::ClusterConnection,
+    cmd: &str,
+    channel: &str,
+    payload: &str,
+) {
+    let mut s = app.subscribe(&[channel]).await;
+    sync_on_probe(&mut s, || {
+        let mut c = conn.clone();
+        async move { cluster_publish(&mut c, cmd, channel, "probe").await }
+    })
+    .await;
+    cluster_publish(&mut conn.clone(), cmd, channel, payload).await;
+    event_with(&mut s, payload).await;
+}
+
+/// A `[redis]` section reading `channels` through the cluster `nodes`.
+fn cluster_redis(nodes: &[RedisServer], channels: &[&str], sharded: bool) -> RedisConfig {
+    RedisConfig {
+        cluster_nodes: cluster_addrs(nodes),
+        sharded,
+        ping_interval: std::time::Duration::from_millis(200),
+        ..common::redis_config("redis://127.0.0.1", channels, &[])
+    }
+}
+
+/// A `[redis_streams]` section reading `keys` through the cluster `nodes`.
+fn cluster_streams(nodes: &[RedisServer], keys: &[&str]) -> RedisStreamsConfig {
+    RedisStreamsConfig {
+        cluster_nodes: cluster_addrs(nodes),
+        keys: keys.iter().map(|k| k.to_string()).collect(),
+        block: std::time::Duration::from_millis(200),
+        reconnect_max_delay: std::time::Duration::from_millis(500),
+        ..Default::default()
+    }
+}
+
+#[tokio::test]
+async fn redis_cluster_pubsub_reaches_the_bridge_from_any_node() {
+    let nodes = redis_cluster(3, 0).await;
     // PUBLISH in a cluster goes to every node's subscribers: the bridge on the first node gets
-    // what is published on the last.
+    // what is published on the last (a `url` alone, no cluster_nodes).
     let app = redis_bridge(&nodes[0].url(), |_| {}).await;
     let publisher = redis_conn(&nodes[2].url()).await;
     redis_events_flow(&app, &publisher).await;
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn redis_cluster_pubsub_and_streams_on_every_node() {
+    let nodes = redis_cluster(3, 0).await;
+    // Stream keys whose slots lie on different masters: each read from its own node.
+    let keys = ["audit", "orders", "ledger", "billing"];
+    let mut owners = std::collections::HashSet::new();
+    for k in keys {
+        owners.insert(master_of(&nodes[0], k).await);
+    }
+    assert!(owners.len() >= 2, "the keys lie on several masters: {owners:?}");
+    let mut c = test_config();
+    c.redis = Some(cluster_redis(&nodes, &["secured"], false));
+    c.redis_streams = Some(cluster_streams(&nodes, &keys));
+    let app = start_app(c).await;
+    app.wait_sources_connected().await;
+    let mut conn = cluster_conn(&nodes).await;
+    cluster_pubsub_flows(&app, &conn, "PUBLISH", "secured", "through-the-cluster").await;
+    let mut s = app.subscribe(&keys).await;
+    let mut last = String::new();
+    for k in keys {
+        let payload = format!("entry-of-{k}");
+        cluster_xadd(&mut conn, k, &payload).await;
+        last = event_with(&mut s, &payload).await.id.expect("a durable id");
+    }
+    drop(s);
+    app.stop().await;
+
+    // What was added while no bridge ran is read back from each key's node on resume.
+    for k in keys {
+        cluster_xadd(&mut conn, k, &format!("missed-{k}")).await;
+    }
+    let mut c = test_config();
+    c.redis_streams = Some(cluster_streams(&nodes, &keys));
+    let app = start_app(c).await;
+    app.wait_sources_connected().await;
+    let mut r = app.resume(&keys, &last).await;
+    let mut seen = Vec::new();
+    while seen.len() < keys.len() {
+        let ev = r.next_event(EVENT_TIMEOUT).await.expect("a replayed entry");
+        assert_ne!(ev.event.as_deref(), Some("sse-bridge.gap"), "no gap: {ev:?}");
+        seen.push(ev.data);
+    }
+    seen.sort();
+    let mut want: Vec<String> = keys.iter().map(|k| format!("missed-{k}")).collect();
+    want.sort();
+    assert_eq!(seen, want);
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn redis_cluster_sharded_pubsub() {
+    let nodes = redis_cluster(3, 0).await;
+    let channels = ["news", "sports", "weather", "markets"];
+    let mut owners = std::collections::HashSet::new();
+    for ch in channels {
+        owners.insert(master_of(&nodes[0], ch).await);
+    }
+    assert!(owners.len() >= 2, "the channels lie on several masters: {owners:?}");
+    let mut c = test_config();
+    c.redis = Some(cluster_redis(&nodes, &channels, true));
+    let app = start_app(c).await;
+    app.wait_sources_connected().await;
+    let conn = cluster_conn(&nodes).await;
+    for ch in channels {
+        cluster_pubsub_flows(&app, &conn, "SPUBLISH", ch, &format!("sharded-{ch}")).await;
+    }
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn redis_cluster_failover_is_followed() {
+    let mut nodes = redis_cluster(3, 1).await;
+    let channel = "news";
+    let owner = master_of(&nodes[0], channel).await;
+    // A stream key on the same master, so both sources go through the failover.
+    let mut key = String::new();
+    for i in 0.. {
+        let k = format!("audit-{i}");
+        if master_of(&nodes[0], &k).await == owner {
+            key = k;
+            break;
+        }
+    }
+    let mut c = test_config();
+    c.redis = Some(cluster_redis(&nodes, &[channel], true));
+    c.redis_streams = Some(cluster_streams(&nodes, &[&key]));
+    let app = start_app(c).await;
+    app.wait_sources_connected().await;
+    let mut conn = cluster_conn(&nodes).await;
+    cluster_pubsub_flows(&app, &conn, "SPUBLISH", channel, "before-failover").await;
+    let mut s = app.subscribe(&[&key]).await;
+    cluster_xadd(&mut conn, &key, "entry-before").await;
+    event_with(&mut s, "entry-before").await;
+
+    // The master dies; its replica takes over its slots; the bridge follows.
+    let dead = nodes.iter().position(|n| n.port() == owner).expect("the owner is a node");
+    nodes[dead].kill9();
+    let survivor = nodes.iter().position(|n| n.pid().is_some()).unwrap();
+    wait_until("the replica took over the slot", async || {
+        let mut c = redis_conn(&nodes[survivor].url()).await;
+        let info: String = redis::cmd("CLUSTER").arg("INFO").query_async(&mut c).await.unwrap();
+        info.contains("cluster_state:ok") && master_of(&nodes[survivor], channel).await != owner
+    })
+    .await;
+    let mut conn = cluster_conn(&nodes).await;
+    cluster_pubsub_flows(&app, &conn, "SPUBLISH", channel, "after-failover").await;
+    cluster_xadd(&mut conn, &key, "entry-after").await;
+    event_with(&mut s, "entry-after").await;
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn redis_cluster_slot_move_is_followed() {
+    let nodes = redis_cluster(3, 0).await;
+    let channel = "news";
+    let owner = master_of(&nodes[0], channel).await;
+    let from = nodes.iter().find(|n| n.port() == owner).unwrap();
+    let to = nodes.iter().find(|n| n.port() != owner).unwrap();
+    let mut c = test_config();
+    c.redis = Some(cluster_redis(&nodes, &[channel], true));
+    let app = start_app(c).await;
+    app.wait_sources_connected().await;
+    let conn = cluster_conn(&nodes).await;
+    cluster_pubsub_flows(&app, &conn, "SPUBLISH", channel, "before-move").await;
+
+    // Resharding moves the channel's (empty) slot to another master; the old owner drops its
+    // sharded subscribers. The bridge sees the new slot map and subscribes on the new owner.
+    let mut from_conn = redis_conn(&from.url()).await;
+    let mut to_conn = redis_conn(&to.url()).await;
+    let slot: i64 = redis::cmd("CLUSTER").arg("KEYSLOT").arg(channel).query_async(&mut from_conn).await.unwrap();
+    let id = async |c: &mut redis::aio::MultiplexedConnection| -> String {
+        redis::cmd("CLUSTER").arg("MYID").query_async(c).await.unwrap()
+    };
+    let (from_id, to_id) = (id(&mut from_conn).await, id(&mut to_conn).await);
+    let setslot = async |c: &mut redis::aio::MultiplexedConnection, how: &str, node: &str| {
+        let _: () = redis::cmd("CLUSTER").arg("SETSLOT").arg(slot).arg(how).arg(node).query_async(c).await.unwrap();
+    };
+    setslot(&mut to_conn, "IMPORTING", &from_id).await;
+    setslot(&mut from_conn, "MIGRATING", &to_id).await;
+    setslot(&mut to_conn, "NODE", &to_id).await;
+    setslot(&mut from_conn, "NODE", &to_id).await;
+    for n in &nodes {
+        let mut c = redis_conn(&n.url()).await;
+        setslot(&mut c, "NODE", &to_id).await;
+    }
+    for n in &nodes {
+        wait_until("every node knows the new owner", async || master_of(n, channel).await == to.port()).await;
+    }
+    cluster_pubsub_flows(&app, &cluster_conn(&nodes).await, "SPUBLISH", channel, "after-move").await;
     app.stop().await;
 }
 
@@ -617,4 +925,24 @@ fn check_config_refuses_redis_settings_that_do_not_go_together() {
     std::fs::write(&pw, "s3cret\n").unwrap();
     check(d, &redis(&format!("username = \"bridge\"\npassword_file = {pw:?}\n")))
         .expect("a readable password file passes");
+
+    // Cluster and sharded pub/sub.
+    let e = check(d, &redis("sharded = true\n")).unwrap_err();
+    assert!(e.contains("`redis.sharded`") && e.contains("cluster_nodes"), "{e}");
+    let e =
+        check(d, "[redis]\npatterns = [\"a*\"]\nsharded = true\ncluster_nodes = [\"127.0.0.1:7000\"]\n").unwrap_err();
+    assert!(e.contains("`redis.patterns`") && e.contains("sharded pub/sub (SSUBSCRIBE) has no patterns"), "{e}");
+    let e = check(d, &redis("cluster_nodes = [\"no-port\"]\n")).unwrap_err();
+    assert!(e.contains("`redis.cluster_nodes[0]`") && e.contains("host:port"), "{e}");
+    let e = check(d, &redis("cluster_nodes = [\"a:1\"]\nsentinels = [\"b:2\"]\nmaster_name = \"m\"\n")).unwrap_err();
+    assert!(e.contains("`redis.cluster_nodes`") && e.contains("sentinels"), "{e}");
+    check(d, &redis("cluster_nodes = [\"127.0.0.1:7000\"]\nsharded = true\n")).expect("sharded exact channels pass");
+
+    // The Sentinels' own password.
+    let e = check(d, &redis(&format!("sentinel_password_file = {pw:?}\n"))).unwrap_err();
+    assert!(e.contains("`redis.sentinel_password_file`") && e.contains("sentinels is empty"), "{e}");
+    let sentinel = "sentinels = [\"127.0.0.1:26379\"]\nmaster_name = \"m\"\n";
+    let e = check(d, &redis(&format!("{sentinel}sentinel_password_file = {:?}\n", d.join("missing")))).unwrap_err();
+    assert!(e.contains("`redis.sentinel_password_file`") && e.contains("cannot read"), "{e}");
+    check(d, &redis(&format!("{sentinel}sentinel_password_file = {pw:?}\n"))).expect("a readable file passes");
 }

@@ -11,6 +11,7 @@ use std::time::Duration;
 
 use common::browser_tooling::{crate_root, require_browser_tooling};
 use common::certs::TestCa;
+use common::logs::CapturedLogs;
 use common::{EVENT_TIMEOUT, TOKEN, TestApp, brokers, start_app, test_config, wait_until};
 use rustls::pki_types::{CertificateDer, ServerName};
 use sse_bridge::config::{ConfigFile, Overrides, ServerTlsConfig};
@@ -173,6 +174,50 @@ async fn client_certificates_are_required_with_a_client_ca() {
         Ok((_, mut s)) => first_line(&mut s).await.map(|l| l.is_empty()).unwrap_or(true),
     };
     assert!(refused, "a client certificate from another CA must be refused");
+    app.stop().await;
+}
+
+/// Whether a client with `client` (cert, key) gets a stream over TLS.
+async fn admitted(app: &TestApp, ca_file: &Path, client: (&Path, &Path)) -> bool {
+    match handshake(app, client_config(ca_file, Some(client))).await {
+        Err(_) => false,
+        Ok((_, mut s)) => first_line(&mut s).await.map(|l| l == "HTTP/1.1 200 OK").unwrap_or(false),
+    }
+}
+
+#[tokio::test]
+async fn a_client_ca_replaced_on_disk_verifies_the_next_connection() {
+    let dir = tempfile::tempdir().unwrap();
+    let ca = TestCa::new("test CA");
+    let ca_file = ca.write(dir.path(), "ca.pem");
+    let old_clients = TestCa::new("old client CA");
+    let new_clients = TestCa::new("new client CA");
+    let client_ca = old_clients.write(dir.path(), "clients.pem");
+    let (oc, ok) = old_clients.issue("old client", &["client.local"]).write(dir.path(), "old-client");
+    let (nc, nk) = new_clients.issue("new client", &["client.local"]).write(dir.path(), "new-client");
+    let app = tls_app(dir.path(), &ca, Some(client_ca.clone()), |_| {}).await;
+    assert!(admitted(&app, &ca_file, (&oc, &ok)).await, "a client of the configured CA is admitted");
+    assert!(!admitted(&app, &ca_file, (&nc, &nk)).await, "a client of another CA is refused");
+
+    // A bundle that does not parse is logged and the previous CA stays in use.
+    let broken = dir.path().join("broken.pem");
+    std::fs::write(&broken, "not a certificate").unwrap();
+    let (logs, _guard) = CapturedLogs::start();
+    std::fs::rename(&broken, &client_ca).unwrap();
+    wait_until("the broken CA file is reported", async || {
+        assert!(admitted(&app, &ca_file, (&oc, &ok)).await, "a broken CA file keeps the previous CA");
+        logs.has_line(&["client CA file changed but cannot be used", "server.tls.client_ca_file"])
+    })
+    .await;
+
+    // Rotated as a Secret volume or cert-manager does: a new file renamed over the old one.
+    let next = new_clients.write(dir.path(), "clients.next.pem");
+    std::fs::rename(&next, &client_ca).unwrap();
+    wait_until("the next connection is verified against the new client CA", async || {
+        admitted(&app, &ca_file, (&nc, &nk)).await
+    })
+    .await;
+    assert!(!admitted(&app, &ca_file, (&oc, &ok)).await, "the old CA's clients are refused after the change");
     app.stop().await;
 }
 

@@ -150,6 +150,19 @@ pub struct RedisConfig {
     /// The Sentinel service name of the master (required with `sentinels`).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub master_name: Option<String>,
+    /// File holding the password of Sentinels that require one (`requirepass` in the
+    /// Sentinel's own configuration); the master's password stays `password_file`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub sentinel_password_file: Option<PathBuf>,
+    /// Name of the environment variable holding the Sentinels' password.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub sentinel_password_env: Option<String>,
+    /// Seed nodes (`host:port`) of a Redis Cluster; non-empty: cluster mode (the rest of the
+    /// cluster is learned from them). `url` then gives only the scheme, user and database.
+    pub cluster_nodes: Vec<String>,
+    /// Sharded pub/sub (Redis 7 `SSUBSCRIBE`, each channel on the node owning its slot): needs
+    /// `cluster_nodes`; exact channels only (sharded pub/sub has no patterns).
+    pub sharded: bool,
 }
 
 impl Default for RedisConfig {
@@ -171,6 +184,10 @@ impl Default for RedisConfig {
             tls: ClientTlsConfig::default(),
             sentinels: Vec::new(),
             master_name: None,
+            sentinel_password_file: None,
+            sentinel_password_env: None,
+            cluster_nodes: Vec::new(),
+            sharded: false,
         }
     }
 }
@@ -182,16 +199,29 @@ impl RedisConfig {
         check_redis_connection(
             "redis",
             &self.url,
-            &self.password_file,
-            &self.password_env,
+            (&self.password_file, &self.password_env),
             &self.tls,
             &self.sentinels,
             &self.master_name,
+            (&self.sentinel_password_file, &self.sentinel_password_env),
+            &self.cluster_nodes,
         )?;
         at_least_one("redis.max_message_bytes", self.max_message_bytes)?;
         at_least_one_message("redis.buffer_bytes", self.buffer_bytes, self.max_message_bytes)?;
         if self.channels.is_empty() && self.patterns.is_empty() {
             return Err(Invalid::new("redis.channels", "and redis.patterns are both empty: name at least one"));
+        }
+        if self.sharded && self.cluster_nodes.is_empty() {
+            return Err(Invalid::new(
+                "redis.sharded",
+                "needs redis.cluster_nodes: sharded pub/sub (SSUBSCRIBE) is a Redis Cluster feature",
+            ));
+        }
+        if self.sharded && !self.patterns.is_empty() {
+            return Err(Invalid::new(
+                "redis.patterns",
+                "is set with redis.sharded = true: sharded pub/sub (SSUBSCRIBE) has no patterns; name exact channels",
+            ));
         }
         for (key, list) in [("redis.channels", &self.channels), ("redis.patterns", &self.patterns)] {
             if let Some(i) = list.iter().position(|c| c.is_empty() || c.len() > max_topic_len) {
@@ -340,6 +370,16 @@ pub struct RedisStreamsConfig {
     /// The Sentinel service name of the master (required with `sentinels`).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub master_name: Option<String>,
+    /// File holding the password of Sentinels that require one (`requirepass` in the
+    /// Sentinel's own configuration); the master's password stays `password_file`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub sentinel_password_file: Option<PathBuf>,
+    /// Name of the environment variable holding the Sentinels' password.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub sentinel_password_env: Option<String>,
+    /// Seed nodes (`host:port`) of a Redis Cluster; non-empty: cluster mode (the rest of the
+    /// cluster is learned from them). `url` then gives only the scheme, user and database.
+    pub cluster_nodes: Vec<String>,
 }
 
 impl Default for RedisStreamsConfig {
@@ -357,6 +397,9 @@ impl Default for RedisStreamsConfig {
             tls: ClientTlsConfig::default(),
             sentinels: Vec::new(),
             master_name: None,
+            sentinel_password_file: None,
+            sentinel_password_env: None,
+            cluster_nodes: Vec::new(),
         }
     }
 }
@@ -369,11 +412,12 @@ impl RedisStreamsConfig {
         check_redis_connection(
             "redis_streams",
             &self.url,
-            &self.password_file,
-            &self.password_env,
+            (&self.password_file, &self.password_env),
             &self.tls,
             &self.sentinels,
             &self.master_name,
+            (&self.sentinel_password_file, &self.sentinel_password_env),
+            &self.cluster_nodes,
         )?;
         if self.keys.is_empty() {
             return Err(Invalid::new("redis_streams.keys", "is empty: name at least one stream key"));
@@ -426,18 +470,25 @@ fn check_nats_auth(
 }
 
 /// A Redis connection's settings that go together: TLS settings need a `rediss://` URL (else
-/// they would be ignored), the password comes from one place, Sentinel needs a master name.
+/// they would be ignored), each password comes from one place, Sentinel needs a master name,
+/// Sentinel and Cluster exclude each other, and addresses are `host:port`.
 #[allow(clippy::too_many_arguments)]
 fn check_redis_connection(
     section: &str,
     url: &str,
-    password_file: &Option<PathBuf>,
-    password_env: &Option<String>,
+    (password_file, password_env): (&Option<PathBuf>, &Option<String>),
     tls: &ClientTlsConfig,
     sentinels: &[String],
     master_name: &Option<String>,
+    (sentinel_password_file, sentinel_password_env): (&Option<PathBuf>, &Option<String>),
+    cluster_nodes: &[String],
 ) -> Checked {
     check_secret_source(&format!("{section}.password"), password_file.as_ref(), password_env.as_ref())?;
+    check_secret_source(
+        &format!("{section}.sentinel_password"),
+        sentinel_password_file.as_ref(),
+        sentinel_password_env.as_ref(),
+    )?;
     tls.check(&format!("{section}.tls"))?;
     if tls.is_set() && !url.starts_with("rediss://") {
         return Err(Invalid::new(
@@ -451,11 +502,29 @@ fn check_redis_connection(
     if sentinels.is_empty() && master_name.is_some() {
         return Err(Invalid::new(format!("{section}.sentinels"), "is empty: name the Sentinels that know master_name"));
     }
-    for (i, s) in sentinels.iter().enumerate() {
-        let port = s.rsplit_once(':').and_then(|(h, p)| (!h.is_empty()).then_some(p)).map(str::parse::<u16>);
-        if !matches!(port, Some(Ok(_))) {
-            return Err(Invalid::new(format!("{section}.sentinels[{i}]"), format!("{s:?}: must be host:port")));
+    if sentinels.is_empty() && (sentinel_password_file.is_some() || sentinel_password_env.is_some()) {
+        let key = if sentinel_password_file.is_some() { "sentinel_password_file" } else { "sentinel_password_env" };
+        return Err(Invalid::new(format!("{section}.{key}"), "is set but sentinels is empty"));
+    }
+    if !sentinels.is_empty() && !cluster_nodes.is_empty() {
+        return Err(Invalid::new(
+            format!("{section}.cluster_nodes"),
+            "and sentinels are both set: a Redis Cluster has no Sentinels; use one",
+        ));
+    }
+    for (key, list) in [("sentinels", sentinels), ("cluster_nodes", cluster_nodes)] {
+        for (i, s) in list.iter().enumerate() {
+            let port = s.rsplit_once(':').and_then(|(h, p)| (!h.is_empty()).then_some(p)).map(str::parse::<u16>);
+            if !matches!(port, Some(Ok(_))) {
+                return Err(Invalid::new(format!("{section}.{key}[{i}]"), format!("{s:?}: must be host:port")));
+            }
         }
+    }
+    if !cluster_nodes.is_empty() && url.starts_with("unix:") {
+        return Err(Invalid::new(
+            format!("{section}.url"),
+            format!("{url:?}: a Redis Cluster is reached over TCP (redis:// or rediss://), not a Unix socket"),
+        ));
     }
     Ok(())
 }

@@ -28,11 +28,11 @@ use tracing::{debug, warn};
 use crate::config::{Config, ResumeConfig};
 use crate::durable::{Catalog, DurableKind, DurableStream, Pos};
 use crate::metrics::Metrics;
-use crate::sources::RedisEndpoint;
 use crate::sources::nats::read_headers;
 use crate::sources::nats_connect::JetStreamConnect;
 use crate::sources::redis_connect::RedisConnect;
 use crate::sources::redis_streams;
+use crate::sources::{RedisConn, RedisEndpoint};
 use crate::topic::TopicFilter;
 
 /// One event read back from a broker.
@@ -118,7 +118,7 @@ pub struct BrokerReader {
     permits: Arc<Semaphore>,
     inflight: Mutex<HashMap<ReadKey, WeakShared<BoxFuture<'static, Arc<ReadOutcome>>>>>,
     js_ctx: tokio::sync::Mutex<Option<jetstream::Context>>,
-    redis_conn: tokio::sync::Mutex<Option<redis::aio::MultiplexedConnection>>,
+    redis_conn: tokio::sync::Mutex<Option<RedisConn>>,
     /// `[jetstream]`'s URL, authentication, TLS and domain (shared with the JetStream source).
     js_connect: Option<JetStreamConnect>,
     metrics: Arc<Metrics>,
@@ -334,7 +334,7 @@ impl BrokerReader {
         Ok(ReadOutcome { events: events.into(), gap })
     }
 
-    async fn redis(&self) -> Result<redis::aio::MultiplexedConnection, String> {
+    async fn redis(&self) -> Result<RedisConn, String> {
         let mut g = self.redis_conn.lock().await;
         if let Some(c) = &*g {
             return Ok(c.clone());

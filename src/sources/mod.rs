@@ -32,6 +32,7 @@ mod nats_interest;
 mod redis_client;
 pub mod redis_connect;
 mod redis_interest;
+mod redis_pubsub;
 mod session;
 mod status;
 
@@ -49,6 +50,6 @@ pub use message::{
     Ingest, IngestClosed, IngestPermit, IngestReceiver, IngestSender, PUBLISHED_AT_HEADER, SourceKind, SourceMessage,
     SourceSignal, ingest_channel,
 };
-pub use redis_client::RedisEndpoint;
+pub use redis_client::{RedisConn, RedisEndpoint};
 pub use session::{BrokerError, ClientError, Session, SessionEnd, supervise};
 pub use status::SourceStatus;

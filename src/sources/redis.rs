@@ -22,7 +22,6 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use futures_util::StreamExt;
 use serde::Deserialize;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
@@ -32,6 +31,7 @@ use super::buffer::{Buffer, Reserve};
 use super::message::{IngestSender, SourceKind, SourceMessage, SourceSignal};
 use super::redis_client::{RedisEndpoint, redacted};
 use super::redis_connect::RedisConnect;
+use super::redis_pubsub::Subscriber;
 use super::session::{BrokerError, Session, SessionEnd, supervise};
 use super::status::SourceStatus;
 use crate::config::RedisConfig;
@@ -81,17 +81,20 @@ fn spaces(cfg: &RedisConfig) -> Arc<[SourceSpace]> {
 
 impl RedisSession {
     /// Connects and subscribes to every channel and pattern.
-    async fn subscribe(&self) -> Result<redis::aio::PubSub, BrokerError> {
+    async fn subscribe(&self) -> Result<Subscriber, BrokerError> {
         let cfg = &self.cfg;
         let connect = async {
-            let mut pubsub = self.endpoint.pubsub().await.map_err(|e| BrokerError::Connect(e.into()))?;
+            let pubsub = self.endpoint.pubsub(cfg.sharded).await.map_err(|e| BrokerError::Connect(e.into()))?;
+            let (mut sink, stream) = pubsub.split();
             for c in &cfg.channels {
-                pubsub.subscribe(c).await.map_err(|e| BrokerError::subscribe(format!("channel {c:?}"), e))?;
+                let c = std::slice::from_ref(c);
+                sink.subscribe(c).await.map_err(|e| BrokerError::subscribe(format!("channel {:?}", c[0]), e))?;
             }
             for p in &cfg.patterns {
-                pubsub.psubscribe(p).await.map_err(|e| BrokerError::subscribe(format!("pattern {p:?}"), e))?;
+                let p = std::slice::from_ref(p);
+                sink.psubscribe(p).await.map_err(|e| BrokerError::subscribe(format!("pattern {:?}", p[0]), e))?;
             }
-            Ok(pubsub)
+            Ok(Subscriber::from_parts(sink, stream))
         };
         match tokio::time::timeout(cfg.connect_timeout, connect).await {
             Ok(r) => r,
@@ -109,9 +112,10 @@ impl Session for RedisSession {
                 Err(e) => return e.into(),
             },
         };
+        let cluster = self.endpoint.is_cluster();
         let RedisSession { cfg, tx, status, shutdown, input, buffer, spaces, .. } = self;
         let reconnect = status.set_connected();
-        info!(source = "redis", url = %redacted(&cfg.url), reconnect, channels = ?cfg.channels, patterns = ?cfg.patterns, "Broker connected and subscribed.");
+        info!(source = "redis", url = %redacted(&cfg.url), reconnect, channels = ?cfg.channels, patterns = ?cfg.patterns, cluster, sharded = cfg.sharded, "Broker connected and subscribed.");
         // Whatever is still buffered came before the outage; the signal goes after it and
         // before any message of this session.
         if reconnect {
@@ -161,9 +165,9 @@ impl Session for RedisSession {
                 }
                 _ = ping.tick() => {
                     let timeout = cfg.ping_interval.min(Duration::from_secs(5));
-                    match tokio::time::timeout(timeout, sink.ping::<String>()).await {
-                        Ok(Ok(_)) => {}
-                        Ok(Err(e)) => return BrokerError::broker("ping", e).into(),
+                    match tokio::time::timeout(timeout, sink.check()).await {
+                        Ok(Ok(())) => {}
+                        Ok(Err(e)) => return e.into(),
                         Err(_) => return BrokerError::Lost("ping unanswered").into(),
                     }
                 }

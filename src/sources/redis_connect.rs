@@ -5,6 +5,11 @@
 //! (`tls-rustls` with `TlsCertificates`, `sentinel`'s `SentinelClient`); this file maps the
 //! configuration onto it.
 //!
+//! A Redis Cluster (`cluster_nodes`) is the redis crate's `cluster-async` client: commands go
+//! to the node owning their key's slot and follow `MOVED`/`ASK`, and subscriptions are made on
+//! the node owning the channel's slot and made again when a node's connection comes back or
+//! the slot map changes. It speaks RESP3, which the crate's cluster pub/sub requires.
+//!
 //! With Sentinel, every new connection asks the Sentinels for the current master (the crate
 //! also checks the answer with `ROLE`), so a session that ends because the master died
 //! reconnects to the promoted replica and re-subscribes; until the Sentinels have promoted
@@ -13,8 +18,9 @@
 use std::path::PathBuf;
 use std::sync::Arc;
 
+use redis::cluster::{ClusterClient, ClusterClientBuilder};
 use redis::sentinel::{SentinelClient, SentinelClientBuilder, SentinelServerType};
-use redis::{ConnectionAddr, IntoConnectionInfo, TlsCertificates, TlsMode};
+use redis::{ConnectionAddr, IntoConnectionInfo, ProtocolVersion, TlsCertificates, TlsMode};
 
 use crate::config::{ClientTlsConfig, RedisConfig, RedisStreamsConfig};
 use crate::tls_files::{self, TlsFileError};
@@ -42,6 +48,9 @@ pub struct RedisConnect {
     tls: ClientTlsConfig,
     sentinels: Vec<String>,
     master_name: Option<String>,
+    sentinel_password_file: Option<PathBuf>,
+    sentinel_password_env: Option<String>,
+    cluster_nodes: Vec<String>,
 }
 
 macro_rules! of_section {
@@ -55,6 +64,9 @@ macro_rules! of_section {
             tls: $c.tls.clone(),
             sentinels: $c.sentinels.clone(),
             master_name: $c.master_name.clone(),
+            sentinel_password_file: $c.sentinel_password_file.clone(),
+            sentinel_password_env: $c.sentinel_password_env.clone(),
+            cluster_nodes: $c.cluster_nodes.clone(),
         }
     };
 }
@@ -73,6 +85,7 @@ impl RedisConnect {
     /// Every file these settings name, read and parsed (for `--check-config`).
     pub fn check(&self) -> Result<(), TlsFileError> {
         self.password()?;
+        self.sentinel_password()?;
         tls_files::check_client(&format!("{}.tls", self.section), &self.tls)
     }
 
@@ -82,6 +95,19 @@ impl RedisConnect {
             self.password_file.as_ref(),
             self.password_env.as_ref(),
         )
+    }
+
+    fn sentinel_password(&self) -> Result<Option<String>, TlsFileError> {
+        tls_files::secret(
+            &format!("{}.sentinel_password", self.section),
+            self.sentinel_password_file.as_ref(),
+            self.sentinel_password_env.as_ref(),
+        )
+    }
+
+    /// Whether these settings name a Redis Cluster.
+    pub fn is_cluster(&self) -> bool {
+        !self.cluster_nodes.is_empty()
     }
 
     /// The CA and client certificate as the redis crate takes them (PEM bytes); None without a
@@ -126,6 +152,19 @@ impl RedisConnect {
         }
         let certificates = self.certificates()?;
         let tls = matches!(info.addr(), ConnectionAddr::TcpTls { .. });
+        if self.is_cluster() {
+            let scheme = if tls { "rediss" } else { "redis" };
+            let mut nodes = Vec::with_capacity(self.cluster_nodes.len());
+            for n in &self.cluster_nodes {
+                let node = format!("{scheme}://{n}").as_str().into_connection_info()?;
+                nodes.push(node.set_redis_settings(settings.clone().set_protocol(ProtocolVersion::RESP3)));
+            }
+            let mut b = ClusterClientBuilder::new(nodes).use_protocol(ProtocolVersion::RESP3);
+            if let Some(certs) = certificates {
+                b = b.certs(certs);
+            }
+            return Ok(RedisTarget::Cluster(Box::new(b.build()?)));
+        }
         let Some(master) = &self.master_name else {
             let info = info.set_redis_settings(settings);
             let client = match certificates {
@@ -150,6 +189,9 @@ impl RedisConnect {
         if let Some(p) = settings.password() {
             b = b.set_client_to_redis_password(p);
         }
+        if let Some(p) = self.sentinel_password()? {
+            b = b.set_client_to_sentinel_password(p);
+        }
         if tls {
             b = b.set_client_to_redis_tls_mode(TlsMode::Secure).set_client_to_sentinel_tls_mode(TlsMode::Secure);
             if let Some(certs) = certificates {
@@ -160,13 +202,15 @@ impl RedisConnect {
     }
 }
 
-/// One Redis server, or the master a Sentinel group names.
+/// One Redis server, the master a Sentinel group names, or a Redis Cluster.
 #[derive(Clone)]
 pub enum RedisTarget {
     /// The server of `url` (boxed: a client is ~240 bytes, the Sentinel handle a pointer).
     Single(Box<redis::Client>),
     /// Asked of the Sentinels at every new connection.
     Sentinel(Arc<tokio::sync::Mutex<SentinelClient>>),
+    /// The nodes of a Redis Cluster (RESP3); each connection learns the slot map from them.
+    Cluster(Box<ClusterClient>),
 }
 
 impl std::fmt::Debug for RedisTarget {
@@ -174,17 +218,27 @@ impl std::fmt::Debug for RedisTarget {
         match self {
             RedisTarget::Single(c) => f.debug_tuple("Single").field(c).finish(),
             RedisTarget::Sentinel(_) => f.write_str("Sentinel"),
+            RedisTarget::Cluster(_) => f.write_str("Cluster"),
         }
     }
 }
 
 impl RedisTarget {
     /// A client for the server to connect to now: the configured one, or the master the
-    /// Sentinels name at this moment.
-    pub async fn client(&self) -> redis::RedisResult<redis::Client> {
+    /// Sentinels name at this moment. None for a cluster (see [`Self::cluster`]).
+    pub async fn client(&self) -> Option<redis::RedisResult<redis::Client>> {
         match self {
-            RedisTarget::Single(c) => Ok((**c).clone()),
-            RedisTarget::Sentinel(s) => s.lock().await.async_get_client().await,
+            RedisTarget::Single(c) => Some(Ok((**c).clone())),
+            RedisTarget::Sentinel(s) => Some(s.lock().await.async_get_client().await),
+            RedisTarget::Cluster(_) => None,
+        }
+    }
+
+    /// The cluster client, when these settings name a Redis Cluster.
+    pub fn cluster(&self) -> Option<&ClusterClient> {
+        match self {
+            RedisTarget::Cluster(c) => Some(c),
+            _ => None,
         }
     }
 }

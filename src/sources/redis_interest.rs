@@ -12,8 +12,6 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use futures_util::StreamExt;
-use redis::aio::PubSubSink;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info};
 
@@ -22,6 +20,7 @@ use super::message::{IngestSender, SourceKind, SourceSignal};
 use super::redis::to_source_message;
 use super::redis_client::{RedisEndpoint, redacted};
 use super::redis_connect::RedisConnect;
+use super::redis_pubsub::SubscriberSink;
 use super::session::{BrokerError, Session, SessionEnd, forward, supervise};
 use super::status::SourceStatus;
 use crate::config::RedisConfig;
@@ -77,7 +76,7 @@ impl OnDemand {
     async fn session(&mut self) -> SessionEnd {
         let timeout = self.cfg.connect_timeout;
         let connect = async {
-            let pubsub = self.endpoint.pubsub().await.map_err(|e| BrokerError::Connect(e.into()))?;
+            let pubsub = self.endpoint.pubsub(self.cfg.sharded).await.map_err(|e| BrokerError::Connect(e.into()))?;
             let (mut sink, stream) = pubsub.split();
             // Everything held now, before the source reports up.
             let held = self.table.resubscribe_all();
@@ -144,9 +143,9 @@ impl OnDemand {
                 }
                 _ = ping.tick() => {
                     let timeout = cfg.ping_interval.min(Duration::from_secs(5));
-                    match tokio::time::timeout(timeout, sink.ping::<String>()).await {
-                        Ok(Ok(_)) => {}
-                        Ok(Err(e)) => return BrokerError::broker("ping", e).into(),
+                    match tokio::time::timeout(timeout, sink.check()).await {
+                        Ok(Ok(())) => {}
+                        Ok(Err(e)) => return e.into(),
                         Err(_) => return BrokerError::Lost("ping unanswered").into(),
                     }
                 }
@@ -157,7 +156,7 @@ impl OnDemand {
 
 /// Takes the table's work in batches until none is left: one `UNSUBSCRIBE`/`PUNSUBSCRIBE` and
 /// one `SUBSCRIBE`/`PSUBSCRIBE` per batch, the subscribes confirmed by their replies.
-async fn apply(sink: &mut PubSubSink, table: &InterestTable, batch: usize) -> Result<(), BrokerError> {
+async fn apply(sink: &mut SubscriberSink, table: &InterestTable, batch: usize) -> Result<(), BrokerError> {
     loop {
         let work = table.take_batch(batch, Instant::now());
         if work.is_empty() {
@@ -165,10 +164,10 @@ async fn apply(sink: &mut PubSubSink, table: &InterestTable, batch: usize) -> Re
         }
         let (channels, globs) = names(&work.unsubscribe);
         if !channels.is_empty() {
-            sink.unsubscribe(channels).await.map_err(|e| BrokerError::broker("unsubscribe", e))?;
+            sink.unsubscribe(&channels).await.map_err(|e| BrokerError::broker("unsubscribe", e))?;
         }
         if !globs.is_empty() {
-            sink.punsubscribe(globs).await.map_err(|e| BrokerError::broker("punsubscribe", e))?;
+            sink.punsubscribe(&globs).await.map_err(|e| BrokerError::broker("punsubscribe", e))?;
         }
         subscribe(sink, &work.subscribe).await?;
         let keys: Vec<Arc<str>> = work.subscribe.into_iter().map(|(k, _)| k).collect();
@@ -179,7 +178,7 @@ async fn apply(sink: &mut PubSubSink, table: &InterestTable, batch: usize) -> Re
 
 /// `SUBSCRIBE`s the exact filters and `PSUBSCRIBE`s the patterns of `filters`, waiting for
 /// every confirmation.
-async fn subscribe(sink: &mut PubSubSink, filters: &[(Arc<str>, TopicFilter)]) -> Result<(), BrokerError> {
+async fn subscribe(sink: &mut SubscriberSink, filters: &[(Arc<str>, TopicFilter)]) -> Result<(), BrokerError> {
     let (channels, globs) = names(filters);
     if !channels.is_empty() {
         sink.subscribe(&channels).await.map_err(|e| BrokerError::subscribe(format!("channels {channels:?}"), e))?;

@@ -2,6 +2,14 @@
 //! connection and tags every entry with its id, which becomes part of the event id (see
 //! `crate::durable`).
 //!
+//! In a Redis Cluster (`cluster_nodes`) every command goes to the node owning its key's slot
+//! (the redis crate's cluster client, which follows `MOVED`/`ASK` and a failover's new slot
+//! map). Redis refuses an `XREAD` over keys of different slots, so the keys are read in groups
+//! of one slot each, every group on its own connection: a blocking `XREAD` holds its
+//! connection until it returns, and the crate multiplexes one connection per node, so two
+//! groups sharing one would wait for each other. Keys with a common hash tag (`{orders}.eu`,
+//! `{orders}.us`) share a slot and are read together.
+//!
 //! The connection's response timeout is `block` plus the connect timeout (see
 //! `sources::redis_client`: the crate's default of 500 ms is shorter than a blocking read). Each
 //! session starts after the last entry id forwarded per key (on the first session: the key's
@@ -23,14 +31,16 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use bytes::Bytes;
-use redis::Value;
-use redis::aio::MultiplexedConnection;
+use futures_util::StreamExt;
+use futures_util::stream::FuturesUnordered;
+use redis::cluster_routing::Slot;
+use redis::{RedisResult, Value};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
 use super::bounds::BrokerInput;
 use super::message::{IngestSender, SourceKind, SourceMessage};
-use super::redis_client::{RedisEndpoint, redacted};
+use super::redis_client::{RedisConn, RedisEndpoint, redacted};
 use super::redis_connect::RedisConnect;
 use super::session::{BrokerError, Session, SessionEnd, forward, send_baseline, supervise};
 use super::status::SourceStatus;
@@ -99,45 +109,83 @@ struct RedisStreamsSession {
 
 impl Session for RedisStreamsSession {
     async fn run(&mut self) -> SessionEnd {
-        let mut conn = tokio::select! {
-            _ = self.shutdown.cancelled() => return SessionEnd::Shutdown,
-            r = self.endpoint.connect(self.cfg.block) => match r {
-                Ok(c) => c,
-                Err(e) => return BrokerError::Connect(e.into()).into(),
-            },
-        };
-        if let Err(end) = self.baselines(&mut conn).await {
+        let groups = self.groups();
+        let mut conns = Vec::with_capacity(groups.len());
+        for _ in &groups {
+            conns.push(tokio::select! {
+                _ = self.shutdown.cancelled() => return SessionEnd::Shutdown,
+                r = self.endpoint.connect(self.cfg.block) => match r {
+                    Ok(c) => c,
+                    Err(e) => return BrokerError::Connect(e.into()).into(),
+                },
+            });
+        }
+        let all: Vec<usize> = (0..self.keys.len()).collect();
+        if let Err(end) = self.baselines(&mut conns[0], &all).await {
             return end;
         }
         let reconnect = self.status.set_connected();
-        info!(source = "redis_streams", reconnect, keys = self.keys.len(), "Broker connected; reading streams.");
+        info!(
+            source = "redis_streams",
+            reconnect,
+            keys = self.keys.len(),
+            groups = groups.len(),
+            "Broker connected; reading streams."
+        );
+        let mut reads: FuturesUnordered<_> =
+            conns.into_iter().enumerate().map(|(g, conn)| read(g, conn, self.xread(&groups[g]))).collect();
         loop {
-            let xread = self.xread();
-            let reply = tokio::select! {
+            let (g, mut conn, reply) = tokio::select! {
                 biased;
                 _ = self.shutdown.cancelled() => return SessionEnd::Shutdown,
-                r = xread.query_async(&mut conn) => match r {
-                    Ok(v) => v,
-                    Err(e) => return BrokerError::broker("XREAD", e).into(),
-                },
+                Some(r) = reads.next() => r,
+            };
+            let reply = match reply {
+                Ok(v) => v,
+                Err(e) => return BrokerError::broker("XREAD", e).into(),
             };
             if reply == Value::Nil
-                && let Err(end) = self.check_resets(&mut conn).await
+                && let Err(end) = self.check_resets(&mut conn, &groups[g]).await
             {
                 return end;
             }
             if let Err(end) = self.forward_reply(&reply).await {
                 return end;
             }
+            reads.push(read(g, conn, self.xread(&groups[g])));
         }
     }
 }
 
+/// One `XREAD` on its own connection, handed back with the reply.
+async fn read(g: usize, mut conn: RedisConn, xread: redis::Cmd) -> (usize, RedisConn, RedisResult<Value>) {
+    let reply = xread.query_async(&mut conn).await;
+    (g, conn, reply)
+}
+
 impl RedisStreamsSession {
+    /// The keys (indices into `keys`) read by one `XREAD`: all of them on one server; in a
+    /// cluster, those of one slot.
+    fn groups(&self) -> Vec<Vec<usize>> {
+        if !self.endpoint.is_cluster() {
+            return vec![(0..self.keys.len()).collect()];
+        }
+        let mut groups: Vec<(Slot, Vec<usize>)> = Vec::new();
+        for (k, (_, key)) in self.keys.iter().enumerate() {
+            let slot = Slot::for_key(key);
+            match groups.iter_mut().find(|(s, _)| *s == slot) {
+                Some((_, g)) => g.push(k),
+                None => groups.push((slot, vec![k])),
+            }
+        }
+        groups.into_iter().map(|(_, g)| g).collect()
+    }
+
     /// Announces the newest entry of each key not read before as its baseline, and finds the
     /// keys read before that started over.
-    async fn baselines(&mut self, conn: &mut MultiplexedConnection) -> Result<(), SessionEnd> {
-        for (k, (idx, key)) in self.keys.iter().enumerate() {
+    async fn baselines(&mut self, conn: &mut RedisConn, keys: &[usize]) -> Result<(), SessionEnd> {
+        for &k in keys {
+            let (idx, key) = &self.keys[k];
             if self.last[k].is_some() {
                 continue;
             }
@@ -145,13 +193,14 @@ impl RedisStreamsSession {
             send_baseline(&self.tx, SourceKind::RedisStreams, *idx, pos).await?;
             self.last[k] = Some(pos);
         }
-        self.check_resets(conn).await
+        self.check_resets(conn, keys).await
     }
 
     /// Every key whose newest entry is below the last one forwarded was deleted and recreated
     /// with lower ids: it is read again from its start.
-    async fn check_resets(&mut self, conn: &mut MultiplexedConnection) -> Result<(), SessionEnd> {
-        for (k, (idx, key)) in self.keys.iter().enumerate() {
+    async fn check_resets(&mut self, conn: &mut RedisConn, keys: &[usize]) -> Result<(), SessionEnd> {
+        for &k in keys {
+            let (idx, key) = &self.keys[k];
             let Some(last) = self.last[k] else { continue };
             let Some(now) = newest(conn, key).await? else { continue };
             if now >= last {
@@ -173,15 +222,15 @@ impl RedisStreamsSession {
         Ok(())
     }
 
-    /// `XREAD` of every key after the last entry forwarded, blocking up to `block`.
-    fn xread(&self) -> redis::Cmd {
+    /// `XREAD` of the group's keys after the last entry forwarded, blocking up to `block`.
+    fn xread(&self, group: &[usize]) -> redis::Cmd {
         let mut cmd = redis::cmd("XREAD");
         cmd.arg("COUNT").arg(READ_COUNT).arg("BLOCK").arg(self.cfg.block.as_millis() as u64).arg("STREAMS");
-        for (_, key) in &self.keys {
-            cmd.arg(key);
+        for &k in group {
+            cmd.arg(&self.keys[k].1);
         }
-        for p in &self.last {
-            let p = p.unwrap_or_default();
+        for &k in group {
+            let p = self.last[k].unwrap_or_default();
             cmd.arg(format!("{}-{}", p.a, p.b));
         }
         cmd
@@ -224,7 +273,7 @@ impl RedisStreamsSession {
 }
 
 /// The id of `key`'s newest entry (None: no entries).
-async fn newest(conn: &mut MultiplexedConnection, key: &str) -> Result<Option<Pos>, SessionEnd> {
+async fn newest(conn: &mut RedisConn, key: &str) -> Result<Option<Pos>, SessionEnd> {
     let reply: Value = redis::cmd("XREVRANGE")
         .arg(key)
         .arg("+")

@@ -13,6 +13,14 @@
 //! pair that does not load (a key that does not match yet, while the two files are replaced
 //! one after the other) is logged once per change, and the previous certificate stays in use.
 //!
+//! The client CA (`client_ca_file`, mutual TLS) follows its file the same way: when its
+//! identity changed (looked at once a second at most, when a connection is accepted), the
+//! server configuration is rebuilt with a verifier for the new CA bundle (and the same
+//! certificate resolver); the next handshake uses it, open connections are not re-verified. A
+//! bundle that does not load is logged once per change and the previous CA stays in use. The
+//! whole configuration is swapped rather than the verifier alone, because rustls asks a
+//! verifier for the CA names to offer clients by reference.
+//!
 //! Connections over TLS are served by hyper (HTTP/2, or HTTP/1.1 when the client picked it):
 //! the lean HTTP/1.1 path of [`super::h1`] reads a plain `TcpStream`.
 
@@ -36,11 +44,27 @@ use crate::tls_files::{self, TlsFileError};
 /// How often, at most, the certificate files are looked at.
 const RELOAD_CHECK_INTERVAL: Duration = Duration::from_secs(1);
 
-/// The public listener's TLS: the acceptor and how long a handshake may take.
+/// The public listener's TLS: the acceptor (rebuilt when the client CA changes) and how long a
+/// handshake may take.
 #[derive(Clone)]
 pub struct TlsListener {
-    acceptor: TlsAcceptor,
+    inner: Arc<Acceptors>,
     handshake_timeout: Duration,
+}
+
+/// The acceptor in use and what it is rebuilt from.
+struct Acceptors {
+    resolver: Arc<ReloadingCert>,
+    client_ca_file: Option<PathBuf>,
+    current: Mutex<CurrentAcceptor>,
+}
+
+/// The acceptor for the client CA file as it was when last looked at.
+struct CurrentAcceptor {
+    acceptor: TlsAcceptor,
+    /// The client CA file's stamp when last loaded or last tried.
+    ca_stamp: Option<Stamp>,
+    checked_at: Instant,
 }
 
 impl std::fmt::Debug for TlsListener {
@@ -54,35 +78,73 @@ impl TlsListener {
     /// file. `handshake_timeout` is `server.header_read_timeout`: a client that opens a socket
     /// and stalls is closed as one that stalls in its request head.
     pub fn new(cfg: &ServerTlsConfig, handshake_timeout: Duration) -> Result<Self, TlsFileError> {
-        let provider = tls_files::provider();
-        let builder = rustls::ServerConfig::builder_with_provider(provider.clone())
-            .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
-            .expect("ring supports TLS 1.2 and 1.3");
-        let builder = match &cfg.client_ca_file {
-            Some(ca) => {
-                let key = "server.tls.client_ca_file";
-                let roots = tls_files::roots(key, ca)?;
-                let verifier = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider)
-                    .build()
-                    .map_err(|e| TlsFileError { key: key.into(), path: ca.clone(), reason: e.to_string() })?;
-                builder.with_client_cert_verifier(verifier)
+        let resolver = Arc::new(ReloadingCert::load(&cfg.cert_file, &cfg.key_file)?);
+        let ca_stamp = cfg.client_ca_file.as_deref().and_then(stamp);
+        let acceptor = acceptor(cfg.client_ca_file.as_deref(), &resolver)?;
+        let current = Mutex::new(CurrentAcceptor { acceptor, ca_stamp, checked_at: Instant::now() });
+        let inner = Arc::new(Acceptors { resolver, client_ca_file: cfg.client_ca_file.clone(), current });
+        Ok(TlsListener { inner, handshake_timeout })
+    }
+
+    /// The acceptor to use now, rebuilt first if the client CA file changed (looked at once a
+    /// second at most).
+    fn acceptor(&self) -> TlsAcceptor {
+        let mut cur = self.inner.current.lock();
+        let Some(ca) = &self.inner.client_ca_file else { return cur.acceptor.clone() };
+        if cur.checked_at.elapsed() < RELOAD_CHECK_INTERVAL {
+            return cur.acceptor.clone();
+        }
+        cur.checked_at = Instant::now();
+        let now = stamp(ca);
+        if now == cur.ca_stamp {
+            return cur.acceptor.clone();
+        }
+        // Remembered whether or not it loads: a broken bundle is reported once, and tried again
+        // when the file changes again.
+        cur.ca_stamp = now;
+        match acceptor(Some(ca), &self.inner.resolver) {
+            Ok(a) => {
+                cur.acceptor = a;
+                info!(client_ca_file = %ca.display(), "TLS client CA changed on disk; new connections are verified against it.");
             }
-            None => builder.with_no_client_auth(),
-        };
-        let resolver = ReloadingCert::load(&cfg.cert_file, &cfg.key_file)?;
-        let mut config = builder.with_cert_resolver(Arc::new(resolver));
-        config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
-        Ok(TlsListener { acceptor: TlsAcceptor::from(Arc::new(config)), handshake_timeout })
+            Err(e) => {
+                warn!(error = %e, "TLS client CA file changed but cannot be used; still verifying against the previous one.");
+            }
+        }
+        cur.acceptor.clone()
     }
 
     /// The server side of the handshake on an accepted socket, bounded by the handshake
     /// timeout (a timeout is `io::ErrorKind::TimedOut`).
     pub async fn accept(&self, stream: TcpStream) -> io::Result<TlsStream<TcpStream>> {
-        match tokio::time::timeout(self.handshake_timeout, self.acceptor.accept(stream)).await {
+        match tokio::time::timeout(self.handshake_timeout, self.acceptor().accept(stream)).await {
             Ok(r) => r,
             Err(_) => Err(io::Error::new(io::ErrorKind::TimedOut, "TLS handshake timed out")),
         }
     }
+}
+
+/// A server configuration: TLS 1.2 and 1.3, ALPN `h2` then `http/1.1`, client certificates
+/// verified against `client_ca` when set, the certificate from `resolver`.
+fn acceptor(client_ca: Option<&Path>, resolver: &Arc<ReloadingCert>) -> Result<TlsAcceptor, TlsFileError> {
+    let provider = tls_files::provider();
+    let builder = rustls::ServerConfig::builder_with_provider(provider.clone())
+        .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
+        .expect("ring supports TLS 1.2 and 1.3");
+    let builder = match client_ca {
+        Some(ca) => {
+            let key = "server.tls.client_ca_file";
+            let roots = tls_files::roots(key, ca)?;
+            let verifier = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider)
+                .build()
+                .map_err(|e| TlsFileError { key: key.into(), path: ca.to_owned(), reason: e.to_string() })?;
+            builder.with_client_cert_verifier(verifier)
+        }
+        None => builder.with_no_client_auth(),
+    };
+    let mut config = builder.with_cert_resolver(resolver.clone());
+    config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    Ok(TlsAcceptor::from(Arc::new(config)))
 }
 
 /// What identifies a file's content without reading it: an atomic rename or a symlink swap
