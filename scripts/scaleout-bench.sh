@@ -69,7 +69,7 @@ while [ $# -gt 0 ]; do
     --out) out="$2"; shift ;;
     --bridge-bin) bridge_bin="$2"; shift ;;
     --loadgen-bin) loadgen_bin="$2"; shift ;;
-    -h|--help) sed -n '2,41p' "$0"; exit 0 ;;
+    -h|--help) sed -n '2,43p' "$0"; exit 0 ;;
     *) echo "unknown option: $1 (see --help)" >&2; exit 2 ;;
   esac
   shift
