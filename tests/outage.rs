@@ -16,6 +16,7 @@ use common::brokers::{self, NatsServer, RedisServer};
 use common::events::{GAP_EVENT, event_id, gap_data};
 use common::sse_client::{SseEvent, SseStream, test_client};
 use common::{EVENT_TIMEOUT, TestApp, nats_config, redis_config, start_app, test_config, wait_until};
+use sse_bridge::config::InterestMode;
 use sse_bridge::event::EventId;
 
 /// Numbered events published after the broker came back.
@@ -535,9 +536,21 @@ async fn nats_client_drops_under_a_flood_are_told() {
 /// what waits in bytes (`redis.buffer_bytes`), drops past it and tells the streams.
 #[tokio::test]
 async fn redis_buffer_drops_under_a_flood_are_told() {
+    redis_flood_is_bounded_and_told(InterestMode::All).await;
+}
+
+/// The same with `redis.interest = "on-demand"` (one `SUBSCRIBE` per filter held): the same
+/// byte-bounded buffer, drop policy, gap and metric.
+#[tokio::test]
+async fn redis_on_demand_buffer_drops_under_a_flood_are_told() {
+    redis_flood_is_bounded_and_told(InterestMode::OnDemand).await;
+}
+
+async fn redis_flood_is_bounded_and_told(interest: InterestMode) {
     let redis = RedisServer::start().await;
     let mut cfg = test_config();
     let mut r = redis_config(&redis.url(), &["flood.a"], &[]);
+    r.interest = interest;
     r.max_message_bytes = FLOOD_BYTES + 64;
     r.buffer_bytes = 4 * (FLOOD_BYTES + 64);
     cfg.redis = Some(r);

@@ -55,6 +55,14 @@ pub struct Args {
     /// Topic names are PREFIX.0 … PREFIX.K-1 (default: bench.<random>, fresh per run).
     #[arg(long)]
     pub topic_prefix: Option<String>,
+    /// First topic number: topics are PREFIX.OFFSET … PREFIX.(OFFSET+K-1), so several load
+    /// generators (one per server, each under RLIMIT_NOFILE) can share one topic space.
+    #[arg(long, default_value_t = 0)]
+    pub topic_offset: u64,
+    /// Publish no earlier than this Unix time in milliseconds (after connecting and --settle),
+    /// so several load generators publish over the same window.
+    #[arg(long)]
+    pub start_at_ms: Option<u64>,
     /// Events per second, over all topics.
     #[arg(long, short = 'r', default_value_t = 100.0)]
     pub rate: f64,
@@ -173,6 +181,16 @@ pub fn check(a: &Args) -> Result<(), String> {
     }
     if a.stalled > 10_000 {
         return Err("--stalled must be 0..=10000".into());
+    }
+    if a.topic_offset > 1_000_000_000 {
+        return Err("--topic-offset must be 0..=1000000000".into());
+    }
+    if let Some(at) = a.start_at_ms {
+        let now =
+            std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64);
+        if at > now + (MAX_DURATION_S * 1000.0) as u64 {
+            return Err(format!("--start-at-ms must be within {MAX_DURATION_S} s from now"));
+        }
     }
     if a.source_ips == 0 || a.source_ips > 250 {
         return Err("--source-ips must be 1..=250".into());

@@ -110,7 +110,7 @@ async fn run(args: Args) -> Result<bool, String> {
             std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.subsec_nanos()).unwrap_or(0);
         format!("bench.r{:x}", (nanos ^ std::process::id().rotate_left(16)) & 0xffffff)
     });
-    let topics: Vec<String> = (0..args.topics).map(|k| format!("{prefix}.{k}")).collect();
+    let topics: Vec<String> = (0..args.topics as u64).map(|k| format!("{prefix}.{}", args.topic_offset + k)).collect();
     let requests: Vec<Arc<[u8]>> = topics
         .iter()
         .map(|t| {
@@ -184,6 +184,10 @@ async fn run(args: Args) -> Result<bool, String> {
         stalled.push(s);
     }
     tokio::time::sleep(Duration::from_secs_f64(args.settle)).await;
+    let late_ms = wait_for_start(args.start_at_ms).await;
+    if late_ms > 0 {
+        eprintln!("sse-loadgen: warning: connected {late_ms} ms after --start-at-ms; publishing starts late");
+    }
     let ok = shared.ok.load(Ordering::Relaxed);
     let srv_conn = procstat::sample(&pids);
     let self_conn = procstat::this_process();
@@ -418,6 +422,18 @@ async fn run(args: Args) -> Result<bool, String> {
         && publish_error.is_none()
         && (args.mode == Mode::Idle || (lost == 0 && dup == 0 && reorder == 0 && rate_ok));
     Ok(clean)
+}
+
+/// Sleeps until the Unix time `at_ms`, if given and still ahead; returns how many
+/// milliseconds late it was (0 when on time or not given).
+async fn wait_for_start(at_ms: Option<u64>) -> u64 {
+    let Some(at) = at_ms else { return 0 };
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64);
+    if now >= at {
+        return now - at;
+    }
+    tokio::time::sleep(Duration::from_millis(at - now)).await;
+    0
 }
 
 fn round(v: f64, digits: i32) -> f64 {

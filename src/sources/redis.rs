@@ -74,7 +74,7 @@ struct RedisSession {
 }
 
 /// The channels and patterns as the spaces a signal names.
-fn spaces(cfg: &RedisConfig) -> Arc<[SourceSpace]> {
+pub(super) fn spaces(cfg: &RedisConfig) -> Arc<[SourceSpace]> {
     let channels = cfg.channels.iter().map(|c| SourceSpace::Channel(Arc::from(c.as_str())));
     channels.chain(cfg.patterns.iter().map(|p| SourceSpace::Glob(Arc::from(p.as_str())))).collect()
 }

@@ -8,20 +8,27 @@
 //! again after a capped backoff by [`supervise`]) opens one, subscribes everything the table
 //! holds at that moment, and only then reports the broker up: every held subscription is
 //! re-established before the source counts as healthy.
+//!
+//! As with `interest = "all"` (`super::redis`), the redis client queues pub/sub messages
+//! without bound, so this source never stops reading: what waits for the ingest channel waits
+//! in the same byte-bounded [`Buffer`] (`redis.buffer_bytes`, newest dropped when full, a
+//! `source-dropped` signal ahead of the next message kept, counted in
+//! `sse_bridge_source_lost_messages_total{source="redis"}`).
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use tokio_util::sync::CancellationToken;
-use tracing::{debug, info};
+use tracing::{debug, info, warn};
 
 use super::bounds::BrokerInput;
+use super::buffer::{Buffer, Reserve};
 use super::message::{IngestSender, SourceKind, SourceSignal};
-use super::redis::to_source_message;
+use super::redis::{spaces, to_source_message};
 use super::redis_client::{RedisEndpoint, redacted};
 use super::redis_connect::RedisConnect;
 use super::redis_pubsub::SubscriberSink;
-use super::session::{BrokerError, Session, SessionEnd, forward, supervise};
+use super::session::{BrokerError, Session, SessionEnd, supervise};
 use super::status::SourceStatus;
 use crate::config::RedisConfig;
 use crate::interest::{InterestTable, redis_glob};
@@ -47,8 +54,20 @@ pub async fn run(
     let input = BrokerInput::new(SourceKind::Redis, cfg.max_message_bytes, status.clone());
     let url = redacted(&cfg.url);
     let max_delay = cfg.reconnect_max_delay;
-    let mut session =
-        OnDemand { endpoint, cfg, table, batch, tx, status: status.clone(), shutdown: shutdown.clone(), input };
+    let buffer = Buffer::new(SourceKind::Redis, cfg.buffer_bytes);
+    let allowlist = spaces(&cfg);
+    let mut session = OnDemand {
+        endpoint,
+        cfg,
+        table,
+        batch,
+        tx,
+        status: status.clone(),
+        shutdown: shutdown.clone(),
+        input,
+        buffer,
+        allowlist,
+    };
     supervise("redis", &url, max_delay, &status, &shutdown, &mut session).await
 }
 
@@ -62,6 +81,12 @@ struct OnDemand {
     status: Arc<SourceStatus>,
     shutdown: CancellationToken,
     input: BrokerInput,
+    /// Messages read and not yet handed to the ingest channel; kept across sessions, so what
+    /// was read before a disconnect is still forwarded, ahead of the outage signal.
+    buffer: Buffer,
+    /// The allowlist (configured channels and patterns) as the spaces a drop signal names: it
+    /// covers every filter a stream on this source can hold.
+    allowlist: Arc<[SourceSpace]>,
 }
 
 impl Session for OnDemand {
@@ -106,29 +131,47 @@ impl OnDemand {
                 .map(|c| SourceSpace::Channel(c.into()))
                 .chain(globs.into_iter().map(|g| SourceSpace::Glob(g.into())))
                 .collect();
-            let signal = SourceSignal { source: SourceKind::Redis, gap: SourceGap::Outage, spaces, lost: 0 };
-            if self.tx.signal(signal).await.is_err() {
-                return SessionEnd::Shutdown;
-            }
+            // Behind what the last session buffered, ahead of this session's messages.
+            self.buffer.push_signal(SourceSignal {
+                source: SourceKind::Redis,
+                gap: SourceGap::Outage,
+                spaces,
+                lost: 0,
+            });
         }
         info!(source = "redis", url = %redacted(&self.cfg.url), reconnect, held, "Broker connected; every held subscription is in place (on-demand).");
 
-        let OnDemand { cfg, table, batch, tx, shutdown, input, .. } = self;
+        let OnDemand { cfg, table, batch, tx, shutdown, input, buffer, allowlist, .. } = self;
         let mut ping = tokio::time::interval(cfg.ping_interval);
         ping.reset();
         let mut tick = tokio::time::interval((table.linger() / 2).clamp(Duration::from_millis(10), MAX_TICK));
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        // The reservation for the buffer's front, kept across iterations so the source keeps
+        // its turn in the ingest channel while it goes on reading.
+        let mut reserving: Option<Reserve> = None;
         loop {
+            if reserving.is_none() {
+                reserving = buffer.reserve_front(tx);
+            }
             tokio::select! {
                 biased;
                 _ = shutdown.cancelled() => return SessionEnd::Shutdown,
+                permit = async { reserving.as_mut().expect("guarded").await }, if reserving.is_some() => {
+                    reserving = None;
+                    match permit {
+                        Ok(p) => buffer.send_front(p),
+                        Err(_) => return SessionEnd::DownstreamClosed,
+                    }
+                }
                 msg = stream.next() => {
                     let Some(msg) = msg else {
                         return BrokerError::Lost("connection closed").into();
                     };
                     let Some(out) = to_source_message(&msg, cfg.envelope, input) else { continue };
-                    if let Err(end) = forward(tx, shutdown, out).await {
-                        return end;
+                    if let Some(lost) = buffer.push(out, allowlist)
+                        && let Some(suppressed) = buffer.drop_log.due()
+                    {
+                        warn!(source = "redis", lost, buffer_bytes = cfg.buffer_bytes, suppressed, "Ingest queue full and source buffer full; Redis messages dropped; telling the streams (logged at most every 10s).");
                     }
                 }
                 _ = table.work() => {
