@@ -13,8 +13,9 @@
 //! pair that does not load (a key that does not match yet, while the two files are replaced
 //! one after the other) is logged once per change, and the previous certificate stays in use.
 //!
-//! Connections over TLS are served by hyper (HTTP/2, or HTTP/1.1 when the client picked it):
-//! the lean HTTP/1.1 path of [`super::h1`] reads a plain `TcpStream`.
+//! After the handshake a connection is served as a plain one would be: HTTP/2 (ALPN `h2`) by
+//! hyper; HTTP/1.1 (ALPN `http/1.1`, or a client that names no protocol) by the lean HTTP/1.1
+//! path of [`super::h1`] when it is a plain `GET /events`, by hyper otherwise.
 
 use std::io;
 use std::os::unix::fs::MetadataExt;
