@@ -3,6 +3,7 @@
 #
 #   scripts/bench-compare.sh            # the issue's loads (about 5 minutes after the build)
 #   scripts/bench-compare.sh --quick    # a smoke run (about 1 minute)
+#   scripts/bench-compare.sh --tls      # the same steps over TLS (HTTP/1.1, same test cert)
 #
 # Starts a release sse-bridge (temp config: /publish on, no brokers) and a private nginx with
 # nchan (its own prefix in a temp dir, config from bench/nchan/nginx.conf), then runs the same
@@ -14,7 +15,10 @@
 #   churn    connect / first bytes / close with 200 in parallel (sse-churn): how fast each
 #            server opens streams, the cost of a reconnect herd
 # Both servers are restarted before each scenario, so every memory figure starts from a fresh
-# process. Results: OUT/results.jsonl (one JSON line per run), OUT/summary.md, OUT/compare.png.
+# process. With --tls, a test CA and a certificate for 127.0.0.1 are made here (openssl, EC
+# P-256), the bridge serves them with [server.tls] and nginx with `listen ... ssl`, and every
+# step (subscribers, publishers, churn) connects over TLS 1.2/1.3 with ALPN http/1.1, trusting
+# that CA only. Results: OUT/results.jsonl (one JSON line per run), OUT/summary.md, OUT/compare.png.
 #
 # Options:
 #   --quick              short smoke run (200 and 500 connections, 5 s, 1,000 idle)
@@ -24,7 +28,9 @@
 #   --bridge-bin PATH    use this sse-bridge binary instead of building one
 #   --loadgen-bin PATH   use this sse-loadgen binary instead of building one
 #   --only NAME          run only the scenario NAME (load-1k, load-10k, idle-20k, or quick names)
-# Installs nginx + libnginx-mod-nchan (apt) and matplotlib (pip) if they are missing.
+#   --tls                serve and load both servers over TLS (output directory gets -tls)
+# Installs nginx + libnginx-mod-nchan (apt) and matplotlib (pip) if they are missing; --tls
+# needs openssl.
 # On 2 cores the load generator competes with the server for CPU: read ratios, not absolutes.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -37,6 +43,7 @@ out=""
 bridge_bin="${SSE_BRIDGE_BIN:-}"
 loadgen_bin="${SSE_LOADGEN_BIN:-}"
 only=""
+tls=0
 while [ $# -gt 0 ]; do
   case "$1" in
     --quick) quick=1 ;;
@@ -46,13 +53,14 @@ while [ $# -gt 0 ]; do
     --bridge-bin) bridge_bin="$2"; shift ;;
     --loadgen-bin) loadgen_bin="$2"; shift ;;
     --only) only="$2"; shift ;;
-    -h|--help) sed -n '2,28p' "$0"; exit 0 ;;
+    --tls) tls=1 ;;
+    -h|--help) sed -n '2,34p' "$0"; exit 0 ;;
     *) echo "unknown option: $1 (see --help)" >&2; exit 2 ;;
   esac
   shift
 done
 [ -n "$duration" ] || { [ "$quick" = 1 ] && duration=5 || duration=30; }
-[ -n "$out" ] || out="$ROOT/target/bench-compare/$(date +%Y%m%d-%H%M%S)$([ "$quick" = 1 ] && echo -quick)"
+[ -n "$out" ] || out="$ROOT/target/bench-compare/$(date +%Y%m%d-%H%M%S)$([ "$quick" = 1 ] && echo -quick)$([ "$tls" = 1 ] && echo -tls)"
 mkdir -p "$out"
 out=$(cd "$out" && pwd)
 
@@ -91,6 +99,30 @@ bridge_pid=""
 nginx_pid=""
 token="bench-$(od -An -N8 -tx8 /dev/urandom | tr -d ' ')"
 
+# --- TLS (--tls) -------------------------------------------------------------------------
+# A private CA and a server certificate for 127.0.0.1 and localhost, EC P-256 (what a modern
+# deployment serves), both servers on the same files; clients trust the CA only.
+scheme=http
+tls_args=()
+if [ "$tls" = 1 ]; then
+  command -v openssl >/dev/null || { echo "--tls needs openssl" >&2; exit 1; }
+  mkdir -p "$tmp/tls"
+  (
+    cd "$tmp/tls"
+    openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -days 2 \
+      -subj "/CN=sse-bench test CA" -keyout ca.key -out ca.crt \
+      -addext "basicConstraints=critical,CA:TRUE" -addext "keyUsage=critical,keyCertSign,cRLSign" 2>/dev/null
+    openssl req -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -subj "/CN=127.0.0.1" \
+      -keyout server.key -out server.csr 2>/dev/null
+    printf '%s\n' "basicConstraints=CA:FALSE" "keyUsage=critical,digitalSignature" \
+      "extendedKeyUsage=serverAuth" "subjectAltName=IP:127.0.0.1,DNS:localhost" >server.ext
+    openssl x509 -req -in server.csr -CA ca.crt -CAkey ca.key -CAcreateserial -days 2 \
+      -extfile server.ext -out server.crt 2>/dev/null
+  ) || { echo "making the test certificate failed" >&2; exit 1; }
+  scheme=https
+  tls_args=(--ca-file "$tmp/tls/ca.crt")
+fi
+
 stop_servers() {
   if [ -n "$bridge_pid" ]; then
     kill "$bridge_pid" 2>/dev/null || true
@@ -119,6 +151,10 @@ trap 'exit 130' INT TERM
 start_servers() {
   bport=$(free_port); aport=$(free_port); nport=$(free_port)
   bench_bridge_config "$tmp/bridge.toml" "$bport" "$aport" "$token"
+  if [ "$tls" = 1 ]; then
+    printf '[server.tls]\ncert_file = "%s"\nkey_file = "%s"\n' "$tmp/tls/server.crt" "$tmp/tls/server.key" \
+      >>"$tmp/bridge.toml"
+  fi
   "$bridge_bin" --config "$tmp/bridge.toml" >>"$tmp/bridge.log" 2>&1 &
   bridge_pid=$!
   wait_port "$aport" 15 || { echo "sse-bridge did not start:"; cat "$tmp/bridge.log"; exit 1; }
@@ -127,6 +163,12 @@ start_servers() {
   sed -e "s#@NCHAN_MODULE@#$NCHAN_MODULE#" -e "s#@NOFILE@#$nofile#" -e "s#@PREFIX@#$tmp/nginx#g" \
       -e "s#@USER@#$(id -un)#" -e "s#@WORKER_CONNECTIONS@#$((nofile - 100))#" -e "s#@PORT@#$nport#g" \
       bench/nchan/nginx.conf >"$tmp/nginx/nginx.conf"
+  if [ "$tls" = 1 ]; then
+    # TLS 1.2 and 1.3 on the same listener, as the bridge; nginx's other TLS defaults.
+    sed -i -e "s#^\( *\)listen \(127.0.0.1:$nport\) backlog=4096;#\1listen \2 ssl backlog=4096;\n\1ssl_certificate $tmp/tls/server.crt;\n\1ssl_certificate_key $tmp/tls/server.key;\n\1ssl_protocols TLSv1.2 TLSv1.3;#" \
+      "$tmp/nginx/nginx.conf"
+    grep -q "ssl_certificate " "$tmp/nginx/nginx.conf" || { echo "could not add ssl to nginx.conf" >&2; exit 1; }
+  fi
   nginx -p "$tmp/nginx" -c "$tmp/nginx/nginx.conf" -e "$tmp/nginx/error.log" >>"$tmp/nginx/error.log" 2>&1 &
   nginx_pid=$!
   wait_port "$nport" 15 || { echo "nginx did not start:"; cat "$tmp/nginx/error.log"; exit 1; }
@@ -142,14 +184,14 @@ server_pids() { # bridge|nchan -> comma-separated pids (nginx: master and worker
 run_one() { # server scenario conns rate topics mode
   local server=$1 name=$2 conns=$3 rate=$4 topics=$5 mode=$6 sub pub tok=()
   if [ "$server" = bridge ]; then
-    sub="http://127.0.0.1:$bport/events?topic={topic}"; pub="http://127.0.0.1:$bport/publish?topic={topic}"
+    sub="$scheme://127.0.0.1:$bport/events?topic={topic}"; pub="$scheme://127.0.0.1:$bport/publish?topic={topic}"
     tok=(--pub-token "$token")
   else
-    sub="http://127.0.0.1:$nport/events?topic={topic}"; pub="http://127.0.0.1:$nport/pub?topic={topic}"
+    sub="$scheme://127.0.0.1:$nport/events?topic={topic}"; pub="$scheme://127.0.0.1:$nport/pub?topic={topic}"
   fi
   local args=(--label "$server" --scenario "$name" --connections "$conns" --topics "$topics"
     --sub-url "$sub" --server-pid "$(server_pids "$server")" --json-out "$out/results.jsonl"
-    --source-ips 16 --threads 1)
+    --source-ips 16 --threads 1 "${tls_args[@]}")
   if [ "$mode" = idle ]; then
     args+=(--mode idle --duration "$idle_wait")
   else
@@ -158,12 +200,12 @@ run_one() { # server scenario conns rate topics mode
     args+=(--mode load --rate "$rate" --duration "$duration" --payload-bytes 256 --pub-url "$pub" "${tok[@]}"
       --pub-conns "$topics")
   fi
-  echo "== $name on $server: $conns connections, $([ "$mode" = idle ] && echo idle || echo "$rate events/s over $topics topics")"
+  echo "== $name on $server$([ "$tls" = 1 ] && echo " over TLS"): $conns connections, $([ "$mode" = idle ] && echo idle || echo "$rate events/s over $topics topics")"
   "$loadgen_bin" "${args[@]}" | tee -a "$out/loadgen.log" | grep -v '^{' || echo "   (sse-loadgen reported failures; see $out/loadgen.log)"
   sleep 2 # let closed connections leave TIME_WAIT's way before the next run
 }
 
-echo "== results in $out (RLIMIT_NOFILE $nofile; $(nproc) cores shared by servers and load generator)"
+echo "== results in $out (RLIMIT_NOFILE $nofile; $(nproc) cores shared by servers and load generator$([ "$tls" = 1 ] && echo "; over TLS"))"
 for sc in "${scenarios[@]}"; do
   read -r name conns rate topics mode <<<"$sc"
   [ -z "$only" ] || [ "$only" = "$name" ] || continue
@@ -189,9 +231,9 @@ if [ -z "$only" ] || [ "$only" = churn ]; then
       stop_servers
       start_servers
       port=$([ "$server" = bridge ] && echo "$bport" || echo "$nport")
-      echo "== churn on $server: connect, first bytes, close; 200 in parallel for ${churn_s}s"
-      "$churn_bin" --url "http://127.0.0.1:$port/events?topic=churn" --parallel 200 --duration "$churn_s" \
-        --label "$server" | tee -a "$out/churn.log" || echo "   (sse-churn reported failures)"
+      echo "== churn on $server$([ "$tls" = 1 ] && echo " over TLS (a handshake per cycle)"): connect, first bytes, close; 200 in parallel for ${churn_s}s"
+      "$churn_bin" --url "$scheme://127.0.0.1:$port/events?topic=churn" --parallel 200 --duration "$churn_s" \
+        --label "$server" "${tls_args[@]}" | tee -a "$out/churn.log" || echo "   (sse-churn reported failures)"
       sleep 2
     done
   done
@@ -199,9 +241,10 @@ fi
 stop_servers
 
 # --- summary and plot --------------------------------------------------------------------
-[ -s "$out/results.jsonl" ] && python3 - "$out" <<'PY'
+[ -s "$out/results.jsonl" ] && python3 - "$out" "$tls" <<'PY'
 import json, sys, os, collections
 out = sys.argv[1]
+tls = sys.argv[2] == "1"  # --tls: every connection was TLS (HTTP/1.1)
 runs = [json.loads(l) for l in open(os.path.join(out, "results.jsonl")) if l.strip()]
 by = collections.defaultdict(list)
 for r in runs:
@@ -238,6 +281,8 @@ for (sc, label, r, cpu, p99) in rows:
         problems.append("lost/duplicate/reordered events")
     if problems:
         lines.append(f"\nWARNING {sc} on {label}: " + "; ".join(problems))
+if tls:
+    lines.insert(0, "Over TLS (TLS 1.2/1.3, ALPN http/1.1, EC P-256 test certificate) for both servers.\n")
 summary = "\n".join(lines)
 open(os.path.join(out, "summary.md"), "w").write(summary + "\n")
 print(summary)
@@ -282,7 +327,7 @@ if idle:
     axes[2].set_ylabel("KiB (PSS)"); axes[2].set_title("Server memory per idle connection"); axes[2].legend()
 quick = "quick" in os.path.basename(out)
 durs = sorted({r[2]["duration_s"] for r in load})
-fig.suptitle(("QUICK SMOKE RUN — " if quick else "") + "sse-bridge vs nginx+nchan, loopback, "
+fig.suptitle(("QUICK SMOKE RUN — " if quick else "") + "sse-bridge vs nginx+nchan, loopback" + (" over TLS" if tls else "") + ", "
              f"{os.cpu_count()} cores shared with the load generator"
              + (f", {'/'.join(f'{d:g}' for d in durs)} s of publishing per run" if durs else ""))
 fig.tight_layout()

@@ -1,6 +1,6 @@
 //! TLS on the public listener (`[server.tls]`): HTTP/2 over TLS for curl and a real browser,
-//! certificates re-read when replaced on disk, client certificates, and the offline checks of
-//! `--check-config`. Certificates come from a private CA the test makes (rcgen).
+//! HTTP/1.1 over TLS on the lean path, certificates re-read when replaced on disk, client
+//! certificates, and the offline checks of `--check-config`. Certificates come from a private CA the test makes (rcgen).
 
 mod common;
 
@@ -11,6 +11,7 @@ use std::time::Duration;
 
 use common::browser_tooling::{crate_root, require_browser_tooling};
 use common::certs::TestCa;
+use common::chunked::Dechunker;
 use common::logs::CapturedLogs;
 use common::{EVENT_TIMEOUT, TOKEN, TestApp, brokers, start_app, test_config, wait_until};
 use rustls::pki_types::{CertificateDer, ServerName};
@@ -120,6 +121,112 @@ async fn ten_streams_share_one_http2_connection_with_curl() {
             seen += 1;
         }
     }
+    app.stop().await;
+}
+
+type TlsClient = tokio_rustls::client::TlsStream<tokio::net::TcpStream>;
+
+/// Reads a response head off `s` (lowercased, so header names compare as written by either
+/// path); what was read past it stays in `buf`.
+async fn read_head(s: &mut TlsClient, buf: &mut Vec<u8>) -> String {
+    loop {
+        if let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+            let head = String::from_utf8_lossy(&buf[..end]).to_ascii_lowercase();
+            buf.drain(..end + 4);
+            return head;
+        }
+        let mut chunk = [0u8; 4096];
+        let n = tokio::time::timeout(EVENT_TIMEOUT, s.read(&mut chunk)).await.expect("answer in time").unwrap();
+        assert!(n > 0, "closed before the response head: {:?}", String::from_utf8_lossy(buf));
+        buf.extend_from_slice(&chunk[..n]);
+    }
+}
+
+/// A whole `Content-Length` response: its head (lowercased) and body.
+async fn response(s: &mut TlsClient) -> (String, Vec<u8>) {
+    let mut buf = Vec::new();
+    let head = read_head(s, &mut buf).await;
+    let len: usize = head
+        .lines()
+        .find_map(|l| l.strip_prefix("content-length:"))
+        .map(|v| v.trim().parse().unwrap())
+        .unwrap_or_else(|| panic!("no content-length: {head}"));
+    while buf.len() < len {
+        let mut chunk = [0u8; 4096];
+        let n = tokio::time::timeout(EVENT_TIMEOUT, s.read(&mut chunk)).await.expect("body in time").unwrap();
+        assert!(n > 0, "closed mid-body");
+        buf.extend_from_slice(&chunk[..n]);
+    }
+    assert_eq!(buf.len(), len, "nothing after the body");
+    (head, buf)
+}
+
+/// Whether the server ends the connection (a clean close or a reset) in time.
+async fn closed(s: &mut TlsClient) -> bool {
+    let mut b = [0u8; 64];
+    matches!(tokio::time::timeout(EVENT_TIMEOUT, s.read(&mut b)).await, Ok(Ok(0) | Err(_)))
+}
+
+#[tokio::test]
+async fn http1_over_tls_takes_the_lean_path_and_h2_still_goes_to_hyper() {
+    let dir = tempfile::tempdir().unwrap();
+    let ca = TestCa::new("test CA");
+    let ca_file = ca.write(dir.path(), "ca.pem");
+    let app = tls_app(dir.path(), &ca, None, |_| {}).await;
+    let h1 = client_config(&ca_file, None);
+    let mut no_alpn = (*h1).clone();
+    no_alpn.alpn_protocols.clear();
+
+    // What only the lean path does: a refused stream request is answered with
+    // `connection: close` and the connection closes, keep-alive or not. Over TLS it does so
+    // for a client that picked http/1.1 and for one that named no protocol.
+    for (cfg, alpn) in [(h1.clone(), Some(&b"http/1.1"[..])), (Arc::new(no_alpn), None)] {
+        let (_, mut s) = handshake(&app, cfg).await.unwrap();
+        assert_eq!(s.get_ref().1.alpn_protocol(), alpn);
+        s.write_all(b"GET /events HTTP/1.1\r\nhost: localhost\r\nconnection: keep-alive\r\n\r\n").await.unwrap();
+        let (head, body) = response(&mut s).await;
+        assert!(head.starts_with("http/1.1 400"), "{head}");
+        assert!(head.contains("\r\nconnection: close"), "ALPN {alpn:?}: not the lean path's refusal: {head}");
+        assert!(String::from_utf8_lossy(&body).starts_with("no topic"));
+        assert!(closed(&mut s).await, "ALPN {alpn:?}: the lean path closes after a refusal");
+    }
+    // The same refusal from hyper (a request with a body is not for the lean path) keeps the
+    // connection open: the mark above is the lean path's.
+    let (_, mut s) = handshake(&app, h1.clone()).await.unwrap();
+    let with_body = b"GET /events HTTP/1.1\r\nhost: localhost\r\ncontent-length: 2\r\n\r\nab";
+    s.write_all(with_body).await.unwrap();
+    let (head, _) = response(&mut s).await;
+    assert!(head.starts_with("http/1.1 400") && !head.contains("connection: close"), "{head}");
+    s.write_all(with_body).await.unwrap();
+    assert!(response(&mut s).await.0.starts_with("http/1.1 400"), "hyper keeps the connection");
+
+    // A stream on the lean path over TLS: chunked, and events arrive.
+    let (_, mut s) = handshake(&app, h1).await.unwrap();
+    s.write_all(b"GET /events?topic=tls.lean HTTP/1.1\r\nhost: localhost\r\n\r\n").await.unwrap();
+    let mut buf = Vec::new();
+    let head = read_head(&mut s, &mut buf).await;
+    assert!(head.starts_with("http/1.1 200") && head.contains("transfer-encoding: chunked"), "{head}");
+    wait_until("the stream is registered", async || app.state.registry.subscriber_count() == 1).await;
+    publish(&app, &ca_file, "tls.lean", "over-tls-h1").await;
+    let mut dechunk = Dechunker::default();
+    let mut text = String::from_utf8(dechunk.feed(&buf)).unwrap();
+    while !text.contains("data: over-tls-h1\n\n") {
+        let mut chunk = [0u8; 4096];
+        let n = tokio::time::timeout(EVENT_TIMEOUT, s.read(&mut chunk)).await.expect("event in time").unwrap();
+        assert!(n > 0, "stream ended: {text:?}");
+        text.push_str(std::str::from_utf8(&dechunk.feed(&chunk[..n])).unwrap());
+    }
+
+    // HTTP/2 over TLS is hyper's, stream requests included (the lean path would answer in
+    // HTTP/1.1 bytes, which no h2 client reads).
+    let out = Command::new("curl")
+        .args(["-sS", "--http2", "-o", "/dev/null", "-w", "%{http_version} %{response_code}", "--cacert"])
+        .arg(&ca_file)
+        .arg(https(&app, "/events"))
+        .output()
+        .await
+        .expect("running curl");
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "2 400", "{}", String::from_utf8_lossy(&out.stderr));
     app.stop().await;
 }
 

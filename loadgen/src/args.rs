@@ -43,7 +43,7 @@ pub struct Args {
     /// What to measure.
     #[arg(long, value_enum, default_value = "load")]
     pub mode: Mode,
-    /// Subscribe URL; {topic} is replaced by each connection's topic.
+    /// Subscribe URL (`http://` or `https://`); {topic} is replaced by each connection's topic.
     #[arg(long, default_value = "http://127.0.0.1:8080/events?topic={topic}")]
     pub sub_url: String,
     /// SSE connections to open.
@@ -75,9 +75,12 @@ pub struct Args {
     /// How events are published.
     #[arg(long, value_enum, default_value = "http")]
     pub publisher: Publisher,
-    /// Publish URL for --publisher http; {topic} is replaced.
+    /// Publish URL for --publisher http (`http://` or `https://`); {topic} is replaced.
     #[arg(long, default_value = "http://127.0.0.1:8080/publish?topic={topic}")]
     pub pub_url: String,
+    /// The CA certificate(s) (PEM) that `https://` URLs are verified against; required by them.
+    #[arg(long)]
+    pub ca_file: Option<std::path::PathBuf>,
     /// Bearer token for the publish URL (sse-bridge's publish.token).
     #[arg(long, env = "SSE_LOADGEN_PUB_TOKEN")]
     pub pub_token: Option<String>,
@@ -198,11 +201,14 @@ pub fn check(a: &Args) -> Result<(), String> {
     if a.mode == Mode::Rollout {
         return check_rollout(a);
     }
-    UrlTemplate::parse(&a.sub_url)?;
+    let mut tls = UrlTemplate::parse(&a.sub_url)?.tls;
     match a.publisher {
-        Publisher::Http => drop(UrlTemplate::parse(&a.pub_url)?),
+        Publisher::Http => tls |= UrlTemplate::parse(&a.pub_url)?.tls,
         Publisher::Nats => drop(loopback_addr(&a.nats)?),
         Publisher::Redis => drop(loopback_addr(&a.redis)?),
+    }
+    if tls && a.ca_file.is_none() {
+        return Err("https:// URLs need --ca-file (the CA that signed the server's certificate)".into());
     }
     Ok(())
 }

@@ -4,7 +4,8 @@
 //! and memory per connection (from `/proc/<pid>`).
 //!
 //! It speaks plain HTTP/1.1 on raw sockets with a minimal SSE parser, so one connection costs
-//! the client a small read buffer and a few counters. Works against any SSE server whose
+//! the client a small read buffer and a few counters; `https://` URLs speak the same inside
+//! TLS (rustls, trusting `--ca-file`). Works against any SSE server whose
 //! subscribe and publish URLs take a topic (sse-bridge, nginx + nchan, …). See
 //! docs/benchmarks.md for the commands and how to read the output.
 
@@ -18,6 +19,7 @@ mod publish;
 mod rollout;
 mod sse;
 mod target;
+mod tls;
 
 use std::net::{IpAddr, Ipv4Addr};
 use std::process::ExitCode;
@@ -37,6 +39,7 @@ use crate::args::{Args, Mode, Publisher, check};
 use crate::publish::{Plan, PubStats, Via};
 use crate::sse::{BodyDecoder, LineSplitter, SeqTracker, data_value, parse_head, parse_payload};
 use crate::target::{UrlTemplate, loopback_addr};
+use crate::tls::Tls;
 
 fn main() -> ExitCode {
     let args = Args::parse();
@@ -80,6 +83,8 @@ struct Shared {
     stop: CancellationToken,
     first_error: Mutex<Option<String>>,
     read_buf: usize,
+    /// TLS for an `https://` subscribe URL.
+    tls: Option<Tls>,
 }
 
 impl Shared {
@@ -105,6 +110,7 @@ const HIST_SHARDS: usize = 16;
 
 async fn run(args: Args) -> Result<bool, String> {
     let url = Arc::new(UrlTemplate::parse(&args.sub_url)?);
+    let tls = args.ca_file.as_deref().map(Tls::new).transpose()?;
     let prefix = args.topic_prefix.clone().unwrap_or_else(|| {
         let nanos =
             std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.subsec_nanos()).unwrap_or(0);
@@ -136,6 +142,7 @@ async fn run(args: Args) -> Result<bool, String> {
         stop: CancellationToken::new(),
         first_error: Mutex::new(None),
         read_buf: args.read_buf,
+        tls: tls.clone().filter(|_| url.tls),
     });
     let pids = args.server_pid.clone();
     let srv_base = procstat::sample(&pids);
@@ -179,7 +186,8 @@ async fn run(args: Args) -> Result<bool, String> {
         let sock = if url.addr.is_ipv4() { TcpSocket::new_v4() } else { TcpSocket::new_v6() }
             .map_err(|e| format!("stalled socket: {e}"))?;
         let _ = sock.set_recv_buffer_size(4096);
-        let mut s = sock.connect(url.addr).await.map_err(|e| format!("stalled connect: {e}"))?;
+        let s = sock.connect(url.addr).await.map_err(|e| format!("stalled connect: {e}"))?;
+        let mut s = tls::wrap(shared.tls.as_ref(), &url.host, s).await.map_err(|e| format!("stalled: {e}"))?;
         s.write_all(&requests[j % args.topics]).await.map_err(|e| format!("stalled request: {e}"))?;
         stalled.push(s);
     }
@@ -209,11 +217,11 @@ async fn run(args: Args) -> Result<bool, String> {
     let mut publish_s = 0.0;
     if args.mode == Mode::Load {
         let via = match args.publisher {
-            Publisher::Http => Via::Http {
-                url: UrlTemplate::parse(&args.pub_url)?,
-                token: args.pub_token.clone(),
-                conns: args.pub_conns,
-            },
+            Publisher::Http => {
+                let url = UrlTemplate::parse(&args.pub_url)?;
+                let tls = tls.clone().filter(|_| url.tls);
+                Via::Http { url, tls, token: args.pub_token.clone(), conns: args.pub_conns }
+            }
             Publisher::Nats => Via::Nats { addr: loopback_addr(&args.nats)? },
             Publisher::Redis => Via::Redis { addr: loopback_addr(&args.redis)? },
         };
@@ -459,7 +467,8 @@ async fn subscriber(
         if let Some(ip) = src {
             sock.bind((ip, 0).into()).map_err(|e| format!("bind {ip}: {e}"))?;
         }
-        let mut stream = sock.connect(url.addr).await.map_err(|e| format!("connect {}: {e}", url.addr))?;
+        let tcp = sock.connect(url.addr).await.map_err(|e| format!("connect {}: {e}", url.addr))?;
+        let mut stream = tls::wrap(shared.tls.as_ref(), &url.host, tcp).await?;
         stream.write_all(&request).await.map_err(|e| format!("write request: {e}"))?;
         let mut buf = vec![0u8; shared.read_buf].into_boxed_slice();
         let mut filled = 0;

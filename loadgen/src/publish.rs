@@ -22,11 +22,12 @@ use tokio::net::tcp::OwnedReadHalf;
 
 use crate::sse::{Stamp, write_payload};
 use crate::target::UrlTemplate;
+use crate::tls::{self, Tls};
 
 /// How events are published.
 #[derive(Debug, Clone)]
 pub enum Via {
-    Http { url: UrlTemplate, token: Option<String>, conns: usize },
+    Http { url: UrlTemplate, tls: Option<Tls>, token: Option<String>, conns: usize },
     Nats { addr: SocketAddr },
     Redis { addr: SocketAddr },
 }
@@ -75,13 +76,13 @@ pub async fn run(
 ) -> Result<(), String> {
     let start = tokio::time::Instant::now();
     match via {
-        Via::Http { url, token, conns } => {
+        Via::Http { url, tls, token, conns } => {
             let k = plan.topics.len();
             let conns = conns.clamp(1, k);
             let mut tasks = Vec::new();
             for p in 0..conns {
-                let (url, token, plan, stats, stop) =
-                    (url.clone(), token.clone(), plan.clone(), stats.clone(), stop.clone());
+                let (url, tls, token, plan, stats, stop) =
+                    (url.clone(), tls.clone(), token.clone(), plan.clone(), stats.clone(), stop.clone());
                 tasks.push(tokio::spawn(async move {
                     let mut conn: Option<hyper::client::conn::http1::SendRequest<Full<Bytes>>> = None;
                     let mut buf = Vec::with_capacity(plan.payload_bytes);
@@ -93,7 +94,7 @@ pub async fn run(
                         let mut ok = false;
                         for _attempt in 0..2 {
                             if conn.is_none() {
-                                conn = http_connect(url.addr).await.ok();
+                                conn = http_connect(&url, tls.as_ref()).await.ok();
                             }
                             let Some(sender) = conn.as_mut() else { continue };
                             match http_post(sender, &url.host_header, &path, token.as_deref(), &buf).await {
@@ -224,9 +225,13 @@ async fn wait_turn(
     Some(Stamp { topic: (i % k) as u32, seq: i / k + 1, sent_ns: plan.clock.elapsed().as_nanos() as u64 })
 }
 
-async fn http_connect(addr: SocketAddr) -> Result<hyper::client::conn::http1::SendRequest<Full<Bytes>>, String> {
-    let stream = TcpStream::connect(addr).await.map_err(|e| e.to_string())?;
+async fn http_connect(
+    url: &UrlTemplate,
+    tls: Option<&Tls>,
+) -> Result<hyper::client::conn::http1::SendRequest<Full<Bytes>>, String> {
+    let stream = TcpStream::connect(url.addr).await.map_err(|e| e.to_string())?;
     stream.set_nodelay(true).ok();
+    let stream = tls::wrap(tls, &url.host, stream).await?;
     let (sender, conn) =
         hyper::client::conn::http1::handshake(TokioIo::new(stream)).await.map_err(|e| e.to_string())?;
     tokio::spawn(async move {

@@ -1,14 +1,19 @@
-//! Where the load goes: `http://host:port/path?query` templates, loopback only.
+//! Where the load goes: `http://` or `https://host:port/path?query` templates, loopback only.
 //!
 //! The load generator refuses every address outside 127.0.0.0/8 and ::1: it is a tool for
 //! measuring servers on this machine, never for loading anyone else's.
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 
-/// A parsed `http://` URL template; `{topic}` in the path or query is replaced per request.
+/// A parsed `http://` or `https://` URL template; `{topic}` in the path or query is replaced
+/// per request.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct UrlTemplate {
     pub addr: SocketAddr,
+    /// `https://`: TLS, verifying the certificate for [`UrlTemplate::host`].
+    pub tls: bool,
+    /// The host as written in the URL (the name TLS verifies).
+    pub host: String,
     /// The `Host` header value as written in the URL.
     pub host_header: String,
     /// Path and query, still with `{topic}` in it.
@@ -17,7 +22,11 @@ pub struct UrlTemplate {
 
 impl UrlTemplate {
     pub fn parse(url: &str) -> Result<Self, String> {
-        let rest = url.strip_prefix("http://").ok_or_else(|| format!("{url}: only http:// URLs are supported"))?;
+        let (tls, rest) = match (url.strip_prefix("http://"), url.strip_prefix("https://")) {
+            (Some(r), _) => (false, r),
+            (_, Some(r)) => (true, r),
+            _ => return Err(format!("{url}: only http:// and https:// URLs are supported")),
+        };
         let (authority, path_query) = match rest.find('/') {
             Some(i) => (&rest[..i], &rest[i..]),
             None => (rest, "/"),
@@ -33,6 +42,7 @@ impl UrlTemplate {
         };
         let port: u16 = match port {
             Some(p) => p.parse().map_err(|_| format!("{url}: bad port {p:?}"))?,
+            None if tls => 443,
             None => 80,
         };
         let ip = loopback_ip(host).ok_or_else(|| {
@@ -40,6 +50,8 @@ impl UrlTemplate {
         })?;
         Ok(UrlTemplate {
             addr: SocketAddr::new(ip, port),
+            tls,
+            host: host.to_string(),
             host_header: authority.to_string(),
             path_query: path_query.to_string(),
         })
@@ -91,7 +103,16 @@ mod tests {
         assert_eq!(UrlTemplate::parse("http://localhost/x").unwrap().addr.port(), 80);
         assert!(UrlTemplate::parse("http://[::1]:9/x").is_ok());
         assert!(UrlTemplate::parse("http://127.5.6.7:9/x").is_ok());
-        for bad in ["http://10.0.0.1/x", "http://example.com/x", "https://127.0.0.1/x", "http://192.168.1.1:80/"] {
+        let t = UrlTemplate::parse("https://localhost/events").unwrap();
+        assert!(t.tls && !u.tls);
+        assert_eq!((t.addr.port(), t.host.as_str()), (443, "localhost"));
+        for bad in [
+            "http://10.0.0.1/x",
+            "http://example.com/x",
+            "https://10.1.2.3/x",
+            "ftp://127.0.0.1/",
+            "http://192.168.1.1:80/",
+        ] {
             assert!(UrlTemplate::parse(bad).is_err(), "{bad}");
         }
         assert!(loopback_addr("127.0.0.1:4222").is_ok());

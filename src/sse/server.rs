@@ -142,8 +142,10 @@ impl HeadGate {
 /// `handler` gets each request and the connection it arrived on. With `lean`, a connection
 /// whose first request is a plain HTTP/1.x `GET /events` is served by [`h1`] instead of hyper
 /// (no hyper buffers for the life of the stream); every other connection goes to hyper. With
-/// `tls`, every connection is a TLS handshake first, then hyper (h2 or HTTP/1.1 by ALPN). With
-/// `heads`, connections still sending their request head are counted against the caps.
+/// `tls`, every connection is a TLS handshake first; then a client that picked `h2` (ALPN) goes
+/// to hyper, and one that picked `http/1.1` or named no protocol goes the plain way (lean path
+/// first, when set). With `heads`, connections still sending their request head are counted
+/// against the caps.
 #[allow(clippy::too_many_arguments)]
 pub async fn serve<H, Fut>(
     listener: TcpListener,
@@ -194,7 +196,7 @@ pub async fn serve<H, Fut>(
         life.tracker.spawn(async move {
             let _open = DecOnDrop(open_connections);
             let outcome = match tls {
-                Some(tls) => Box::pin(tls_connection(stream, peer, tls, in_head, builder, handler, life2)).await,
+                Some(tls) => Box::pin(tls_connection(stream, peer, tls, lean, in_head, builder, handler, life2)).await,
                 None => connection(stream, peer, lean, in_head, builder, handler, life2).await,
             };
             // Client disconnects are normal for streams: debug, never error.
@@ -212,8 +214,8 @@ pub async fn serve<H, Fut>(
 ///
 /// This future lives as long as the connection, so it is kept small: hyper's connection
 /// future, which is large, is boxed and exists only for connections hyper serves.
-async fn connection<H, Fut>(
-    stream: TcpStream,
+async fn connection<H, Fut, S>(
+    stream: S,
     peer: SocketAddr,
     lean: Option<Arc<LeanEvents>>,
     in_head: Option<InHead>,
@@ -224,6 +226,7 @@ async fn connection<H, Fut>(
 where
     H: Fn(Request<Incoming>, Conn) -> Fut + Clone + Send + Sync + 'static,
     Fut: Future<Output = Result<Response<ResponseBody>, Infallible>> + Send + 'static,
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
     let handle = ConnHandle::default();
     let (stream, read) = match lean {
@@ -240,11 +243,15 @@ where
 }
 
 /// Serves one TLS connection: the handshake (bounded by the header read timeout, and ended by
-/// shutdown), then hyper. Boxed by the caller: TLS state is only paid for on TLS listeners.
+/// shutdown), then as a plain connection would be: a client that picked `h2` goes to hyper,
+/// one that picked `http/1.1` (or named no protocol) to the lean path first, as over plain
+/// TCP. Boxed by the caller: TLS state is only paid for on TLS listeners.
+#[allow(clippy::too_many_arguments)]
 async fn tls_connection<H, Fut>(
     stream: TcpStream,
     peer: SocketAddr,
     tls: TlsListener,
+    lean: Option<Arc<LeanEvents>>,
     in_head: Option<InHead>,
     builder: Arc<auto::Builder<TrackedExecutor>>,
     handler: H,
@@ -264,10 +271,16 @@ where
             Err(e) => return Some(ConnEnd::Io(e)),
         },
     };
-    let handle = ConnHandle::default();
+    // HTTP/2 multiplexes streams over the connection: hyper's, whatever the first request.
+    let lean = lean.filter(|_| !is_h2(stream.get_ref().1.alpn_protocol()));
     // The head slot (taken at accept, so a slow handshake counts too) goes with the first
-    // request hyper reads.
-    serve_hyper(Rewind::new(Bytes::new(), stream), peer, builder, handler, handle, in_head.map(Arc::new), life).await
+    // request read, by the lean path or hyper.
+    connection(stream, peer, lean, in_head, builder, handler, life).await
+}
+
+/// Whether ALPN settled on HTTP/2.
+fn is_h2(alpn: Option<&[u8]>) -> bool {
+    alpn == Some(&b"h2"[..])
 }
 
 /// hyper serves the connection (HTTP/1.1 keep-alive, h2c, or either over TLS), until it

@@ -21,8 +21,9 @@
 //! whole configuration is swapped rather than the verifier alone, because rustls asks a
 //! verifier for the CA names to offer clients by reference.
 //!
-//! Connections over TLS are served by hyper (HTTP/2, or HTTP/1.1 when the client picked it):
-//! the lean HTTP/1.1 path of [`super::h1`] reads a plain `TcpStream`.
+//! After the handshake a connection is served as a plain one would be: HTTP/2 (ALPN `h2`) by
+//! hyper; HTTP/1.1 (ALPN `http/1.1`, or a client that names no protocol) by the lean HTTP/1.1
+//! path of [`super::h1`] when it is a plain `GET /events`, by hyper otherwise.
 
 use std::io;
 use std::os::unix::fs::MetadataExt;

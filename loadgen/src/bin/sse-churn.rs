@@ -3,6 +3,9 @@
 //! Prints cycles per second and the cycle latency (p50/p99/max), so the cost of accepting a
 //! reconnect herd can be compared between servers (sse-bridge, nginx + nchan) with one client.
 //!
+//! `https://` URLs do the TLS handshake in every cycle (trusting `--ca-file`), so a reconnect
+//! herd's TLS cost shows too.
+//!
 //! Loopback only. Connections come from `--source-ips` addresses (127.0.0.1, .2, …) so tens
 //! of thousands of closed connections in `TIME_WAIT` do not exhaust one address's ports.
 
@@ -13,6 +16,9 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use clap::Parser;
+
+#[path = "../tls.rs"]
+mod tls;
 use hdrhistogram::Histogram;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpSocket;
@@ -21,9 +27,12 @@ use tokio::net::TcpSocket;
 #[derive(Debug, Parser)]
 #[command(name = "sse-churn", version)]
 struct Args {
-    /// The stream URL (`http://127.0.0.1:PORT/path?query`; loopback only).
+    /// The stream URL (`http://` or `https://127.0.0.1:PORT/path?query`; loopback only).
     #[arg(long)]
     url: String,
+    /// The CA certificate(s) (PEM) an `https://` URL is verified against.
+    #[arg(long)]
+    ca_file: Option<std::path::PathBuf>,
     /// Workers, each with one connection at a time.
     #[arg(long, default_value_t = 200)]
     parallel: usize,
@@ -51,16 +60,32 @@ struct Totals {
 
 fn main() -> ExitCode {
     let args = Args::parse();
-    let Some((addr, request)) = parse_url(&args.url) else {
-        eprintln!("error: --url must be http://127.0.0.1:PORT/… (loopback only)");
+    let Some(target) = parse_url(&args.url) else {
+        eprintln!("error: --url must be http:// or https://127.0.0.1:PORT/… (loopback only)");
         return ExitCode::from(2);
     };
+    let tls = match (target.tls, &args.ca_file) {
+        (false, _) => None,
+        (true, None) => {
+            eprintln!("error: an https:// --url needs --ca-file");
+            return ExitCode::from(2);
+        }
+        (true, Some(ca)) => match tls::Tls::new(ca) {
+            Ok(t) => Some(t),
+            Err(e) => {
+                eprintln!("error: {e}");
+                return ExitCode::from(2);
+            }
+        },
+    };
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
-    rt.block_on(run(args, addr, request))
+    rt.block_on(run(args, target, tls))
 }
 
-async fn run(args: Args, addr: SocketAddr, request: Vec<u8>) -> ExitCode {
+async fn run(args: Args, target: Target, tls: Option<tls::Tls>) -> ExitCode {
+    let Target { addr, request, host, .. } = target;
     let request: Arc<[u8]> = request.into();
+    let host: Arc<str> = host.into();
     let totals = Arc::new(Totals::default());
     let warm_up = Instant::now() + Duration::from_secs(1);
     let end = warm_up + Duration::from_secs_f64(args.duration);
@@ -68,7 +93,8 @@ async fn run(args: Args, addr: SocketAddr, request: Vec<u8>) -> ExitCode {
     for i in 0..args.parallel {
         let source = Ipv4Addr::new(127, 0, 0, 1 + (i % args.source_ips.max(1) as usize) as u8);
         let (request, totals) = (request.clone(), totals.clone());
-        workers.push(tokio::spawn(worker(addr, source, request, totals, warm_up, end)));
+        let to = Endpoint { addr, source, tls: tls.clone(), host: host.clone() };
+        workers.push(tokio::spawn(worker(to, request, totals, warm_up, end)));
     }
     let mut hist = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).expect("histogram");
     for w in workers {
@@ -100,10 +126,18 @@ async fn run(args: Args, addr: SocketAddr, request: Vec<u8>) -> ExitCode {
     if cycles == 0 || errors + non_200 > cycles / 100 { ExitCode::FAILURE } else { ExitCode::SUCCESS }
 }
 
-/// One worker: cycles until `end`, counting those that finish after `warm_up`.
-async fn worker(
+/// Where a worker connects, from which source address, and how (TLS or not).
+struct Endpoint {
     addr: SocketAddr,
     source: Ipv4Addr,
+    tls: Option<tls::Tls>,
+    /// The URL's host: the name TLS verifies.
+    host: Arc<str>,
+}
+
+/// One worker: cycles until `end`, counting those that finish after `warm_up`.
+async fn worker(
+    to: Endpoint,
     request: Arc<[u8]>,
     totals: Arc<Totals>,
     warm_up: Instant,
@@ -113,7 +147,7 @@ async fn worker(
     let mut buf = vec![0u8; 4096];
     while Instant::now() < end {
         let started = Instant::now();
-        let outcome = tokio::time::timeout(Duration::from_secs(5), cycle(addr, source, &request, &mut buf)).await;
+        let outcome = tokio::time::timeout(Duration::from_secs(5), cycle(&to, &request, &mut buf)).await;
         let counted = Instant::now() >= warm_up && Instant::now() < end;
         match outcome {
             Ok(Ok(true)) if counted => {
@@ -133,11 +167,12 @@ async fn worker(
 }
 
 /// Connect, request, read the head and the first body bytes, close. `Ok(true)` for a `200`.
-async fn cycle(addr: SocketAddr, source: Ipv4Addr, request: &[u8], buf: &mut [u8]) -> std::io::Result<bool> {
+async fn cycle(to: &Endpoint, request: &[u8], buf: &mut [u8]) -> std::io::Result<bool> {
     let socket = TcpSocket::new_v4()?;
-    socket.bind(SocketAddr::new(IpAddr::V4(source), 0))?;
-    let mut stream = socket.connect(addr).await?;
+    socket.bind(SocketAddr::new(IpAddr::V4(to.source), 0))?;
+    let stream = socket.connect(to.addr).await?;
     stream.set_nodelay(true)?;
+    let mut stream = tls::wrap(to.tls.as_ref(), &to.host, stream).await.map_err(std::io::Error::other)?;
     stream.write_all(request).await?;
     let mut filled = 0;
     loop {
@@ -160,9 +195,22 @@ async fn cycle(addr: SocketAddr, source: Ipv4Addr, request: &[u8], buf: &mut [u8
     }
 }
 
-/// `http://127.0.0.1:PORT/path?query` → the address and the request bytes.
-fn parse_url(url: &str) -> Option<(SocketAddr, Vec<u8>)> {
-    let rest = url.strip_prefix("http://")?;
+/// What `--url` names.
+struct Target {
+    addr: SocketAddr,
+    /// `https://`.
+    tls: bool,
+    /// The host part (an IP address here).
+    host: String,
+    request: Vec<u8>,
+}
+
+/// `http://` or `https://127.0.0.1:PORT/path?query` → the address and the request bytes.
+fn parse_url(url: &str) -> Option<Target> {
+    let (tls, rest) = match url.strip_prefix("https://") {
+        Some(r) => (true, r),
+        None => (false, url.strip_prefix("http://")?),
+    };
     let (authority, path) = rest.split_at(rest.find('/').unwrap_or(rest.len()));
     let addr: SocketAddr = authority.parse().ok()?;
     if !addr.ip().is_loopback() {
@@ -172,5 +220,5 @@ fn parse_url(url: &str) -> Option<(SocketAddr, Vec<u8>)> {
     let request = format!(
         "GET {path} HTTP/1.1\r\nHost: {authority}\r\nAccept: text/event-stream\r\nCache-Control: no-cache\r\n\r\n"
     );
-    Some((addr, request.into_bytes()))
+    Some(Target { addr, tls, host: addr.ip().to_string(), request: request.into_bytes() })
 }

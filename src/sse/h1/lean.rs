@@ -1,12 +1,12 @@
 //! The lean path's entry: serves a connection's first request when it is a plain
-//! `GET /events`, else hands the socket (and what was read from it) to hyper.
+//! `GET /events`, else hands the socket (and what was read from it) to hyper. The socket is a
+//! plain `TcpStream`, or a TLS stream whose client picked HTTP/1.1 (see [`crate::sse::tls`]).
 
 use std::net::SocketAddr;
 use std::time::Duration;
 
 use bytes::Bytes;
-use tokio::io::AsyncWriteExt;
-use tokio::net::TcpStream;
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use tracing::trace;
 
 use super::head::{Head, read_head};
@@ -32,24 +32,24 @@ impl std::fmt::Debug for LeanEvents {
 }
 
 /// How the lean path left the connection.
-pub enum Served {
+pub enum Served<S> {
     /// The connection is done; `Some` says why, when it ended abnormally.
     Done(Option<ConnEnd>),
     /// Not for the lean path: hyper serves the socket, after the bytes already read.
-    Hyper(TcpStream, Bytes),
+    Hyper(S, Bytes),
 }
 
 /// Serves one connection's first request if it is a plain `GET /events`; otherwise returns the
 /// socket and what was read from it, for hyper. `in_head` (the connection's place in the head
 /// caps) is let go once the head is in, before the stream is admitted.
-pub async fn serve(
-    mut stream: TcpStream,
+pub async fn serve<S: AsyncRead + AsyncWrite + Unpin>(
+    mut stream: S,
     peer: SocketAddr,
     lean: &LeanEvents,
     handle: &ConnHandle,
     life: &Lifecycle,
     in_head: Option<&InHead>,
-) -> Served {
+) -> Served<S> {
     let head = tokio::select! {
         biased;
         _ = life.hard_stop.cancelled() => return Served::Done(Some(ConnEnd::DrainTimeOver)),

@@ -19,6 +19,9 @@
 //! or oversized heads, a client that closes mid-head) goes to hyper unchanged: the bytes read so
 //! far are replayed to it through [`crate::sse::conn::Rewind`], so it answers exactly as it would have.
 //!
+//! The socket is plain TCP, or TLS when the client picked HTTP/1.1 by ALPN (or named no
+//! protocol): the same path serves both, generic over the stream; HTTP/2 over TLS is hyper's.
+//!
 //! Its files: `lean` (the entry: [`serve`]), `head` (reading and parsing the request head),
 //! `reply` (the response head), `writer` (the chunked writer).
 

@@ -15,7 +15,6 @@ use bytes::Bytes;
 use futures_util::task::AtomicWaker;
 use http_body::Body;
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
-use tokio::net::TcpStream;
 use tokio_util::sync::CancellationToken;
 
 use crate::sse::body::SseBody;
@@ -44,8 +43,8 @@ pub(super) struct Cuts<'a> {
 /// that one of them fired: only then are they polled again.
 // Not an async fn (it would keep its arguments twice), whatever clippy's manual_async_fn says.
 #[allow(clippy::manual_async_fn)]
-pub(super) fn stream_body<'a>(
-    mut io: WatchedIo<TcpStream>,
+pub(super) fn stream_body<'a, S: AsyncRead + AsyncWrite + Unpin + 'a>(
+    mut io: WatchedIo<S>,
     mut body: SseBody,
     head: Bytes,
     chunked: bool,
