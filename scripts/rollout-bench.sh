@@ -221,7 +221,7 @@ run_scenario() { # name clients events/s drain_spread connect_rate_b
   [ "$status" = 0 ] || echo "   sse-loadgen exit status $status (3: a figure missed its target; see above)"
   # B's own account: streams it closed (and why), refusals, resume reads, gap events.
   curl -s -m 5 "http://127.0.0.1:$badm/metrics" >"$out/$name-b.metrics" || true
-  grep -E '^sse_bridge_[a-z_]*(closed|disconnects|rejected|gap|resume_broker_reads|shed|open_streams)[a-z_]*[{ ]' "$out/$name-b.metrics" \
+  grep -E '^sse_bridge_[a-z_]*(closed|disconnects|rejected|gap|resume_broker_reads|resume_spills|shed|open_streams)[a-z_]*[{ ]' "$out/$name-b.metrics" \
     | grep -v ' 0$' | sed 's/^/   B: /' || true
   stop_pid "$b_pid"; b_pid=""
   stop_pid "$nats_pid"; nats_pid=""
@@ -241,7 +241,8 @@ python3 - "$out" <<'PY'
 import csv, json, os, sys, collections
 out = sys.argv[1]
 runs = [json.loads(l) for l in open(os.path.join(out, "results.jsonl")) if l.strip()]
-hdr = ("| scenario | clients | events/s | back | dead | JetStream lost / dup | core gap events (clients) "
+hdr = ("| scenario | clients | events/s | back | dead | JetStream lost / dup | JetStream not yet delivered at the end (clients) "
+       "| core gap events (clients) "
        "| all back after | p50 / p99 back | ListenOverflows | peak connects at B | B slow-consumer cuts |")
 lines = [hdr, "|" + "|".join(["---"] * (hdr.count("|") - 1)) + "|"]
 def slow_cuts(name):
@@ -255,9 +256,10 @@ def slow_cuts(name):
 for r in runs:
     b = r["timeline"]["targets"][1]
     peak = max(b["connects"] or [0])
-    lines.append("| {} | {} | {:g} | {} | {} | {} / {} | {} ({}) | {} s | {} / {} s | {} | {} /100 ms | {} |".format(
+    lines.append("| {} | {} | {:g} | {} | {} | {} / {} | {} ({}) | {} ({}) | {} s | {} / {} s | {} | {} /100 ms | {} |".format(
         r["scenario"], r["clients"], r["rate"], r["back"], r["dead"], sum(r["durable_lost"]),
-        sum(r["durable_duplicated"]), r["gap_events"][1], r["clients_with_gap"][1], r["all_back_s"],
+        sum(r["durable_duplicated"]), sum(r.get("durable_undelivered", [0])),
+        sum(r.get("durable_clients_behind_at_end", [0])), r["gap_events"][1], r["clients_with_gap"][1], r["all_back_s"],
         r["back_p50_s"], r["back_p99_s"], r["listen_overflows"], peak, slow_cuts(r["scenario"])))
 summary = "\n".join(lines)
 open(os.path.join(out, "summary.md"), "w").write(summary + "\n")
@@ -267,6 +269,8 @@ for r in runs:
     if r["back"] != r["clients"]: bad.append(f'{r["clients"] - r["back"]} clients not back')
     if r["dead"]: bad.append(f'{r["dead"]} dead ({r["first_dead"]})')
     if sum(r["durable_lost"]) or sum(r["durable_duplicated"]): bad.append("JetStream events lost or duplicated")
+    if sum(r.get("durable_undelivered", [0])):
+        bad.append(f'{sum(r["durable_clients_behind_at_end"])} clients had not caught up when the run stopped')
     if r["listen_overflows"]: bad.append(f'{r["listen_overflows"]} listen overflows')
     if bad: print(f'WARNING {r["scenario"]}: ' + "; ".join(bad))
 

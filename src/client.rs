@@ -16,6 +16,16 @@
 //! Frames queued with [`ClientQueue::push_backlog`] (opening comment, gap, replay) precede live
 //! events and do not count against the capacity; the replay store bounds them.
 //!
+//! **Resuming streams spill instead of being cut** (policy `spill-reread`). While a stream is
+//! resuming (held for its resume read, [`ClientQueue::hold`], or with replayed frames still
+//! waiting ahead of its live events), a live event of a `disconnect` topic that finds the queue
+//! full does not cut it: the queue *spills*: it keeps what it has (at most the capacity) and
+//! takes no more live events. The replay and the live events kept go out; then the stream body
+//! gets [`Next::Reread`] with the id of the last event written and resumes in place from it, as
+//! the client would after a reconnect (rings, or the broker for durable streams), atomically with
+//! the fan-out again (`Subscription::restart`). Nothing is lost and the queue stays bounded by
+//! its capacity; a socket that stops taking bytes is still cut by `server.write_timeout`.
+//!
 //! Bytes are counted too ([`ClientQueue::with_bytes`]): live events against `server.queue_bytes`
 //! (a full queue in bytes is full, with the same policy, so 1,024 frames of 16 KiB cannot pin
 //! 16 MiB per stalled client), and backlog frames in the `sse_bridge_replay_inflight_bytes`
@@ -84,6 +94,9 @@ pub enum PushOutcome {
     DroppedOldest,
     /// The event is queued; an older event of its topic was replaced (`latest`).
     Conflated,
+    /// The queue of a resuming stream is full (or already spilled): the event is not queued
+    /// and will be read again from the rings or the broker (see the module doc, `spill-reread`).
+    Spilled,
 }
 
 /// What the stream body gets from [`ClientQueue::poll_next`].
@@ -94,6 +107,10 @@ pub enum Next {
     Frame { frame: Bytes, event: Option<Arc<Event>> },
     /// The stream is over.
     Closed(CloseReason),
+    /// The queue spilled (see the module doc) and everything it kept has been taken: the stream
+    /// must resume in place from `last_id`, the id of the last frame taken (None if no frame
+    /// with an id left since the spill; then the stream can only end and let the client resume).
+    Reread { last_id: Option<Bytes> },
 }
 
 /// Milliseconds on a process-wide monotonic clock; 0 is reserved for "never".
@@ -217,6 +234,21 @@ struct State {
     live_bytes: usize,
     /// Frame bytes of the queued control frames (backlog: opening, gaps, replay, heartbeats).
     backlog_bytes: usize,
+    /// The stream is resuming: held, or its replay not yet all written (set by `hold`,
+    /// `release` and `mark_resuming`; cleared once the backlog is out). A full queue then
+    /// spills instead of cutting (see the module doc).
+    resuming: bool,
+    /// Set when the queue spilled while resuming (see the module doc); cleared by
+    /// [`ClientQueue::unspill`] when the stream resumes in place.
+    spill: Option<Spill>,
+}
+
+/// A spilled queue's account: live events it did not take, and the id of the last frame taken
+/// since it spilled (where the in-place resume continues from).
+#[derive(Debug, Default)]
+struct Spill {
+    events: u64,
+    last_id: Option<Bytes>,
 }
 
 #[derive(Debug, Default)]
@@ -324,7 +356,25 @@ impl ClientQueue {
         }
         let mut outcome = PushOutcome::Queued;
         let len = event.frame.len();
+        if let Some(spill) = &mut st.spill {
+            spill.events += 1;
+            drop(st);
+            discard(Item::Event(event.clone()));
+            return PushOutcome::Spilled;
+        }
         if self.is_full(&st, len) {
+            if event.policy == SlowConsumerPolicy::Disconnect && st.resuming {
+                // Resuming: spill rather than cut (module doc, `spill-reread`).
+                // Until a frame leaves, the newest queued event is where the re-read starts.
+                let last_id = st.items.iter().rev().find_map(|i| match i {
+                    Item::Event(e) => id_of(&e.frame),
+                    Item::Control(_) => None,
+                });
+                st.spill = Some(Spill { events: 1, last_id });
+                drop(st);
+                discard(Item::Event(event.clone()));
+                return PushOutcome::Spilled;
+            }
             outcome = match event.policy {
                 SlowConsumerPolicy::Disconnect => {
                     self.overflow(st);
@@ -408,6 +458,14 @@ impl ClientQueue {
     pub fn hold(&self) {
         let mut st = self.state.lock();
         st.held = Some(st.items.len());
+        st.resuming = true;
+    }
+
+    /// Marks the stream as resuming while the replay queued so far (with
+    /// [`ClientQueue::push_backlog`]) is written: a full queue spills rather than cuts until
+    /// then (see the module doc). `hold` and `release` do it themselves.
+    pub fn mark_resuming(&self) {
+        self.state.lock().resuming = true;
     }
 
     /// Inserts `frames` right after what the hold let through (before every frame queued
@@ -416,6 +474,7 @@ impl ClientQueue {
         let waker = {
             let mut st = self.state.lock();
             let at = st.held.take().unwrap_or(0).min(st.items.len());
+            st.resuming = true;
             if st.closed.is_none_or(CloseReason::is_clean) {
                 let n = frames.len();
                 for (i, f) in frames.into_iter().enumerate() {
@@ -429,6 +488,18 @@ impl ClientQueue {
         if let Some(w) = waker {
             w.wake();
         }
+    }
+
+    /// Ends a spill (see the module doc): live events are queued again from now on. Call it
+    /// under the registry lock, with the in-place resume that re-reads what the spill left out
+    /// (`Subscription::restart`). Returns the live events the spill did not take.
+    pub fn unspill(&self) -> u64 {
+        self.state.lock().spill.take().map_or(0, |s| s.events)
+    }
+
+    /// Whether the queue has spilled and not yet resumed in place.
+    pub fn is_spilled(&self) -> bool {
+        self.state.lock().spill.is_some()
     }
 
     /// Queues `frame` if nothing was queued since the previous offer (busy streams carry no
@@ -519,15 +590,34 @@ impl ClientQueue {
             if st.items.is_empty() && st.items.capacity() > SHRINK_ABOVE {
                 st.items = VecDeque::new();
             }
+            if st.backlog == 0 && st.held.is_none() {
+                st.resuming = false;
+            }
+            let spilled = st.spill.is_some();
             drop(st);
             // Outside the state lock: the fan-out never waits for a rewrite.
-            return Poll::Ready(match item {
+            let next = match item {
                 Item::Event(e) => Next::Frame { frame: self.stamp(e.frame.clone(), true), event: Some(e) },
                 Item::Control(frame) => Next::Frame { frame: self.stamp(frame, false), event: None },
-            });
+            };
+            if spilled
+                && let Next::Frame { frame, .. } = &next
+                && let Some(id) = id_of(frame)
+                && let Some(spill) = &mut self.state.lock().spill
+            {
+                spill.last_id = Some(id);
+            }
+            return Poll::Ready(next);
         }
         if let Some(reason) = st.closed {
             return Poll::Ready(Next::Closed(reason));
+        }
+        if st.held.is_none()
+            && let Some(spill) = &st.spill
+        {
+            // Everything kept has been taken: the stream resumes in place (the spill stays set,
+            // so nothing is queued, until `unspill` under the registry lock).
+            return Poll::Ready(Next::Reread { last_id: spill.last_id.clone() });
         }
         match &st.waker {
             Some(w) if w.will_wake(cx.waker()) => {}
@@ -639,6 +729,15 @@ fn discard(item: Item) {
     {
         t.discarded();
     }
+}
+
+/// The id of a frame that starts with an `id:` line (as the client will read it), if any.
+fn id_of(frame: &Bytes) -> Option<Bytes> {
+    let rest = frame.strip_prefix(b"id:")?;
+    let end = rest.iter().position(|&b| b == b'\n')?;
+    let start = usize::from(rest.first() == Some(&b' '));
+    let at = frame.len() - rest.len();
+    Some(frame.slice(at + start..at + end))
 }
 
 fn dropped_gap(d: &Dropped) -> Bytes {

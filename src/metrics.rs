@@ -113,6 +113,7 @@ pub struct Metrics {
     pub resume_reads_active: Gauge,
     pub resume_reads_peak: Gauge,
     pub resume_reads_coalesced: Counter,
+    pub resume_spills: Counter,
     pub replayed_from_broker: Counter,
     pub connections_in_head: Gauge,
     pub replay_inflight_bytes: Gauge,
@@ -203,6 +204,7 @@ impl Metrics {
             resume_reads_active: Gauge::default(),
             resume_reads_peak: Gauge::default(),
             resume_reads_coalesced: Counter::default(),
+            resume_spills: Counter::default(),
             replayed_from_broker: Counter::default(),
             connections_in_head: Gauge::default(),
             replay_inflight_bytes: Gauge::default(),
@@ -349,6 +351,12 @@ impl Metrics {
             "resume_broker_reads_coalesced",
             "Resume reads served by joining an identical read already running",
             &self.resume_reads_coalesced,
+        );
+        add(
+            r,
+            "resume_spills",
+            "Resuming streams whose full queue spilled and that resumed in place (policy spill-reread) instead of being cut",
+            &self.resume_spills,
         );
         add(
             r,

@@ -33,6 +33,23 @@ async fn js_publish(js: &jetstream::Context, subject: &str, payload: &str) {
     js.publish(subject.to_owned(), payload.to_owned().into()).await.unwrap().await.expect("JetStream ack");
 }
 
+/// Publishes many messages quickly: acks are awaited in batches (the client bounds the acks in
+/// flight, so a publish waits for a permit that only awaiting earlier acks gives back).
+async fn js_publish_many(js: &jetstream::Context, subject: &str, payloads: impl Iterator<Item = String>) {
+    let mut acks = Vec::with_capacity(256);
+    for p in payloads {
+        acks.push(js.publish(subject.to_owned(), p.into()).await.unwrap());
+        if acks.len() == 256 {
+            for ack in acks.drain(..) {
+                ack.await.expect("JetStream ack");
+            }
+        }
+    }
+    for ack in acks {
+        ack.await.expect("JetStream ack");
+    }
+}
+
 fn js_config(nats: &NatsServer) -> Config {
     let mut c = test_config();
     c.jetstream = Some(JetStreamConfig {
@@ -711,4 +728,47 @@ async fn another_replicas_id_is_served_from_the_rings_when_they_hold_the_range()
     assert_eq!(data(&take_no_gap(&mut moved, 3).await), ["m9", "m10", "m11"]);
     let m = common::admin_metrics(&small).await;
     assert_eq!(common::sample(&m, "sse_bridge_replayed_from_broker_events_total"), Some(3.0), "{m}");
+}
+
+/// A resume whose broker read is long (20,000 events) while the live topic floods far beyond
+/// `server.queue_capacity`: the held stream spills (policy `spill-reread`) instead of being cut
+/// as a slow consumer, and resumes in place from the last event it wrote. The client gets every
+/// event once, in order, on the same connection.
+#[tokio::test]
+async fn held_stream_flooded_beyond_its_queue_spills_and_loses_nothing() {
+    const HISTORY: usize = 20_000;
+    const LIVE: usize = 200;
+    let nats = NatsServer::start().await;
+    let js = js_stream(&nats, -1).await;
+    // The client's position comes from another replica, before the history.
+    let a = started(js_config(&nats)).await;
+    let mut on_a = a.subscribe(&["orders.>"]).await;
+    js_publish(&js, "orders.hist", "h0").await;
+    let cursor = take_no_gap(&mut on_a, 1).await[0].id.clone().unwrap();
+    drop(on_a);
+    a.stop().await;
+    let payload = "x".repeat(512);
+    js_publish_many(&js, "orders.hist", (1..=HISTORY).map(|i| format!("h{i} {payload}"))).await;
+
+    let mut c = js_config(&nats);
+    c.server.queue_capacity = 8;
+    c.resume.max_events = 100_000;
+    c.resume.max_concurrent_reads = 1;
+    let b = started(c).await;
+    let mut moved = b.resume(&["orders.>"], &cursor).await;
+    let metrics = b.state.metrics.clone();
+    common::wait_until("the resume's broker read runs", async || metrics.resume_reads_active.get() == 1).await;
+    // While the stream is held for that read: far more live events than its queue holds.
+    js_publish_many(&js, "orders.live", (1..=LIVE).map(|i| format!("l{i}"))).await;
+    let got = moved.take_events(HISTORY + LIVE, EVENT_TIMEOUT).await;
+    let got: Vec<String> = got.iter().map(|e| e.data.split(' ').next().unwrap().to_owned()).collect();
+    let want: Vec<String> = (1..=HISTORY).map(|i| format!("h{i}")).chain((1..=LIVE).map(|i| format!("l{i}"))).collect();
+    assert_eq!(got.len(), want.len(), "the stream ended or stalled after {} events", got.len());
+    assert!(got == want, "events out of order, missing or repeated");
+    // Still the same stream, and live.
+    js_publish(&js, "orders.live", "after").await;
+    assert_eq!(data(&take_no_gap(&mut moved, 1).await), ["after"]);
+    let m = common::admin_metrics(&b).await;
+    assert_eq!(common::sample(&m, "sse_bridge_disconnects_total{reason=\"slow_consumer\"}").unwrap_or(0.0), 0.0, "{m}");
+    assert!(common::sample(&m, "sse_bridge_resume_spills_total").unwrap_or(0.0) >= 1.0, "the hold spilled: {m}");
 }

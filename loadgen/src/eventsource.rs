@@ -261,7 +261,20 @@ impl Sequence {
 
     /// Events of the `published` ones that never arrived (skipped or after the last one seen).
     pub fn missing(&self, published: u64) -> u64 {
-        self.skipped + published.saturating_sub(self.next.max(1) - 1)
+        self.skipped + self.undelivered(published)
+    }
+
+    /// Events the client's stream moved past without them: lost for good, since its last event
+    /// id (what it resumes from) is beyond them.
+    pub fn lost(&self) -> u64 {
+        self.skipped
+    }
+
+    /// Events of the `published` ones after the last one seen: not delivered *yet* when the run
+    /// stopped (the client was still resuming or catching up; its id is before them, so a
+    /// resume would still bring them). Not a loss, but not a client caught up either.
+    pub fn undelivered(&self, published: u64) -> u64 {
+        published.saturating_sub(self.next.max(1) - 1)
     }
 }
 
@@ -751,6 +764,7 @@ mod tests {
         }
         assert_eq!((s.skipped, s.behind, s.received), (1, 2, 6));
         assert_eq!(s.missing(7), 1 + 2);
+        assert_eq!((s.lost(), s.undelivered(7)), (1, 2));
         let mut exact = Sequence::default();
         (1..=10).for_each(|q| exact.observe(q));
         assert_eq!((exact.missing(10), exact.behind), (0, 0));

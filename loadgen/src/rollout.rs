@@ -196,7 +196,9 @@ pub async fn run(args: Args) -> Result<bool, String> {
         "open_at_end": r.open_at_end,
         "dead": r.dead,
         "first_dead": fleet.first_dead.lock().unwrap().clone(),
-        "durable_lost": r.missing[..durable],
+        "durable_lost": r.lost[..durable],
+        "durable_undelivered": r.undelivered[..durable],
+        "durable_clients_behind_at_end": r.behind_at_end[..durable],
         "durable_duplicated": r.behind[..durable],
         "durable_clients_affected": r.affected,
         "gap_events": r.gaps[..k],
@@ -257,8 +259,9 @@ pub async fn run(args: Args) -> Result<bool, String> {
     }
     for (t, name) in topics.iter().enumerate().take(durable) {
         println!(
-            "  durable topic    {}: {} lost, {} duplicated over all clients ({} clients affected); {} gap events{}",
-            name, r.missing[t], r.behind[t], r.affected[t], r.gaps[t], reasons[t]
+            "  durable topic    {}: {} lost, {} duplicated over all clients ({} clients affected); {} gap events{}; \
+             {} not yet delivered when the run stopped ({} clients still catching up)",
+            name, r.lost[t], r.behind[t], r.affected[t], r.gaps[t], reasons[t], r.undelivered[t], r.behind_at_end[t]
         );
     }
     for (t, name) in topics.iter().enumerate().skip(durable) {
@@ -342,7 +345,14 @@ struct Report {
     back: u64,
     dead: u64,
     open_at_end: Vec<u64>,
+    /// Events a client never got: `lost` (its stream moved past them) plus `undelivered`.
     missing: [u64; MAX_TOPICS],
+    /// Events a client's stream moved past without them (see [`eventsource::Sequence::lost`]).
+    lost: [u64; MAX_TOPICS],
+    /// Events after a client's last one when the run stopped (still to come on its resume).
+    undelivered: [u64; MAX_TOPICS],
+    /// Clients with `undelivered` events.
+    behind_at_end: [u64; MAX_TOPICS],
     behind: [u64; MAX_TOPICS],
     affected: [u64; MAX_TOPICS],
     gaps: [u64; MAX_TOPICS],
@@ -363,6 +373,9 @@ impl Report {
             dead: 0,
             open_at_end: vec![0; fleet.targets.len()],
             missing: [0; MAX_TOPICS],
+            lost: [0; MAX_TOPICS],
+            undelivered: [0; MAX_TOPICS],
+            behind_at_end: [0; MAX_TOPICS],
             behind: [0; MAX_TOPICS],
             affected: [0; MAX_TOPICS],
             gaps: [0; MAX_TOPICS],
@@ -390,8 +403,12 @@ impl Report {
             for (t, &p) in published.iter().enumerate() {
                 let (missing, behind) = (c.seq[t].missing(p), c.seq[t].behind);
                 r.missing[t] += missing;
+                r.lost[t] += c.seq[t].lost();
+                let undelivered = c.seq[t].undelivered(p);
+                r.undelivered[t] += undelivered;
+                r.behind_at_end[t] += u64::from(undelivered > 0);
                 r.behind[t] += behind;
-                if t < durable && missing + behind > 0 {
+                if t < durable && c.seq[t].lost() + behind > 0 {
                     r.affected[t] += 1;
                 }
                 r.gaps[t] += u64::from(c.gaps[t]);

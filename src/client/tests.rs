@@ -183,3 +183,35 @@ fn queue_bytes_bound_live_events_with_the_policy_and_backlog_is_metered() {
     drop(q);
     assert_eq!(inflight.get(), 0, "a dropped queue gives its backlog bytes back");
 }
+
+#[test]
+fn a_held_queue_spills_instead_of_cutting_and_asks_to_reread_from_its_last_id() {
+    let (q, conn) = q(2);
+    let p = SlowConsumerPolicy::Disconnect;
+    q.push_backlog(Bytes::from_static(b": ok\n\n"));
+    q.hold();
+    assert_eq!(q.push(&ev(1, "t", p)), PushOutcome::Queued);
+    assert_eq!(q.push(&ev(2, "t", p)), PushOutcome::Queued);
+    // Full while held: not cut, the event is left for the re-read, and so is every later one.
+    assert_eq!(q.push(&ev(3, "t", p)), PushOutcome::Spilled);
+    assert_eq!(q.push(&ev(4, "t", SlowConsumerPolicy::DropOldest)), PushOutcome::Spilled);
+    assert!(!conn.kill.is_cancelled());
+    assert!(q.is_spilled());
+    assert_eq!(frame(&q), ": ok\n\n");
+    assert!(poll(&q).is_pending(), "held: nothing after the hold point leaves");
+    q.release(vec![Bytes::from_static(b"id: 000000000001-0\ndata: replayed\n\n")]);
+    assert!(frame(&q).contains("replayed"));
+    assert!(frame(&q).starts_with("id: 000000000001-1\n"));
+    assert!(frame(&q).starts_with("id: 000000000001-2\n"));
+    match poll(&q) {
+        Poll::Ready(Next::Reread { last_id }) => assert_eq!(last_id.as_deref(), Some(&b"000000000001-2"[..])),
+        other => panic!("expected a re-read, got {other:?}"),
+    }
+    assert_eq!(q.unspill(), 2);
+    assert_eq!(q.push(&ev(5, "t", p)), PushOutcome::Queued);
+    assert!(frame(&q).starts_with("id: 000000000001-5\n"));
+    // No longer resuming: a full queue is a slow consumer again.
+    q.push(&ev(6, "t", p));
+    q.push(&ev(7, "t", p));
+    assert_eq!(q.push(&ev(8, "t", p)), PushOutcome::Overflowed);
+}

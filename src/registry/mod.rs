@@ -66,6 +66,23 @@ pub struct Subscription {
     key: usize,
 }
 
+impl Subscription {
+    /// Resumes the stream in place after its queue spilled (`crate::client`, `spill-reread`):
+    /// runs `start` under the shard's write lock, as [`Registry::subscribe_from`] does, so the
+    /// re-read it plans and the live events queued from then on meet with no gap and no
+    /// duplicate; `start` returns the sequence the re-read covers. Shutting down: the queue is
+    /// closed cleanly first (the client resumes elsewhere from its last id).
+    pub fn restart(&self, start: impl FnOnce(&[TopicFilter], &ClientQueue) -> u64) {
+        let g = self.registry.shards[self.shard].write();
+        let Some(sub) = g.subs.get(self.key) else { return };
+        if self.registry.closed.load(Ordering::Acquire) {
+            sub.queue.close(CloseReason::Shutdown);
+        }
+        let covered = start(&sub.filters, &sub.queue);
+        sub.last_seq.fetch_max(covered, Ordering::Relaxed);
+    }
+}
+
 impl Drop for Subscription {
     fn drop(&mut self) {
         self.registry.remove(self.shard, self.key);
@@ -268,7 +285,8 @@ fn deliver(sub: &Sub, event: &Arc<Event>, stats: &mut FanoutStats) {
             stats.delivered += 1;
             stats.conflated += 1;
         }
-        PushOutcome::Closed => {}
+        // A resuming stream's spill: re-read later by its in-place resume, not delivered now.
+        PushOutcome::Closed | PushOutcome::Spilled => {}
     }
 }
 

@@ -107,6 +107,9 @@ pub(super) fn plan(
             queue.push_backlog(gap_frame(reason, topics, &last_event_id));
             cx.metrics.count_gap(reason);
         }
+        if !events.is_empty() {
+            queue.mark_resuming();
+        }
         for e in events {
             queue.push_backlog(e.frame.clone());
         }

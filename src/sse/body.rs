@@ -36,7 +36,7 @@ pub struct StreamAborted(&'static str);
 /// An open SSE stream.
 pub struct SseBody {
     queue: Arc<ClientQueue>,
-    _subscription: Subscription,
+    subscription: Subscription,
     _permit: StreamPermit,
     /// Per-connection delivery rate (`[[delivery]] max_rate`); live events over it wait here
     /// and in the queue, where the slow-consumer policy applies.
@@ -49,6 +49,8 @@ pub struct SseBody {
     /// On-demand upstream holds: nothing is written (not even `: ok`) until the broker has
     /// confirmed them; released when the stream ends.
     upstream: Option<Holds>,
+    /// Plans the in-place resume of a queue that spilled (`crate::client`, `spill-reread`).
+    reread: Option<Rereader>,
     opened: Instant,
     ended: Option<&'static str>,
 }
@@ -56,6 +58,12 @@ pub struct SseBody {
 /// The read of a resume (broker or rings); it fills the held queue when done and returns what
 /// the stream's span records (events replayed, gap reason), if anything.
 pub type ResumeFuture = Pin<Box<dyn Future<Output = Option<(usize, Option<&'static str>)>> + Send>>;
+
+/// Resumes a spilled stream in place from the id of the last event it wrote (its queue, its
+/// subscription, that id, its span): plans the re-read under the registry lock and returns the
+/// read the body runs next, if any. The handler builds it (it knows the shared state).
+pub type Rereader =
+    Box<dyn FnMut(&Subscription, &Arc<ClientQueue>, &str, &mut Option<Box<StreamSpan>>) -> Option<ResumeFuture> + Send>;
 
 /// A live event on its way to the socket.
 type Live = (Bytes, Arc<Event>);
@@ -82,6 +90,7 @@ pub struct StreamParts {
     pub metrics: Arc<Metrics>,
     pub resume: Option<ResumeFuture>,
     pub upstream: Option<Holds>,
+    pub reread: Option<Rereader>,
 }
 
 impl SseBody {
@@ -91,13 +100,14 @@ impl SseBody {
         let throttle = p.rate.map(|q| Box::new(Throttle { limiter: RateLimiter::direct(q), held: None, sleep: None }));
         SseBody {
             queue: p.queue,
-            _subscription: p.subscription,
+            subscription: p.subscription,
             _permit: p.permit,
             throttle,
             span: p.span,
             metrics: p.metrics,
             resume: p.resume,
             upstream: p.upstream,
+            reread: p.reread,
             opened: Instant::now(),
             ended: None,
         }
@@ -202,6 +212,23 @@ impl Body for SseBody {
                     },
                     None => Poll::Ready(Some(Ok(this.written(frame, &event)))),
                 },
+                Poll::Ready(Next::Reread { last_id }) => {
+                    let id = last_id.as_deref().and_then(|b| std::str::from_utf8(b).ok());
+                    match (id, &mut this.reread) {
+                        (Some(id), Some(reread)) => {
+                            this.metrics.resume_spills.inc();
+                            this.resume = reread(&this.subscription, &this.queue, id, &mut this.span);
+                            // The re-read (if any) is polled at the top; the queue is live again.
+                            cx.waker().wake_by_ref();
+                            Poll::Pending
+                        }
+                        // Nowhere to resume from here: end cleanly, the client resumes with its id.
+                        _ => {
+                            this.ended = Some("spilled");
+                            Poll::Ready(None)
+                        }
+                    }
+                }
                 Poll::Ready(Next::Closed(reason)) => {
                     this.ended = Some(reason.as_str());
                     if reason.is_clean() {

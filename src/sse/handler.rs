@@ -20,7 +20,7 @@ use http::{Method, Request, Response, StatusCode};
 use hyper::body::Incoming;
 use tracing::debug;
 
-use super::body::{ResponseBody, SseBody, StreamParts};
+use super::body::{Rereader, ResponseBody, SseBody, StreamParts};
 use super::conn::Conn;
 use super::demo;
 use super::guard;
@@ -178,7 +178,7 @@ fn resume_from(
 /// Answers `200` with the stream body, which holds the subscription, the admission permit and
 /// the upstream holds (it starts once they are confirmed).
 fn respond(
-    app: &AppState,
+    app: &Arc<AppState>,
     stream: Subscribed,
     permit: StreamPermit,
     upstream: Option<Holds>,
@@ -193,6 +193,7 @@ fn respond(
         metrics: app.metrics.clone(),
         resume: pending.map(|r| Box::pin(r.run()) as _),
         upstream,
+        reread: Some(rereader(app.clone())),
     });
     let mut r = Response::new(ResponseBody::Sse(body));
     let h = r.headers_mut();
@@ -200,6 +201,23 @@ fn respond(
     h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
     h.insert("x-accel-buffering", HeaderValue::from_static("no"));
     r
+}
+
+/// The in-place resume of a stream whose queue spilled while it resumed (`crate::client`,
+/// `spill-reread`): from the id of the last event it wrote, under the registry lock, exactly
+/// as a reconnect with that `Last-Event-ID` would resume.
+fn rereader(app: Arc<AppState>) -> Rereader {
+    Box::new(move |subscription, queue, last_id, span| {
+        let mut pending = None;
+        subscription.restart(|filters, _| {
+            let spilled = queue.unspill();
+            debug!(spilled, last_id, "Spilled stream resumes in place.");
+            let (covered, work) = resume_from(&app, filters, queue, Some(last_id), span);
+            pending = work;
+            covered
+        });
+        pending.map(|r| Box::pin(r.run()) as _)
+    })
 }
 
 /// `age` ±10 %, so streams opened together (after a deploy) do not all end together.
