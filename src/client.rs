@@ -29,7 +29,9 @@
 //! Bytes are counted too ([`ClientQueue::with_bytes`]): live events against `server.queue_bytes`
 //! (a full queue in bytes is full, with the same policy, so 1,024 frames of 16 KiB cannot pin
 //! 16 MiB per stalled client), and backlog frames in the `sse_bridge_replay_inflight_bytes`
-//! gauge shared by every queue, which caps resumes at admission (`resume.max_inflight_bytes`).
+//! gauge shared by every queue, which caps resumes at admission (`resume.max_inflight_bytes`);
+//! a broker resume's frames count there as they are built ([`ClientQueue::reserve_backlog`]),
+//! before they are queued.
 //! The memory budget sheds the streams that hold the most bytes, backlog included.
 
 use std::collections::VecDeque;
@@ -232,7 +234,8 @@ struct State {
     held: Option<usize>,
     /// Frame bytes of the queued live events.
     live_bytes: usize,
-    /// Frame bytes of the queued control frames (backlog: opening, gaps, replay, heartbeats).
+    /// Frame bytes of the queued control frames (backlog: opening, gaps, replay, heartbeats),
+    /// and of the replay frames a held stream's resume is building (`reserved`).
     backlog_bytes: usize,
     /// The stream is resuming: held, or its replay not yet all written (set by `hold`,
     /// `release` and `mark_resuming`; cleared once the backlog is out). A full queue then
@@ -241,6 +244,9 @@ struct State {
     /// Set when the queue spilled while resuming (see the module doc); cleared by
     /// [`ClientQueue::unspill`] when the stream resumes in place.
     spill: Option<Spill>,
+    /// Of `backlog_bytes`, those of frames built for [`ClientQueue::release`] and not yet
+    /// queued (see [`ClientQueue::reserve_backlog`]).
+    reserved: usize,
 }
 
 /// A spilled queue's account: live events it did not take, and the id of the last frame taken
@@ -468,11 +474,29 @@ impl ClientQueue {
         self.state.lock().resuming = true;
     }
 
+    /// Counts `n` bytes of replay frames being built for this held stream (a broker resume's
+    /// frames, before [`ClientQueue::release`] queues them) in its backlog bytes and the
+    /// in-flight gauge, so the memory budget sees them and sheds this stream by them, and the
+    /// resume cap counts them. False once the stream was cut (shed, overflowed, gone): the
+    /// builder stops and drops what it built; the count was already given back. A stream ending
+    /// cleanly (drain, maximum age) still gets its replay written first, as with `release`.
+    pub fn reserve_backlog(&self, n: usize) -> bool {
+        let mut st = self.state.lock();
+        if st.closed.is_some_and(|c| !c.is_clean()) {
+            return false;
+        }
+        st.reserved += n;
+        self.control_bytes(&mut st, n, true);
+        true
+    }
+
     /// Inserts `frames` right after what the hold let through (before every frame queued
-    /// since) and lifts the hold.
+    /// since) and lifts the hold. Bytes reserved for them are counted once, as queued frames.
     pub fn release(&self, frames: Vec<Bytes>) {
         let waker = {
             let mut st = self.state.lock();
+            let reserved = std::mem::take(&mut st.reserved);
+            self.control_bytes(&mut st, reserved, false);
             let at = st.held.take().unwrap_or(0).min(st.items.len());
             st.resuming = true;
             if st.closed.is_none_or(CloseReason::is_clean) {
@@ -678,6 +702,7 @@ impl ClientQueue {
     fn discard_all(&self, st: &mut State) {
         st.backlog = 0;
         st.live_bytes = 0;
+        st.reserved = 0;
         let backlog_bytes = std::mem::take(&mut st.backlog_bytes);
         if let Some(g) = &self.inflight {
             g.dec_by(backlog_bytes as i64);

@@ -215,3 +215,27 @@ fn a_held_queue_spills_instead_of_cutting_and_asks_to_reread_from_its_last_id() 
     q.push(&ev(7, "t", p));
     assert_eq!(q.push(&ev(8, "t", p)), PushOutcome::Overflowed);
 }
+
+#[test]
+fn replay_frames_being_built_are_metered_once() {
+    let inflight = Gauge::default();
+    let q = ClientQueue::new(100, ConnHandle::default(), None).with_bytes(0, inflight.clone());
+    q.hold();
+    assert!(q.reserve_backlog(100));
+    assert!(q.reserve_backlog(50));
+    assert_eq!((q.queued_bytes(), inflight.get()), (150, 150), "seen by the budget before they are queued");
+    q.release(vec![Bytes::from(vec![b'x'; 100]), Bytes::from(vec![b'y'; 50])]);
+    assert_eq!((q.backlog_bytes(), inflight.get()), (150, 150), "queued: counted once");
+    drop(q);
+    assert_eq!(inflight.get(), 0);
+
+    // Shed while building: the count goes back at once, and the builder is told to stop.
+    let q = ClientQueue::new(100, ConnHandle::default(), None).with_bytes(0, inflight.clone());
+    q.hold();
+    assert!(q.reserve_backlog(1000));
+    q.close(CloseReason::SlowConsumer);
+    assert_eq!((q.queued_bytes(), inflight.get()), (0, 0));
+    assert!(!q.reserve_backlog(10));
+    q.release(vec![Bytes::from(vec![b'x'; 1000])]);
+    assert_eq!((q.queued_bytes(), inflight.get()), (0, 0), "nothing queued on an ended stream");
+}

@@ -11,9 +11,17 @@
 //! - a ring forgotten before the scan reached it raised `forgotten_upto`, which is checked in
 //!   the last step, under the same lock as the end of the scan.
 //!
-//! Exact filters are looked up by name; a pattern scans the name range of its literal prefix
-//! (`orders.eu.*` reads only names starting with `orders.eu.`), continuing after the last
-//! name it read.
+//! Exact filters are looked up by name. With a pattern, the read takes the cheaper of two
+//! walks, chosen in its first step:
+//! - the use log from the cursor on (`order.rs`): only the rings written since the cursor can
+//!   hold an event after it or have evicted one (a ring's eviction record never passes its
+//!   newest sequence), so a resume from a recent id over 100k idle rings visits the few rings
+//!   written since. Between steps a position is a sequence: a ring appended to meanwhile gets
+//!   a later entry, which the walk still meets (visiting a ring twice only repeats events, which
+//!   [`Collection::finish`] drops);
+//! - the name range of the pattern's literal prefix (`orders.eu.*` reads only names starting
+//!   with `orders.eu.`), continuing after the last name it read: for an old cursor on a narrow
+//!   prefix.
 
 use std::ops::Bound;
 use std::sync::Arc;
@@ -74,6 +82,8 @@ pub struct Collection {
     /// With a pattern among the filters: the name ranges to scan, merged, in order. Without:
     /// empty, and the exact filters are looked up in one step.
     ranges: Vec<NameRange>,
+    /// How the rings are walked (decided in the first step when there is a pattern).
+    walk: Walk,
     /// The range being scanned, and the last name read in it.
     at: usize,
     from: Option<Arc<str>>,
@@ -108,6 +118,7 @@ impl Collection {
             after,
             upto,
             ranges,
+            walk: Walk::Undecided,
             at: 0,
             from: None,
             events: Vec::new(),
@@ -211,6 +222,44 @@ impl ReplayStore {
 /// Events taken that cost as much work as reading one more ring, for the step budget.
 const EVENTS_PER_UNIT: usize = 16;
 
+/// How a read with a pattern visits the rings.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Walk {
+    /// Not yet decided (the first step decides).
+    Undecided,
+    /// The name ranges of the patterns' prefixes.
+    Names,
+    /// The use log after this sequence (the cursor, then the last entry visited).
+    Log(u64),
+}
+
+impl Collection {
+    /// Picks the cheaper walk: the use log when it holds fewer entries after the cursor than the
+    /// name ranges hold rings. The ranges are counted only up to the log's count, and at most
+    /// `budget` names; past that the log is taken if it is no longer than the store's ring count
+    /// (the most a name walk can cost). The counting is not charged to the step (so the first
+    /// step may do up to twice its budget, and always makes progress).
+    fn choose(&mut self, inner: &super::Inner, budget: usize) {
+        let since = inner.order.count_after(self.after);
+        let cap = since.min(budget);
+        let mut names = 0usize;
+        for r in &self.ranges {
+            names += inner.by_name.range::<str, _>(r.bounds(None)).take(cap + 1 - names).count();
+            if names > cap {
+                break;
+            }
+        }
+        let names_cheaper = if names <= cap {
+            names < since // every name in the ranges was counted
+        } else {
+            // More names than the log's entries, or both past the budget: the log unless it is
+            // longer than the rings a name walk can visit.
+            since > cap && since > inner.rings.len()
+        };
+        self.walk = if names_cheaper { Walk::Names } else { Walk::Log(self.after) };
+    }
+}
+
 impl ReplayStore {
     /// Advances `c` by at most `budget` units of work (a ring read, or [`EVENTS_PER_UNIT`]
     /// events taken) under one hold of the store's lock; true when the read is complete. A
@@ -246,6 +295,27 @@ impl ReplayStore {
             return true;
         }
         let mut spent = 0usize;
+        if c.walk == Walk::Undecided {
+            c.choose(&g, budget);
+        }
+        if let Walk::Log(mut from) = c.walk {
+            for (seq, slot) in g.order.after(from) {
+                if spent >= budget {
+                    c.walk = Walk::Log(from);
+                    return false;
+                }
+                spent += 1;
+                from = seq;
+                // A stale entry: the ring was appended to later (its live entry is further on)
+                // or forgotten (the check below).
+                let Some(ring) = g.rings.get(slot).filter(|r| r.newest == seq) else { continue };
+                if c.filters.iter().any(|f| f.matches(&ring.topic)) {
+                    let n = consider(ring, after, upto, &mut c.events, &mut c.incomplete);
+                    spent = spent.saturating_add(n / EVENTS_PER_UNIT);
+                }
+            }
+            c.at = c.ranges.len();
+        }
         while c.at < c.ranges.len() {
             let mut last: Option<&Arc<str>> = None;
             let mut names = g.by_name.range::<str, _>(c.ranges[c.at].bounds(c.from.as_deref()));
@@ -279,9 +349,118 @@ impl ReplayStore {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::config::ReplayConfig;
+    use crate::event::{EventId, frame_event};
+    use std::time::Instant;
 
     fn f(s: &str) -> TopicFilter {
         TopicFilter::parse(s, 256).unwrap()
+    }
+
+    fn ev(seq: u64, topic: &str) -> Arc<Event> {
+        let id = EventId { run: 1, seq };
+        Arc::new(Event {
+            id,
+            topic: topic.into(),
+            frame: frame_event(id, None, b"x").0,
+            received_at: Instant::now(),
+            policy: crate::config::SlowConsumerPolicy::Disconnect,
+            trace: None,
+            published_at_ms: None,
+            durable: None,
+        })
+    }
+
+    fn store(per_topic: usize, max_topics: usize) -> ReplayStore {
+        ReplayStore::new(ReplayConfig {
+            max_events_per_topic: per_topic,
+            max_bytes_per_topic: 1 << 20,
+            max_total_bytes: 1 << 30,
+            max_topics,
+        })
+    }
+
+    fn read(s: &ReplayStore, mut c: Collection, budget: usize) -> (Vec<u64>, Vec<String>) {
+        while !s.collect_step(&mut c, budget) {}
+        let r = c.finish();
+        (r.events.iter().map(|e| e.id.seq).collect(), r.incomplete)
+    }
+
+    fn forced(filters: &[TopicFilter], after: u64, upto: u64, walk: Walk) -> Collection {
+        let mut c = Collection::new(filters, after, upto);
+        c.walk = walk;
+        c
+    }
+
+    #[test]
+    fn a_recent_cursor_walks_the_log_and_an_old_one_on_a_narrow_prefix_walks_names() {
+        let s = store(4, 100_000);
+        for seq in 1..=10_000u64 {
+            s.append(&ev(seq, &format!("load.{seq}")));
+        }
+        s.append(&ev(10_001, "hot"));
+        let mut c = Collection::new(&[f("load.>"), f("hot")], 9_999, 10_001);
+        assert!(s.collect_step(&mut c, 512), "two entries after the cursor: one step");
+        assert_eq!(c.walk, Walk::Log(9_999));
+        assert_eq!(seqs_of(c), [10_000, 10_001]);
+        let mut c = Collection::new(&[f("load.7.*")], 0, 10_001);
+        assert!(s.collect_step(&mut c, 512));
+        assert_eq!(c.walk, Walk::Names, "no name under load.7.: nothing to walk");
+    }
+
+    fn seqs_of(c: Collection) -> Vec<u64> {
+        c.finish().events.iter().map(|e| e.id.seq).collect()
+    }
+
+    #[test]
+    fn the_log_walk_meets_rings_appended_to_between_steps() {
+        let s = store(10, 100);
+        for (seq, t) in [(1, "a.1"), (2, "a.2"), (3, "a.3"), (4, "b")] {
+            s.append(&ev(seq, t));
+        }
+        let mut c = forced(&[f("a.*")], 1, 4, Walk::Log(1));
+        assert!(!s.collect_step(&mut c, 1)); // visits a.2
+        s.append(&ev(5, "a.3")); // a.3's entry moves behind every other
+        for seq in 6..=400 {
+            s.append(&ev(seq, "b")); // and the log is compacted meanwhile
+        }
+        assert_eq!(read(&s, c, 1), (vec![2, 3], vec![]));
+    }
+
+    #[test]
+    fn both_walks_read_what_a_read_in_one_go_reads() {
+        // A small store that evicts and forgets, with topics under several prefixes.
+        let s = store(3, 24);
+        let mut x = 7u64;
+        let mut published = 0u64;
+        let check = |s: &ReplayStore, published: u64| {
+            for filters in [vec![f("a.*")], vec![f("a.>"), f("c")], vec![f("*.1"), f("a.2")], vec![f(">")]] {
+                for after in [0, published / 2, published.saturating_sub(5), published] {
+                    let whole = read(s, forced(&filters, after, published, Walk::Names), usize::MAX);
+                    for budget in [1, 3] {
+                        for walk in [Walk::Names, Walk::Log(after), Walk::Undecided] {
+                            let got = read(s, forced(&filters, after, published, walk), budget);
+                            assert_eq!(got, whole, "{filters:?} after {after} by {walk:?} in steps of {budget}");
+                        }
+                    }
+                }
+            }
+        };
+        for _ in 0..400 {
+            x = x.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+            let n = (x >> 33) % 40;
+            let topic = match n % 4 {
+                0 => format!("a.{}", n / 4),
+                1 => format!("a.{}.x", n / 4),
+                2 => format!("b.{}", n / 4),
+                _ => "c".to_owned(),
+            };
+            published += 1;
+            s.append(&ev(published, &topic));
+            if published.is_multiple_of(50) {
+                check(&s, published);
+            }
+        }
     }
 
     #[test]

@@ -9,13 +9,14 @@
 //! the same frame `Bytes`) that was fanned out: no copies.
 //!
 //! At `replay.max_topics` a new topic forgets the ring used least recently, found in O(1)
-//! through the use order (`order.rs`); the store remembers up to where forgotten rings reached,
+//! through the use log (`order.rs`); the store remembers up to where forgotten rings reached,
 //! and a ring created again for such a topic starts with that as its eviction record. With
 //! replay off (`max_events_per_topic = 0` or `max_total_bytes = 0`) nothing is retained and
 //! every resume from before the newest sequence is reported incomplete.
 //!
 //! Resumes read the rings in bounded steps (`collect.rs`), taking the store's lock for one step
-//! at a time, so the sequencer's `append` never waits behind a long scan.
+//! at a time, so the sequencer's `append` never waits behind a long scan; a pattern resume from
+//! a recent cursor walks the use log from the cursor on, visiting only the rings written since.
 
 pub mod collect;
 mod order;
@@ -33,7 +34,7 @@ use crate::event::{Event, EventId};
 use crate::outages::OutageLog;
 use crate::topic::TopicFilter;
 
-use order::UseOrder;
+use order::UseLog;
 
 /// Bookkeeping bytes charged per retained event on top of its frame (the `Event`, its `Arc`,
 /// and the ring slot), so the budget tracks real memory, not just payloads.
@@ -64,8 +65,9 @@ struct Inner {
     /// and a scan continues after the last name it read.
     by_name: BTreeMap<Arc<str>, usize>,
     rings: Slab<TopicRing>,
-    /// Slots from least to most recently appended to: the front is forgotten first.
-    order: UseOrder,
+    /// Slots by the sequence of their last append, least recent first: the front is forgotten
+    /// first, and a resume walks it from its cursor on.
+    order: UseLog,
     /// Ring fronts by sequence, oldest first; entries go stale when a front is popped and are
     /// skipped (and the heap rebuilt when stale entries dominate).
     fronts: BinaryHeap<Reverse<(u64, usize)>>,
@@ -195,7 +197,7 @@ impl ReplayStore {
             index: HashMap::new(),
             by_name: BTreeMap::new(),
             rings: Slab::new(),
-            order: UseOrder::default(),
+            order: UseLog::default(),
             fronts: BinaryHeap::new(),
             total_bytes: 0,
             total_events: 0,
@@ -223,10 +225,7 @@ impl ReplayStore {
         let inner = &mut *g;
         let c = cost(event);
         let slot = match inner.index.get(&event.topic) {
-            Some(&slot) => {
-                inner.order.touch(slot);
-                slot
-            }
+            Some(&slot) => slot,
             None => {
                 if inner.rings.len() >= self.cfg.max_topics {
                     inner.forget_quietest();
@@ -241,6 +240,7 @@ impl ReplayStore {
         ring.events.push_back(event.clone());
         ring.bytes += c;
         ring.newest = event.id.seq;
+        inner.order.push(event.id.seq, slot);
         if event.durable.is_some() {
             ring.newest_durable = event.durable;
         }
@@ -269,6 +269,8 @@ impl ReplayStore {
         if inner.fronts.len() > 2 * inner.rings.len() + 64 {
             inner.rebuild_fronts();
         }
+        let rings = &inner.rings;
+        inner.order.compact(rings.len(), |seq, slot| is_live(rings, seq, slot));
     }
 
     /// Plans a resume for `filters` from `cursor`, covering sequences up to `upto` (the newest
@@ -331,6 +333,11 @@ impl ReplayStore {
 /// of microseconds under the lock); past it the answer is "not proven".
 pub const COVERS_SCAN: usize = 1024;
 
+/// Whether the use log's entry `(seq, slot)` is its ring's last append (not stale).
+fn is_live(rings: &Slab<TopicRing>, seq: u64, slot: usize) -> bool {
+    rings.get(slot).is_some_and(|r| r.newest == seq)
+}
+
 impl TopicRing {
     /// Drops the oldest event, remembering its sequence as evicted; returns the bytes freed.
     /// The caller keeps the store's totals and the heap of fronts.
@@ -362,7 +369,6 @@ impl Inner {
         });
         self.index.insert(topic.clone(), slot);
         self.by_name.insert(topic.clone(), slot);
-        self.order.push_back(slot);
         slot
     }
 
@@ -399,10 +405,10 @@ impl Inner {
     }
 
     /// Drops the ring used least recently (whose newest event is oldest), to stay within
-    /// `max_topics`: O(1) through the use order, plus the name index's O(log n).
+    /// `max_topics`: O(1) amortised through the use log, plus the name index's O(log n).
     fn forget_quietest(&mut self) {
-        let Some(slot) = self.order.front() else { return };
-        self.order.remove(slot);
+        let rings = &self.rings;
+        let Some(slot) = self.order.pop_front(|seq, slot| is_live(rings, seq, slot)) else { return };
         let ring = self.rings.remove(slot);
         self.index.remove(&ring.topic);
         self.by_name.remove(&ring.topic);

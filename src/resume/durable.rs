@@ -243,7 +243,10 @@ fn from_ring(
 }
 
 impl BrokerResume {
-    /// Reads the broker, then puts the gap signals and the replay in front of the stream.
+    /// Reads the broker, then puts the gap signals and the replay in front of the stream. Each
+    /// frame is counted against the stream's bytes as it is built (up to `resume.max_events` ×
+    /// the message size per stream read), so the memory budget can shed this stream before its
+    /// replay is queued; a stream that ended meanwhile stops building.
     pub async fn run(mut self) {
         let mut frames: Vec<Bytes> = Vec::new();
         let mut suffix = String::new();
@@ -263,7 +266,12 @@ impl BrokerResume {
                 self.vector[idx] = Some(e.pos);
                 suffix.clear();
                 self.catalog.write_vector(&self.vector, &mut suffix);
-                frames.push(frame_event_with(&self.base, &suffix, e.event_type.as_deref(), &e.payload).0);
+                let frame = frame_event_with(&self.base, &suffix, e.event_type.as_deref(), &e.payload).0;
+                if !self.queue.reserve_backlog(frame.len()) {
+                    self.queue.release(Vec::new());
+                    return;
+                }
+                frames.push(frame);
             }
         }
         self.metrics.replayed_from_broker.inc_by(frames.len() as u64);
