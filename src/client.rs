@@ -17,14 +17,18 @@
 //! events and do not count against the capacity; the replay store bounds them.
 //!
 //! **Resuming streams spill instead of being cut** (policy `spill-reread`). While a stream is
-//! resuming (held for its resume read, [`ClientQueue::hold`], or with replayed frames still
-//! waiting ahead of its live events), a live event of a `disconnect` topic that finds the queue
-//! full does not cut it: the queue *spills*: it keeps what it has (at most the capacity) and
+//! resuming (held for its resume read, [`ClientQueue::hold`], or not yet caught up: replayed
+//! frames, or live events queued since the resume began, still waiting to be written), a live
+//! event of a `disconnect` topic that finds the queue full does not cut it: the queue *spills*: it keeps what it has (at most the capacity) and
 //! takes no more live events. The replay and the live events kept go out; then the stream body
 //! gets [`Next::Reread`] with the id of the last event written and resumes in place from it, as
 //! the client would after a reconnect (rings, or the broker for durable streams), atomically with
 //! the fan-out again (`Subscription::restart`). Nothing is lost and the queue stays bounded by
 //! its capacity; a socket that stops taking bytes is still cut by `server.write_timeout`.
+//! A stream stays resuming until its queue is empty once: a client that comes back after a
+//! rollout, onto a replica as busy as the one it left, may read slower than the live rate for a
+//! while, and cutting it then would only send it back to resume again (and, further behind,
+//! past `resume.max_events`). Once it has caught up, a full queue is a slow consumer again.
 //!
 //! Bytes are counted too ([`ClientQueue::with_bytes`]): live events against `server.queue_bytes`
 //! (a full queue in bytes is full, with the same policy, so 1,024 frames of 16 KiB cannot pin
@@ -237,9 +241,9 @@ struct State {
     /// Frame bytes of the queued control frames (backlog: opening, gaps, replay, heartbeats),
     /// and of the replay frames a held stream's resume is building (`reserved`).
     backlog_bytes: usize,
-    /// The stream is resuming: held, or its replay not yet all written (set by `hold`,
-    /// `release` and `mark_resuming`; cleared once the backlog is out). A full queue then
-    /// spills instead of cutting (see the module doc).
+    /// The stream is resuming: held, or not yet caught up with the live events since (set by
+    /// `hold`, `release` and `mark_resuming`; cleared once the queue is empty). A full queue
+    /// then spills instead of cutting (see the module doc).
     resuming: bool,
     /// Set when the queue spilled while resuming (see the module doc); cleared by
     /// [`ClientQueue::unspill`] when the stream resumes in place.
@@ -514,6 +518,47 @@ impl ClientQueue {
         }
     }
 
+    /// Inserts `frames` right after what the hold lets through, like [`ClientQueue::release`],
+    /// but keeps the stream held behind them: one page of an in-place resume read in pages
+    /// (`crate::resume`), the rest of which follows once these are written
+    /// ([`ClientQueue::poll_part_written`]). False once the stream was cut: the read stops.
+    pub fn release_part(&self, frames: Vec<Bytes>) -> bool {
+        let waker = {
+            let mut st = self.state.lock();
+            let reserved = std::mem::take(&mut st.reserved);
+            self.control_bytes(&mut st, reserved, false);
+            if st.closed.is_some_and(|c| !c.is_clean()) {
+                return false;
+            }
+            let at = st.held.unwrap_or(0).min(st.items.len());
+            let n = frames.len();
+            for (i, f) in frames.into_iter().enumerate() {
+                self.control_bytes(&mut st, f.len(), true);
+                st.items.insert(at + i, Item::Control(f));
+            }
+            st.backlog += n;
+            st.held = Some(at + n);
+            st.resuming = true;
+            st.waker.take()
+        };
+        if let Some(w) = waker {
+            w.wake();
+        }
+        true
+    }
+
+    /// Ready once everything a hold lets through has been written (the page of
+    /// [`ClientQueue::release_part`]), or the stream ended. Polled by the stream body's own task,
+    /// which takes the frames: the waker it leaves is the one `poll_next` leaves.
+    pub fn poll_part_written(&self, cx: &mut Context<'_>) -> Poll<()> {
+        let mut st = self.state.lock();
+        if st.held.is_none_or(|n| n == 0) || st.closed.is_some() {
+            return Poll::Ready(());
+        }
+        st.waker = Some(cx.waker().clone());
+        Poll::Pending
+    }
+
     /// Ends a spill (see the module doc): live events are queued again from now on. Call it
     /// under the registry lock, with the in-place resume that re-reads what the spill left out
     /// (`Subscription::restart`). Returns the live events the spill did not take.
@@ -614,7 +659,9 @@ impl ClientQueue {
             if st.items.is_empty() && st.items.capacity() > SHRINK_ABOVE {
                 st.items = VecDeque::new();
             }
-            if st.backlog == 0 && st.held.is_none() {
+            // A resumed stream has caught up once its queue is empty: until then it is still
+            // reading what it missed, and a full queue spills rather than cuts.
+            if st.items.is_empty() && st.held.is_none() {
                 st.resuming = false;
             }
             let spilled = st.spill.is_some();

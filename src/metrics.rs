@@ -114,6 +114,7 @@ pub struct Metrics {
     pub resume_reads_peak: Gauge,
     pub resume_reads_coalesced: Counter,
     pub resume_spills: Counter,
+    pub resume_pages: Counter,
     pub replayed_from_broker: Counter,
     pub connections_in_head: Gauge,
     pub replay_inflight_bytes: Gauge,
@@ -205,6 +206,7 @@ impl Metrics {
             resume_reads_peak: Gauge::default(),
             resume_reads_coalesced: Counter::default(),
             resume_spills: Counter::default(),
+            resume_pages: Counter::default(),
             replayed_from_broker: Counter::default(),
             connections_in_head: Gauge::default(),
             replay_inflight_bytes: Gauge::default(),
@@ -357,6 +359,12 @@ impl Metrics {
             "resume_spills",
             "Resuming streams whose full queue spilled and that resumed in place (policy spill-reread) instead of being cut",
             &self.resume_spills,
+        );
+        add(
+            r,
+            "resume_pages",
+            "Full pages of resume.max_events read from a broker by in-place resumes, each written before the next is read",
+            &self.resume_pages,
         );
         add(
             r,

@@ -772,3 +772,54 @@ async fn held_stream_flooded_beyond_its_queue_spills_and_loses_nothing() {
     assert_eq!(common::sample(&m, "sse_bridge_disconnects_total{reason=\"slow_consumer\"}").unwrap_or(0.0), 0.0, "{m}");
     assert!(common::sample(&m, "sse_bridge_resume_spills_total").unwrap_or(0.0) >= 1.0, "the hold spilled: {m}");
 }
+
+/// An in-place resume (a stream that spilled while it was still catching up) that finds itself
+/// further behind than `resume.max_events` reads the broker in pages, each written before the
+/// next is read, instead of sending the newest events behind a `replay-limit` gap: a stream
+/// that never left loses nothing however far behind it fell, and holds one page at a time.
+#[tokio::test]
+async fn in_place_resume_reads_the_broker_in_pages_and_loses_nothing() {
+    const HISTORY: usize = 40;
+    const LIVE: usize = 2_000;
+    let nats = NatsServer::start().await;
+    let js = js_stream(&nats, -1).await;
+    let a = started(js_config(&nats)).await;
+    let mut on_a = a.subscribe(&["orders.>"]).await;
+    js_publish(&js, "orders.hist", "h0").await;
+    let cursor = take_no_gap(&mut on_a, 1).await[0].id.clone().unwrap();
+    drop(on_a);
+    a.stop().await;
+    // 40 × 256 KiB: more than the socket buffers hold, so the replay cannot all be written
+    // while the client does not read.
+    let payload = "x".repeat(256 * 1024);
+    js_publish_many(&js, "orders.hist", (1..=HISTORY).map(|i| format!("h{i} {payload}"))).await;
+
+    let mut c = js_config(&nats);
+    c.server.queue_capacity = 8;
+    c.server.write_timeout = Duration::from_secs(120);
+    c.resume.max_events = 50;
+    c.replay.max_events_per_topic = 20;
+    let b = started(c).await;
+    let mut moved = b.resume(&["orders.>"], &cursor).await;
+    let state = b.state.clone();
+    common::wait_until("the replay is read and queued", async || {
+        state.metrics.replayed_from_broker.get() == HISTORY as u64
+    })
+    .await;
+    // The client reads nothing yet: the stream is still catching up when its queue fills.
+    let before = state.last_seq.get();
+    js_publish_many(&js, "orders.live", (1..=LIVE).map(|i| format!("l{i}"))).await;
+    common::wait_until("the live events are sequenced", async || state.last_seq.get() >= before + LIVE as u64).await;
+    let got = moved.take_events(HISTORY + LIVE, EVENT_TIMEOUT).await;
+    let got: Vec<String> = got.iter().map(|e| e.data.split(' ').next().unwrap().to_owned()).collect();
+    let want: Vec<String> = (1..=HISTORY).map(|i| format!("h{i}")).chain((1..=LIVE).map(|i| format!("l{i}"))).collect();
+    assert_eq!(got.len(), want.len(), "the stream ended or stalled after {} events", got.len());
+    assert!(got == want, "events out of order, missing or repeated (a gap event shows as its data)");
+    js_publish(&js, "orders.live", "after").await;
+    assert_eq!(data(&take_no_gap(&mut moved, 1).await), ["after"]);
+    let m = common::admin_metrics(&b).await;
+    assert_eq!(common::sample(&m, "sse_bridge_disconnects_total{reason=\"slow_consumer\"}").unwrap_or(0.0), 0.0, "{m}");
+    assert!(common::sample(&m, "sse_bridge_resume_spills_total").unwrap_or(0.0) >= 1.0, "the queue spilled: {m}");
+    assert!(common::sample(&m, "sse_bridge_resume_pages_total").unwrap_or(0.0) >= 1.0, "read in pages: {m}");
+    assert_eq!(common::sample(&m, "sse_bridge_gap_events_total{reason=\"replay-limit\"}").unwrap_or(0.0), 0.0, "{m}");
+}

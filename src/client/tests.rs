@@ -217,6 +217,33 @@ fn a_held_queue_spills_instead_of_cutting_and_asks_to_reread_from_its_last_id() 
 }
 
 #[test]
+fn a_resumed_stream_still_catching_up_spills_instead_of_cutting() {
+    let (q, conn) = q(2);
+    let p = SlowConsumerPolicy::Disconnect;
+    q.mark_resuming();
+    q.push_backlog(Bytes::from_static(b"id: 000000000001-0\ndata: replayed\n\n"));
+    assert_eq!(q.push(&ev(1, "t", p)), PushOutcome::Queued);
+    assert!(frame(&q).contains("replayed"));
+    // The replay is out but the live events queued during it are not: still catching up.
+    assert_eq!(q.push(&ev(2, "t", p)), PushOutcome::Queued);
+    assert_eq!(q.push(&ev(3, "t", p)), PushOutcome::Spilled);
+    assert!(!conn.kill.is_cancelled());
+    assert!(frame(&q).starts_with("id: 000000000001-1\n"));
+    assert!(frame(&q).starts_with("id: 000000000001-2\n"));
+    match poll(&q) {
+        Poll::Ready(Next::Reread { last_id }) => assert_eq!(last_id.as_deref(), Some(&b"000000000001-2"[..])),
+        other => panic!("expected a re-read, got {other:?}"),
+    }
+    assert_eq!(q.unspill(), 1);
+    // Caught up (the queue was empty once): a full queue is a slow consumer again.
+    assert_eq!(q.push(&ev(4, "t", p)), PushOutcome::Queued);
+    assert!(frame(&q).starts_with("id: 000000000001-4\n"));
+    q.push(&ev(5, "t", p));
+    q.push(&ev(6, "t", p));
+    assert_eq!(q.push(&ev(7, "t", p)), PushOutcome::Overflowed);
+}
+
+#[test]
 fn replay_frames_being_built_are_metered_once() {
     let inflight = Gauge::default();
     let q = ClientQueue::new(100, ConnHandle::default(), None).with_bytes(0, inflight.clone());

@@ -23,4 +23,8 @@ pub struct ResumeContext<'a> {
     pub metrics: &'a Arc<Metrics>,
     /// This process's run id: ids of this run can be resumed from the ring.
     pub run_id: u64,
+    /// The in-place resume of a stream that never left (`crate::client`, `spill-reread`): a
+    /// broker range longer than `resume.max_events` is read in pages, each written before the
+    /// next is read, instead of its newest events behind a `replay-limit` gap.
+    pub in_place: bool,
 }

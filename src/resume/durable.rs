@@ -26,7 +26,7 @@ use bytes::Bytes;
 use super::context::ResumeContext;
 use super::floor::Floor;
 use super::gap::{dedup, gap_frame};
-use super::reader::BrokerReader;
+use super::reader::{BrokerReader, ReadLimit};
 use crate::client::ClientQueue;
 use crate::durable::{Catalog, Pos, Snapshot};
 use crate::event::{Event, frame_event_with};
@@ -53,6 +53,8 @@ pub struct BrokerResume {
     reads: Vec<Read>,
     gaps: Gaps,
     last_event_id: String,
+    /// Which events of a range longer than `resume.max_events` are read (see `ReadLimit`).
+    limit: ReadLimit,
 }
 
 impl std::fmt::Debug for BrokerResume {
@@ -130,6 +132,7 @@ pub(super) fn plan(
         reads,
         gaps,
         last_event_id,
+        limit: if cx.in_place { ReadLimit::Oldest } else { ReadLimit::Newest },
     };
     Some((covered, Some(resume)))
 }
@@ -247,40 +250,61 @@ impl BrokerResume {
     /// frame is counted against the stream's bytes as it is built (up to `resume.max_events` ×
     /// the message size per stream read), so the memory budget can shed this stream before its
     /// replay is queued; a stream that ended meanwhile stops building.
+    ///
+    /// Read in pages (an in-place resume, [`ReadLimit::Oldest`]), each full page is put in
+    /// front of the stream as soon as it is built, with the stream still held behind it, and
+    /// the next page is read once the client has written it: one page in memory at a time.
     pub async fn run(mut self) {
         let mut frames: Vec<Bytes> = Vec::new();
         let mut suffix = String::new();
-        for (idx, after, upto) in std::mem::take(&mut self.reads) {
+        for (idx, mut after, upto) in std::mem::take(&mut self.reads) {
             let read_filters = self.reader.read_filters(idx, &self.filters);
-            let out = self.reader.read(idx, after, upto, read_filters).await;
-            if let Some(g) = out.gap {
-                let stream = self.catalog.get(idx);
-                let topics =
-                    self.filters.iter().filter(|f| stream.may_serve(f)).map(|f| f.as_str().to_owned()).collect();
-                self.gaps.push((g.as_str(), topics));
-            }
-            for e in &out.events {
-                if !self.filters.iter().any(|f| f.matches(&e.topic)) {
-                    continue;
+            loop {
+                let out = self.reader.read(idx, after, upto, read_filters.clone(), self.limit).await;
+                if let Some(g) = out.gap {
+                    let stream = self.catalog.get(idx);
+                    let topics =
+                        self.filters.iter().filter(|f| stream.may_serve(f)).map(|f| f.as_str().to_owned()).collect();
+                    self.gaps.push((g.as_str(), topics));
                 }
-                self.vector[idx] = Some(e.pos);
-                suffix.clear();
-                self.catalog.write_vector(&self.vector, &mut suffix);
-                let frame = frame_event_with(&self.base, &suffix, e.event_type.as_deref(), &e.payload).0;
-                if !self.queue.reserve_backlog(frame.len()) {
-                    self.queue.release(Vec::new());
+                for e in &out.events {
+                    if !self.filters.iter().any(|f| f.matches(&e.topic)) {
+                        continue;
+                    }
+                    self.vector[idx] = Some(e.pos);
+                    suffix.clear();
+                    self.catalog.write_vector(&self.vector, &mut suffix);
+                    let frame = frame_event_with(&self.base, &suffix, e.event_type.as_deref(), &e.payload).0;
+                    if !self.queue.reserve_backlog(frame.len()) {
+                        self.queue.release(Vec::new());
+                        return;
+                    }
+                    frames.push(frame);
+                }
+                let Some(next) = out.more.filter(|next| *next > after) else { break };
+                after = next;
+                // A full page: out in front of the stream, then the next one once it is written.
+                let page = self.with_gaps(std::mem::take(&mut frames));
+                if !self.queue.release_part(page) {
                     return;
                 }
-                frames.push(frame);
+                self.metrics.resume_pages.inc();
+                std::future::poll_fn(|cx| self.queue.poll_part_written(cx)).await;
             }
         }
+        let out = self.with_gaps(frames);
+        self.queue.release(out);
+    }
+
+    /// `frames` behind the gap signals not yet sent; counts both.
+    fn with_gaps(&mut self, frames: Vec<Bytes>) -> Vec<Bytes> {
         self.metrics.replayed_from_broker.inc_by(frames.len() as u64);
         let mut out: Vec<Bytes> = Vec::with_capacity(self.gaps.len() + frames.len());
-        for (reason, topics) in &self.gaps {
-            out.push(gap_frame(reason, topics, &self.last_event_id));
+        for (reason, topics) in self.gaps.drain(..) {
+            out.push(gap_frame(reason, &topics, &self.last_event_id));
             self.metrics.count_gap(reason);
         }
         out.extend(frames);
-        self.queue.release(out);
+        out
     }
 }

@@ -22,6 +22,6 @@ mod start;
 pub use context::ResumeContext;
 pub use durable::BrokerResume;
 pub use not_held::not_held;
-pub use reader::{BrokerEvent, BrokerReader, ReadGap, ReadOutcome};
+pub use reader::{BrokerEvent, BrokerReader, ReadGap, ReadLimit, ReadOutcome};
 pub use ring::{Resumed, RingResume};
 pub use start::{PendingResume, start};

@@ -11,6 +11,11 @@
 //! server for the client's subjects only (a filtered consumer, when one subject covers the
 //! client's filters in the stream) and keeps the newest `max_events` events its filters match,
 //! so a client on a quiet subject of a busy stream gets what it missed, not a `replay-limit`.
+//!
+//! A read in pages ([`ReadLimit::Oldest`]) keeps the *oldest* `max_events` instead and says
+//! there is more: the in-place resume of a stream that never left (`spill-reread`) reads its
+//! range page by page, each written before the next is read, so it loses nothing and holds one
+//! page at a time.
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
@@ -71,6 +76,24 @@ impl ReadGap {
 pub struct ReadOutcome {
     pub events: Vec<BrokerEvent>,
     pub gap: Option<ReadGap>,
+    /// A read in pages stopped at `resume.max_events`: the range goes on after this position
+    /// (the page's end, which may be past its last event: oversize messages are skipped).
+    pub more: Option<Pos>,
+}
+
+impl ReadOutcome {
+    fn failed(gap: ReadGap) -> Self {
+        ReadOutcome { events: Vec::new(), gap: Some(gap), more: None }
+    }
+}
+
+/// Which `resume.max_events` of a longer range a read keeps.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum ReadLimit {
+    /// The newest, behind a `replay-limit` gap: a reconnect from far behind.
+    Newest,
+    /// The oldest, and [`ReadOutcome::more`]: a stream read in pages.
+    Oldest,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -81,6 +104,7 @@ struct ReadKey {
     /// The client's filters that may select events of the stream, sorted: the events a read
     /// returns and counts against `resume.max_events` (empty: every event of the stream).
     filters: Arc<[TopicFilter]>,
+    limit: ReadLimit,
 }
 
 type SharedRead = Shared<BoxFuture<'static, Arc<ReadOutcome>>>;
@@ -168,8 +192,9 @@ impl BrokerReader {
         after: Pos,
         upto: Pos,
         filters: Arc<[TopicFilter]>,
+        limit: ReadLimit,
     ) -> Arc<ReadOutcome> {
-        let key = ReadKey { stream, after, upto, filters };
+        let key = ReadKey { stream, after, upto, filters, limit };
         let shared: SharedRead = {
             let mut map = self.inflight.lock();
             match map.get(&key).and_then(WeakShared::upgrade) {
@@ -214,7 +239,7 @@ impl BrokerReader {
 
     async fn read_now(&self, key: &ReadKey) -> ReadOutcome {
         let Ok(_permit) = self.permits.acquire().await else {
-            return ReadOutcome { events: Vec::new(), gap: Some(ReadGap::Unavailable) };
+            return ReadOutcome::failed(ReadGap::Unavailable);
         };
         let _active = ActiveRead::start(self);
         let stream = self.catalog.get(key.stream);
@@ -229,11 +254,11 @@ impl BrokerReader {
             Ok(Err(e)) => {
                 warn!(stream = %stream.name, error = %e, "Resume read from the broker failed; the client gets a gap event.");
                 self.reset(stream.kind).await;
-                ReadOutcome { events: Vec::new(), gap: Some(ReadGap::Unavailable) }
+                ReadOutcome::failed(ReadGap::Unavailable)
             }
             Err(_) => {
                 warn!(stream = %stream.name, timeout = ?self.cfg.read_timeout, "Resume read timed out; the client gets a gap event.");
-                ReadOutcome { events: Vec::new(), gap: Some(ReadGap::Unavailable) }
+                ReadOutcome::failed(ReadGap::Unavailable)
             }
         };
         let outcome = out.gap.map_or("ok", ReadGap::as_str);
@@ -276,15 +301,25 @@ impl BrokerReader {
             gap = Some(ReadGap::Retention);
             start = first;
         }
+        let mut upto = upto;
+        let mut more = None;
         let max = self.cfg.max_events;
         let scope = Scope::of(durable, &key.filters);
         // Every event of the stream is the client's: the limit is plain arithmetic on sequences.
         if scope == Scope::Whole && upto >= start && upto - start + 1 > max as u64 {
-            gap = Some(ReadGap::ReplayLimit);
-            start = upto + 1 - max as u64;
+            match key.limit {
+                ReadLimit::Newest => {
+                    gap = Some(ReadGap::ReplayLimit);
+                    start = upto + 1 - max as u64;
+                }
+                ReadLimit::Oldest => {
+                    upto = start + max as u64 - 1;
+                    more = Some(Pos { a: upto, b: 0 });
+                }
+            }
         }
         if upto < start {
-            return Ok(ReadOutcome { events: Vec::new(), gap });
+            return Ok(ReadOutcome { events: Vec::new(), gap, more });
         }
         let filter_subject = match &scope {
             Scope::Subject(s) => s.clone(),
@@ -300,7 +335,7 @@ impl BrokerReader {
             .map_err(|e| e.to_string())?;
         // A filtered range may hold none of the client's events: nothing will be delivered.
         if consumer.cached_info().num_pending == 0 {
-            return Ok(ReadOutcome { events: Vec::new(), gap });
+            return Ok(ReadOutcome { events: Vec::new(), gap, more });
         }
         let mut events = VecDeque::new();
         let mut messages = consumer.messages().await.map_err(|e| e.to_string())?;
@@ -315,6 +350,11 @@ impl BrokerReader {
             let selected = key.filters.is_empty() || key.filters.iter().any(|f| f.matches(&m.subject));
             if m.payload.len() <= *max_bytes && durable.holds(&m.subject) && selected {
                 if events.len() == max {
+                    if key.limit == ReadLimit::Oldest {
+                        // A page is full: the next one starts after its last event.
+                        more = events.back().map(|e: &BrokerEvent| e.pos);
+                        break;
+                    }
                     // Only the newest `max_events` of the client's events are replayed.
                     events.pop_front();
                     gap = Some(ReadGap::ReplayLimit);
@@ -331,7 +371,7 @@ impl BrokerReader {
                 break;
             }
         }
-        Ok(ReadOutcome { events: events.into(), gap })
+        Ok(ReadOutcome { events: events.into(), gap, more })
     }
 
     async fn redis(&self) -> Result<RedisConn, String> {
@@ -375,21 +415,31 @@ impl BrokerReader {
         {
             gap = Some(ReadGap::Retention);
         }
-        let newest_first: redis::Value = redis::cmd("XREVRANGE")
+        let (upto, after) = (format!("{}-{}", key.upto.a, key.upto.b), format!("({}-{}", key.after.a, key.after.b));
+        let oldest_first = key.limit == ReadLimit::Oldest;
+        let (cmd, from, to) = if oldest_first { ("XRANGE", after, upto) } else { ("XREVRANGE", upto, after) };
+        let reply: redis::Value = redis::cmd(cmd)
             .arg(key_name)
-            .arg(format!("{}-{}", key.upto.a, key.upto.b))
-            .arg(format!("({}-{}", key.after.a, key.after.b))
+            .arg(from)
+            .arg(to)
             .arg("COUNT")
             .arg(self.cfg.max_events + 1)
             .query_async(&mut conn)
             .await
             .map_err(|e| e.to_string())?;
-        let mut entries = redis_streams::parse_entries(key_name, &newest_first);
+        let mut entries = redis_streams::parse_entries(key_name, &reply);
+        let mut more = None;
         if entries.len() > self.cfg.max_events {
             entries.truncate(self.cfg.max_events);
-            gap = Some(ReadGap::ReplayLimit);
+            if oldest_first {
+                more = entries.last().map(|e| e.pos);
+            } else {
+                gap = Some(ReadGap::ReplayLimit);
+            }
         }
-        entries.reverse();
+        if !oldest_first {
+            entries.reverse();
+        }
         let topic: Arc<str> = Arc::from(key_name);
         let events = entries
             .into_iter()
@@ -398,7 +448,7 @@ impl BrokerReader {
                 Some(BrokerEvent { topic: topic.clone(), pos: e.pos, payload, event_type: e.event_type })
             })
             .collect();
-        Ok(ReadOutcome { events, gap })
+        Ok(ReadOutcome { events, gap, more })
     }
 }
 

@@ -144,7 +144,7 @@ fn subscribe(state: &PublicState, request: EventsRequest, conn: ConnHandle) -> S
     let mut span = app.telemetry.stream(&topics, last_event_id.is_some());
     let mut pending = None;
     let subscription = app.registry.subscribe_from(filters, queue.clone(), |filters, _| {
-        let (covered, work) = resume_from(app, filters, &queue, last_event_id.as_deref(), &mut span);
+        let (covered, work) = resume_from(app, filters, &queue, last_event_id.as_deref(), &mut span, false);
         pending = work;
         covered
     });
@@ -154,13 +154,15 @@ fn subscribe(state: &PublicState, request: EventsRequest, conn: ConnHandle) -> S
 
 /// The resume's start, run under the registry lock: takes the snapshot position and returns the
 /// sequence the stream is covered up to, with the read (broker or rings) the stream body runs
-/// before it goes live, if any (see [`crate::resume`]).
+/// before it goes live, if any (see [`crate::resume`]). `in_place`: the re-read of a stream that
+/// spilled (`crate::client`), which reads broker ranges in pages rather than to a limit.
 fn resume_from(
     app: &AppState,
     filters: &[TopicFilter],
     queue: &Arc<ClientQueue>,
     last_event_id: Option<&str>,
     span: &mut Option<Box<StreamSpan>>,
+    in_place: bool,
 ) -> (u64, Option<PendingResume>) {
     let cx = ResumeContext {
         catalog: &app.catalog,
@@ -170,6 +172,7 @@ fn resume_from(
         reader: &app.broker_reader,
         metrics: &app.metrics,
         run_id: app.run_id,
+        in_place,
     };
     resume::not_held(&cx, &app.interest, filters, queue, last_event_id);
     resume::start(cx, filters, queue, last_event_id, span.as_deref_mut())
@@ -212,7 +215,7 @@ fn rereader(app: Arc<AppState>) -> Rereader {
         subscription.restart(|filters, _| {
             let spilled = queue.unspill();
             debug!(spilled, last_id, "Spilled stream resumes in place.");
-            let (covered, work) = resume_from(&app, filters, queue, Some(last_id), span);
+            let (covered, work) = resume_from(&app, filters, queue, Some(last_id), span, true);
             pending = work;
             covered
         });
