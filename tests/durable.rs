@@ -823,3 +823,49 @@ async fn in_place_resume_reads_the_broker_in_pages_and_loses_nothing() {
     assert!(common::sample(&m, "sse_bridge_resume_pages_total").unwrap_or(0.0) >= 1.0, "read in pages: {m}");
     assert_eq!(common::sample(&m, "sse_bridge_gap_events_total{reason=\"replay-limit\"}").unwrap_or(0.0), 0.0, "{m}");
 }
+
+/// The same for Redis Streams: the in-place resume pages with `XRANGE` from its position.
+#[tokio::test]
+async fn in_place_resume_reads_redis_streams_in_pages_and_loses_nothing() {
+    const HISTORY: usize = 40;
+    const LIVE: usize = 2_000;
+    let redis = RedisServer::start().await;
+    let mut conn = redis_conn(&redis.url()).await;
+    let a = started(rs_config(&redis, &["audit"])).await;
+    let mut on_a = a.subscribe(&["audit"]).await;
+    xadd(&mut conn, "audit", "h0").await;
+    let cursor = take_no_gap(&mut on_a, 1).await[0].id.clone().unwrap();
+    drop(on_a);
+    a.stop().await;
+    let payload = "x".repeat(256 * 1024);
+    for i in 1..=HISTORY {
+        xadd(&mut conn, "audit", &format!("h{i} {payload}")).await;
+    }
+    let mut c = rs_config(&redis, &["audit"]);
+    c.server.queue_capacity = 8;
+    c.server.write_timeout = Duration::from_secs(120);
+    c.resume.max_events = 50;
+    c.replay.max_events_per_topic = 20;
+    let b = started(c).await;
+    let mut moved = b.resume(&["audit"], &cursor).await;
+    let state = b.state.clone();
+    common::wait_until("the replay is read and queued", async || {
+        state.metrics.replayed_from_broker.get() == HISTORY as u64
+    })
+    .await;
+    let before = state.last_seq.get();
+    let mut pipe = redis::pipe();
+    for i in 1..=LIVE {
+        pipe.cmd("XADD").arg("audit").arg("*").arg("data").arg(format!("l{i}")).ignore();
+    }
+    let () = pipe.query_async(&mut conn).await.unwrap();
+    common::wait_until("the live events are sequenced", async || state.last_seq.get() >= before + LIVE as u64).await;
+    let got = moved.take_events(HISTORY + LIVE, EVENT_TIMEOUT).await;
+    let got: Vec<String> = got.iter().map(|e| e.data.split(' ').next().unwrap().to_owned()).collect();
+    let want: Vec<String> = (1..=HISTORY).map(|i| format!("h{i}")).chain((1..=LIVE).map(|i| format!("l{i}"))).collect();
+    assert_eq!(got.len(), want.len(), "the stream ended or stalled after {} events", got.len());
+    assert!(got == want, "events out of order, missing or repeated (a gap event shows as its data)");
+    let m = common::admin_metrics(&b).await;
+    assert_eq!(common::sample(&m, "sse_bridge_disconnects_total{reason=\"slow_consumer\"}").unwrap_or(0.0), 0.0, "{m}");
+    assert!(common::sample(&m, "sse_bridge_resume_pages_total").unwrap_or(0.0) >= 1.0, "read in pages: {m}");
+}
