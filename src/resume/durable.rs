@@ -97,8 +97,19 @@ pub(super) fn plan(
         Cursor::Malformed => None,
     };
     let covered = upto.max(snap.seq);
-    let (reads, ring_served, mut gaps) = broker_reads(cx, filters, &mut vector, &snap, ours);
-    let events = from_ring(cx, filters, &vector, snap.seq, ours, covered, &ring_served, &mut gaps);
+    let (mut reads, ring_served, mut gaps) = broker_reads(cx, filters, &mut vector, &snap, ours);
+    let mut events = from_ring(cx, filters, &vector, snap.seq, ours, covered, &ring_served, &mut gaps);
+    // The sequencer appends to the rings without the registry lock, so a ring may have evicted
+    // an event of a ring-served stream between the check and the read. Evictions only go
+    // forward: still kept now means it was kept when read; if not, the broker serves it.
+    for &(idx, after) in &ring_served {
+        if !cx.replay.kept_durable_after(filters, idx as u16, after) {
+            events.retain(|e| !(e.id.seq <= snap.seq && e.durable.is_some_and(|(s, _)| s as usize == idx)));
+            if let Some(now) = snap.positions.get(idx).copied().flatten() {
+                reads.push((idx, after, now));
+            }
+        }
+    }
     queue.set_have(vector.clone());
     queue.set_floor(Box::new(Floor::new(cx.catalog.clone(), vector.clone())));
     cx.metrics.replayed_events.inc_by(events.len() as u64);
