@@ -169,15 +169,14 @@ async fn a_nats_flood_to_stalled_readers_stays_in_budget_and_every_stream_is_tol
     let published = messages as u64 + others + 1;
     let untold = published as i64 - received as i64 - lost as i64;
 
-    let (mut slow_events, slow_cut, slow_last_id) = slow_reader.await.unwrap();
-    let mut resumed = 0;
+    let (slow_events, slow_cut, slow_last_id) = slow_reader.await.unwrap();
+    let mut resumed = Vec::new();
     if slow_cut && let Some(id) = slow_last_id {
         // Cut: its client resumes from its last id and learns what it missed there.
         let mut again =
             sse_client::connect(&bridge.url("/events?topic=flood"), &[("last-event-id", id.as_str())]).await.unwrap();
         while let Ok(Some(ev)) = again.next_event_or_end(Duration::from_secs(3)).await {
-            slow_events.push(ev);
-            resumed += 1;
+            resumed.push(ev);
         }
     }
 
@@ -222,11 +221,13 @@ async fn a_nats_flood_to_stalled_readers_stays_in_budget_and_every_stream_is_tol
     println!(
         "published {published}, bridge took in {received}, lost {lost} told in {dropped_gaps} source-dropped gaps \
          ({outage_gaps} source-outage), untold {untold}; streams cut as slow consumers {cut}; memory shed: {} streams; \
-         slow reader: {} events, {} gaps, cut {slow_cut}, {resumed} after its resume; healthy reader: {} events",
+         slow reader: {} events, {} gaps, cut {slow_cut}, {} after its resume; healthy reader: {} of {others} on its subject, {} gaps",
         sample(&m, "sse_bridge_memory_shed_streams_total").unwrap_or(0.0),
         slow_events.iter().filter(|e| e.event.as_deref() != Some(GAP_EVENT)).count(),
         slow_events.iter().filter(|e| e.event.as_deref() == Some(GAP_EVENT)).count(),
-        healthy_got.len(),
+        resumed.len(),
+        healthy_got.iter().filter(|e| e.data.starts_with("other ")).count(),
+        healthy_got.iter().filter(|e| e.event.as_deref() == Some(GAP_EVENT)).count(),
     );
 
     assert!(peak <= budget + OVERHEAD, "peak RSS {} MiB over budget + overhead", peak / MIB);
@@ -235,8 +236,12 @@ async fn a_nats_flood_to_stalled_readers_stays_in_budget_and_every_stream_is_tol
     assert!(untold >= 0, "counted twice: published {published}, received {received}, lost {lost}");
     assert!(untold == 0 || outage_gaps > 0, "{untold} messages lost without a signal");
     assert_eq!(lost > 0, dropped_gaps > 0, "drops and their signals go together");
-    assert_every_skip_is_told(&slow_events, slow_cut, messages, "flood");
+    let last_live = assert_every_skip_is_told(&slow_events, slow_cut, messages, "flood");
+    assert_resume_tells_what_it_skips(&resumed, last_live);
     assert_eq!(healthy_got.last().map(|e| e.data.as_str()), Some("last"), "the healthy reader still receives");
+    let healthy_others = healthy_got.iter().filter(|e| e.data.starts_with("other ")).count() as u64;
+    let healthy_gaps = healthy_got.iter().filter(|e| e.event.as_deref() == Some(GAP_EVENT)).count();
+    assert!(healthy_others == others || healthy_gaps > 0, "the healthy reader missed messages untold");
     drop(healthy);
     bridge.stop();
 }
@@ -261,11 +266,32 @@ async fn read_slowly(mut stream: SseStream) -> (Vec<SseEvent>, bool, Option<Stri
     }
 }
 
-/// Every numbered event that is missing lies behind a gap event: from the source
-/// (`source-dropped`, or `source-outage` if the broker cut the bridge off), or, after the
-/// stream was cut and resumed from its last id, the resume's (`evicted` from the ring); and
-/// what is missing at the end lies behind a gap or the stream's being cut.
-fn assert_every_skip_is_told(events: &[SseEvent], cut: bool, messages: usize, topic: &str) {
+/// The number a flood event carries.
+fn number(ev: &SseEvent) -> usize {
+    ev.data.split(' ').next().unwrap().parse().expect("numbered event")
+}
+
+/// A resume from the cut stream's last id (`last`): the gap events of a resume come first
+/// (`evicted` from the ring, `source-dropped` recorded since that id), before its replay, so
+/// any event it skips (from `last` on) must be told by a gap at its head.
+fn assert_resume_tells_what_it_skips(resumed: &[SseEvent], last: Option<usize>) {
+    let head_gaps = resumed.iter().take_while(|e| e.event.as_deref() == Some(GAP_EVENT)).count();
+    let mut prev = last;
+    for ev in &resumed[head_gaps..] {
+        assert_ne!(ev.event.as_deref(), Some(GAP_EVENT), "a live gap after the replay: {ev:?}");
+        let n = number(ev);
+        if let Some(a) = prev {
+            assert!(n > a, "out of order: {a} then {n}");
+            assert!(n == a + 1 || head_gaps > 0, "the resume skipped {}..{} without a gap event", a + 1, n - 1);
+        }
+        prev = Some(n);
+    }
+}
+
+/// Every numbered event that is missing lies behind a gap event from the source
+/// (`source-dropped`, or `source-outage` if the broker cut the bridge off), and what is missing
+/// at the end lies behind a gap or the stream's being cut. Returns the last number read.
+fn assert_every_skip_is_told(events: &[SseEvent], cut: bool, messages: usize, topic: &str) -> Option<usize> {
     let mut last: Option<usize> = None;
     let mut told = false;
     for ev in events {
@@ -275,7 +301,7 @@ fn assert_every_skip_is_told(events: &[SseEvent], cut: bool, messages: usize, to
             told = true;
             continue;
         }
-        let n: usize = ev.data.split(' ').next().unwrap().parse().expect("numbered event");
+        let n = number(ev);
         if let Some(a) = last {
             assert!(n > a, "out of order: {a} then {n}");
             assert!(n == a + 1 || told, "events {}..{} were skipped without a gap event", a + 1, n - 1);
@@ -287,4 +313,5 @@ fn assert_every_skip_is_told(events: &[SseEvent], cut: bool, messages: usize, to
         cut || told || last == Some(messages),
         "the stream was neither cut nor told after its last event {last:?} of {messages}"
     );
+    last
 }
