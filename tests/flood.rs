@@ -110,6 +110,20 @@ async fn a_nats_flood_to_stalled_readers_stays_in_budget_and_every_stream_is_tol
             }
         })
     };
+    // The live heap and jemalloc's freed-but-kept pages at their highest, scraped every 50 ms.
+    let heap_sampler = {
+        let (done, url) = (done.clone(), bridge.admin_url("/metrics"));
+        tokio::spawn(async move {
+            let (mut heap, mut dirty) = (0u64, 0u64);
+            while !done.load(Ordering::Relaxed) {
+                let m = common::metrics::metrics_at(&url).await;
+                heap = heap.max(sample(&m, "sse_bridge_heap_allocated_bytes").unwrap_or(0.0) as u64);
+                dirty = dirty.max(sample(&m, "sse_bridge_jemalloc_dirty_bytes").unwrap_or(0.0) as u64);
+                tokio::time::sleep(Duration::from_millis(50)).await; // sampling interval
+            }
+            (heap, dirty)
+        })
+    };
 
     // The flood: numbered messages, flushed every 256; one on the other subject every 1,000.
     let pad = "f".repeat(size.saturating_sub(12));
@@ -152,6 +166,7 @@ async fn a_nats_flood_to_stalled_readers_stays_in_budget_and_every_stream_is_tol
     let (healthy, healthy_got) = healthy_reader.await.unwrap();
     done.store(true, Ordering::Relaxed);
     sampler.join().unwrap();
+    let (peak_heap, peak_dirty) = heap_sampler.await.unwrap();
     let peak = peak.load(Ordering::Relaxed);
     let m = bridge.metrics().await;
     let heap_after_flood = sample(&m, "sse_bridge_heap_allocated_bytes").unwrap_or(0.0) as u64;
@@ -207,10 +222,12 @@ async fn a_nats_flood_to_stalled_readers_stays_in_budget_and_every_stream_is_tol
         OVERHEAD / MIB
     );
     println!(
-        "RSS start {} MiB, peak {} MiB (live heap after the flood {} MiB), after {} MiB {settled_in:.1?} after the \
+        "RSS start {} MiB, peak {} MiB (live heap at most {} MiB, jemalloc dirty at most {} MiB; after the flood {} MiB), after {} MiB {settled_in:.1?} after the \
          stalled streams ended (heap {} KiB, jemalloc resident {} KiB, dirty {} KiB; {} purges)",
         start / MIB,
         peak / MIB,
+        peak_heap / MIB,
+        peak_dirty / MIB,
         heap_after_flood / MIB,
         after / MIB,
         kib("heap_allocated"),

@@ -272,7 +272,8 @@ impl Teller<'_> {
                 buffer.push_signal(self.signal(SourceGap::Outage, self.spaces.clone(), 0));
             }
         }
-        if let Some((sids, lost)) = self.losses.take() {
+        // Empty when a drop raced the previous take (its count went with that one).
+        if let Some((sids, lost)) = self.losses.take().filter(|(sids, lost)| *lost > 0 && !sids.is_empty()) {
             self.told += lost;
             for sid in &sids {
                 if !self.episode.contains(sid) {
