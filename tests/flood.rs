@@ -23,8 +23,8 @@ use std::time::{Duration, Instant};
 use common::bridge_process::{BridgeProcess, rss_of};
 use common::brokers::{self, NatsServer};
 use common::events::{GAP_EVENT, gap_data};
-use common::sse_client::{self, SseEvent, SseStream};
 use common::sample;
+use common::sse_client::{self, SseEvent, SseStream};
 use tokio::io::AsyncWriteExt;
 
 const MIB: u64 = 1024 * 1024;
@@ -174,10 +174,12 @@ async fn a_nats_flood_to_stalled_readers_stays_in_budget_and_every_stream_is_tol
     // Told: the stalled streams were cut as slow consumers (their clients would resume), and
     // every message the bridge did not take in is counted in a `source-dropped` signal (or the
     // broker cut the bridge off, which is a `source-outage` gap).
-    let received = sample(&m, "sse_bridge_events_received_total{source=\"nats\"}").unwrap_or(0.0) as u64 - probes as u64;
+    let received =
+        sample(&m, "sse_bridge_events_received_total{source=\"nats\"}").unwrap_or(0.0) as u64 - probes as u64;
     let lost = sample(&m, "sse_bridge_source_lost_messages_total{source=\"nats\"}").unwrap_or(0.0) as u64;
     let gaps = |reason: &str| {
-        sample(&m, &format!("sse_bridge_source_gaps_total{{source=\"nats\",reason=\"{reason}\"}}")).unwrap_or(0.0) as u64
+        sample(&m, &format!("sse_bridge_source_gaps_total{{source=\"nats\",reason=\"{reason}\"}}")).unwrap_or(0.0)
+            as u64
     };
     let (dropped_gaps, outage_gaps) = (gaps("source-dropped"), gaps("source-outage"));
     let cut = sample(&m, "sse_bridge_disconnects_total{reason=\"slow_consumer\"}").unwrap_or(0.0) as u64;

@@ -250,8 +250,7 @@ struct Settle {
 impl Teller<'_> {
     /// Whether an outage or a drop awaits telling; two atomic loads, checked per message.
     fn due(&self) -> bool {
-        self.stats.connects.load(Ordering::Relaxed) != self.seen_connects
-            || self.losses.dirty.load(Ordering::Acquire)
+        self.stats.connects.load(Ordering::Relaxed) != self.seen_connects || self.losses.dirty.load(Ordering::Acquire)
     }
 
     /// Queues the signals due behind what is buffered (so ahead of every message read from now
