@@ -15,9 +15,7 @@
 //! The loop reads on while the ingest channel is full, into its own buffer bounded in bytes
 //! (`nats.buffer_bytes`), so the client's per-subscription buffer (sized from the same budget
 //! at `max_message_bytes` per message, at least [`MIN_SUBSCRIPTION_CAPACITY`] messages) is only a
-//! hand-off that the loop keeps near empty. async-nats bounds that hand-off in messages only, so
-//! its size is what bounds it in bytes: at most `nats.buffer_bytes` per subscription (or
-//! [`MIN_SUBSCRIPTION_CAPACITY`] messages of `max_message_bytes`, if that is more).
+//! hand-off that the loop keeps near empty.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -47,21 +45,17 @@ use crate::topic::Pattern;
 /// Bytes a buffered message may cost beyond its payload (subject, headers, the `Message`).
 pub const MESSAGE_OVERHEAD: usize = 512;
 
-/// The fewest messages a subscription's hand-off buffer holds, whatever `nats.buffer_bytes` and
-/// `max_message_bytes` say: a few dozen, so a burst of small messages is not dropped the moment
-/// the forwarding loop is descheduled. It was 1024, which let the hand-off hold 1024 ×
-/// `max_message_bytes` (1 GiB per subject at the defaults) outside every byte bound; 32 keeps
-/// the defaults (32 MiB, 1 MiB messages: 31 by the formula) at `buffer_bytes`.
-pub const MIN_SUBSCRIPTION_CAPACITY: usize = 32;
+/// The fewest messages a subscription's hand-off buffer holds: async-nats parses everything a
+/// socket read brought in one go and drops what does not fit, so the hand-off must hold a
+/// burst of small messages (a 64 KiB read holds over a thousand) however large
+/// `max_message_bytes` is.
+pub const MIN_SUBSCRIPTION_CAPACITY: usize = 1024;
 
 /// Messages async-nats may buffer per subscription before it reports a slow consumer and drops:
 /// `nats.buffer_bytes` shared by the subjects, at `max_message_bytes` (plus overhead) each, but
-/// at least [`MIN_SUBSCRIPTION_CAPACITY`]. So the hand-off holds at most `buffer_bytes / subjects`
-/// bytes per subscription (or 32 of the largest messages, if that is more) even when every
-/// message is as large as allowed. The forwarding loop drains it continuously into its own
-/// buffer (bounded by the actual bytes), so it fills only while that task is starved of CPU; to
-/// let more small messages wait there, lower `max_message_bytes` to the largest message
-/// actually published (or raise `buffer_bytes`).
+/// at least [`MIN_SUBSCRIPTION_CAPACITY`]. The forwarding loop drains it continuously into its
+/// own buffer (bounded by the actual bytes), so it holds more than a read's burst only while
+/// that task is starved of CPU.
 pub fn subscription_capacity(cfg: &NatsConfig) -> usize {
     let per_subject = cfg.buffer_bytes / cfg.subjects.len().max(1);
     (per_subject / (cfg.max_message_bytes + MESSAGE_OVERHEAD)).max(MIN_SUBSCRIPTION_CAPACITY)
