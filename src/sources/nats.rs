@@ -48,7 +48,13 @@ pub const MESSAGE_OVERHEAD: usize = 512;
 /// The fewest messages a subscription's hand-off buffer holds: async-nats parses everything a
 /// socket read brought in one go and drops what does not fit, so the hand-off must hold a
 /// burst of small messages (a 64 KiB read holds over a thousand) however large
-/// `max_message_bytes` is.
+/// `max_message_bytes` is. So this buffer is bounded in messages, not bytes: up to 1024 ×
+/// `max_message_bytes` per subject (1 GiB at the defaults) when the forwarding loop is starved
+/// while large messages arrive; the live heap shows it, the memory budget cannot shed it, and
+/// `run` says so at startup when it exceeds `nats.buffer_bytes`. A floor of 32 (what fits 32
+/// MiB of 1 MiB messages) was tried: it cut the heap of the 16 KiB flood of `tests/flood.rs`
+/// from ~95 to ~10 MiB, but dropped 18 of a burst of 50 small messages on a single-threaded
+/// runtime (`tests/outage.rs`, `nats_kill9_and_restart_resumes_on_the_open_stream`).
 pub const MIN_SUBSCRIPTION_CAPACITY: usize = 1024;
 
 /// Messages async-nats may buffer per subscription before it reports a slow consumer and drops:
@@ -128,7 +134,18 @@ pub async fn run(
             }
         }
     }
-    info!(source = "nats", %url, subjects = ?cfg.subjects, capacity = subscription_capacity(&cfg), "Subscribed; messages flow once connected.");
+    let capacity = subscription_capacity(&cfg);
+    info!(source = "nats", %url, subjects = ?cfg.subjects, capacity, "Subscribed; messages flow once connected.");
+    let handoff_bytes = capacity.saturating_mul(cfg.max_message_bytes + MESSAGE_OVERHEAD).saturating_mul(subs.len());
+    if handoff_bytes > cfg.buffer_bytes {
+        info!(
+            source = "nats",
+            capacity,
+            handoff_bytes,
+            buffer_bytes = cfg.buffer_bytes,
+            "The NATS client may hold up to `capacity` messages per subject before the source takes them, more than nats.buffer_bytes if they are as large as nats.max_message_bytes; set max_message_bytes to the largest message published to bound it."
+        );
+    }
     let mut messages = select_all(subs);
     let mut input = BrokerInput::new(SourceKind::Nats, cfg.max_message_bytes, status.clone());
     let mut teller = Teller {
