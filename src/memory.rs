@@ -169,8 +169,8 @@ impl MemoryBudget {
 
 /// Freed allocator pages (bytes) below which [`MemoryBudget::release_freed`] leaves them to
 /// jemalloc's decay: a few MiB of dirty pages are reused at once under load. It was 16 MiB, but
-/// after a NATS flood with the bounded hand-off (tests/flood.rs) 11–13 MiB stayed dirty on a
-/// 14 MiB process, twice its starting RSS, for good; purging 4 MiB at most once a second costs
+/// after a NATS flood (tests/flood.rs, with a smaller NATS hand-off) 11–13 MiB stayed dirty on
+/// a 14 MiB process, twice its starting RSS, for good; purging 4 MiB at most once a second costs
 /// about a thousand page faults when they are used again.
 pub const RELEASE_ABOVE: u64 = 4 * 1024 * 1024;
 
