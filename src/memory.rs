@@ -168,8 +168,11 @@ impl MemoryBudget {
 }
 
 /// Freed allocator pages (bytes) below which [`MemoryBudget::release_freed`] leaves them to
-/// jemalloc's decay: a few MiB of dirty pages are reused at once under load.
-pub const RELEASE_ABOVE: u64 = 16 * 1024 * 1024;
+/// jemalloc's decay: a few MiB of dirty pages are reused at once under load. It was 16 MiB, but
+/// after a NATS flood (tests/flood.rs, with a smaller NATS hand-off) 11–13 MiB stayed dirty on
+/// a 14 MiB process, twice its starting RSS, for good; purging 4 MiB at most once a second costs
+/// about a thousand page faults when they are used again.
+pub const RELEASE_ABOVE: u64 = 4 * 1024 * 1024;
 
 /// Queued live events at which a stream counts as slow when shedding for memory (or half its
 /// capacity, if smaller). A reader that keeps up has next to nothing queued.

@@ -386,7 +386,7 @@ impl Metrics {
         add(
             r,
             "source_lost_messages",
-            "Messages a live source's client or buffer dropped when full, by source (NATS: a lower bound)",
+            "Messages a live source's client or buffer dropped when full, by source (NATS: exact once the client is quiet)",
             &self.source_lost_messages,
         );
         add_in(

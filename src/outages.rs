@@ -55,6 +55,15 @@ impl SourceSpace {
         }
     }
 
+    /// Whether `topic` comes through this space.
+    pub fn serves(&self, topic: &str) -> bool {
+        match self {
+            SourceSpace::Subject(p) => p.matches(topic),
+            SourceSpace::Channel(c) => **c == *topic,
+            SourceSpace::Glob(g) => glob_match(g.as_bytes(), topic.as_bytes()),
+        }
+    }
+
     /// Whether some topic selected by `f` could have come through this space. Exact for
     /// subjects and channels; for a glob against a pattern filter it answers no only when their
     /// literal beginnings differ, and yes otherwise (a gap too many, never one too few).

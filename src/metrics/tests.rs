@@ -65,7 +65,7 @@ const EXPECTED_META: &str = r#"
 # HELP sse_bridge_resume_pages Full pages of resume.max_events read from a broker by in-place resumes, each written before the next is read.
 # HELP sse_bridge_resume_spills Resuming streams whose full queue spilled and that resumed in place (policy spill-reread) instead of being cut.
 # HELP sse_bridge_source_gaps Losses a live source told its streams about (source-outage, source-dropped), by source and reason.
-# HELP sse_bridge_source_lost_messages Messages a live source's client or buffer dropped when full, by source (NATS: a lower bound).
+# HELP sse_bridge_source_lost_messages Messages a live source's client or buffer dropped when full, by source (NATS: exact once the client is quiet).
 # HELP sse_bridge_streams_opened SSE streams opened.
 # HELP sse_bridge_subscription_filters Distinct topics and patterns with subscribers, summed over registry shards.
 # HELP sse_bridge_tokio_alive_tasks Tasks alive in the runtime.

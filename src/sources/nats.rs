@@ -19,7 +19,7 @@
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use async_nats::{ConnectOptions, Event as NatsEvent, HeaderMap, Statistics, Subscriber};
 use bytes::Bytes;
@@ -48,7 +48,13 @@ pub const MESSAGE_OVERHEAD: usize = 512;
 /// The fewest messages a subscription's hand-off buffer holds: async-nats parses everything a
 /// socket read brought in one go and drops what does not fit, so the hand-off must hold a
 /// burst of small messages (a 64 KiB read holds over a thousand) however large
-/// `max_message_bytes` is.
+/// `max_message_bytes` is. So this buffer is bounded in messages, not bytes: up to 1024 ×
+/// `max_message_bytes` per subject (1 GiB at the defaults) when the forwarding loop is starved
+/// while large messages arrive; the live heap shows it, the memory budget cannot shed it, and
+/// `run` says so at startup when it exceeds `nats.buffer_bytes`. A floor of 32 (what fits 32
+/// MiB of 1 MiB messages) was tried: it cut the heap of the 16 KiB flood of `tests/flood.rs`
+/// from ~95 to ~10 MiB, but dropped 18 of a burst of 50 small messages on a single-threaded
+/// runtime (`tests/outage.rs`, `nats_kill9_and_restart_resumes_on_the_open_stream`).
 pub const MIN_SUBSCRIPTION_CAPACITY: usize = 1024;
 
 /// Messages async-nats may buffer per subscription before it reports a slow consumer and drops:
@@ -128,17 +134,32 @@ pub async fn run(
             }
         }
     }
-    info!(source = "nats", %url, subjects = ?cfg.subjects, capacity = subscription_capacity(&cfg), "Subscribed; messages flow once connected.");
+    let capacity = subscription_capacity(&cfg);
+    info!(source = "nats", %url, subjects = ?cfg.subjects, capacity, "Subscribed; messages flow once connected.");
+    let handoff_bytes = capacity.saturating_mul(cfg.max_message_bytes + MESSAGE_OVERHEAD).saturating_mul(subs.len());
+    if handoff_bytes > cfg.buffer_bytes {
+        info!(
+            source = "nats",
+            capacity,
+            handoff_bytes,
+            buffer_bytes = cfg.buffer_bytes,
+            "The NATS client may hold up to `capacity` messages per subject before the source takes them, more than nats.buffer_bytes if they are as large as nats.max_message_bytes; set max_message_bytes to the largest message published to bound it."
+        );
+    }
     let mut messages = select_all(subs);
     let mut input = BrokerInput::new(SourceKind::Nats, cfg.max_message_bytes, status.clone());
     let mut teller = Teller {
         tx: &tx,
         shutdown: &shutdown,
-        connects: client.statistics(),
+        stats: client.statistics(),
         seen_connects: 0,
         losses: &losses,
         spaces: spaces(&cfg.subjects),
         drop_log: IntervalLog::default(),
+        taken: 0,
+        told: 0,
+        episode: Vec::new(),
+        settle: None,
     };
     let mut buffer = Buffer::new(SourceKind::Nats, cfg.buffer_bytes);
     let end = forward_all(&mut messages, &mut input, &cfg.event_header, &mut teller, &mut buffer).await;
@@ -198,13 +219,26 @@ fn spaces(subjects: &[String]) -> Arc<[SourceSpace]> {
     subjects.iter().filter_map(|s| Pattern::parse(s, s.len()).ok()).map(SourceSpace::Subject).collect()
 }
 
+/// How long the client must have been quiet (no message counted in, none taken out) before the
+/// forwarding loop settles the client's drop count (see [`Teller::settle`]).
+pub const SETTLE_AFTER: Duration = Duration::from_millis(250);
+
 /// The forwarding loop's side of the loss signals: it notices outages and drops and sends a
 /// [`SourceSignal`] before the next message.
+///
+/// Client-side drops are counted twice over. At once, by the client's slow-consumer events (one
+/// per dropped message), which name the subscription; but async-nats queues its events in a
+/// channel of 128 and drops events too when that is full (under a flood, when the callback
+/// task lags), so that count is a lower bound. Then exactly, once the client is quiet: every
+/// message the client counted in (`Statistics::in_messages`) and the loop did not take was
+/// dropped, so after a drop the loop waits for [`SETTLE_AFTER`] without traffic and tells what
+/// the events missed ([`Teller::settle`]).
 struct Teller<'a> {
     tx: &'a IngestSender,
     shutdown: &'a CancellationToken,
-    /// The client's statistics: `connects` counts the first connection and every reconnection.
-    connects: Arc<Statistics>,
+    /// The client's statistics: `connects` counts the first connection and every reconnection,
+    /// `in_messages` every message the client read.
+    stats: Arc<Statistics>,
     /// `connects` as of the last check.
     seen_connects: u64,
     losses: &'a Losses,
@@ -212,20 +246,35 @@ struct Teller<'a> {
     /// 1, 2, … in that order).
     spaces: Arc<[SourceSpace]>,
     drop_log: IntervalLog,
+    /// Messages the loop took from the subscriptions.
+    taken: u64,
+    /// Client-side drops told so far.
+    told: u64,
+    /// The subscriptions that dropped since the count was last settled.
+    episode: Vec<u64>,
+    /// Set after a drop until the count is settled: when to look next, and what the counters
+    /// were at the last look.
+    settle: Option<Settle>,
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Settle {
+    at: tokio::time::Instant,
+    in_messages: u64,
+    taken: u64,
 }
 
 impl Teller<'_> {
     /// Whether an outage or a drop awaits telling; two atomic loads, checked per message.
     fn due(&self) -> bool {
-        self.connects.connects.load(Ordering::Relaxed) != self.seen_connects
-            || self.losses.dirty.load(Ordering::Acquire)
+        self.stats.connects.load(Ordering::Relaxed) != self.seen_connects || self.losses.dirty.load(Ordering::Acquire)
     }
 
     /// Queues the signals due behind what is buffered (so ahead of every message read from now
     /// on): an outage if the client connected again after its first connection, then the
     /// client's drops seen since the last call.
     fn tell(&mut self, buffer: &mut Buffer) {
-        let connects = self.connects.connects.load(Ordering::Relaxed);
+        let connects = self.stats.connects.load(Ordering::Relaxed);
         if connects != self.seen_connects {
             // Two or more connections (even if none was seen in between): a reconnection.
             let outage = connects >= 2;
@@ -239,11 +288,18 @@ impl Teller<'_> {
                 buffer.push_signal(self.signal(SourceGap::Outage, self.spaces.clone(), 0));
             }
         }
-        if let Some((sids, lost)) = self.losses.take() {
-            let known: Option<Vec<SourceSpace>> =
-                sids.iter().map(|&sid| self.spaces.get(sid.wrapping_sub(1) as usize).cloned()).collect();
-            // An id we did not number: every subject.
-            let spaces = known.map_or_else(|| self.spaces.clone(), Arc::from);
+        // Empty when a drop raced the previous take (its count went with that one).
+        if let Some((sids, lost)) = self.losses.take().filter(|(sids, lost)| *lost > 0 && !sids.is_empty()) {
+            self.told += lost;
+            for sid in &sids {
+                if !self.episode.contains(sid) {
+                    self.episode.push(*sid);
+                }
+            }
+            if self.settle.is_none() {
+                self.settle = Some(self.look());
+            }
+            let spaces = self.spaces_of(&sids);
             if let Some(suppressed) = self.drop_log.due() {
                 let subjects: Vec<&str> = spaces.iter().map(SourceSpace::as_str).collect();
                 warn!(
@@ -256,6 +312,51 @@ impl Teller<'_> {
             }
             buffer.push_signal(self.signal(SourceGap::Dropped, spaces, lost));
         }
+    }
+
+    /// The subjects of subscriptions `sids`; every subject if one is not ours (or none is named).
+    fn spaces_of(&self, sids: &[u64]) -> Arc<[SourceSpace]> {
+        let known: Option<Vec<SourceSpace>> =
+            sids.iter().map(|&sid| self.spaces.get(sid.wrapping_sub(1) as usize).cloned()).collect();
+        known.filter(|k| !k.is_empty()).map_or_else(|| self.spaces.clone(), Arc::from)
+    }
+
+    /// The counters now, to be looked at again after [`SETTLE_AFTER`].
+    fn look(&self) -> Settle {
+        Settle {
+            at: tokio::time::Instant::now() + SETTLE_AFTER,
+            in_messages: self.stats.in_messages.load(Ordering::Relaxed),
+            taken: self.taken,
+        }
+    }
+
+    /// Called when the settle timer fires, with the subscriptions just found empty. If nothing
+    /// moved since the last look, nothing is in the hand-off or on its way into it, so the
+    /// client dropped exactly `in_messages - taken` messages: what the slow-consumer events did
+    /// not report is told now (a `source-dropped` signal naming the subscriptions that dropped
+    /// since the last settling). Otherwise it looks again later.
+    fn settle(&mut self, buffer: &mut Buffer) {
+        let Some(last) = self.settle else { return };
+        let now = self.look();
+        if now.in_messages != last.in_messages || now.taken != last.taken {
+            self.settle = Some(now);
+            return;
+        }
+        self.settle = None;
+        let dropped = now.in_messages.saturating_sub(self.taken);
+        if dropped > self.told {
+            let missed = dropped - self.told;
+            self.told = dropped;
+            let spaces = self.spaces_of(&self.episode);
+            info!(
+                source = "nats",
+                missed,
+                dropped,
+                "NATS client drops settled: its slow-consumer events missed some; telling the streams."
+            );
+            buffer.push_signal(self.signal(SourceGap::Dropped, spaces, missed));
+        }
+        self.episode.clear();
     }
 
     fn signal(&self, gap: SourceGap, spaces: Arc<[SourceSpace]>, lost: u64) -> SourceSignal {
@@ -280,6 +381,7 @@ async fn forward_all(
         if reserving.is_none() {
             reserving = buffer.reserve_front(tx);
         }
+        let settle_at = teller.settle.map(|s| s.at);
         tokio::select! {
             biased;
             _ = shutdown.cancelled() => return SessionEnd::Shutdown,
@@ -296,6 +398,7 @@ async fn forward_all(
                 let Some(msg) = msg else {
                     return BrokerError::Lost("subscription closed by the client").into();
                 };
+                teller.taken += 1;
                 if teller.due() {
                     teller.tell(buffer);
                 }
@@ -308,6 +411,10 @@ async fn forward_all(
                 {
                     warn!(source = "nats", lost, suppressed, "Ingest queue and source buffer full; NATS messages dropped; telling the streams (logged at most every 10s).");
                 }
+            }
+            // Polled only when every branch above is pending: the subscriptions are empty.
+            _ = tokio::time::sleep_until(settle_at.unwrap_or_else(tokio::time::Instant::now)), if settle_at.is_some() => {
+                teller.settle(buffer);
             }
         }
     }
