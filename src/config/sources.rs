@@ -552,7 +552,8 @@ pub struct ResumeConfig {
     /// Most events replayed from one stream for one resume; a client further behind gets a
     /// gap event (reason `replay-limit`) and the newest events. Also the memory bound of a
     /// resume: its replayed frames (ids differ per client) are built before it goes live.
-    /// The in-place resume of a stream that spilled reads in pages of this size instead.
+    /// The in-place resume of a stream that spilled reads in pages of this size instead, while
+    /// a read slot is free.
     pub max_events: usize,
     /// Time one broker read may take before the resume gives up with a gap event.
     #[serde(with = "humantime_serde")]

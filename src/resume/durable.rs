@@ -271,7 +271,14 @@ impl BrokerResume {
         for (idx, mut after, upto) in std::mem::take(&mut self.reads) {
             let read_filters = self.reader.read_filters(idx, &self.filters);
             loop {
-                let out = self.reader.read(idx, after, upto, read_filters.clone(), self.limit).await;
+                // Pages only while the reader has a free slot: under a resume herd every page
+                // would wait behind everyone's reads and the stream would fall further behind
+                // the more it read; it then takes the newest events, like any resume.
+                let limit = match self.limit {
+                    ReadLimit::Oldest if self.reader.is_contended() => ReadLimit::Newest,
+                    l => l,
+                };
+                let out = self.reader.read(idx, after, upto, read_filters.clone(), limit).await;
                 if let Some(g) = out.gap {
                     let stream = self.catalog.get(idx);
                     let topics =

@@ -179,6 +179,11 @@ impl BrokerReader {
         }
     }
 
+    /// Whether every read slot (`resume.max_concurrent_reads`) is taken: reads now wait.
+    pub fn is_contended(&self) -> bool {
+        self.permits.available_permits() == 0
+    }
+
     /// The most broker reads that ran at once since start.
     pub fn peak_concurrency(&self) -> usize {
         self.peak.load(Ordering::Relaxed)
