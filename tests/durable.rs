@@ -869,3 +869,62 @@ async fn in_place_resume_reads_redis_streams_in_pages_and_loses_nothing() {
     assert_eq!(common::sample(&m, "sse_bridge_disconnects_total{reason=\"slow_consumer\"}").unwrap_or(0.0), 0.0, "{m}");
     assert!(common::sample(&m, "sse_bridge_resume_pages_total").unwrap_or(0.0) >= 1.0, "read in pages: {m}");
 }
+
+/// While every broker read slot is taken (a resume herd), the in-place resume of a spilled
+/// stream does not queue behind them: it takes the newest events the rings hold, behind a
+/// `replay-limit` gap, at once, and the stream goes on live. (A read slot is held here by a
+/// resume whose broker is stopped.)
+#[tokio::test]
+async fn in_place_resume_under_a_read_herd_takes_the_newest_from_the_rings() {
+    use nix::sys::signal::{Signal, kill};
+    use nix::unistd::Pid;
+    const HISTORY: usize = 40;
+    const LIVE: usize = 2_000;
+    let nats = NatsServer::start().await;
+    let js = js_stream(&nats, -1).await;
+    let a = started(js_config(&nats)).await;
+    let mut on_a = a.subscribe(&["orders.>"]).await;
+    js_publish(&js, "orders.hist", "h0").await;
+    let cursor = take_no_gap(&mut on_a, 1).await[0].id.clone().unwrap();
+    drop(on_a);
+    a.stop().await;
+    let payload = "x".repeat(256 * 1024);
+    js_publish_many(&js, "orders.hist", (1..=HISTORY).map(|i| format!("h{i} {payload}"))).await;
+
+    let mut c = js_config(&nats);
+    c.server.queue_capacity = 8;
+    c.server.write_timeout = Duration::from_secs(120);
+    c.resume.max_events = 50;
+    c.resume.max_concurrent_reads = 1;
+    c.resume.read_timeout = Duration::from_secs(60);
+    c.replay.max_events_per_topic = 20;
+    let b = started(c).await;
+    let mut moved = b.resume(&["orders.>"], &cursor).await;
+    let state = b.state.clone();
+    common::wait_until("the replay is read and queued", async || {
+        state.metrics.replayed_from_broker.get() == HISTORY as u64
+    })
+    .await;
+    let before = state.last_seq.get();
+    js_publish_many(&js, "orders.live", (1..=LIVE).map(|i| format!("l{i}"))).await;
+    common::wait_until("the live events are sequenced", async || state.last_seq.get() >= before + LIVE as u64).await;
+    // The one read slot: taken by another resume whose broker read cannot finish.
+    let pid = Pid::from_raw(nats.pid().expect("nats-server runs") as i32);
+    kill(pid, Signal::SIGSTOP).unwrap();
+    let blocker = sse_client::connect(&b.url("/events?topic=orders.hist"), &[("last-event-id", &cursor)]).await;
+    common::wait_until("the slot is taken", async || state.metrics.resume_reads_active.get() == 1).await;
+    let got = moved.take_events(HISTORY + 8 + 1 + 20, EVENT_TIMEOUT).await;
+    kill(pid, Signal::SIGCONT).unwrap();
+    drop(blocker);
+    let seen: Vec<String> = got.iter().map(|e| e.data.split(' ').next().unwrap().to_owned()).collect();
+    let head: Vec<String> = (1..=HISTORY).map(|i| format!("h{i}")).chain((1..=8).map(|i| format!("l{i}"))).collect();
+    assert_eq!(seen[..HISTORY + 8], head[..], "the replay, then the live events the queue kept");
+    assert_eq!(got[HISTORY + 8].event.as_deref(), Some("sse-bridge.gap"), "{:?}", got[HISTORY + 8]);
+    assert_eq!(gap_of(&got[HISTORY + 8])["reason"], "replay-limit");
+    let tail: Vec<String> = (LIVE - 19..=LIVE).map(|i| format!("l{i}")).collect();
+    assert_eq!(seen[HISTORY + 9..], tail[..], "the newest events the ring holds");
+    js_publish(&js, "orders.live", "after").await;
+    assert_eq!(data(&take_no_gap(&mut moved, 1).await), ["after"]);
+    let m = common::admin_metrics(&b).await;
+    assert_eq!(common::sample(&m, "sse_bridge_disconnects_total{reason=\"slow_consumer\"}").unwrap_or(0.0), 0.0, "{m}");
+}

@@ -98,7 +98,27 @@ pub(super) fn plan(
     };
     let covered = upto.max(snap.seq);
     let (mut reads, ring_served, mut gaps) = broker_reads(cx, filters, &mut vector, &snap, ours);
-    let mut events = from_ring(cx, filters, &vector, snap.seq, ours, covered, &ring_served, &mut gaps);
+    // The in-place resume of a spilled stream, while every broker read slot is taken: its read
+    // would wait behind a herd's reads while its queue spills again, and return the newest
+    // `max_events` anyway. The rings hold the newest events: it takes them, behind a
+    // `replay-limit` gap, at once.
+    let newest_from_ring: Vec<(usize, Pos)> = if cx.in_place && !reads.is_empty() && cx.reader.is_contended() {
+        reads.drain(..).map(|(idx, after, _)| (idx, after)).collect()
+    } else {
+        Vec::new()
+    };
+    let from_rings: Vec<(usize, Pos)> = ring_served.iter().chain(&newest_from_ring).copied().collect();
+    let mut events = from_ring(cx, filters, &vector, snap.seq, ours, covered, &from_rings, &mut gaps);
+    if !newest_from_ring.is_empty() {
+        let topics = newest_from_ring
+            .iter()
+            .flat_map(|&(idx, _)| {
+                let stream = cx.catalog.get(idx);
+                filters.iter().filter(|f| stream.may_serve(f)).map(|f| f.as_str().to_owned())
+            })
+            .collect();
+        gaps.push(("replay-limit", dedup(topics)));
+    }
     // The sequencer appends to the rings without the registry lock, so a ring may have evicted
     // an event of a ring-served stream between the check and the read. Evictions only go
     // forward: still kept now means it was kept when read; if not, the broker serves it.
