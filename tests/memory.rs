@@ -318,6 +318,8 @@ enum Outcome {
     Refused(String),
     /// Told of a gap (`sse-bridge.gap`) before or among its events.
     Gap,
+    /// Ended after this many events without any signal: what must not happen.
+    Cut(usize),
 }
 
 /// Issue 14, item 5: a herd resumes the same range of a JetStream stream with the same id and
@@ -435,8 +437,8 @@ async fn a_herd_resuming_the_same_range_shares_one_replay() {
                     longest = longest.max(last.elapsed());
                     last = std::time::Instant::now();
                 }
-                Ok(None) => panic!("the live stream ended"),
-                Err(_) => return (got, longest), // quiet for 3 s: the publisher stopped
+                Ok(None) => return (got, longest, true),
+                Err(_) => return (got, longest, false), // quiet for 3 s: the publisher stopped
             }
         }
     });
@@ -455,9 +457,7 @@ async fn a_herd_resuming_the_same_range_shares_one_replay() {
                 return Outcome::Refused(reason);
             }
             for i in 0..events {
-                let Some(e) = s.next_event(Duration::from_secs(60)).await else {
-                    panic!("client {k}: the stream ended after {i} of {events} events, without a signal")
-                };
+                let Some(e) = s.next_event(Duration::from_secs(60)).await else { return Outcome::Cut(i) };
                 if e.event.as_deref() == Some("sse-bridge.gap") {
                     return Outcome::Gap;
                 }
@@ -466,19 +466,20 @@ async fn a_herd_resuming_the_same_range_shares_one_replay() {
             Outcome::Complete
         });
     }
-    let (mut complete, mut refused, mut gaps) = (0, Vec::new(), 0);
+    let (mut complete, mut refused, mut gaps, mut cut) = (0, Vec::new(), 0, Vec::new());
     while let Some(r) = herd.join_next().await {
         match r.unwrap() {
             Outcome::Complete => complete += 1,
             Outcome::Refused(why) => refused.push(why),
             Outcome::Gap => gaps += 1,
+            Outcome::Cut(after) => cut.push(after),
         }
     }
     let elapsed = started.elapsed();
     done.store(true, Ordering::Relaxed);
     sampler.join().unwrap();
     let published = publisher.await.unwrap();
-    let (received, longest) = listener.await.unwrap();
+    let (received, longest, live_ended) = listener.await.unwrap();
     let peak = peak.load(Ordering::Relaxed);
     let end_rss = bridge.rss_bytes();
     let m = bridge.metrics().await;
@@ -487,18 +488,27 @@ async fn a_herd_resuming_the_same_range_shares_one_replay() {
     let shed = sample(&m, "sse_bridge_memory_shed_streams_total").unwrap_or(0.0);
     println!(
         "{clients} clients resume {events} × 64 KiB ({} MiB each, {} MiB in all) against memory.limit {} MiB: \
-         {complete} complete, {} refused {refused:?}, {gaps} gap; {shared} resumes served from shared frames, \
+         {complete} complete, {} refused {refused:?}, {gaps} gap, {} cut without a signal (after {cut:?} events); {shared} resumes served from shared frames, \
          {reads} broker reads, {shed} streams shed; RSS start {} MiB, peak {} MiB, end {} MiB; \
          live: {received}/{published} events, longest pause {longest:?}; {elapsed:?}",
         events as u64 * PAYLOAD as u64 / MIB,
         clients as u64 * events as u64 * PAYLOAD as u64 / MIB,
         LIMIT / MIB,
         refused.len(),
+        cut.len(),
         start_rss / MIB,
         peak / MIB,
         end_rss / MIB,
     );
+    let disconnects: Vec<&str> = m.lines().filter(|l| l.starts_with("sse_bridge_disconnects_total")).collect();
+    println!("{disconnects:?}");
+    if !cut.is_empty() || live_ended {
+        let log = bridge.daemon.stderr();
+        println!("bridge log (tail):\n{}", &log[log.len().saturating_sub(6000)..]);
+    }
+    assert!(cut.is_empty(), "{} clients cut without a signal", cut.len());
     assert!(complete > 0, "some clients complete");
+    assert!(!live_ended, "the live stream ended");
     assert_eq!(received, published, "the live stream kept flowing");
     assert!(longest < Duration::from_secs(2), "the live stream paused {longest:?}");
     assert!(peak < LIMIT + OVERHEAD, "peak RSS {} MiB, budget {} MiB + overhead {} MiB", peak / MIB, LIMIT / MIB, OVERHEAD / MIB);

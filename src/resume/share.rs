@@ -25,6 +25,9 @@ use crate::durable::Pos;
 use crate::event::frame_event_with;
 use crate::topic::TopicFilter;
 
+/// Payload bytes freed by a build between two purges of the allocator's freed pages.
+const PURGE_EVERY: usize = 8 * 1024 * 1024;
+
 /// What decides a broker resume's frames byte for byte.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub(super) struct ShareKey {
@@ -113,7 +116,24 @@ impl BrokerReader {
                 out.frames.push(SharedFrame::new(frame, inflight.clone()));
             };
             match Arc::try_unwrap(read) {
-                Ok(read) => read.events.into_iter().for_each(|e| frame_of(&e)),
+                Ok(read) => {
+                    // The events' pages go back to the OS as their frames replace them, not
+                    // at the next housekeeping tick: the frames of a large replay would
+                    // otherwise sit on top of the freed events in RSS (a replay twice over).
+                    let mut freed = 0;
+                    for e in read.events {
+                        frame_of(&e);
+                        freed += e.payload.len();
+                        drop(e);
+                        if freed >= PURGE_EVERY {
+                            crate::allocator::purge();
+                            freed = 0;
+                        }
+                    }
+                    if freed > 0 {
+                        crate::allocator::purge();
+                    }
+                }
                 Err(read) => read.events.iter().for_each(frame_of),
             }
         }
