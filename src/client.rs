@@ -66,6 +66,9 @@ pub enum CloseReason {
     WriteTimeout,
     /// The stream reached `server.max_stream_age`; the client reconnects and resumes.
     MaxAge,
+    /// The memory budget shed the stream: what it had queued was dropped, and it ends with a
+    /// `retry:` hint and the reason, so the client resumes from the last event it got.
+    MemoryBudget,
 }
 
 impl CloseReason {
@@ -76,12 +79,19 @@ impl CloseReason {
             CloseReason::SlowConsumer => "slow_consumer",
             CloseReason::WriteTimeout => "write_timeout",
             CloseReason::MaxAge => "max_age",
+            CloseReason::MemoryBudget => "memory_budget",
         }
     }
 
     /// Whether the stream ends cleanly (queued frames first, then the end of the body) rather
     /// than by dropping the connection.
     pub fn is_clean(self) -> bool {
+        matches!(self, CloseReason::Shutdown | CloseReason::MaxAge | CloseReason::MemoryBudget)
+    }
+
+    /// Whether a replay still being built is queued and written before the end (a clean end
+    /// that is not a shed: the memory budget dropped the stream's frames to free them).
+    fn keeps_replay(self) -> bool {
         matches!(self, CloseReason::Shutdown | CloseReason::MaxAge)
     }
 }
@@ -493,6 +503,34 @@ impl ClientQueue {
         self.close(CloseReason::Shutdown);
     }
 
+    /// Sheds the stream for the memory budget: drops everything queued (live events, replay,
+    /// and any hold: the resume still building stops, see [`ClientQueue::reserve_backlog`])
+    /// and ends it cleanly after `last` (a `retry:` hint with the reason), so the client
+    /// resumes from the last event it got instead of seeing its connection cut. A socket that
+    /// takes no bytes is still ended by `server.write_timeout`; what it held is freed now.
+    /// False if the stream had already ended.
+    pub fn shed(&self, last: Bytes) -> bool {
+        let waker = {
+            let mut st = self.state.lock();
+            if st.closed.is_some() {
+                return false;
+            }
+            self.discard_all(&mut st);
+            st.held = None;
+            st.spill = None;
+            st.dropped = None;
+            st.closed = Some(CloseReason::MemoryBudget);
+            self.control_bytes(&mut st, last.len(), true);
+            st.items.push_back(Item::Control(last));
+            st.backlog = 1;
+            st.waker.take()
+        };
+        if let Some(w) = waker {
+            w.wake();
+        }
+        true
+    }
+
     /// Records the durable positions the client already has (see the `have` field).
     pub fn set_have(&self, positions: Vec<Option<crate::event::Pos>>) {
         let _ = self.have.set(positions.into_boxed_slice());
@@ -527,7 +565,7 @@ impl ClientQueue {
     /// cleanly (drain, maximum age) still gets its replay written first, as with `release`.
     pub fn reserve_backlog(&self, n: usize) -> bool {
         let mut st = self.state.lock();
-        if st.closed.is_some_and(|c| !c.is_clean()) {
+        if st.closed.is_some_and(|c| !c.keeps_replay()) {
             return false;
         }
         st.reserved += n;
@@ -556,7 +594,7 @@ impl ClientQueue {
             self.control_bytes(&mut st, reserved, false);
             let at = st.held.take().unwrap_or(0).min(st.items.len());
             st.resuming = true;
-            if st.closed.is_none_or(CloseReason::is_clean) {
+            if st.closed.is_none_or(CloseReason::keeps_replay) {
                 let n = items.len();
                 for (i, item) in items.into_iter().enumerate() {
                     match &item {
@@ -584,7 +622,7 @@ impl ClientQueue {
             let mut st = self.state.lock();
             let reserved = std::mem::take(&mut st.reserved);
             self.control_bytes(&mut st, reserved, false);
-            if st.closed.is_some_and(|c| !c.is_clean()) {
+            if st.closed.is_some_and(|c| !c.keeps_replay()) {
                 return false;
             }
             let at = st.held.unwrap_or(0).min(st.items.len());

@@ -26,10 +26,11 @@
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
+use bytes::Bytes;
 use tracing::{info, warn};
 
 use crate::allocator;
-use crate::client::{CloseReason, now_ms};
+use crate::client::now_ms;
 use crate::config::{MemoryConfig, ReplayConfig};
 use crate::metrics::Metrics;
 use crate::process;
@@ -47,6 +48,8 @@ const CGROUP_SHARE: f64 = 0.75;
 #[derive(Debug)]
 pub struct MemoryBudget {
     limit: Option<usize>,
+    /// The reconnect hint of a shed stream (`server.retry`).
+    retry: std::time::Duration,
     over: AtomicBool,
     /// When [`MemoryBudget::release_freed`] last looked, in `now_ms` time.
     last_release_ms: AtomicU64,
@@ -66,7 +69,18 @@ impl MemoryBudget {
     pub fn from_config(cfg: &MemoryConfig) -> Self {
         let limit =
             if cfg.limit > 0 { Some(cfg.limit) } else { cgroup_limit().map(|l| (l as f64 * CGROUP_SHARE) as usize) };
-        MemoryBudget { limit, over: AtomicBool::new(false), last_release_ms: AtomicU64::new(0) }
+        MemoryBudget {
+            limit,
+            retry: std::time::Duration::from_secs(3),
+            over: AtomicBool::new(false),
+            last_release_ms: AtomicU64::new(0),
+        }
+    }
+
+    /// Sets the reconnect hint a shed stream ends with (`server.retry`).
+    pub fn with_retry(mut self, retry: std::time::Duration) -> Self {
+        self.retry = retry;
+        self
     }
 
     /// The budget in bytes, if there is one.
@@ -130,7 +144,12 @@ impl MemoryBudget {
                 if freed >= want {
                     break;
                 }
-                q.close(CloseReason::SlowConsumer);
+                // Its frames are dropped now; it ends with a `retry:` and the reason, and the
+                // client resumes from the last event it got (one whose socket takes nothing
+                // is still cut by `server.write_timeout`).
+                if !q.shed(shed_frame(self.retry)) {
+                    continue;
+                }
                 shed.streams_closed += 1;
                 freed += bytes;
             }
@@ -165,6 +184,14 @@ impl MemoryBudget {
             info!(freed = s.dirty, live_heap = s.allocated, "Gave freed allocator pages back to the OS.");
         }
     }
+}
+
+/// The last frame of a stream shed for the memory budget: the reason and the reconnect delay,
+/// jittered ±50 % so the shed clients do not come back at once.
+fn shed_frame(retry: std::time::Duration) -> Bytes {
+    let ms = retry.as_millis().max(2) as u64;
+    let jittered = ms / 2 + (now_ms().wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 32) % ms;
+    Bytes::from(format!(": sse-bridge shed memory_budget\nretry: {}\n\n", jittered.max(1)))
 }
 
 /// Freed allocator pages (bytes) below which [`MemoryBudget::release_freed`] leaves them to

@@ -314,8 +314,11 @@ fn scale(var: &str, default: usize) -> usize {
 enum Outcome {
     /// Every event, in order, and no gap.
     Complete,
-    /// Refused with a `retry:` hint and a reason (the refusal an EventSource survives).
-    Refused(String),
+    /// Every event, in order, after one or more clear signals it followed (a refusal or a shed
+    /// by the memory budget, each with a `retry:` hint and the reason).
+    Signalled(Vec<String>),
+    /// Still refused or shed after 20 attempts, each time with a `retry:` hint and a reason.
+    Refused(Vec<String>),
     /// Told of a gap (`sse-bridge.gap`) before or among its events.
     Gap,
     /// Ended after this many events without any signal: what must not happen.
@@ -449,27 +452,45 @@ async fn a_herd_resuming_the_same_range_shares_one_replay() {
     for k in 0..clients {
         let (url, id) = (url.clone(), id.clone());
         herd.spawn(async move {
-            let mut s = sse_client::connect(&url, &[("last-event-id", &id)]).await.expect("stream opens");
-            if let Some(reason) = s.headers().get("sse-bridge-refusal") {
-                let reason = reason.to_str().unwrap().to_owned();
-                while s.next_event(EVENT_TIMEOUT).await.is_some() {}
-                assert!(s.retry().is_some(), "client {k}: refused ({reason}) without a retry: hint");
-                return Outcome::Refused(reason);
-            }
-            for i in 0..events {
-                let Some(e) = s.next_event(Duration::from_secs(60)).await else { return Outcome::Cut(i) };
-                if e.event.as_deref() == Some("sse-bridge.gap") {
-                    return Outcome::Gap;
+            // As an EventSource: a refusal or a shed ends the body after a `retry:` hint, and
+            // the client comes back after it with the id of the last event it got.
+            let (mut id, mut next, mut signals) = (id, 0, Vec::new());
+            while signals.len() < 20 {
+                let mut s = sse_client::connect(&url, &[("last-event-id", &id)]).await.expect("stream opens");
+                if let Some(reason) = s.headers().get("sse-bridge-refusal") {
+                    signals.push(format!("refused {}", reason.to_str().unwrap()));
+                } else {
+                    while next < events {
+                        let Some(e) = s.next_event(Duration::from_secs(60)).await else { break };
+                        if e.event.as_deref() == Some("sse-bridge.gap") {
+                            return Outcome::Gap;
+                        }
+                        let ok = e.data.len() == PAYLOAD && e.data.starts_with(&format!("{next:08}"));
+                        assert!(ok, "client {k}: event {next}");
+                        id = e.id.unwrap();
+                        next += 1;
+                    }
+                    if next == events {
+                        return if signals.is_empty() { Outcome::Complete } else { Outcome::Signalled(signals) };
+                    }
+                    let shed = s.comments().iter().any(|c| c.contains("shed memory_budget"));
+                    if !shed {
+                        return Outcome::Cut(next);
+                    }
+                    signals.push(format!("shed after {next}"));
                 }
-                assert!(e.data.len() == PAYLOAD && e.data.starts_with(&format!("{i:08}")), "client {k}: event {i}");
+                while s.next_event(EVENT_TIMEOUT).await.is_some() {}
+                let Some(retry) = s.retry() else { return Outcome::Cut(next) };
+                tokio::time::sleep(Duration::from_millis(retry)).await; // the client's reconnect delay
             }
-            Outcome::Complete
+            Outcome::Refused(signals)
         });
     }
-    let (mut complete, mut refused, mut gaps, mut cut) = (0, Vec::new(), 0, Vec::new());
+    let (mut complete, mut signalled, mut refused, mut gaps, mut cut) = (0, Vec::new(), Vec::new(), 0, Vec::new());
     while let Some(r) = herd.join_next().await {
         match r.unwrap() {
             Outcome::Complete => complete += 1,
+            Outcome::Signalled(why) => signalled.push(why),
             Outcome::Refused(why) => refused.push(why),
             Outcome::Gap => gaps += 1,
             Outcome::Cut(after) => cut.push(after),
@@ -488,12 +509,14 @@ async fn a_herd_resuming_the_same_range_shares_one_replay() {
     let shed = sample(&m, "sse_bridge_memory_shed_streams_total").unwrap_or(0.0);
     println!(
         "{clients} clients resume {events} × 64 KiB ({} MiB each, {} MiB in all) against memory.limit {} MiB: \
-         {complete} complete, {} refused {refused:?}, {gaps} gap, {} cut without a signal (after {cut:?} events); {shared} resumes served from shared frames, \
+         {complete} complete without a signal, {} complete after signals {signalled:?}, \
+         {} refused throughout {refused:?}, {gaps} gap, {} cut without a signal (after {cut:?} events); {shared} resumes served from shared frames, \
          {reads} broker reads, {shed} streams shed; RSS start {} MiB, peak {} MiB, end {} MiB; \
          live: {received}/{published} events, longest pause {longest:?}; {elapsed:?}",
         events as u64 * PAYLOAD as u64 / MIB,
         clients as u64 * events as u64 * PAYLOAD as u64 / MIB,
         LIMIT / MIB,
+        signalled.len(),
         refused.len(),
         cut.len(),
         start_rss / MIB,
