@@ -9,11 +9,13 @@
 //!    before them get a gap event, as with any eviction);
 //! 2. then, if the heap is still over (ring entries still queued for slow clients are not
 //!    freed by the ring alone, and replayed frames are not in the ring at all), the streams that
-//!    hold the most queued bytes, backlog (replay) included, are closed as under the
-//!    `disconnect` policy, largest first, until what they held covers the overshoot (the next
+//!    hold the most queued bytes, backlog (replay) included, are shed, largest first: what they
+//!    queued is dropped at once and each ends with a `retry:` hint and the reason
+//!    (`ClientQueue::shed`), so its client resumes from the last event it got, until what they held covers the overshoot (the next
 //!    check sheds more if that was not enough: events shared by many queues count in each); a stream
 //!    counts as slow with 64 or more live events queued (or half its capacity) or
-//!    [`SLOW_BYTES`] queued. Their clients reconnect and resume (a resume is refused while the
+//!    [`SLOW_BYTES`] queued (a replay frame shared with other streams counts as its share).
+//!    Their clients reconnect and resume (a resume is refused while the
 //!    replay in flight is at `resume.max_inflight_bytes`).
 //!
 //! Independently of any budget, [`MemoryBudget::release_freed`] (every housekeeping tick) gives

@@ -363,8 +363,10 @@ async fn a_herd_resuming_the_same_range_shares_one_replay() {
     let connected = async |p: &BridgeProcess| {
         for source in ["jetstream", "nats"] {
             let series = format!("sse_bridge_broker_up{{source=\"{source}\"}}");
-            common::wait_until(&format!("{source} connected"), async || sample(&p.metrics().await, &series) == Some(1.0))
-                .await;
+            common::wait_until(&format!("{source} connected"), async || {
+                sample(&p.metrics().await, &series) == Some(1.0)
+            })
+            .await;
         }
     };
     let first = BridgeProcess::start(&sources, &[]);
@@ -534,7 +536,13 @@ async fn a_herd_resuming_the_same_range_shares_one_replay() {
     assert!(!live_ended, "the live stream ended");
     assert_eq!(received, published, "the live stream kept flowing");
     assert!(longest < Duration::from_secs(2), "the live stream paused {longest:?}");
-    assert!(peak < LIMIT + OVERHEAD, "peak RSS {} MiB, budget {} MiB + overhead {} MiB", peak / MIB, LIMIT / MIB, OVERHEAD / MIB);
+    assert!(
+        peak < LIMIT + OVERHEAD,
+        "peak RSS {} MiB, budget {} MiB + overhead {} MiB",
+        peak / MIB,
+        LIMIT / MIB,
+        OVERHEAD / MIB
+    );
     common::wait_until("the replay in flight is given back", async || {
         sample(&bridge.metrics().await, "sse_bridge_replay_inflight_bytes") == Some(0.0)
     })

@@ -311,8 +311,12 @@ impl BrokerResume {
         let mut filters = self.filters.clone();
         filters.sort_unstable_by(|a, b| a.as_str().cmp(b.as_str()));
         filters.dedup();
-        let key =
-            ShareKey { base: self.base.clone(), vector: self.vector.clone(), reads: std::mem::take(&mut self.reads), filters };
+        let key = ShareKey {
+            base: self.base.clone(),
+            vector: self.vector.clone(),
+            reads: std::mem::take(&mut self.reads),
+            filters,
+        };
         let (replay, joined) = self.reader.replay_frames(key).await;
         if joined {
             self.metrics.resume_frames_shared.inc();
