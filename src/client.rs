@@ -833,6 +833,19 @@ impl ClientQueue {
         st.live_bytes + st.backlog_bytes + shared
     }
 
+    /// Whether the stream is reading a replay it holds: resuming, with frames queued and none
+    /// being built for it, and its socket took bytes within `stall` (its writes are not
+    /// blocked, or not for that long). The memory budget does not shed such a stream: what it
+    /// holds only shrinks as it reads, while shedding it would have it resume and read (and
+    /// build) that replay again.
+    pub fn reads_its_replay(&self, now_ms: u64, stall: Duration) -> bool {
+        let reading = {
+            let st = self.state.lock();
+            st.resuming && st.reserved == 0 && st.backlog > 0 && st.closed.is_none()
+        };
+        reading && self.conn.write.blocked_for(now_ms).is_none_or(|b| b < stall)
+    }
+
     /// Bytes of the replay frames shared with other streams waiting here, in full.
     pub fn shared_bytes(&self) -> usize {
         self.state.lock().shared_bytes

@@ -15,6 +15,9 @@
 //!    check sheds more if that was not enough: events shared by many queues count in each); a stream
 //!    counts as slow with 64 or more live events queued (or half its capacity) or
 //!    [`SLOW_BYTES`] queued (a replay frame shared with other streams counts as its share).
+//!    A resuming stream that is reading its replay (its socket took bytes within
+//!    [`READING_STALL`]) is not shed: what it holds only shrinks, and shed it would resume and
+//!    build that replay again; new streams are refused while the heap is over.
 //!    Their clients reconnect and resume (a resume is refused while the
 //!    replay in flight is at `resume.max_inflight_bytes`).
 //!
@@ -138,6 +141,7 @@ impl MemoryBudget {
                 .into_iter()
                 .map(|q| (q.queued_bytes(), q))
                 .filter(|(bytes, q)| *bytes >= SLOW_BYTES || q.live_len() >= SLOW_QUEUE.min(q.capacity() / 2).max(1))
+                .filter(|(_, q)| !q.reads_its_replay(now_ms(), READING_STALL))
                 .collect();
             slow.sort_unstable_by_key(|(bytes, _)| std::cmp::Reverse(*bytes));
             let want = now - limit + limit / 20;
@@ -199,6 +203,10 @@ fn shed_frame(retry: std::time::Duration) -> Bytes {
 /// Freed allocator pages (bytes) below which [`MemoryBudget::release_freed`] leaves them to
 /// jemalloc's decay: a few MiB of dirty pages are reused at once under load.
 pub const RELEASE_ABOVE: u64 = 16 * 1024 * 1024;
+
+/// How long a resuming stream's socket writes may stay blocked while it still counts as
+/// reading its replay (not shed, see `ClientQueue::reads_its_replay`).
+const READING_STALL: std::time::Duration = std::time::Duration::from_secs(5);
 
 /// Queued live events at which a stream counts as slow when shedding for memory (or half its
 /// capacity, if smaller). A reader that keeps up has next to nothing queued.

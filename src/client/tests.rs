@@ -305,3 +305,22 @@ fn a_stream_shed_for_memory_drops_its_queue_and_ends_with_its_hint() {
     assert!(!q.shed(Bytes::from_static(b"retry: 1\n\n")), "already ended");
     assert_eq!(inflight.get(), 0);
 }
+
+#[test]
+fn a_resuming_stream_reading_its_replay_is_told_apart_from_a_stalled_one() {
+    let conn = ConnHandle::default();
+    let q = ClientQueue::new(100, conn.clone(), None);
+    let stall = Duration::from_secs(1);
+    q.hold();
+    assert!(q.reserve_backlog(10));
+    assert!(!q.reads_its_replay(now_ms(), stall), "still building: the budget may shed it");
+    q.release(vec![Bytes::from_static(b"data: a\n\n"), Bytes::from_static(b"data: b\n\n")]);
+    assert!(q.reads_its_replay(now_ms(), stall));
+    conn.write.blocked();
+    assert!(q.reads_its_replay(now_ms(), stall), "blocked for less than the stall");
+    assert!(!q.reads_its_replay(now_ms() + 2000, stall), "stalled");
+    conn.write.progressed();
+    let _ = frame(&q);
+    let _ = frame(&q);
+    assert!(!q.reads_its_replay(now_ms(), stall), "caught up: nothing left to read");
+}
