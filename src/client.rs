@@ -66,6 +66,9 @@ pub enum CloseReason {
     WriteTimeout,
     /// The stream reached `server.max_stream_age`; the client reconnects and resumes.
     MaxAge,
+    /// The memory budget shed the stream: what it had queued was dropped, and it ends with a
+    /// `retry:` hint and the reason, so the client resumes from the last event it got.
+    MemoryBudget,
 }
 
 impl CloseReason {
@@ -76,12 +79,19 @@ impl CloseReason {
             CloseReason::SlowConsumer => "slow_consumer",
             CloseReason::WriteTimeout => "write_timeout",
             CloseReason::MaxAge => "max_age",
+            CloseReason::MemoryBudget => "memory_budget",
         }
     }
 
     /// Whether the stream ends cleanly (queued frames first, then the end of the body) rather
     /// than by dropping the connection.
     pub fn is_clean(self) -> bool {
+        matches!(self, CloseReason::Shutdown | CloseReason::MaxAge | CloseReason::MemoryBudget)
+    }
+
+    /// Whether a replay still being built is queued and written before the end (a clean end
+    /// that is not a shed: the memory budget dropped the stream's frames to free them).
+    fn keeps_replay(self) -> bool {
         matches!(self, CloseReason::Shutdown | CloseReason::MaxAge)
     }
 }
@@ -220,6 +230,43 @@ pub struct Stamped {
 enum Item {
     Event(Arc<Event>),
     Control(Bytes),
+    /// A replay frame built once for several streams ([`SharedFrame`]).
+    Shared(Arc<SharedFrame>),
+}
+
+/// A broker resume's replay frame built once and queued for every stream that resumed the same
+/// range with the same id and filters (`crate::resume`). It counts its bytes once in the replay
+/// in-flight gauge (`sse_bridge_replay_inflight_bytes`) from when it is built until the last
+/// stream holding it has written it (or let it go): one allocation, one count, however many
+/// queues hold it. Each queue counts it in its own bytes only as its share, the frame's bytes
+/// divided by the holders (see [`ClientQueue::queued_bytes`]).
+#[derive(Debug)]
+pub struct SharedFrame {
+    frame: Bytes,
+    inflight: Option<Gauge>,
+}
+
+impl SharedFrame {
+    /// `frame`, counted in `inflight` until it is dropped.
+    pub fn new(frame: Bytes, inflight: Option<Gauge>) -> Arc<Self> {
+        if let Some(g) = &inflight {
+            g.inc_by(frame.len() as i64);
+        }
+        Arc::new(SharedFrame { frame, inflight })
+    }
+
+    /// The frame's bytes.
+    pub fn frame(&self) -> &Bytes {
+        &self.frame
+    }
+}
+
+impl Drop for SharedFrame {
+    fn drop(&mut self) {
+        if let Some(g) = &self.inflight {
+            g.dec_by(self.frame.len() as i64);
+        }
+    }
 }
 
 #[derive(Debug, Default)]
@@ -251,6 +298,9 @@ struct State {
     /// Of `backlog_bytes`, those of frames built for [`ClientQueue::release`] and not yet
     /// queued (see [`ClientQueue::reserve_backlog`]).
     reserved: usize,
+    /// Frame bytes of the queued [`SharedFrame`]s, in full (not in `backlog_bytes`: each
+    /// shared frame counts itself once in the in-flight gauge).
+    shared_bytes: usize,
 }
 
 /// A spilled queue's account: live events it did not take, and the id of the last frame taken
@@ -350,6 +400,7 @@ impl ClientQueue {
         match item {
             Item::Event(e) => st.live_bytes -= e.frame.len(),
             Item::Control(b) => self.control_bytes(st, b.len(), false),
+            Item::Shared(f) => st.shared_bytes -= f.frame.len(),
         }
     }
 
@@ -378,7 +429,7 @@ impl ClientQueue {
                 // Until a frame leaves, the newest queued event is where the re-read starts.
                 let last_id = st.items.iter().rev().find_map(|i| match i {
                     Item::Event(e) => id_of(&e.frame),
-                    Item::Control(_) => None,
+                    Item::Control(_) | Item::Shared(_) => None,
                 });
                 st.spill = Some(Spill { events: 1, last_id });
                 drop(st);
@@ -452,6 +503,34 @@ impl ClientQueue {
         self.close(CloseReason::Shutdown);
     }
 
+    /// Sheds the stream for the memory budget: drops everything queued (live events, replay,
+    /// and any hold: the resume still building stops, see [`ClientQueue::reserve_backlog`])
+    /// and ends it cleanly after `last` (a `retry:` hint with the reason), so the client
+    /// resumes from the last event it got instead of seeing its connection cut. A socket that
+    /// takes no bytes is still ended by `server.write_timeout`; what it held is freed now.
+    /// False if the stream had already ended.
+    pub fn shed(&self, last: Bytes) -> bool {
+        let waker = {
+            let mut st = self.state.lock();
+            if st.closed.is_some() {
+                return false;
+            }
+            self.discard_all(&mut st);
+            st.held = None;
+            st.spill = None;
+            st.dropped = None;
+            st.closed = Some(CloseReason::MemoryBudget);
+            self.control_bytes(&mut st, last.len(), true);
+            st.items.push_back(Item::Control(last));
+            st.backlog = 1;
+            st.waker.take()
+        };
+        if let Some(w) = waker {
+            w.wake();
+        }
+        true
+    }
+
     /// Records the durable positions the client already has (see the `have` field).
     pub fn set_have(&self, positions: Vec<Option<crate::event::Pos>>) {
         let _ = self.have.set(positions.into_boxed_slice());
@@ -486,7 +565,7 @@ impl ClientQueue {
     /// cleanly (drain, maximum age) still gets its replay written first, as with `release`.
     pub fn reserve_backlog(&self, n: usize) -> bool {
         let mut st = self.state.lock();
-        if st.closed.is_some_and(|c| !c.is_clean()) {
+        if st.closed.is_some_and(|c| !c.keeps_replay()) {
             return false;
         }
         st.reserved += n;
@@ -497,17 +576,33 @@ impl ClientQueue {
     /// Inserts `frames` right after what the hold let through (before every frame queued
     /// since) and lifts the hold. Bytes reserved for them are counted once, as queued frames.
     pub fn release(&self, frames: Vec<Bytes>) {
+        self.release_items(frames.into_iter().map(Item::Control).collect());
+    }
+
+    /// [`ClientQueue::release`] for a replay built once for several streams: `own` (this
+    /// stream's gap signals) first, then the `shared` frames, which count once in the in-flight
+    /// gauge whatever the number of queues holding them (see [`SharedFrame`]).
+    pub fn release_shared(&self, own: Vec<Bytes>, shared: &[Arc<SharedFrame>]) {
+        let items = own.into_iter().map(Item::Control).chain(shared.iter().cloned().map(Item::Shared)).collect();
+        self.release_items(items);
+    }
+
+    fn release_items(&self, items: Vec<Item>) {
         let waker = {
             let mut st = self.state.lock();
             let reserved = std::mem::take(&mut st.reserved);
             self.control_bytes(&mut st, reserved, false);
             let at = st.held.take().unwrap_or(0).min(st.items.len());
             st.resuming = true;
-            if st.closed.is_none_or(CloseReason::is_clean) {
-                let n = frames.len();
-                for (i, f) in frames.into_iter().enumerate() {
-                    self.control_bytes(&mut st, f.len(), true);
-                    st.items.insert(at + i, Item::Control(f));
+            if st.closed.is_none_or(CloseReason::keeps_replay) {
+                let n = items.len();
+                for (i, item) in items.into_iter().enumerate() {
+                    match &item {
+                        Item::Control(f) => self.control_bytes(&mut st, f.len(), true),
+                        Item::Shared(f) => st.shared_bytes += f.frame.len(),
+                        Item::Event(_) => unreachable!("a replay holds frames"),
+                    }
+                    st.items.insert(at + i, item);
                 }
                 st.backlog += n;
             }
@@ -527,7 +622,7 @@ impl ClientQueue {
             let mut st = self.state.lock();
             let reserved = std::mem::take(&mut st.reserved);
             self.control_bytes(&mut st, reserved, false);
-            if st.closed.is_some_and(|c| !c.is_clean()) {
+            if st.closed.is_some_and(|c| !c.keeps_replay()) {
                 return false;
             }
             let at = st.held.unwrap_or(0).min(st.items.len());
@@ -670,6 +765,7 @@ impl ClientQueue {
             let next = match item {
                 Item::Event(e) => Next::Frame { frame: self.stamp(e.frame.clone(), true), event: Some(e) },
                 Item::Control(frame) => Next::Frame { frame: self.stamp(frame, false), event: None },
+                Item::Shared(f) => Next::Frame { frame: self.stamp(f.frame.clone(), false), event: None },
             };
             if spilled
                 && let Next::Frame { frame, .. } = &next
@@ -719,10 +815,40 @@ impl ClientQueue {
     }
 
     /// Bytes waiting to be written: live events and backlog frames (what the memory budget
-    /// sheds by).
+    /// sheds by). A replay frame shared with other streams ([`SharedFrame`]) counts as this
+    /// stream's share of it, its bytes divided by the queues (and builders) holding it: ending
+    /// this stream frees that much of it on average, and all of it once this is the last
+    /// holder. (A live event shared by many queues counts in full in each: see
+    /// `crate::memory`.)
     pub fn queued_bytes(&self) -> usize {
         let st = self.state.lock();
-        st.live_bytes + st.backlog_bytes
+        let mut shared = 0;
+        if st.shared_bytes > 0 {
+            for item in &st.items {
+                if let Item::Shared(f) = item {
+                    shared += f.frame.len() / Arc::strong_count(f).max(1);
+                }
+            }
+        }
+        st.live_bytes + st.backlog_bytes + shared
+    }
+
+    /// Whether the stream is reading a replay it holds: resuming, with frames queued and none
+    /// being built for it, and its socket took bytes within `stall` (its writes are not
+    /// blocked, or not for that long). The memory budget does not shed such a stream: what it
+    /// holds only shrinks as it reads, while shedding it would have it resume and read (and
+    /// build) that replay again.
+    pub fn reads_its_replay(&self, now_ms: u64, stall: Duration) -> bool {
+        let reading = {
+            let st = self.state.lock();
+            st.resuming && st.reserved == 0 && st.backlog > 0 && st.closed.is_none()
+        };
+        reading && self.conn.write.blocked_for(now_ms).is_none_or(|b| b < stall)
+    }
+
+    /// Bytes of the replay frames shared with other streams waiting here, in full.
+    pub fn shared_bytes(&self) -> usize {
+        self.state.lock().shared_bytes
     }
 
     /// Bytes of the backlog frames waiting (replay, gap signals, opening comment, heartbeats).
@@ -750,6 +876,7 @@ impl ClientQueue {
         st.backlog = 0;
         st.live_bytes = 0;
         st.reserved = 0;
+        st.shared_bytes = 0;
         let backlog_bytes = std::mem::take(&mut st.backlog_bytes);
         if let Some(g) = &self.inflight {
             g.dec_by(backlog_bytes as i64);

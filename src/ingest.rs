@@ -76,7 +76,7 @@ impl Pipeline {
     /// The pipeline a validated configuration describes, for a new run: a fresh run id, empty
     /// registry and rings (their budget capped by the memory budget), fresh metrics.
     pub fn new(config: &Config, telemetry: Telemetry) -> Self {
-        let memory = MemoryBudget::from_config(&config.memory);
+        let memory = MemoryBudget::from_config(&config.memory).with_retry(config.server.retry);
         Pipeline {
             run_id: new_run_id(),
             last_seq: Arc::default(),

@@ -9,11 +9,16 @@
 //!    before them get a gap event, as with any eviction);
 //! 2. then, if the heap is still over (ring entries still queued for slow clients are not
 //!    freed by the ring alone, and replayed frames are not in the ring at all), the streams that
-//!    hold the most queued bytes, backlog (replay) included, are closed as under the
-//!    `disconnect` policy, largest first, until what they held covers the overshoot (the next
+//!    hold the most queued bytes, backlog (replay) included, are shed, largest first: what they
+//!    queued is dropped at once and each ends with a `retry:` hint and the reason
+//!    (`ClientQueue::shed`), so its client resumes from the last event it got, until what they held covers the overshoot (the next
 //!    check sheds more if that was not enough: events shared by many queues count in each); a stream
 //!    counts as slow with 64 or more live events queued (or half its capacity) or
-//!    [`SLOW_BYTES`] queued. Their clients reconnect and resume (a resume is refused while the
+//!    [`SLOW_BYTES`] queued (a replay frame shared with other streams counts as its share).
+//!    A resuming stream that is reading its replay (its socket took bytes within
+//!    [`READING_STALL`]) is not shed: what it holds only shrinks, and shed it would resume and
+//!    build that replay again; new streams are refused while the heap is over.
+//!    Their clients reconnect and resume (a resume is refused while the
 //!    replay in flight is at `resume.max_inflight_bytes`).
 //!
 //! Independently of any budget, [`MemoryBudget::release_freed`] (every housekeeping tick) gives
@@ -26,10 +31,11 @@
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
+use bytes::Bytes;
 use tracing::{info, warn};
 
 use crate::allocator;
-use crate::client::{CloseReason, now_ms};
+use crate::client::now_ms;
 use crate::config::{MemoryConfig, ReplayConfig};
 use crate::metrics::Metrics;
 use crate::process;
@@ -47,6 +53,8 @@ const CGROUP_SHARE: f64 = 0.75;
 #[derive(Debug)]
 pub struct MemoryBudget {
     limit: Option<usize>,
+    /// The reconnect hint of a shed stream (`server.retry`).
+    retry: std::time::Duration,
     over: AtomicBool,
     /// When [`MemoryBudget::release_freed`] last looked, in `now_ms` time.
     last_release_ms: AtomicU64,
@@ -66,7 +74,18 @@ impl MemoryBudget {
     pub fn from_config(cfg: &MemoryConfig) -> Self {
         let limit =
             if cfg.limit > 0 { Some(cfg.limit) } else { cgroup_limit().map(|l| (l as f64 * CGROUP_SHARE) as usize) };
-        MemoryBudget { limit, over: AtomicBool::new(false), last_release_ms: AtomicU64::new(0) }
+        MemoryBudget {
+            limit,
+            retry: std::time::Duration::from_secs(3),
+            over: AtomicBool::new(false),
+            last_release_ms: AtomicU64::new(0),
+        }
+    }
+
+    /// Sets the reconnect hint a shed stream ends with (`server.retry`).
+    pub fn with_retry(mut self, retry: std::time::Duration) -> Self {
+        self.retry = retry;
+        self
     }
 
     /// The budget in bytes, if there is one.
@@ -122,6 +141,7 @@ impl MemoryBudget {
                 .into_iter()
                 .map(|q| (q.queued_bytes(), q))
                 .filter(|(bytes, q)| *bytes >= SLOW_BYTES || q.live_len() >= SLOW_QUEUE.min(q.capacity() / 2).max(1))
+                .filter(|(_, q)| !q.reads_its_replay(now_ms(), READING_STALL))
                 .collect();
             slow.sort_unstable_by_key(|(bytes, _)| std::cmp::Reverse(*bytes));
             let want = now - limit + limit / 20;
@@ -130,7 +150,12 @@ impl MemoryBudget {
                 if freed >= want {
                     break;
                 }
-                q.close(CloseReason::SlowConsumer);
+                // Its frames are dropped now; it ends with a `retry:` and the reason, and the
+                // client resumes from the last event it got (one whose socket takes nothing
+                // is still cut by `server.write_timeout`).
+                if !q.shed(shed_frame(self.retry)) {
+                    continue;
+                }
                 shed.streams_closed += 1;
                 freed += bytes;
             }
@@ -167,12 +192,24 @@ impl MemoryBudget {
     }
 }
 
+/// The last frame of a stream shed for the memory budget: the reason and the reconnect delay,
+/// jittered ±50 % so the shed clients do not come back at once.
+fn shed_frame(retry: std::time::Duration) -> Bytes {
+    let ms = retry.as_millis().max(2) as u64;
+    let jittered = ms / 2 + (now_ms().wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 32) % ms;
+    Bytes::from(format!(": sse-bridge shed memory_budget\nretry: {}\n\n", jittered.max(1)))
+}
+
 /// Freed allocator pages (bytes) below which [`MemoryBudget::release_freed`] leaves them to
 /// jemalloc's decay: a few MiB of dirty pages are reused at once under load. It was 16 MiB, but
 /// after a NATS flood (tests/flood.rs, with a smaller NATS hand-off) 11–13 MiB stayed dirty on
 /// a 14 MiB process, twice its starting RSS, for good; purging 4 MiB at most once a second costs
 /// about a thousand page faults when they are used again.
 pub const RELEASE_ABOVE: u64 = 4 * 1024 * 1024;
+
+/// How long a resuming stream's socket writes may stay blocked while it still counts as
+/// reading its replay (not shed, see `ClientQueue::reads_its_replay`).
+const READING_STALL: std::time::Duration = std::time::Duration::from_secs(5);
 
 /// Queued live events at which a stream counts as slow when shedding for memory (or half its
 /// capacity, if smaller). A reader that keeps up has next to nothing queued.

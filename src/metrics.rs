@@ -115,6 +115,7 @@ pub struct Metrics {
     pub resume_reads_coalesced: Counter,
     pub resume_spills: Counter,
     pub resume_pages: Counter,
+    pub resume_frames_shared: Counter,
     pub replayed_from_broker: Counter,
     pub connections_in_head: Gauge,
     pub replay_inflight_bytes: Gauge,
@@ -207,6 +208,7 @@ impl Metrics {
             resume_reads_coalesced: Counter::default(),
             resume_spills: Counter::default(),
             resume_pages: Counter::default(),
+            resume_frames_shared: Counter::default(),
             replayed_from_broker: Counter::default(),
             connections_in_head: Gauge::default(),
             replay_inflight_bytes: Gauge::default(),
@@ -365,6 +367,12 @@ impl Metrics {
             "resume_pages",
             "Full pages of resume.max_events read from a broker by in-place resumes, each written before the next is read",
             &self.resume_pages,
+        );
+        add(
+            r,
+            "resume_frames_shared",
+            "Broker resumes served from replay frames another identical resume (same id, filters and range) was building",
+            &self.resume_frames_shared,
         );
         add(
             r,

@@ -266,3 +266,61 @@ fn replay_frames_being_built_are_metered_once() {
     q.release(vec![Bytes::from(vec![b'x'; 1000])]);
     assert_eq!((q.queued_bytes(), inflight.get()), (0, 0), "nothing queued on an ended stream");
 }
+
+#[test]
+fn a_shared_replay_frame_is_metered_once_and_each_queue_counts_its_share() {
+    let inflight = Gauge::default();
+    let a = ClientQueue::new(100, ConnHandle::default(), None).with_bytes(0, inflight.clone());
+    let b = ClientQueue::new(100, ConnHandle::default(), None).with_bytes(0, inflight.clone());
+    let shared = vec![SharedFrame::new(Bytes::from(vec![b'x'; 1000]), Some(inflight.clone()))];
+    a.hold();
+    b.hold();
+    a.release_shared(vec![Bytes::from_static(b": gap\n\n")], &shared);
+    b.release_shared(Vec::new(), &shared);
+    assert_eq!(inflight.get(), 1000 + 7, "one allocation, one count; the gap frame is a's own");
+    // Held by the builder's list and both queues: each queue's share is a third.
+    assert_eq!((a.queued_bytes(), b.queued_bytes()), (7 + 333, 333));
+    drop(shared);
+    assert_eq!((a.queued_bytes(), b.queued_bytes()), (7 + 500, 500));
+    assert_eq!(frame(&a), ": gap\n\n");
+    assert_eq!(frame(&a), "x".repeat(1000));
+    assert_eq!((a.queued_bytes(), b.queued_bytes(), inflight.get()), (0, 1000, 1000), "b alone holds it now");
+    drop(b);
+    assert_eq!(inflight.get(), 0);
+}
+
+#[test]
+fn a_stream_shed_for_memory_drops_its_queue_and_ends_with_its_hint() {
+    let inflight = Gauge::default();
+    let q = ClientQueue::new(100, ConnHandle::default(), None).with_bytes(0, inflight.clone());
+    q.push_backlog(Bytes::from(vec![b'r'; 500]));
+    q.hold();
+    assert!(q.reserve_backlog(1000));
+    assert!(q.shed(Bytes::from_static(b"retry: 3000\n\n")));
+    assert_eq!(inflight.get(), 13, "only the hint is left");
+    assert!(!q.reserve_backlog(10), "the resume still building stops");
+    q.release(vec![Bytes::from(vec![b'x'; 1000])]);
+    assert_eq!(frame(&q), "retry: 3000\n\n");
+    assert!(matches!(poll(&q), Poll::Ready(Next::Closed(CloseReason::MemoryBudget))));
+    assert!(!q.shed(Bytes::from_static(b"retry: 1\n\n")), "already ended");
+    assert_eq!(inflight.get(), 0);
+}
+
+#[test]
+fn a_resuming_stream_reading_its_replay_is_told_apart_from_a_stalled_one() {
+    let conn = ConnHandle::default();
+    let q = ClientQueue::new(100, conn.clone(), None);
+    let stall = Duration::from_secs(1);
+    q.hold();
+    assert!(q.reserve_backlog(10));
+    assert!(!q.reads_its_replay(now_ms(), stall), "still building: the budget may shed it");
+    q.release(vec![Bytes::from_static(b"data: a\n\n"), Bytes::from_static(b"data: b\n\n")]);
+    assert!(q.reads_its_replay(now_ms(), stall));
+    conn.write.blocked();
+    assert!(q.reads_its_replay(now_ms(), stall), "blocked for less than the stall");
+    assert!(!q.reads_its_replay(now_ms() + 2000, stall), "stalled");
+    conn.write.progressed();
+    let _ = frame(&q);
+    let _ = frame(&q);
+    assert!(!q.reads_its_replay(now_ms(), stall), "caught up: nothing left to read");
+}

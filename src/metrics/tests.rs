@@ -62,6 +62,7 @@ const EXPECTED_META: &str = r#"
 # HELP sse_bridge_resume_broker_reads_active Broker reads for resumes running now (bounded by resume.max_concurrent_reads).
 # HELP sse_bridge_resume_broker_reads_coalesced Resume reads served by joining an identical read already running.
 # HELP sse_bridge_resume_broker_reads_peak Most broker reads for resumes that ran at once since start.
+# HELP sse_bridge_resume_frames_shared Broker resumes served from replay frames another identical resume (same id, filters and range) was building.
 # HELP sse_bridge_resume_pages Full pages of resume.max_events read from a broker by in-place resumes, each written before the next is read.
 # HELP sse_bridge_resume_spills Resuming streams whose full queue spilled and that resumed in place (policy spill-reread) instead of being cut.
 # HELP sse_bridge_source_gaps Losses a live source told its streams about (source-outage, source-dropped), by source and reason.
@@ -122,6 +123,7 @@ const EXPECTED_META: &str = r#"
 # TYPE sse_bridge_resume_broker_reads_active gauge
 # TYPE sse_bridge_resume_broker_reads_coalesced counter
 # TYPE sse_bridge_resume_broker_reads_peak gauge
+# TYPE sse_bridge_resume_frames_shared counter
 # TYPE sse_bridge_resume_pages counter
 # TYPE sse_bridge_resume_spills counter
 # TYPE sse_bridge_source_gaps counter

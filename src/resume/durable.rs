@@ -27,6 +27,7 @@ use super::context::ResumeContext;
 use super::floor::Floor;
 use super::gap::{dedup, gap_frame};
 use super::reader::{BrokerReader, ReadLimit};
+use super::share::ShareKey;
 use crate::client::ClientQueue;
 use crate::durable::{Catalog, Pos, Snapshot};
 use crate::event::{Event, frame_event_with};
@@ -285,7 +286,13 @@ impl BrokerResume {
     /// Read in pages (an in-place resume, [`ReadLimit::Oldest`]), each full page is put in
     /// front of the stream as soon as it is built, with the stream still held behind it, and
     /// the next page is read once the client has written it: one page in memory at a time.
+    ///
+    /// Read newest-first (a reconnect), the frames are built once for every stream resuming
+    /// the same ranges from the same id with the same filters ([`BrokerResume::run_shared`]).
     pub async fn run(mut self) {
+        if self.limit == ReadLimit::Newest {
+            return self.run_shared().await;
+        }
         let mut frames: Vec<Bytes> = Vec::new();
         let mut suffix = String::new();
         for (idx, mut after, upto) in std::mem::take(&mut self.reads) {
@@ -332,6 +339,34 @@ impl BrokerResume {
         }
         let out = self.with_gaps(frames);
         self.queue.release(out);
+    }
+
+    /// The newest-first resume: its frames come from the build shared by every resume with the
+    /// same key (`share.rs`), counted once in the in-flight gauge as they are built; its gap
+    /// signals are its own. A stream cut while the frames are built stops waiting for them (the
+    /// build is dropped once no stream waits for it).
+    async fn run_shared(mut self) {
+        let mut filters = self.filters.clone();
+        filters.sort_unstable_by(|a, b| a.as_str().cmp(b.as_str()));
+        filters.dedup();
+        let key = ShareKey {
+            base: self.base.clone(),
+            vector: self.vector.clone(),
+            reads: std::mem::take(&mut self.reads),
+            filters,
+        };
+        let (replay, joined) = self.reader.replay_frames(key).await;
+        if joined {
+            self.metrics.resume_frames_shared.inc();
+        }
+        for &(idx, g) in &replay.gaps {
+            let stream = self.catalog.get(idx);
+            let topics = self.filters.iter().filter(|f| stream.may_serve(f)).map(|f| f.as_str().to_owned()).collect();
+            self.gaps.push((g.as_str(), topics));
+        }
+        let own = self.with_gaps(Vec::new());
+        self.metrics.replayed_from_broker.inc_by(replay.frames.len() as u64);
+        self.queue.release_shared(own, &replay.frames);
     }
 
     /// `frames` behind the gap signals not yet sent; counts both.

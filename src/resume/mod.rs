@@ -17,6 +17,7 @@ mod gap;
 mod not_held;
 mod reader;
 mod ring;
+mod share;
 mod start;
 
 pub use context::ResumeContext;

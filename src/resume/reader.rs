@@ -135,7 +135,7 @@ impl Drop for ActiveRead<'_> {
 
 /// The bounded, coalescing reader shared by every resume.
 pub struct BrokerReader {
-    catalog: Arc<Catalog>,
+    pub(super) catalog: Arc<Catalog>,
     cfg: ResumeConfig,
     js: Option<(String, String, usize)>,
     redis: Option<(RedisEndpoint, usize)>,
@@ -145,9 +145,11 @@ pub struct BrokerReader {
     redis_conn: tokio::sync::Mutex<Option<RedisConn>>,
     /// `[jetstream]`'s URL, authentication, TLS and domain (shared with the JetStream source).
     js_connect: Option<JetStreamConnect>,
-    metrics: Arc<Metrics>,
+    pub(super) metrics: Arc<Metrics>,
     active: AtomicUsize,
     peak: AtomicUsize,
+    /// Broker resumes' frames being built, shared by identical resumes (`share.rs`).
+    pub(super) share: super::share::FrameShare,
 }
 
 impl std::fmt::Debug for BrokerReader {
@@ -176,6 +178,7 @@ impl BrokerReader {
             metrics,
             active: AtomicUsize::new(0),
             peak: AtomicUsize::new(0),
+            share: Default::default(),
         }
     }
 
