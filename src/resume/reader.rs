@@ -30,6 +30,7 @@ use parking_lot::Mutex;
 use tokio::sync::Semaphore;
 use tracing::{debug, warn};
 
+use crate::client::SharedFrame;
 use crate::config::{Config, ResumeConfig};
 use crate::durable::{Catalog, DurableKind, DurableStream, Pos};
 use crate::metrics::Metrics;
@@ -149,7 +150,7 @@ pub struct BrokerReader {
     active: AtomicUsize,
     peak: AtomicUsize,
     /// Broker resumes' frames being built, shared by identical resumes (`share.rs`).
-    pub(super) share: super::share::FrameShare,
+    pub(super) share: FrameShare,
 }
 
 impl std::fmt::Debug for BrokerReader {
@@ -520,5 +521,41 @@ fn info_field(v: &redis::Value, name: &str) -> Option<String> {
             .and_then(|kv| text(&kv[1])),
         Value::Map(m) => m.iter().find(|(k, _)| text(k).as_deref() == Some(name)).and_then(|(_, v)| text(v)),
         _ => None,
+    }
+}
+
+/// What decides a broker resume's frames byte for byte.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub(super) struct ShareKey {
+    /// The run-local part of the client's id, kept in replayed ids.
+    pub base: String,
+    /// The durable positions the resume starts from (after the plan: a reset stream is at 0).
+    pub vector: Vec<Option<Pos>>,
+    /// The broker ranges to read: (stream index, after, up to and including).
+    pub reads: Vec<(usize, Pos, Pos)>,
+    /// The client's filters, sorted and without repeats.
+    pub filters: Vec<TopicFilter>,
+}
+
+/// The frames of one broker resume, and the gaps its reads found (per stream index).
+#[derive(Debug, Default)]
+pub(super) struct SharedReplay {
+    pub gaps: Vec<(usize, ReadGap)>,
+    pub frames: Vec<Arc<SharedFrame>>,
+}
+
+/// A frame build in flight (see `share.rs`).
+pub(super) type ShareBuild = BoxFuture<'static, Arc<SharedReplay>>;
+
+/// The frame builds in flight, by key (used by `share.rs`; defined here, with the data it
+/// keys, so that the reader, which holds it, does not import the module that builds frames).
+#[derive(Default)]
+pub(super) struct FrameShare {
+    pub(super) inflight: Mutex<HashMap<ShareKey, WeakShared<ShareBuild>>>,
+}
+
+impl std::fmt::Debug for FrameShare {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("FrameShare").field("inflight", &self.inflight.lock().len()).finish()
     }
 }

@@ -12,61 +12,23 @@
 //! own filters, in its order), its id floor, its hold and release. The in-place resume read in
 //! pages ([`ReadLimit::Oldest`]) is not shared: each page waits for that stream's writes.
 
-use std::collections::HashMap;
 use std::sync::Arc;
 
 use futures_util::FutureExt;
-use futures_util::future::{BoxFuture, Shared, WeakShared};
-use parking_lot::Mutex;
+use futures_util::future::{Shared, WeakShared};
 
-use super::reader::{BrokerEvent, BrokerReader, ReadGap, ReadLimit};
+use super::reader::{BrokerEvent, BrokerReader, ReadLimit, ShareBuild, ShareKey, SharedReplay};
 use crate::client::SharedFrame;
-use crate::durable::Pos;
 use crate::event::frame_event_with;
-use crate::topic::TopicFilter;
 
 /// Payload bytes freed by a build between two purges of the allocator's freed pages.
 const PURGE_EVERY: usize = 8 * 1024 * 1024;
-
-/// What decides a broker resume's frames byte for byte.
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
-pub(super) struct ShareKey {
-    /// The run-local part of the client's id, kept in replayed ids.
-    pub base: String,
-    /// The durable positions the resume starts from (after the plan: a reset stream is at 0).
-    pub vector: Vec<Option<Pos>>,
-    /// The broker ranges to read: (stream index, after, up to and including).
-    pub reads: Vec<(usize, Pos, Pos)>,
-    /// The client's filters, sorted and without repeats.
-    pub filters: Vec<TopicFilter>,
-}
-
-/// The frames of one broker resume, and the gaps its reads found (per stream index).
-#[derive(Debug, Default)]
-pub(super) struct SharedReplay {
-    pub gaps: Vec<(usize, ReadGap)>,
-    pub frames: Vec<Arc<SharedFrame>>,
-}
-
-type Build = BoxFuture<'static, Arc<SharedReplay>>;
-
-/// The builds in flight, by key.
-#[derive(Default)]
-pub(super) struct FrameShare {
-    inflight: Mutex<HashMap<ShareKey, WeakShared<Build>>>,
-}
-
-impl std::fmt::Debug for FrameShare {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("FrameShare").field("inflight", &self.inflight.lock().len()).finish()
-    }
-}
 
 impl BrokerReader {
     /// The frames of the broker resume `key`, built once for every resume with the same key
     /// while it is built; true when this resume joined a build already running.
     pub(super) async fn replay_frames(self: &Arc<Self>, key: ShareKey) -> (Arc<SharedReplay>, bool) {
-        let (build, joined): (Shared<Build>, bool) = {
+        let (build, joined): (Shared<ShareBuild>, bool) = {
             let mut map = self.share.inflight.lock();
             match map.get(&key).and_then(WeakShared::upgrade) {
                 Some(b) => (b, true),
