@@ -19,6 +19,7 @@ use crate::client::{CloseReason, now_ms};
 use crate::config::Config;
 use crate::drain;
 use crate::ingest::Sequencer;
+use crate::memory::MemoryBudget;
 use crate::sources::{self, IngestReceiver};
 use crate::sse::conn::Lifecycle;
 use crate::sse::h1::LeanEvents;
@@ -68,7 +69,8 @@ impl App {
     }
 
     /// Like [`App::new`] with a given tracer (tests export to memory).
-    pub fn with_telemetry(config: Config, telemetry: Telemetry) -> App {
+    pub fn with_telemetry(mut config: Config, telemetry: Telemetry) -> App {
+        MemoryBudget::from_config(&config.memory).fit_broker_side(&mut config);
         let (tx, rx) = sources::ingest_channel(config.fanout.ingest_queue, config.fanout.ingest_queue_bytes);
         App { state: Arc::new(AppState::new(config, telemetry, tx)), ingest_rx: rx }
     }

@@ -21,6 +21,10 @@
 //!    Their clients reconnect and resume (a resume is refused while the
 //!    replay in flight is at `resume.max_inflight_bytes`).
 //!
+//! With a budget, each check also gives the allocator's freed pages back to the OS when the live
+//! heap and those pages together are over it (at most every 100 ms): RSS, which is what a
+//! container's limit counts, then stays near the heap under a flood too.
+//!
 //! Independently of any budget, [`MemoryBudget::release_freed`] (every housekeeping tick) gives
 //! freed allocator pages back to the OS when they are many against the live heap, so RSS
 //! follows the live heap within seconds after a flood.
@@ -36,7 +40,7 @@ use tracing::{info, warn};
 
 use crate::allocator;
 use crate::client::now_ms;
-use crate::config::{MemoryConfig, ReplayConfig};
+use crate::config::{Config, MemoryConfig, ReplayConfig};
 use crate::metrics::Metrics;
 use crate::process;
 use crate::registry::Registry;
@@ -58,6 +62,10 @@ pub struct MemoryBudget {
     over: AtomicBool,
     /// When [`MemoryBudget::release_freed`] last looked, in `now_ms` time.
     last_release_ms: AtomicU64,
+    /// When [`MemoryBudget::check`] last purged freed pages under pressure, in `now_ms` time.
+    last_pressure_purge_ms: AtomicU64,
+    /// Those purges not yet counted in `sse_bridge_allocator_purges_total`.
+    pressure_purges: AtomicU64,
 }
 
 /// What one shedding pass did.
@@ -79,6 +87,8 @@ impl MemoryBudget {
             retry: std::time::Duration::from_secs(3),
             over: AtomicBool::new(false),
             last_release_ms: AtomicU64::new(0),
+            last_pressure_purge_ms: AtomicU64::new(0),
+            pressure_purges: AtomicU64::new(0),
         }
     }
 
@@ -110,6 +120,28 @@ impl MemoryBudget {
         ring
     }
 
+    /// Caps the broker side to shares of the budget, as [`MemoryBudget::ring_config`] caps the
+    /// rings: the ingest queue (`fanout.ingest_queue_bytes`) gets at most an eighth of it, and
+    /// the live sources' own buffers (`nats.buffer_bytes`, `redis.buffer_bytes`) an eighth
+    /// between them (each at least one `max_message_bytes`). These hold a flood that the
+    /// sequencer has not taken in yet; the budget cannot shed them (what they hold is not in any
+    /// stream's queue), so they must fit in it by construction: at the defaults (32 MiB each)
+    /// a 64 MiB budget was exceeded by the broker side alone. What a source drops past its
+    /// buffer is told to the streams it serves (`source-dropped` gap), as with any full buffer.
+    pub fn fit_broker_side(&self, config: &mut Config) {
+        let Some(limit) = self.limit else { return };
+        let share = (limit / BROKER_SIDE_SHARE).max(1);
+        cap_bytes("fanout.ingest_queue_bytes", &mut config.fanout.ingest_queue_bytes, share);
+        let sources = usize::from(config.nats.is_some()) + usize::from(config.redis.is_some());
+        let per_source = share / sources.max(1);
+        if let Some(nats) = &mut config.nats {
+            cap_bytes("nats.buffer_bytes", &mut nats.buffer_bytes, per_source.max(nats.max_message_bytes));
+        }
+        if let Some(redis) = &mut config.redis {
+            cap_bytes("redis.buffer_bytes", &mut redis.buffer_bytes, per_source.max(redis.max_message_bytes));
+        }
+    }
+
     /// Whether the process is over budget. Once a check found it over, this re-measures (a
     /// few microseconds with jemalloc) so admission reopens as soon as shedding took effect.
     pub fn is_over(&self) -> bool {
@@ -124,6 +156,7 @@ impl MemoryBudget {
     /// Measures memory and, when over budget, sheds (see the module docs).
     pub fn check(&self, replay: &ReplayStore, registry: &Registry) -> Option<Shed> {
         let limit = self.limit?;
+        self.purge_under_pressure(limit);
         let used = used_bytes();
         if used <= limit {
             self.over.store(false, Ordering::Release);
@@ -173,11 +206,33 @@ impl MemoryBudget {
         Some(shed)
     }
 
+    /// Gives freed allocator pages back to the OS at once, at most every
+    /// [`PRESSURE_PURGE_EVERY_MS`], when the live heap and those pages together exceed the
+    /// budget. Under a flood the heap stays within the budget but frees as fast as it
+    /// allocates, and jemalloc's decay keeps the freed pages for seconds: the process's RSS
+    /// (what a cgroup limit counts) grew to the heap plus 40–110 MiB of freed pages
+    /// (tests/flood.rs, 64 MiB budget).
+    fn purge_under_pressure(&self, limit: usize) {
+        let now = now_ms();
+        let last = self.last_pressure_purge_ms.load(Ordering::Relaxed);
+        if now.saturating_sub(last) < PRESSURE_PURGE_EVERY_MS {
+            return;
+        }
+        let Some(s) = allocator::stats() else { return };
+        if s.dirty >= RELEASE_ABOVE && (s.allocated + s.dirty) as usize > limit {
+            self.last_pressure_purge_ms.store(now, Ordering::Relaxed);
+            if allocator::purge() {
+                self.pressure_purges.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+    }
+
     /// Gives freed allocator pages back to the OS when they are many ([`RELEASE_ABOVE`]) and at
     /// least half the live heap, at most once a second; counted in
     /// `sse_bridge_allocator_purges_total`. jemalloc's own decay purges only on allocator
     /// activity, so after a flood an idle bridge would otherwise keep its peak RSS.
     pub fn release_freed(&self, metrics: &Metrics) {
+        metrics.allocator_purges.inc_by(self.pressure_purges.swap(0, Ordering::Relaxed));
         let now = now_ms();
         let last = self.last_release_ms.load(Ordering::Relaxed);
         if now.saturating_sub(last) < 1000 {
@@ -189,6 +244,17 @@ impl MemoryBudget {
             metrics.allocator_purges.inc();
             info!(freed = s.dirty, live_heap = s.allocated, "Gave freed allocator pages back to the OS.");
         }
+    }
+}
+
+/// The broker side's part of the budget: the ingest queue gets `1 / BROKER_SIDE_SHARE` of it,
+/// the sources' buffers as much between them (see [`MemoryBudget::fit_broker_side`]).
+const BROKER_SIDE_SHARE: usize = 8;
+
+fn cap_bytes(key: &str, value: &mut usize, cap: usize) {
+    if *value > cap {
+        info!(key, configured = *value, capped = cap, "Broker-side buffer capped to its share of the memory budget.");
+        *value = cap;
     }
 }
 
@@ -206,6 +272,11 @@ fn shed_frame(retry: std::time::Duration) -> Bytes {
 /// a 14 MiB process, twice its starting RSS, for good; purging 4 MiB at most once a second costs
 /// about a thousand page faults when they are used again.
 pub const RELEASE_ABOVE: u64 = 4 * 1024 * 1024;
+
+/// The shortest time between two purges of freed pages while the heap and those pages
+/// together are over the budget (see [`MemoryBudget::check`]): a purge costs a few hundred
+/// microseconds and, under a flood, the page faults of reusing the pages.
+const PRESSURE_PURGE_EVERY_MS: u64 = 100;
 
 /// How long a resuming stream's socket writes may stay blocked while it still counts as
 /// reading its replay (not shed, see `ClientQueue::reads_its_replay`).
@@ -246,5 +317,25 @@ mod tests {
         assert_eq!(budget.ring_config(&replay).max_total_bytes, 750);
         let budget = MemoryBudget::from_config(&MemoryConfig { limit: 4000 });
         assert_eq!(budget.ring_config(&replay), replay);
+    }
+
+    #[test]
+    fn the_broker_side_fits_in_the_budget() {
+        let mut config = Config {
+            nats: Some(crate::config::NatsConfig::default()),
+            redis: Some(crate::config::RedisConfig::default()),
+            ..Config::default()
+        };
+        MemoryBudget::from_config(&MemoryConfig { limit: 64 << 20 }).fit_broker_side(&mut config);
+        assert_eq!(config.fanout.ingest_queue_bytes, 8 << 20);
+        assert_eq!(config.nats.as_ref().unwrap().buffer_bytes, 4 << 20);
+        assert_eq!(config.redis.as_ref().unwrap().buffer_bytes, 4 << 20);
+        // Never below one message, and a large budget changes nothing.
+        MemoryBudget::from_config(&MemoryConfig { limit: 4 << 20 }).fit_broker_side(&mut config);
+        let nats = config.nats.as_ref().unwrap();
+        assert_eq!(nats.buffer_bytes, nats.max_message_bytes);
+        let mut roomy = Config { nats: Some(crate::config::NatsConfig::default()), ..Config::default() };
+        MemoryBudget::from_config(&MemoryConfig { limit: 1 << 30 }).fit_broker_side(&mut roomy);
+        assert_eq!(roomy, Config { nats: Some(crate::config::NatsConfig::default()), ..Config::default() });
     }
 }

@@ -30,7 +30,7 @@ use super::reader::ShareKey;
 use super::reader::{BrokerReader, ReadLimit};
 use crate::client::ClientQueue;
 use crate::durable::{Catalog, Pos, Snapshot};
-use crate::event::{Event, frame_event_with};
+use crate::event::{Event, FrameChunks};
 use crate::metrics::Metrics;
 use crate::replay::{Cursor, MAX_CURSOR_LEN};
 use crate::topic::{TopicFilter, truncate};
@@ -295,6 +295,7 @@ impl BrokerResume {
         }
         let mut frames: Vec<Bytes> = Vec::new();
         let mut suffix = String::new();
+        let mut chunks = FrameChunks::default();
         for (idx, mut after, upto) in std::mem::take(&mut self.reads) {
             let read_filters = self.reader.read_filters(idx, &self.filters);
             loop {
@@ -319,7 +320,7 @@ impl BrokerResume {
                     self.vector[idx] = Some(e.pos);
                     suffix.clear();
                     self.catalog.write_vector(&self.vector, &mut suffix);
-                    let frame = frame_event_with(&self.base, &suffix, e.event_type.as_deref(), &e.payload).0;
+                    let frame = chunks.frame_event_with(&self.base, &suffix, e.event_type.as_deref(), &e.payload).0;
                     if !self.queue.reserve_backlog(frame.len()) {
                         self.queue.release(Vec::new());
                         return;

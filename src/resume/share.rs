@@ -19,7 +19,7 @@ use futures_util::future::{Shared, WeakShared};
 
 use super::reader::{BrokerEvent, BrokerReader, ReadLimit, ShareBuild, ShareKey, SharedReplay};
 use crate::client::SharedFrame;
-use crate::event::frame_event_with;
+use crate::event::FrameChunks;
 
 /// Payload bytes freed by a build between two purges of the allocator's freed pages.
 const PURGE_EVERY: usize = 8 * 1024 * 1024;
@@ -60,6 +60,7 @@ impl BrokerReader {
         let mut out = SharedReplay::default();
         let mut vector = key.vector.clone();
         let mut suffix = String::new();
+        let mut chunks = FrameChunks::default();
         let inflight = Some(self.metrics.replay_inflight_bytes.clone());
         for &(idx, after, upto) in &key.reads {
             let read_filters = self.read_filters(idx, &key.filters);
@@ -74,7 +75,7 @@ impl BrokerReader {
                 vector[idx] = Some(e.pos);
                 suffix.clear();
                 self.catalog.write_vector(&vector, &mut suffix);
-                let frame = frame_event_with(&key.base, &suffix, e.event_type.as_deref(), &e.payload).0;
+                let frame = chunks.frame_event_with(&key.base, &suffix, e.event_type.as_deref(), &e.payload).0;
                 out.frames.push(SharedFrame::new(frame, inflight.clone()));
             };
             match Arc::try_unwrap(read) {

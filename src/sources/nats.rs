@@ -72,7 +72,8 @@ pub fn subscription_capacity(cfg: &NatsConfig) -> usize {
 /// connection count itself is read from the client's statistics).
 #[derive(Debug, Default)]
 pub(super) struct Losses {
-    notify: Notify,
+    /// Woken on a drop and on a (re)connection.
+    pub(super) notify: Notify,
     dirty: AtomicBool,
     dropped: Mutex<(Vec<u64>, u64)>,
 }
@@ -91,7 +92,7 @@ impl Losses {
     }
 
     /// The drops seen since the last call: (subscription ids, count).
-    fn take(&self) -> Option<(Vec<u64>, u64)> {
+    pub(super) fn take(&self) -> Option<(Vec<u64>, u64)> {
         if !self.dirty.swap(false, Ordering::AcqRel) {
             return None;
         }

@@ -9,6 +9,12 @@
 //! already routing their messages. Released filters are unsubscribed by dropping their
 //! subscriber (async-nats sends the UNSUB).
 //!
+//! Messages the client drops because a subscription's hand-off buffer was full (async-nats
+//! reports a slow consumer, by subscription id) are told to the streams at once, as a
+//! `source-dropped` signal naming the filters whose subscriptions dropped. The count is what the
+//! client's events reported: they pass through a lossy queue of 128, so under a flood it can be
+//! low, but every filter that dropped is named.
+//!
 //! async-nats re-subscribes by itself after a reconnect; this source reports the broker up
 //! (`/readyz`, `broker_up`) only after a round trip on the new connection, so every held
 //! subscription is re-established before the source counts as healthy.
@@ -17,13 +23,13 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use async_nats::{Client, Subscriber};
+use async_nats::{Client, SubscribeErrorKind, Subscriber};
 use futures_util::StreamExt;
 use futures_util::stream::{AbortHandle, Abortable, SelectAll};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
-use super::bounds::BrokerInput;
+use super::bounds::{BrokerInput, IntervalLog};
 use super::message::{IngestSender, SourceKind, SourceSignal};
 use super::nats::{Losses, connect_options, source_message};
 use super::nats_connect::NatsSecurity;
@@ -43,6 +49,12 @@ struct Upstream {
     /// The subscription per held filter; aborting it ends its stream, which drops the
     /// subscriber (UNSUB).
     subs: HashMap<Arc<str>, AbortHandle>,
+    /// The filter of each subscription id: async-nats numbers one client's subscriptions 1, 2,
+    /// … in the order they are made (the probe inbox is 1), and names them in slow-consumer
+    /// events only by that id.
+    sids: HashMap<u64, Arc<str>>,
+    /// The id the next subscription gets.
+    next_sid: u64,
     messages: SelectAll<Abortable<Subscriber>>,
     /// The inbox the round trips come back on.
     probe: Subscriber,
@@ -63,9 +75,9 @@ pub async fn run(
     let url = cfg.url.clone();
     // The client's own view of its connection; `status` says up only after the round trip.
     let link = Arc::new(SourceStatus::new(SourceKind::Nats));
-    // Drops and reconnects are not told to streams here (yet): held filters are re-confirmed.
+    let losses = Arc::new(Losses::default());
     let security = NatsSecurity::of_nats(&cfg);
-    let options = connect_options(&cfg, link.clone(), Arc::new(Losses::default()), security.report());
+    let options = connect_options(&cfg, link.clone(), losses.clone(), security.report());
     let options = match security.apply(options).await {
         Ok(o) => o,
         Err(e) => {
@@ -89,6 +101,9 @@ pub async fn run(
     let mut up = Upstream {
         client,
         subs: HashMap::new(),
+        sids: HashMap::new(),
+        // The probe took the first.
+        next_sid: 2,
         messages: SelectAll::new(),
         probe,
         probe_subject,
@@ -99,10 +114,19 @@ pub async fn run(
     let mut tick = tokio::time::interval((table.linger() / 2).clamp(Duration::from_millis(10), MAX_TICK));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut healthy = false;
+    let mut drop_log = IntervalLog::default();
     let end = loop {
         tokio::select! {
             biased;
             _ = shutdown.cancelled() => break SessionEnd::Shutdown,
+            // Before the messages: a flood keeps them ready, and the streams must learn now.
+            _ = losses.notify.notified() => {
+                if let Some(signal) = up.dropped(&losses, &mut drop_log)
+                    && tx.signal(signal).await.is_err()
+                {
+                    break SessionEnd::DownstreamClosed;
+                }
+            }
             m = up.messages.next(), if !up.messages.is_empty() => {
                 let Some(msg) = m else { continue };
                 if !input.admit(&msg.subject, &msg.payload, true) {
@@ -187,11 +211,18 @@ impl Upstream {
             for (key, _) in &work.unsubscribe {
                 if let Some(h) = self.subs.remove(key) {
                     h.abort();
+                    self.sids.retain(|_, k| k != key);
                 }
             }
             let mut added = Vec::with_capacity(work.subscribe.len());
             for (key, filter) in work.subscribe {
-                match self.client.subscribe(filter.as_str().to_owned()).await {
+                let subscribed = self.client.subscribe(filter.as_str().to_owned()).await;
+                // Every subscribe that got past the subject check took an id.
+                if !matches!(&subscribed, Err(e) if e.kind() == SubscribeErrorKind::InvalidSubject) {
+                    self.sids.insert(self.next_sid, key.clone());
+                    self.next_sid += 1;
+                }
+                match subscribed {
                     Ok(s) => {
                         let (handle, reg) = AbortHandle::new_pair();
                         self.messages.push(Abortable::new(s, reg));
@@ -208,6 +239,30 @@ impl Upstream {
                 table.confirm(&added);
             }
         }
+    }
+
+    /// The drops the client reported since the last call, as the signal that tells the streams
+    /// on the filters whose subscriptions dropped (every held filter if an id is not known).
+    fn dropped(&self, losses: &Losses, log: &mut IntervalLog) -> Option<SourceSignal> {
+        let (sids, lost) = losses.take().filter(|(_, lost)| *lost > 0)?;
+        let named: Option<Vec<&Arc<str>>> = sids.iter().map(|sid| self.sids.get(sid)).collect();
+        let filters: Vec<&Arc<str>> = match named {
+            Some(n) if !n.is_empty() => n,
+            _ => self.subs.keys().collect(),
+        };
+        let spaces: Arc<[SourceSpace]> =
+            filters.iter().filter_map(|s| Pattern::parse(s, s.len()).ok()).map(SourceSpace::Subject).collect();
+        if let Some(suppressed) = log.due() {
+            let filters: Vec<&str> = filters.iter().map(|f| &***f).collect();
+            warn!(
+                source = "nats",
+                lost,
+                ?filters,
+                suppressed,
+                "Subscription buffer full; NATS client dropped messages; telling the streams (logged at most every 10s)."
+            );
+        }
+        Some(SourceSignal { source: SourceKind::Nats, gap: SourceGap::Dropped, spaces, lost })
     }
 
     /// Publishes to the probe inbox and waits for it to come back: every operation sent
