@@ -124,19 +124,11 @@ async fn flood(interest: &str) {
         })
     };
     // The live heap and jemalloc's freed-but-kept pages at their highest, scraped every 50 ms.
-    let heap_sampler = {
-        let (done, url) = (done.clone(), bridge.admin_url("/metrics"));
-        tokio::spawn(async move {
-            let (mut heap, mut dirty) = (0u64, 0u64);
-            while !done.load(Ordering::Relaxed) {
-                let m = common::metrics::metrics_at(&url).await;
-                heap = heap.max(sample(&m, "sse_bridge_heap_allocated_bytes").unwrap_or(0.0) as u64);
-                dirty = dirty.max(sample(&m, "sse_bridge_jemalloc_dirty_bytes").unwrap_or(0.0) as u64);
-                tokio::time::sleep(Duration::from_millis(50)).await; // sampling interval
-            }
-            (heap, dirty)
-        })
-    };
+    let heap_sampler = common::metrics::spawn_peak_sampler(
+        bridge.admin_url("/metrics"),
+        &["sse_bridge_heap_allocated_bytes", "sse_bridge_jemalloc_dirty_bytes"],
+        done.clone(),
+    );
 
     // The flood: numbered messages, flushed every 256; one on the other subject every 1,000.
     let pad = "f".repeat(size.saturating_sub(12));
@@ -179,7 +171,8 @@ async fn flood(interest: &str) {
     let (healthy, healthy_got) = healthy_reader.await.unwrap();
     done.store(true, Ordering::Relaxed);
     sampler.join().unwrap();
-    let (peak_heap, peak_dirty) = heap_sampler.await.unwrap();
+    let peaks = heap_sampler.await.unwrap();
+    let (peak_heap, peak_dirty) = (peaks[0] as u64, peaks[1] as u64);
     let peak = peak.load(Ordering::Relaxed);
     let m = bridge.metrics().await;
     let heap_after_flood = sample(&m, "sse_bridge_heap_allocated_bytes").unwrap_or(0.0) as u64;

@@ -417,6 +417,12 @@ async fn a_herd_resuming_the_same_range_shares_one_replay() {
         })
     };
 
+    let heap_sampler = common::metrics::spawn_peak_sampler(
+        bridge.admin_url("/metrics"),
+        &["sse_bridge_heap_allocated_bytes", "sse_bridge_jemalloc_dirty_bytes", "sse_bridge_replay_inflight_bytes"],
+        done.clone(),
+    );
+
     // The live stream: an event every 20 ms on core NATS while the herd resumes.
     let publisher = {
         let (nc, done) = (nc.clone(), done.clone());
@@ -501,6 +507,7 @@ async fn a_herd_resuming_the_same_range_shares_one_replay() {
     let elapsed = started.elapsed();
     done.store(true, Ordering::Relaxed);
     sampler.join().unwrap();
+    let peaks = heap_sampler.await.unwrap();
     let published = publisher.await.unwrap();
     let (received, longest, live_ended) = listener.await.unwrap();
     let peak = peak.load(Ordering::Relaxed);
@@ -513,7 +520,8 @@ async fn a_herd_resuming_the_same_range_shares_one_replay() {
         "{clients} clients resume {events} × 64 KiB ({} MiB each, {} MiB in all) against memory.limit {} MiB: \
          {complete} complete without a signal, {} complete after signals {signalled:?}, \
          {} refused throughout {refused:?}, {gaps} gap, {} cut without a signal (after {cut:?} events); {shared} resumes served from shared frames, \
-         {reads} broker reads, {shed} streams shed; RSS start {} MiB, peak {} MiB, end {} MiB; \
+         {reads} broker reads, {shed} streams shed; RSS start {} MiB, peak {} MiB, end {} MiB \
+         (peaks: live heap {} MiB, jemalloc dirty {} MiB, replay in flight {} MiB); \
          live: {received}/{published} events, longest pause {longest:?}; {elapsed:?}",
         events as u64 * PAYLOAD as u64 / MIB,
         clients as u64 * events as u64 * PAYLOAD as u64 / MIB,
@@ -524,6 +532,9 @@ async fn a_herd_resuming_the_same_range_shares_one_replay() {
         start_rss / MIB,
         peak / MIB,
         end_rss / MIB,
+        peaks[0] as u64 / MIB,
+        peaks[1] as u64 / MIB,
+        peaks[2] as u64 / MIB,
     );
     let disconnects: Vec<&str> = m.lines().filter(|l| l.starts_with("sse_bridge_disconnects_total")).collect();
     println!("{disconnects:?}");

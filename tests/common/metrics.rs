@@ -24,6 +24,26 @@ pub fn sample(metrics: &str, series: &str) -> Option<f64> {
     })
 }
 
+/// Scrapes `url` every 50 ms until `done` is set; returns the highest value seen of each of
+/// `series` (0 for one never seen): the peaks of gauges such as the live heap.
+pub fn spawn_peak_sampler(
+    url: String,
+    series: &'static [&'static str],
+    done: std::sync::Arc<std::sync::atomic::AtomicBool>,
+) -> tokio::task::JoinHandle<Vec<f64>> {
+    tokio::spawn(async move {
+        let mut peaks = vec![0.0f64; series.len()];
+        while !done.load(std::sync::atomic::Ordering::Relaxed) {
+            let m = metrics_at(&url).await;
+            for (peak, name) in peaks.iter_mut().zip(series) {
+                *peak = peak.max(sample(&m, name).unwrap_or(0.0));
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await; // sampling interval
+        }
+        peaks
+    })
+}
+
 /// The series counting requests refused for `reason`.
 pub fn rejected_series(reason: &str) -> String {
     format!("sse_bridge_requests_rejected_total{{reason=\"{reason}\"}}")
