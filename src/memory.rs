@@ -62,7 +62,7 @@ pub struct MemoryBudget {
     over: AtomicBool,
     /// When [`MemoryBudget::release_freed`] last looked, in `now_ms` time.
     last_release_ms: AtomicU64,
-    /// When [`MemoryBudget::check`] last purged freed pages under pressure, in `now_ms` time.
+    /// When [`MemoryBudget::check`] last looked for freed pages to purge, in `now_ms` time.
     last_pressure_purge_ms: AtomicU64,
     /// Those purges not yet counted in `sse_bridge_allocator_purges_total`.
     pressure_purges: AtomicU64,
@@ -218,12 +218,12 @@ impl MemoryBudget {
         if now.saturating_sub(last) < PRESSURE_PURGE_EVERY_MS {
             return;
         }
+        // Looked at most that often too: reading jemalloc's statistics costs microseconds, and
+        // the sequencer checks every 64 events.
+        self.last_pressure_purge_ms.store(now, Ordering::Relaxed);
         let Some(s) = allocator::stats() else { return };
-        if s.dirty >= RELEASE_ABOVE && (s.allocated + s.dirty) as usize > limit {
-            self.last_pressure_purge_ms.store(now, Ordering::Relaxed);
-            if allocator::purge() {
-                self.pressure_purges.fetch_add(1, Ordering::Relaxed);
-            }
+        if s.dirty >= RELEASE_ABOVE && (s.allocated + s.dirty) as usize > limit && allocator::purge() {
+            self.pressure_purges.fetch_add(1, Ordering::Relaxed);
         }
     }
 
@@ -273,9 +273,9 @@ fn shed_frame(retry: std::time::Duration) -> Bytes {
 /// about a thousand page faults when they are used again.
 pub const RELEASE_ABOVE: u64 = 4 * 1024 * 1024;
 
-/// The shortest time between two purges of freed pages while the heap and those pages
-/// together are over the budget (see [`MemoryBudget::check`]): a purge costs a few hundred
-/// microseconds and, under a flood, the page faults of reusing the pages.
+/// The shortest time between two looks for freed pages to purge while the heap and those
+/// pages together are over the budget (see [`MemoryBudget::check`]): a purge costs a few
+/// hundred microseconds and, under a flood, the page faults of reusing the pages.
 const PRESSURE_PURGE_EVERY_MS: u64 = 100;
 
 /// How long a resuming stream's socket writes may stay blocked while it still counts as
