@@ -151,10 +151,7 @@ pub fn frame_event_with(
     event_type: Option<&str>,
     payload: &[u8],
 ) -> (Bytes, FrameNotes) {
-    let parts = EventParts::of(id_suffix, event_type, payload);
-    let mut buf = BytesMut::with_capacity(parts.cap);
-    parts.write(&mut buf, id, id_suffix);
-    (buf.freeze(), parts.notes)
+    EventParts::of(id_suffix, event_type, payload).alone(id, id_suffix)
 }
 
 /// An event's frame checked and sized, ready to be written.
@@ -180,6 +177,13 @@ impl<'a> EventParts<'a> {
         // "id: " + 12 + "-" + 20 + "\n" ≤ 38; "event: " + type + "\n"; "data: " + "\n" per line; "\n".
         let cap = 38 + id_suffix.len() + event_type.map_or(0, |t| t.len() + 8) + text.len() + lines * 7 + 1;
         EventParts { text, event_type, cap, notes }
+    }
+
+    /// The frame in an allocation of its own.
+    fn alone(&self, id: impl fmt::Display, id_suffix: &str) -> (Bytes, FrameNotes) {
+        let mut buf = BytesMut::with_capacity(self.cap);
+        self.write(&mut buf, id, id_suffix);
+        (buf.freeze(), self.notes)
     }
 
     fn write(&self, buf: &mut BytesMut, id: impl fmt::Display, id_suffix: &str) {
@@ -227,9 +231,7 @@ impl FrameChunks {
     ) -> (Bytes, FrameNotes) {
         let parts = EventParts::of(id_suffix, event_type, payload);
         if parts.cap > FRAME_CHUNK {
-            let mut own = BytesMut::with_capacity(parts.cap);
-            parts.write(&mut own, id, id_suffix);
-            return (own.freeze(), parts.notes);
+            return parts.alone(id, id_suffix);
         }
         if self.chunk.capacity() - self.chunk.len() < parts.cap {
             self.chunk = BytesMut::with_capacity(FRAME_CHUNK);

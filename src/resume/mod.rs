@@ -10,6 +10,7 @@
 //! completeness. Either way the stream gets its replay in id order, then live events, with no
 //! gap and no duplicate at the seam.
 
+mod coalesce;
 mod context;
 mod durable;
 mod floor;

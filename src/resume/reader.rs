@@ -17,19 +17,17 @@
 //! range page by page, each written before the next is read, so it loses nothing and holds one
 //! page at a time.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::VecDeque;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
 use async_nats::jetstream::{self, consumer::DeliverPolicy, consumer::pull::OrderedConfig};
 use bytes::Bytes;
-use futures_util::FutureExt;
 use futures_util::StreamExt;
-use futures_util::future::{BoxFuture, Shared, WeakShared};
-use parking_lot::Mutex;
 use tokio::sync::Semaphore;
 use tracing::{debug, warn};
 
+use super::coalesce::Coalesce;
 use crate::client::SharedFrame;
 use crate::config::{Config, ResumeConfig};
 use crate::durable::{Catalog, DurableKind, DurableStream, Pos};
@@ -108,8 +106,6 @@ struct ReadKey {
     limit: ReadLimit,
 }
 
-type SharedRead = Shared<BoxFuture<'static, Arc<ReadOutcome>>>;
-
 /// One read holding its permit, counted in `resume_broker_reads_active` until it ends. The
 /// count is taken back on drop, not at the end of `read_now`: a read whose clients all left
 /// (a stream cut while it waited) is dropped midway, and would otherwise stay counted forever.
@@ -141,7 +137,8 @@ pub struct BrokerReader {
     js: Option<(String, String, usize)>,
     redis: Option<(RedisEndpoint, usize)>,
     permits: Arc<Semaphore>,
-    inflight: Mutex<HashMap<ReadKey, WeakShared<BoxFuture<'static, Arc<ReadOutcome>>>>>,
+    /// Reads in flight, joined by identical reads.
+    inflight: Coalesce<ReadKey, ReadOutcome>,
     js_ctx: tokio::sync::Mutex<Option<jetstream::Context>>,
     redis_conn: tokio::sync::Mutex<Option<RedisConn>>,
     /// `[jetstream]`'s URL, authentication, TLS and domain (shared with the JetStream source).
@@ -150,7 +147,7 @@ pub struct BrokerReader {
     active: AtomicUsize,
     peak: AtomicUsize,
     /// Broker resumes' frames being built, shared by identical resumes (`share.rs`).
-    pub(super) share: FrameShare,
+    pub(super) share: Coalesce<ShareKey, SharedReplay>,
 }
 
 impl std::fmt::Debug for BrokerReader {
@@ -173,7 +170,7 @@ impl BrokerReader {
                     .map(|e| (e, r.max_message_bytes))
             }),
             permits: Arc::new(Semaphore::new(config.resume.max_concurrent_reads)),
-            inflight: Mutex::new(HashMap::new()),
+            inflight: Coalesce::default(),
             js_ctx: tokio::sync::Mutex::new(None),
             redis_conn: tokio::sync::Mutex::new(None),
             metrics,
@@ -204,32 +201,13 @@ impl BrokerReader {
         limit: ReadLimit,
     ) -> Arc<ReadOutcome> {
         let key = ReadKey { stream, after, upto, filters, limit };
-        let shared: SharedRead = {
-            let mut map = self.inflight.lock();
-            match map.get(&key).and_then(WeakShared::upgrade) {
-                Some(s) => {
-                    self.metrics.resume_reads_coalesced.inc();
-                    s
-                }
-                None => {
-                    let me = self.clone();
-                    let k = key.clone();
-                    let fut = async move {
-                        let out = me.read_now(&k).await;
-                        me.inflight.lock().remove(&k);
-                        Arc::new(out)
-                    }
-                    .boxed()
-                    .shared();
-                    map.retain(|_, w| w.upgrade().is_some());
-                    if let Some(w) = fut.downgrade() {
-                        map.insert(key, w);
-                    }
-                    fut
-                }
-            }
-        };
-        shared.await
+        let me = self.clone();
+        let k = key.clone();
+        let (read, joined) = self.inflight.join_or_start(key, || async move { me.read_now(&k).await });
+        if joined {
+            self.metrics.resume_reads_coalesced.inc();
+        }
+        read.await
     }
 
     /// The filters a read of `stream` is keyed and counted by: those of `filters` that may
@@ -542,20 +520,4 @@ pub(super) struct ShareKey {
 pub(super) struct SharedReplay {
     pub gaps: Vec<(usize, ReadGap)>,
     pub frames: Vec<Arc<SharedFrame>>,
-}
-
-/// A frame build in flight (see `share.rs`).
-pub(super) type ShareBuild = BoxFuture<'static, Arc<SharedReplay>>;
-
-/// The frame builds in flight, by key (used by `share.rs`; defined here, with the data it
-/// keys, so that the reader, which holds it, does not import the module that builds frames).
-#[derive(Default)]
-pub(super) struct FrameShare {
-    pub(super) inflight: Mutex<HashMap<ShareKey, WeakShared<ShareBuild>>>,
-}
-
-impl std::fmt::Debug for FrameShare {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("FrameShare").field("inflight", &self.inflight.lock().len()).finish()
-    }
 }

@@ -14,10 +14,7 @@
 
 use std::sync::Arc;
 
-use futures_util::FutureExt;
-use futures_util::future::{Shared, WeakShared};
-
-use super::reader::{BrokerEvent, BrokerReader, ReadLimit, ShareBuild, ShareKey, SharedReplay};
+use super::reader::{BrokerEvent, BrokerReader, ReadLimit, ShareKey, SharedReplay};
 use crate::client::SharedFrame;
 use crate::event::FrameChunks;
 
@@ -28,28 +25,9 @@ impl BrokerReader {
     /// The frames of the broker resume `key`, built once for every resume with the same key
     /// while it is built; true when this resume joined a build already running.
     pub(super) async fn replay_frames(self: &Arc<Self>, key: ShareKey) -> (Arc<SharedReplay>, bool) {
-        let (build, joined): (Shared<ShareBuild>, bool) = {
-            let mut map = self.share.inflight.lock();
-            match map.get(&key).and_then(WeakShared::upgrade) {
-                Some(b) => (b, true),
-                None => {
-                    let me = self.clone();
-                    let k = key.clone();
-                    let fut = async move {
-                        let out = me.build_frames(&k).await;
-                        me.share.inflight.lock().remove(&k);
-                        Arc::new(out)
-                    }
-                    .boxed()
-                    .shared();
-                    map.retain(|_, w| w.upgrade().is_some());
-                    if let Some(w) = fut.downgrade() {
-                        map.insert(key, w);
-                    }
-                    (fut, false)
-                }
-            }
-        };
+        let me = self.clone();
+        let k = key.clone();
+        let (build, joined) = self.share.join_or_start(key, || async move { me.build_frames(&k).await });
         (build.await, joined)
     }
 
