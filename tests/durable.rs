@@ -730,6 +730,66 @@ async fn another_replicas_id_is_served_from_the_rings_when_they_hold_the_range()
     assert_eq!(common::sample(&m, "sse_bridge_replayed_from_broker_events_total"), Some(3.0), "{m}");
 }
 
+/// A client's position taken on a first replica (one event, `h0`, on `orders.hist`), then
+/// `history` events `h1 … hN` (padded with `pad` bytes) published to ORDERS while no replica
+/// serves it: what a resume from the returned id must replay.
+async fn js_cursor_then_history(nats: &NatsServer, js: &jetstream::Context, history: usize, pad: usize) -> String {
+    let a = started(js_config(nats)).await;
+    let mut on_a = a.subscribe(&["orders.>"]).await;
+    js_publish(js, "orders.hist", "h0").await;
+    let cursor = take_no_gap(&mut on_a, 1).await[0].id.clone().unwrap();
+    drop(on_a);
+    a.stop().await;
+    let payload = "x".repeat(pad);
+    js_publish_many(js, "orders.hist", (1..=history).map(|i| format!("h{i} {payload}"))).await;
+    cursor
+}
+
+/// The settings of the in-place resume tests: a stream queue of 8 events, so a client that
+/// does not read spills at once; a write timeout that never cuts it meanwhile; broker replays
+/// of at most 50 events, and rings of 20.
+fn spilling(mut c: Config) -> Config {
+    c.server.queue_capacity = 8;
+    c.server.write_timeout = Duration::from_secs(120);
+    c.resume.max_events = 50;
+    c.replay.max_events_per_topic = 20;
+    c
+}
+
+/// Waits until `b` has read and queued a broker replay of `history` events, then has
+/// `publish` send live events and waits until `b` sequenced `live` more: the resumed stream,
+/// not read meanwhile, is still catching up when its queue fills.
+async fn live_behind_a_queued_replay(b: &TestApp, history: usize, live: usize, publish: impl AsyncFnOnce()) {
+    let state = b.state.clone();
+    common::wait_until("the replay is read and queued", async || {
+        state.metrics.replayed_from_broker.get() == history as u64
+    })
+    .await;
+    let before = state.last_seq.get();
+    publish().await;
+    common::wait_until("the live events are sequenced", async || state.last_seq.get() >= before + live as u64).await;
+}
+
+/// Takes `history + live` events and checks they are `h1 … hN` then `l1 … lM` (by the first
+/// word of their data), once each and in order.
+async fn assert_history_then_live(s: &mut SseStream, history: usize, live: usize) {
+    let got = s.take_events(history + live, EVENT_TIMEOUT).await;
+    let got = first_words(&got);
+    let want: Vec<String> = (1..=history).map(|i| format!("h{i}")).chain((1..=live).map(|i| format!("l{i}"))).collect();
+    assert_eq!(got.len(), want.len(), "the stream ended or stalled after {} events", got.len());
+    assert!(got == want, "events out of order, missing or repeated (a gap event shows as its data)");
+}
+
+/// The first word of each event's data (the numbered part of a padded payload).
+fn first_words(events: &[SseEvent]) -> Vec<String> {
+    events.iter().map(|e| e.data.split(' ').next().unwrap().to_owned()).collect()
+}
+
+/// A metric of `app` by its full series name, 0 when absent.
+async fn metric(app: &TestApp, series: &str) -> f64 {
+    common::sample(&common::admin_metrics(app).await, series).unwrap_or(0.0)
+}
+
 /// A resume whose broker read is long (20,000 events) while the live topic floods far beyond
 /// `server.queue_capacity`: the held stream spills (policy `spill-reread`) instead of being cut
 /// as a slow consumer, and resumes in place from the last event it wrote. The client gets every
@@ -741,14 +801,7 @@ async fn held_stream_flooded_beyond_its_queue_spills_and_loses_nothing() {
     let nats = NatsServer::start().await;
     let js = js_stream(&nats, -1).await;
     // The client's position comes from another replica, before the history.
-    let a = started(js_config(&nats)).await;
-    let mut on_a = a.subscribe(&["orders.>"]).await;
-    js_publish(&js, "orders.hist", "h0").await;
-    let cursor = take_no_gap(&mut on_a, 1).await[0].id.clone().unwrap();
-    drop(on_a);
-    a.stop().await;
-    let payload = "x".repeat(512);
-    js_publish_many(&js, "orders.hist", (1..=HISTORY).map(|i| format!("h{i} {payload}"))).await;
+    let cursor = js_cursor_then_history(&nats, &js, HISTORY, 512).await;
 
     let mut c = js_config(&nats);
     c.server.queue_capacity = 8;
@@ -760,17 +813,12 @@ async fn held_stream_flooded_beyond_its_queue_spills_and_loses_nothing() {
     common::wait_until("the resume's broker read runs", async || metrics.resume_reads_active.get() == 1).await;
     // While the stream is held for that read: far more live events than its queue holds.
     js_publish_many(&js, "orders.live", (1..=LIVE).map(|i| format!("l{i}"))).await;
-    let got = moved.take_events(HISTORY + LIVE, EVENT_TIMEOUT).await;
-    let got: Vec<String> = got.iter().map(|e| e.data.split(' ').next().unwrap().to_owned()).collect();
-    let want: Vec<String> = (1..=HISTORY).map(|i| format!("h{i}")).chain((1..=LIVE).map(|i| format!("l{i}"))).collect();
-    assert_eq!(got.len(), want.len(), "the stream ended or stalled after {} events", got.len());
-    assert!(got == want, "events out of order, missing or repeated");
+    assert_history_then_live(&mut moved, HISTORY, LIVE).await;
     // Still the same stream, and live.
     js_publish(&js, "orders.live", "after").await;
     assert_eq!(data(&take_no_gap(&mut moved, 1).await), ["after"]);
-    let m = common::admin_metrics(&b).await;
-    assert_eq!(common::sample(&m, "sse_bridge_disconnects_total{reason=\"slow_consumer\"}").unwrap_or(0.0), 0.0, "{m}");
-    assert!(common::sample(&m, "sse_bridge_resume_spills_total").unwrap_or(0.0) >= 1.0, "the hold spilled: {m}");
+    assert_eq!(metric(&b, "sse_bridge_disconnects_total{reason=\"slow_consumer\"}").await, 0.0);
+    assert!(metric(&b, "sse_bridge_resume_spills_total").await >= 1.0, "the hold spilled");
 }
 
 /// An in-place resume (a stream that spilled while it was still catching up) that finds itself
@@ -783,45 +831,22 @@ async fn in_place_resume_reads_the_broker_in_pages_and_loses_nothing() {
     const LIVE: usize = 2_000;
     let nats = NatsServer::start().await;
     let js = js_stream(&nats, -1).await;
-    let a = started(js_config(&nats)).await;
-    let mut on_a = a.subscribe(&["orders.>"]).await;
-    js_publish(&js, "orders.hist", "h0").await;
-    let cursor = take_no_gap(&mut on_a, 1).await[0].id.clone().unwrap();
-    drop(on_a);
-    a.stop().await;
     // 40 × 256 KiB: more than the socket buffers hold, so the replay cannot all be written
     // while the client does not read.
-    let payload = "x".repeat(256 * 1024);
-    js_publish_many(&js, "orders.hist", (1..=HISTORY).map(|i| format!("h{i} {payload}"))).await;
-
-    let mut c = js_config(&nats);
-    c.server.queue_capacity = 8;
-    c.server.write_timeout = Duration::from_secs(120);
-    c.resume.max_events = 50;
-    c.replay.max_events_per_topic = 20;
-    let b = started(c).await;
+    let cursor = js_cursor_then_history(&nats, &js, HISTORY, 256 * 1024).await;
+    let b = started(spilling(js_config(&nats))).await;
     let mut moved = b.resume(&["orders.>"], &cursor).await;
-    let state = b.state.clone();
-    common::wait_until("the replay is read and queued", async || {
-        state.metrics.replayed_from_broker.get() == HISTORY as u64
+    live_behind_a_queued_replay(&b, HISTORY, LIVE, async || {
+        js_publish_many(&js, "orders.live", (1..=LIVE).map(|i| format!("l{i}"))).await;
     })
     .await;
-    // The client reads nothing yet: the stream is still catching up when its queue fills.
-    let before = state.last_seq.get();
-    js_publish_many(&js, "orders.live", (1..=LIVE).map(|i| format!("l{i}"))).await;
-    common::wait_until("the live events are sequenced", async || state.last_seq.get() >= before + LIVE as u64).await;
-    let got = moved.take_events(HISTORY + LIVE, EVENT_TIMEOUT).await;
-    let got: Vec<String> = got.iter().map(|e| e.data.split(' ').next().unwrap().to_owned()).collect();
-    let want: Vec<String> = (1..=HISTORY).map(|i| format!("h{i}")).chain((1..=LIVE).map(|i| format!("l{i}"))).collect();
-    assert_eq!(got.len(), want.len(), "the stream ended or stalled after {} events", got.len());
-    assert!(got == want, "events out of order, missing or repeated (a gap event shows as its data)");
+    assert_history_then_live(&mut moved, HISTORY, LIVE).await;
     js_publish(&js, "orders.live", "after").await;
     assert_eq!(data(&take_no_gap(&mut moved, 1).await), ["after"]);
-    let m = common::admin_metrics(&b).await;
-    assert_eq!(common::sample(&m, "sse_bridge_disconnects_total{reason=\"slow_consumer\"}").unwrap_or(0.0), 0.0, "{m}");
-    assert!(common::sample(&m, "sse_bridge_resume_spills_total").unwrap_or(0.0) >= 1.0, "the queue spilled: {m}");
-    assert!(common::sample(&m, "sse_bridge_resume_pages_total").unwrap_or(0.0) >= 1.0, "read in pages: {m}");
-    assert_eq!(common::sample(&m, "sse_bridge_gap_events_total{reason=\"replay-limit\"}").unwrap_or(0.0), 0.0, "{m}");
+    assert_eq!(metric(&b, "sse_bridge_disconnects_total{reason=\"slow_consumer\"}").await, 0.0);
+    assert!(metric(&b, "sse_bridge_resume_spills_total").await >= 1.0, "the queue spilled");
+    assert!(metric(&b, "sse_bridge_resume_pages_total").await >= 1.0, "read in pages");
+    assert_eq!(metric(&b, "sse_bridge_gap_events_total{reason=\"replay-limit\"}").await, 0.0);
 }
 
 /// The same for Redis Streams: the in-place resume pages with `XRANGE` from its position.
@@ -841,33 +866,19 @@ async fn in_place_resume_reads_redis_streams_in_pages_and_loses_nothing() {
     for i in 1..=HISTORY {
         xadd(&mut conn, "audit", &format!("h{i} {payload}")).await;
     }
-    let mut c = rs_config(&redis, &["audit"]);
-    c.server.queue_capacity = 8;
-    c.server.write_timeout = Duration::from_secs(120);
-    c.resume.max_events = 50;
-    c.replay.max_events_per_topic = 20;
-    let b = started(c).await;
+    let b = started(spilling(rs_config(&redis, &["audit"]))).await;
     let mut moved = b.resume(&["audit"], &cursor).await;
-    let state = b.state.clone();
-    common::wait_until("the replay is read and queued", async || {
-        state.metrics.replayed_from_broker.get() == HISTORY as u64
+    live_behind_a_queued_replay(&b, HISTORY, LIVE, async || {
+        let mut pipe = redis::pipe();
+        for i in 1..=LIVE {
+            pipe.cmd("XADD").arg("audit").arg("*").arg("data").arg(format!("l{i}")).ignore();
+        }
+        let () = pipe.query_async(&mut conn).await.unwrap();
     })
     .await;
-    let before = state.last_seq.get();
-    let mut pipe = redis::pipe();
-    for i in 1..=LIVE {
-        pipe.cmd("XADD").arg("audit").arg("*").arg("data").arg(format!("l{i}")).ignore();
-    }
-    let () = pipe.query_async(&mut conn).await.unwrap();
-    common::wait_until("the live events are sequenced", async || state.last_seq.get() >= before + LIVE as u64).await;
-    let got = moved.take_events(HISTORY + LIVE, EVENT_TIMEOUT).await;
-    let got: Vec<String> = got.iter().map(|e| e.data.split(' ').next().unwrap().to_owned()).collect();
-    let want: Vec<String> = (1..=HISTORY).map(|i| format!("h{i}")).chain((1..=LIVE).map(|i| format!("l{i}"))).collect();
-    assert_eq!(got.len(), want.len(), "the stream ended or stalled after {} events", got.len());
-    assert!(got == want, "events out of order, missing or repeated (a gap event shows as its data)");
-    let m = common::admin_metrics(&b).await;
-    assert_eq!(common::sample(&m, "sse_bridge_disconnects_total{reason=\"slow_consumer\"}").unwrap_or(0.0), 0.0, "{m}");
-    assert!(common::sample(&m, "sse_bridge_resume_pages_total").unwrap_or(0.0) >= 1.0, "read in pages: {m}");
+    assert_history_then_live(&mut moved, HISTORY, LIVE).await;
+    assert_eq!(metric(&b, "sse_bridge_disconnects_total{reason=\"slow_consumer\"}").await, 0.0);
+    assert!(metric(&b, "sse_bridge_resume_pages_total").await >= 1.0, "read in pages");
 }
 
 /// While every broker read slot is taken (a resume herd), the in-place resume of a spilled
@@ -882,41 +893,26 @@ async fn in_place_resume_under_a_read_herd_takes_the_newest_from_the_rings() {
     const LIVE: usize = 2_000;
     let nats = NatsServer::start().await;
     let js = js_stream(&nats, -1).await;
-    let a = started(js_config(&nats)).await;
-    let mut on_a = a.subscribe(&["orders.>"]).await;
-    js_publish(&js, "orders.hist", "h0").await;
-    let cursor = take_no_gap(&mut on_a, 1).await[0].id.clone().unwrap();
-    drop(on_a);
-    a.stop().await;
-    let payload = "x".repeat(256 * 1024);
-    js_publish_many(&js, "orders.hist", (1..=HISTORY).map(|i| format!("h{i} {payload}"))).await;
-
-    let mut c = js_config(&nats);
-    c.server.queue_capacity = 8;
-    c.server.write_timeout = Duration::from_secs(120);
-    c.resume.max_events = 50;
+    let cursor = js_cursor_then_history(&nats, &js, HISTORY, 256 * 1024).await;
+    let mut c = spilling(js_config(&nats));
     c.resume.max_concurrent_reads = 1;
     c.resume.read_timeout = Duration::from_secs(60);
-    c.replay.max_events_per_topic = 20;
     let b = started(c).await;
     let mut moved = b.resume(&["orders.>"], &cursor).await;
-    let state = b.state.clone();
-    common::wait_until("the replay is read and queued", async || {
-        state.metrics.replayed_from_broker.get() == HISTORY as u64
+    live_behind_a_queued_replay(&b, HISTORY, LIVE, async || {
+        js_publish_many(&js, "orders.live", (1..=LIVE).map(|i| format!("l{i}"))).await;
     })
     .await;
-    let before = state.last_seq.get();
-    js_publish_many(&js, "orders.live", (1..=LIVE).map(|i| format!("l{i}"))).await;
-    common::wait_until("the live events are sequenced", async || state.last_seq.get() >= before + LIVE as u64).await;
     // The one read slot: taken by another resume whose broker read cannot finish.
     let pid = Pid::from_raw(nats.pid().expect("nats-server runs") as i32);
     kill(pid, Signal::SIGSTOP).unwrap();
     let blocker = sse_client::connect(&b.url("/events?topic=orders.hist"), &[("last-event-id", &cursor)]).await;
-    common::wait_until("the slot is taken", async || state.metrics.resume_reads_active.get() == 1).await;
+    let metrics = b.state.metrics.clone();
+    common::wait_until("the slot is taken", async || metrics.resume_reads_active.get() == 1).await;
     let got = moved.take_events(HISTORY + 8 + 1 + 20, EVENT_TIMEOUT).await;
     kill(pid, Signal::SIGCONT).unwrap();
     drop(blocker);
-    let seen: Vec<String> = got.iter().map(|e| e.data.split(' ').next().unwrap().to_owned()).collect();
+    let seen = first_words(&got);
     let head: Vec<String> = (1..=HISTORY).map(|i| format!("h{i}")).chain((1..=8).map(|i| format!("l{i}"))).collect();
     assert_eq!(seen[..HISTORY + 8], head[..], "the replay, then the live events the queue kept");
     assert_eq!(got[HISTORY + 8].event.as_deref(), Some("sse-bridge.gap"), "{:?}", got[HISTORY + 8]);
@@ -925,6 +921,5 @@ async fn in_place_resume_under_a_read_herd_takes_the_newest_from_the_rings() {
     assert_eq!(seen[HISTORY + 9..], tail[..], "the newest events the ring holds");
     js_publish(&js, "orders.live", "after").await;
     assert_eq!(data(&take_no_gap(&mut moved, 1).await), ["after"]);
-    let m = common::admin_metrics(&b).await;
-    assert_eq!(common::sample(&m, "sse_bridge_disconnects_total{reason=\"slow_consumer\"}").unwrap_or(0.0), 0.0, "{m}");
+    assert_eq!(metric(&b, "sse_bridge_disconnects_total{reason=\"slow_consumer\"}").await, 0.0);
 }
