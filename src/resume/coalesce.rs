@@ -16,11 +16,17 @@ use futures_util::future::{BoxFuture, Shared, WeakShared};
 use parking_lot::Mutex;
 
 /// A future in flight, as every request joining it awaits it.
-pub(super) type Joined<T> = Shared<BoxFuture<'static, Arc<T>>>;
+pub(super) type Joined<T> = Shared<Work<T>>;
+
+/// The work behind a key.
+type Work<T> = BoxFuture<'static, Arc<T>>;
+
+/// The entries, shared with each future so it can take its own out when done.
+type Entries<K, T> = Arc<Mutex<HashMap<K, WeakShared<Work<T>>>>>;
 
 /// The futures in flight, by key.
 pub(super) struct Coalesce<K, T> {
-    map: Arc<Mutex<HashMap<K, WeakShared<BoxFuture<'static, Arc<T>>>>>>,
+    map: Entries<K, T>,
 }
 
 impl<K, T> Default for Coalesce<K, T> {
