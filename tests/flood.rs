@@ -17,10 +17,10 @@
 mod common;
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use common::bridge_process::{BridgeProcess, rss_of};
+use common::bridge_process::{BridgeProcess, RssPeak, rss_of};
 use common::brokers::{self, NatsServer};
 use common::events::{GAP_EVENT, gap_data};
 use common::sample;
@@ -112,17 +112,8 @@ async fn flood(interest: &str) {
         }
         (healthy, got)
     });
-    let peak = Arc::new(AtomicU64::new(0));
+    let rss_peak = RssPeak::start(pid, Duration::from_millis(10));
     let done = Arc::new(AtomicBool::new(false));
-    let sampler = {
-        let (peak, done) = (peak.clone(), done.clone());
-        std::thread::spawn(move || {
-            while !done.load(Ordering::Relaxed) {
-                peak.fetch_max(rss_of(pid).unwrap_or(0), Ordering::Relaxed);
-                std::thread::sleep(Duration::from_millis(10)); // sampling interval
-            }
-        })
-    };
     // The live heap and jemalloc's freed-but-kept pages at their highest, scraped every 50 ms.
     let heap_sampler = common::metrics::spawn_peak_sampler(
         bridge.admin_url("/metrics"),
@@ -170,10 +161,9 @@ async fn flood(interest: &str) {
     client.flush().await.unwrap();
     let (healthy, healthy_got) = healthy_reader.await.unwrap();
     done.store(true, Ordering::Relaxed);
-    sampler.join().unwrap();
+    let peak = rss_peak.stop();
     let peaks = heap_sampler.await.unwrap();
     let (peak_heap, peak_dirty) = (peaks[0] as u64, peaks[1] as u64);
-    let peak = peak.load(Ordering::Relaxed);
     let m = bridge.metrics().await;
     let heap_after_flood = sample(&m, "sse_bridge_heap_allocated_bytes").unwrap_or(0.0) as u64;
 

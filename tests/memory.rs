@@ -4,10 +4,10 @@
 mod common;
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
-use common::bridge_process::{BridgeProcess, rss_of};
+use common::bridge_process::{BridgeProcess, RssPeak, rss_of};
 use common::{EVENT_TIMEOUT, TOKEN, sample, sse_client};
 use nix::sys::signal::Signal;
 use tokio::io::AsyncWriteExt;
@@ -47,17 +47,7 @@ async fn publish_flood_stays_within_the_memory_budget() {
     let mut healthy = sse_client::connect(&url("/events?topic=other"), &[]).await.unwrap();
     healthy.wait_for_comments(1, EVENT_TIMEOUT).await;
 
-    let peak = Arc::new(AtomicU64::new(0));
-    let done = Arc::new(AtomicBool::new(false));
-    let sampler = {
-        let (peak, done) = (peak.clone(), done.clone());
-        std::thread::spawn(move || {
-            while !done.load(Ordering::Relaxed) {
-                peak.fetch_max(rss_of(pid).unwrap_or(0), Ordering::Relaxed);
-                std::thread::sleep(Duration::from_millis(10)); // sampling interval, not synchronisation
-            }
-        })
-    };
+    let rss_peak = RssPeak::start(pid, Duration::from_millis(10));
 
     let http = sse_client::test_client();
     let body = bytes::Bytes::from(vec![b'x'; PAYLOAD]);
@@ -90,9 +80,7 @@ async fn publish_flood_stays_within_the_memory_budget() {
         accepted += ok;
         refused += busy;
     }
-    done.store(true, Ordering::Relaxed);
-    sampler.join().unwrap();
-    let peak = peak.load(Ordering::Relaxed);
+    let peak = rss_peak.stop();
     println!(
         "published {accepted} × 64 KiB ({} MiB), refused {refused}; peak RSS {} MiB; budget {} MiB + overhead {} MiB",
         accepted as u64 * PAYLOAD as u64 / MIB,
@@ -405,17 +393,8 @@ async fn a_herd_resuming_the_same_range_shares_one_replay() {
     let mut live = sse_client::connect(&bridge.url("/events?topic=live"), &[]).await.unwrap();
     live.wait_for_comments(1, EVENT_TIMEOUT).await;
     let start_rss = bridge.rss_bytes();
-    let peak = Arc::new(AtomicU64::new(0));
+    let rss_peak = RssPeak::start(pid, Duration::from_millis(5));
     let done = Arc::new(AtomicBool::new(false));
-    let sampler = {
-        let (peak, done) = (peak.clone(), done.clone());
-        std::thread::spawn(move || {
-            while !done.load(Ordering::Relaxed) {
-                peak.fetch_max(rss_of(pid).unwrap_or(0), Ordering::Relaxed);
-                std::thread::sleep(Duration::from_millis(5)); // sampling interval, not synchronisation
-            }
-        })
-    };
 
     let heap_sampler = common::metrics::spawn_peak_sampler(
         bridge.admin_url("/metrics"),
@@ -506,11 +485,10 @@ async fn a_herd_resuming_the_same_range_shares_one_replay() {
     }
     let elapsed = started.elapsed();
     done.store(true, Ordering::Relaxed);
-    sampler.join().unwrap();
+    let peak = rss_peak.stop();
     let peaks = heap_sampler.await.unwrap();
     let published = publisher.await.unwrap();
     let (received, longest, live_ended) = listener.await.unwrap();
-    let peak = peak.load(Ordering::Relaxed);
     let end_rss = bridge.rss_bytes();
     let m = bridge.metrics().await;
     let shared = sample(&m, "sse_bridge_resume_frames_shared_total").unwrap_or(0.0);

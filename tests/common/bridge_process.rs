@@ -94,6 +94,40 @@ impl BridgeProcess {
     }
 }
 
+/// The highest resident set size of a process, sampled on a thread of its own (so a busy test
+/// runtime does not skew it) until [`RssPeak::stop`].
+pub struct RssPeak {
+    peak: std::sync::Arc<std::sync::atomic::AtomicU64>,
+    done: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    thread: std::thread::JoinHandle<()>,
+}
+
+impl RssPeak {
+    /// Samples the RSS of `pid` every `every`.
+    pub fn start(pid: i32, every: std::time::Duration) -> RssPeak {
+        use std::sync::atomic::Ordering;
+        let peak = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
+        let done = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let thread = {
+            let (peak, done) = (peak.clone(), done.clone());
+            std::thread::spawn(move || {
+                while !done.load(Ordering::Relaxed) {
+                    peak.fetch_max(rss_of(pid).unwrap_or(0), Ordering::Relaxed);
+                    std::thread::sleep(every); // sampling interval, not synchronisation
+                }
+            })
+        };
+        RssPeak { peak, done, thread }
+    }
+
+    /// Stops sampling; the highest RSS seen, in bytes.
+    pub fn stop(self) -> u64 {
+        self.done.store(true, std::sync::atomic::Ordering::Relaxed);
+        self.thread.join().unwrap();
+        self.peak.load(std::sync::atomic::Ordering::Relaxed)
+    }
+}
+
 /// Resident set size of process `pid`, from `/proc/<pid>/status`; `None` once it is gone.
 pub fn rss_of(pid: i32) -> Option<u64> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
