@@ -46,9 +46,9 @@ const MAX_TICK: Duration = Duration::from_millis(100);
 /// What the source holds upstream.
 struct Upstream {
     client: Client,
-    /// The subscription per held filter; aborting it ends its stream, which drops the
-    /// subscriber (UNSUB).
-    subs: HashMap<Arc<str>, AbortHandle>,
+    /// The subscription per held filter, and its id; aborting it ends its stream, which drops
+    /// the subscriber (UNSUB).
+    subs: HashMap<Arc<str>, (AbortHandle, u64)>,
     /// The filter of each subscription id: async-nats numbers one client's subscriptions 1, 2,
     /// … in the order they are made (the probe inbox is 1), and names them in slow-consumer
     /// events only by that id.
@@ -209,24 +209,25 @@ impl Upstream {
                 return;
             }
             for (key, _) in &work.unsubscribe {
-                if let Some(h) = self.subs.remove(key) {
+                if let Some((h, sid)) = self.subs.remove(key) {
                     h.abort();
-                    self.sids.retain(|_, k| k != key);
+                    self.sids.remove(&sid);
                 }
             }
             let mut added = Vec::with_capacity(work.subscribe.len());
             for (key, filter) in work.subscribe {
                 let subscribed = self.client.subscribe(filter.as_str().to_owned()).await;
                 // Every subscribe that got past the subject check took an id.
+                let sid = self.next_sid;
                 if !matches!(&subscribed, Err(e) if e.kind() == SubscribeErrorKind::InvalidSubject) {
-                    self.sids.insert(self.next_sid, key.clone());
                     self.next_sid += 1;
                 }
                 match subscribed {
                     Ok(s) => {
                         let (handle, reg) = AbortHandle::new_pair();
                         self.messages.push(Abortable::new(s, reg));
-                        self.subs.insert(key.clone(), handle);
+                        self.subs.insert(key.clone(), (handle, sid));
+                        self.sids.insert(sid, key.clone());
                         added.push(key);
                     }
                     // Only when the client is closed (the source is stopping).
